@@ -1,0 +1,269 @@
+"""One schema of every option, merged from a YAML file and `key=value` overrides.
+
+    cfg = load_config("configs/demo.yaml", ["train.epochs=3", "data.classes=[demo]"])
+    cfg.train.epochs   # 3
+
+Every key is declared below with its type and default; an unknown key or a value of the wrong type is a
+`ConfigError` that names the key. `config_to_dict` / `config_from_dict` round-trip a config through plain
+Python types (checkpoints store it that way).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value. The message names the key and what was expected."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "/data/mvtec_anomaly_detection"  # MVTec-layout root: <root>/<category>/{train,test,ground_truth}
+    classes: Optional[list[str]] = None  # None: MVTEC.CLASSNAMES (prnet/datasets/mvtec.py)
+    image_size: Union[int, list[int]] = 256  # int or [h, w]
+    dtd_root: Optional[str] = "/data/dtd"  # DTD root (images/<class>/*.jpg or <class>/*.jpg); missing: fallback
+    num_anomalies: int = 10  # real defective images per category used for training (0: unsupervised)
+    split_seed: int = 0  # seed of the few-shot draw
+    generate_demo: bool = False  # write the procedural demo category under root if it is missing
+    cache_images: bool = True  # keep decoded, resized training images in memory
+
+
+@dataclass
+class SynthesisConfig:
+    perlin_ratio: float = 0.5  # Perlin samples per epoch, as a fraction of the normal training images
+    extended_ratio: float = 0.5  # extended (real cut-and-paste) samples per epoch, same unit
+    foreground: bool = False  # restrict Perlin masks to the estimated object foreground
+    beta_max: float = 0.8  # blend opacity beta ~ U(0, beta_max) (DRAEM)
+    perlin_scale_max: int = 5  # Perlin scale 2^k per axis, k in 0..perlin_scale_max
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "wide_resnet50_2"  # any timm CNN with features_only
+    backbone_weights: str = "hub"  # hub | package | none | path to a .pth/.safetensors state dict
+    stages: list[int] = field(default_factory=lambda: [1, 2, 3])  # timm feature indices for features/residuals
+    bottleneck_stage: int = 4  # timm feature index used as the decoder's bottleneck
+    head_widths: list[int] = field(default_factory=lambda: [64, 128, 256])  # head channels per scale
+    attn_patch_divisors: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # patch sizes H/d per scale
+    attn_blocks: int = 1  # multi-size self-attention blocks per scale
+
+
+@dataclass
+class PrototypeConfig:
+    dir: str = "prototypes"  # <dir>/<run key>/<category>.pt
+    ratio: float = 0.1  # K = max(1, round(ratio * N normal training images)) per scale
+    residual: str = "squared"  # squared: (f - p)^2 | abs: |f - p|
+    kmeans_iters: int = 50
+    batch_size: int = 16  # feature-extraction batch
+
+
+@dataclass
+class LossConfig:
+    focal_weight: float = 5.0  # total = smooth_l1 + focal_weight * focal
+    focal_gamma: float = 4.0
+    focal_alpha: Optional[float] = None  # weight of the anomalous class; None: no class weighting
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:1 | mps
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    workers: int = -1  # DataLoader workers; -1: min(8, CPUs)
+    eval_every: int = 0  # evaluate every n epochs for monitoring only (0: only at the end)
+    resume: bool = False  # continue <output_dir>/<category>/last.pt
+    overwrite: bool = False  # start over even if outputs exist
+    channels_last: bool = True
+    compile: bool = False
+
+
+@dataclass
+class EvalConfig:
+    topk: int = 100  # image score = mean of the top-k map pixels
+    sigma: float = 4.0  # Gaussian smoothing of the map before scoring (0: none)
+    batch_size: int = 16
+    examples: int = 12  # images in examples.png
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    output_dir: Optional[str] = None  # None: outputs/<run name>
+    data: DataConfig = field(default_factory=DataConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` converted to the annotated type `tp`, or raise a ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        names = " or ".join("null" if a is type(None) else _name(a) for a in args)
+        raise ConfigError(f"config key '{key}': expected {names}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_check(v, args[0], key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '1e-3' as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+    raise ConfigError(f"config key '{key}': unsupported type {tp}")  # pragma: no cover
+
+
+def _name(tp: Any) -> str:
+    if typing.get_origin(tp) is list:
+        return "a list"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+
+
+def _merge(obj: Any, values: dict, prefix: str = "") -> None:
+    """Set the fields of dataclass `obj` from the nested dict `values`, checking keys and types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<top>'}': expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        full = prefix + str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, full + ".")
+        else:
+            setattr(obj, key, _check(value, hints[key], full))
+
+
+def parse_override(text: str) -> dict:
+    """'train.epochs=3' -> {'train': {'epochs': 3}}; the value is parsed as YAML ('[a, b]', 'null', '1e-3')."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({e})") from None
+    if isinstance(value, str) and value.lower() == "none":
+        value = None
+    out: dict = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file at `path`, then each `key=value` override, in order."""
+    cfg = Config()
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path} does not exist")
+        with open(path, encoding="utf-8") as fh:
+            try:
+                values = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        _merge(cfg, values)
+    for text in overrides:
+        _merge(cfg, parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types alone cannot express."""
+    size = cfg.data.image_size
+    if isinstance(size, list) and len(size) != 2:
+        raise ConfigError(f"config key 'data.image_size': expected an int or [h, w], got {size!r}")
+    sizes = size if isinstance(size, list) else [size]
+    if any(s < 32 or s % 32 for s in sizes):
+        raise ConfigError(f"config key 'data.image_size': every side must be a multiple of 32 (>= 32), got {size!r}")
+    if cfg.data.num_anomalies < 0:
+        raise ConfigError("config key 'data.num_anomalies': expected >= 0")
+    if cfg.prototypes.residual not in ("squared", "abs"):
+        raise ConfigError(f"config key 'prototypes.residual': expected squared or abs, got {cfg.prototypes.residual!r}")
+    if not 0 < cfg.prototypes.ratio <= 1:
+        raise ConfigError("config key 'prototypes.ratio': expected 0 < ratio <= 1")
+    if len(cfg.model.head_widths) != len(cfg.model.stages):
+        raise ConfigError(
+            f"config keys 'model.head_widths' and 'model.stages': expected one width per stage, "
+            f"got {cfg.model.head_widths} for {cfg.model.stages}")
+    for key in ("perlin_ratio", "extended_ratio"):
+        if getattr(cfg.synthesis, key) < 0:
+            raise ConfigError(f"config key 'synthesis.{key}': expected >= 0")
+    if cfg.train.epochs < 0 or cfg.train.batch_size < 1:
+        raise ConfigError("config keys 'train.epochs' >= 0 and 'train.batch_size' >= 1 expected")
+
+
+def image_hw(cfg: Config) -> tuple[int, int]:
+    """data.image_size as (h, w)."""
+    size = cfg.data.image_size
+    return (size[0], size[1]) if isinstance(size, list) else (size, size)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(values: dict) -> Config:
+    cfg = Config()
+    _merge(cfg, values)
+    validate(cfg)
+    return cfg
+
+
+def dump_config(cfg: Config, path: str) -> None:
+    """Write the resolved config as YAML, atomically."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(config_to_dict(cfg), fh, sort_keys=False)
+    os.replace(tmp, path)

@@ -1,0 +1,49 @@
+import pytest
+
+from prnet.config import ConfigError, config_from_dict, config_to_dict, load_config
+
+
+def test_defaults_are_the_paper_setting():
+    cfg = load_config()
+    assert cfg.model.backbone == "wide_resnet50_2"
+    assert cfg.data.image_size == 256
+    assert cfg.data.num_anomalies == 10
+    assert cfg.prototypes.ratio == 0.1
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 7\n  lr: 0.01\ndata:\n  classes: [bottle]\n")
+    cfg = load_config(str(f), ["train.epochs=3", "train.lr=1e-3", "data.classes=[a, b]", "data.image_size=[64, 96]",
+                               "output_dir=null"])
+    assert cfg.train.epochs == 3
+    assert cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.data.classes == ["a", "b"]
+    assert cfg.data.image_size == [64, 96]
+    assert cfg.output_dir is None
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.epoch=3", "unknown config key 'train.epoch'"),
+    ("trian.epochs=3", "unknown config key 'trian'"),
+    ("train.epochs=three", "'train.epochs': expected an integer"),
+    ("train.amp=maybe", "'train.amp': expected true or false"),
+    ("data.image_size=100", "multiple of 32"),
+    ("prototypes.residual=cube", "squared or abs"),
+    ("train.epochs", "expected key=value"),
+])
+def test_bad_keys_and_values_name_the_key(override, fragment):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(None, [override])
+    assert fragment in str(info.value)
+
+
+def test_missing_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_round_trip_through_plain_dict():
+    cfg = load_config(None, ["train.epochs=5", "model.head_widths=[8, 16, 32]"])
+    again = config_from_dict(config_to_dict(cfg))
+    assert again == cfg
