@@ -1,0 +1,197 @@
+"""Datasets: the training set (normal + Perlin + extended anomalies), the test set, few-shot split, demo data.
+
+    ensure_data(cfg)                         # writes the demo category if asked and missing
+    train = build_train_dataset(cfg, "bottle")
+    test = build_test_dataset(cfg, "bottle")  # test split minus the few-shot anomalies (test.excluded)
+
+Training indices: [0, N) the N normal training images (no augmentation), then round(perlin_ratio·N) Perlin
+samples, then round(extended_ratio·N) extended samples (only with real anomalies). Sample `index` of epoch
+`epoch` depends only on (cfg.seed, epoch, index), whatever the DataLoader workers.
+
+Epochs: `train.set_epoch(e)` sets the epoch read in `__getitem__` (fine when the trainer makes a fresh
+DataLoader iterator per epoch without persistent workers). With persistent workers each worker holds its
+own copy of the dataset, so also `train[(epoch, index)]` works: use a sampler that yields (epoch, index)
+tuples, e.g. `EpochSampler`, whose `set_epoch` runs in the main process.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..config import Config, image_hw
+from ..utils import numpy_rng
+from .demo import make_demo_category
+from .mvtec import (MVTEC, DatasetError, Sample, load_mask, load_rgb, resolve_classes,
+                    scan_split, select_few_shot)
+from .synthesis import estimate_foreground, extended_anomaly, perlin_anomaly
+from .textures import TextureSource
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MVTEC", "DatasetError", "Sample", "TrainDataset", "EpochSampler", "TextureSource", "build_train_dataset",
+           "build_test_dataset", "few_shot_names", "few_shot_samples", "ensure_data", "load_rgb", "load_mask",
+           "resolve_classes", "select_few_shot", "make_demo_category"]
+
+KINDS = ("normal", "perlin", "extended")
+
+
+class _NormalPool:
+    """rng -> a random normal training image (RGB uint8); the procedural texture fallback uses it."""
+
+    def __init__(self, normal: MVTEC) -> None:
+        self.normal = normal
+
+    def __call__(self, rng: np.random.Generator) -> np.ndarray:
+        return self.normal.image_uint8(int(rng.integers(0, len(self.normal))))
+
+
+class TrainDataset(Dataset):
+    """Normal training images, Perlin anomalies and extended (real cut-and-paste) anomalies.
+
+    Items: image 3×H×W float32 [0,1], mask 1×H×W float32 {0,1}, label (0 normal, 1 synthetic), kind
+    ('normal' | 'perlin' | 'extended'). Index with an int (epoch from `set_epoch`) or a tuple (epoch, index).
+    """
+
+    def __init__(self, normal: MVTEC, textures: TextureSource, seed: int, n_perlin: int,
+                 anomalies: list[tuple[str, np.ndarray, np.ndarray]], n_extended: int, beta_max: float = 0.8,
+                 scale_max: int = 5, foreground: bool = False, real_anomalies: Optional[list[str]] = None) -> None:
+        self.normal = normal
+        self.textures = textures
+        self.seed = int(seed)
+        self.n_normal = len(normal)
+        self.n_perlin = int(n_perlin)
+        self.anomalies = anomalies  # (name, RGB uint8 H×W×3, uint8 {0,1} H×W) at the training size
+        self.n_extended = int(n_extended) if anomalies else 0
+        self.beta_max = beta_max
+        self.scale_max = scale_max
+        self.foreground = foreground
+        self.real_anomalies: list[str] = list(real_anomalies or [])
+        self.epoch = 0
+        self._fg: dict[int, np.ndarray] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used by int indices (a fresh DataLoader iterator per epoch sees it)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n_normal + self.n_perlin + self.n_extended
+
+    def kind(self, index: int) -> str:
+        if index < self.n_normal:
+            return "normal"
+        return "perlin" if index < self.n_normal + self.n_perlin else "extended"
+
+    def _foreground(self, i: int, image: np.ndarray) -> Optional[np.ndarray]:
+        if not self.foreground:
+            return None
+        if i not in self._fg:
+            self._fg[i] = estimate_foreground(image)
+        return self._fg[i]
+
+    def __getitem__(self, item: Union[int, tuple[int, int]]) -> dict[str, Any]:
+        epoch, index = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (self.epoch, int(item))
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a training set of {len(self)}")
+        rng = numpy_rng(self.seed, epoch, index)
+        kind = self.kind(index)
+        if kind == "normal":
+            image = self.normal.image(index)
+            mask = np.zeros(image.shape[:2], np.float32)
+        else:
+            base = int(rng.integers(0, self.n_normal))
+            normal = self.normal.image(base)
+            if kind == "perlin":
+                image, mask = perlin_anomaly(normal, self.textures, rng, self.beta_max, self.scale_max,
+                                             self._foreground(base, normal))
+            else:
+                _, a_img, a_mask = self.anomalies[int(rng.integers(0, len(self.anomalies)))]
+                image, mask = extended_anomaly(normal, a_img.astype(np.float32) / 255.0, a_mask, rng)
+        return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
+                "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
+                "label": int(kind != "normal"), "kind": kind}
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) tuples, shuffled with numpy_rng(seed, epoch) when `shuffle`; call set_epoch(e) in
+    the main process each epoch. Works with persistent DataLoader workers."""
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = int(n), int(seed), shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = numpy_rng(self.seed, self.epoch, 0x5EED).permutation(self.n) if self.shuffle else range(self.n)
+        return iter([(self.epoch, int(i)) for i in order])
+
+
+def few_shot_samples(cfg: Config, category: str) -> list[Sample]:
+    """The real anomalies of `category` used for training (and removed from evaluation): the one split rule,
+    select_few_shot(test samples, data.num_anomalies, data.split_seed)."""
+    if cfg.data.num_anomalies == 0:
+        return []
+    return select_few_shot(scan_split(cfg.data.root, category, "test"), cfg.data.num_anomalies, cfg.data.split_seed)
+
+
+def few_shot_names(cfg: Config, category: str) -> list[str]:
+    """Names ('<defect>/<file>') of the few-shot real anomalies, in the order drawn."""
+    return [s.name for s in few_shot_samples(cfg, category)]
+
+
+def build_test_dataset(cfg: Config, category: str) -> MVTEC:
+    """The test split without the few-shot anomalies; `.excluded` lists their names."""
+    return MVTEC(cfg.data.root, category, "test", image_hw(cfg), exclude=few_shot_names(cfg, category))
+
+
+def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True) -> TrainDataset:
+    """The training set of `category` (see the module docstring). Normal images are decoded and kept in memory
+    (resized, uint8) when `normal_hw_cache` and cfg.data.cache_images are both true."""
+    hw = image_hw(cfg)
+    cache = bool(normal_hw_cache and cfg.data.cache_images)
+    normal = MVTEC(cfg.data.root, category, "train", hw, cache=cache)
+    normal.preload()  # no-op without cache; with it, workers share the decoded images
+    shots = few_shot_samples(cfg, category)
+    anomalies = []
+    for s in shots:
+        mask = load_mask(s.mask_path, hw) if s.mask_path else np.zeros(hw, np.float32)
+        if not mask.any():
+            log.warning("real anomaly %s has an empty mask at %dx%d: not used for extended anomalies (still "
+                        "excluded from evaluation)", s.path, hw[0], hw[1])
+            continue
+        image = (load_rgb(s.path, hw) * 255.0 + 0.5).astype(np.uint8)
+        anomalies.append((s.name, image, mask.astype(np.uint8)))
+    n = len(normal)
+    n_perlin = int(round(cfg.synthesis.perlin_ratio * n))
+    n_extended = int(round(cfg.synthesis.extended_ratio * n)) if anomalies else 0
+    if cfg.data.num_anomalies > 0 and not shots:
+        log.warning("data.num_anomalies=%d but %s has no defective test images: no extended anomalies",
+                    cfg.data.num_anomalies, os.path.join(cfg.data.root, category, "test"))
+    textures = TextureSource(cfg.data.dtd_root, normal_images=_NormalPool(normal))
+    ds = TrainDataset(normal, textures, cfg.seed, n_perlin, anomalies, n_extended, cfg.synthesis.beta_max,
+                      cfg.synthesis.perlin_scale_max, cfg.synthesis.foreground, [s.name for s in shots])
+    log.info("%s: %d normal + %d perlin + %d extended training samples per epoch; real anomalies: %s", category,
+             n, ds.n_perlin, ds.n_extended, ", ".join(ds.real_anomalies) or "none")
+    return ds
+
+
+def ensure_data(cfg: Config) -> list[str]:
+    """If data.generate_demo, write the procedural demo data for every class missing under data.root (named as
+    the class). Returns the folders written."""
+    written: list[str] = []
+    if not cfg.data.generate_demo:
+        return written
+    size = max(image_hw(cfg))
+    for category in resolve_classes(cfg):
+        if not os.path.isdir(os.path.join(cfg.data.root, category)):
+            log.info("generating the demo category %s under %s", category, cfg.data.root)
+            written.append(make_demo_category(cfg.data.root, category, seed=0, size=size))
+    return written

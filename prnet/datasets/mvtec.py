@@ -1,0 +1,321 @@
+"""The MVTec-AD-layout reader (class MVTEC, CLASSNAMES), image/mask loading, and the seeded few-shot split.
+
+Layout read by `MVTEC(root, category, split)`:
+
+    <root>/<category>/train/good/*.<ext>
+    <root>/<category>/test/<defect or good>/*.<ext>
+    <root>/<category>/ground_truth/<defect>/<stem>_mask.<ext>
+
+<ext> is any of png, jpg, jpeg, bmp, tif, tiff (any case). Grey, RGBA, palette and 16-bit images become RGB
+float32 in [0, 1]. Bad input is a `DatasetError` that names the path and lists what was found; data is never
+skipped silently (files that are not images are reported in a warning).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Collection, NamedTuple, Optional, Sequence, Union
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SizeLike = Union[int, Sequence[int]]
+
+
+class DatasetError(ValueError):
+    """Bad or missing data; the message names the path and what was expected or found."""
+
+
+class Sample(NamedTuple):
+    """One image of a split. `name` is '<defect>/<filename>', unique within a split."""
+    path: str
+    mask_path: Optional[str]
+    label: int  # 0 good, 1 defective
+    defect: str  # 'good' for normal images
+    name: str
+
+
+def as_hw(size: SizeLike) -> tuple[int, int]:
+    """An int or (h, w) as (h, w)."""
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    h, w = size
+    return int(h), int(w)
+
+
+def is_image_file(filename: str) -> bool:
+    return os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _found(directory: str, limit: int = 20) -> str:
+    """A short listing of `directory` for error messages."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return "(cannot list)"
+    if not names:
+        return "nothing (empty)"
+    more = f", … ({len(names)} entries)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _decode(path: str) -> np.ndarray:
+    """Decode an image file as stored (any depth, channels in BGR(A) order for colour), or raise DatasetError."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"image file {path} does not exist")
+    data = np.fromfile(path, dtype=np.uint8)  # works with non-ASCII paths too
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        try:  # some TIFF/BMP variants OpenCV does not read
+            from PIL import Image
+            with Image.open(path) as pil:
+                if pil.mode == "P":
+                    pil = pil.convert("RGBA" if "transparency" in pil.info else "RGB")
+                arr = np.asarray(pil)
+            if arr.ndim == 3 and arr.shape[2] >= 3:  # PIL is RGB(A): make it BGR(A) like OpenCV
+                arr = arr[..., [2, 1, 0] + list(range(3, arr.shape[2]))]
+            image = np.ascontiguousarray(arr)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is an unreadable file
+            raise DatasetError(f"cannot read image file {path}: {e}") from None
+    return image
+
+
+def _to_unit_float(image: np.ndarray, path: str) -> np.ndarray:
+    """Scale integer or float pixels to float32 [0, 1] by the dtype's range."""
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / 65535.0
+    if image.dtype == bool:
+        return image.astype(np.float32)
+    if np.issubdtype(image.dtype, np.floating):
+        return np.clip(image.astype(np.float32), 0.0, 1.0)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        return np.clip(image.astype(np.float32) / float(info.max), 0.0, 1.0)
+    raise DatasetError(f"image file {path}: unsupported pixel type {image.dtype}")
+
+
+def _resize(image: np.ndarray, hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize to (h, w): nearest for masks, area when shrinking, bilinear otherwise."""
+    h, w = hw
+    if image.shape[:2] == (h, w):
+        return image
+    if nearest:
+        interp = cv2.INTER_NEAREST
+    elif h <= image.shape[0] and w <= image.shape[1]:
+        interp = cv2.INTER_AREA
+    else:
+        interp = cv2.INTER_LINEAR
+    out = cv2.resize(image, (w, h), interpolation=interp)
+    if image.ndim == 3 and out.ndim == 2:
+        out = out[..., None]
+    return out
+
+
+def load_rgb(path: str, hw: Optional[SizeLike] = None) -> np.ndarray:
+    """Read any image file as RGB float32 H×W×3 in [0, 1], resized to `hw` (int or (h, w)) unless None."""
+    image = _decode(path)
+    image = _to_unit_float(image, path)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 2:  # grey + alpha
+        image = np.repeat(image[..., :1], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] >= 3:
+        image = image[..., 2::-1]  # BGR(A) -> RGB, alpha dropped
+    else:
+        raise DatasetError(f"image file {path}: unsupported shape {image.shape}")
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if hw is not None:
+        image = _resize(image, as_hw(hw))
+    return np.clip(image, 0.0, 1.0)
+
+
+def load_mask(path: str, hw: Optional[SizeLike] = None) -> np.ndarray:
+    """Read a mask file as float32 H×W in {0, 1} (any non-zero pixel is defective), nearest-resized to `hw`."""
+    mask = _decode(path)
+    if mask.ndim == 3:
+        mask = mask[..., :3].max(axis=2) if mask.shape[2] >= 3 else mask[..., 0]
+    binary = (mask > 0).astype(np.uint8)
+    if hw is not None:
+        binary = _resize(binary, as_hw(hw), nearest=True)
+    return binary.astype(np.float32)
+
+
+def _list_images(directory: str) -> list[str]:
+    """Sorted image filenames in `directory`; other files are reported in a warning, never silently skipped."""
+    names = sorted(os.listdir(directory))
+    images = [n for n in names if is_image_file(n) and os.path.isfile(os.path.join(directory, n))]
+    others = [n for n in names if n not in images and not n.startswith(".")]
+    if others:
+        log.warning("ignoring %d entries that are not image files in %s: %s", len(others), directory,
+                    ", ".join(others[:10]))
+    return images
+
+
+def _mask_index(gt_dir: str) -> dict[str, str]:
+    """stem -> mask path for every '<stem>_mask.<ext>' in `gt_dir` (png preferred when several)."""
+    index: dict[str, str] = {}
+    if not os.path.isdir(gt_dir):
+        return index
+    for name in sorted(os.listdir(gt_dir), key=lambda n: (os.path.splitext(n)[1].lower() != ".png", n)):
+        stem, _ = os.path.splitext(name)
+        if is_image_file(name) and stem.endswith("_mask"):
+            index.setdefault(stem[: -len("_mask")], os.path.join(gt_dir, name))
+    return index
+
+
+def scan_split(root: str, category: str, split: str) -> list[Sample]:
+    """The samples of one split in sorted order, with every check of the layout (see the module docstring)."""
+    if split not in ("train", "test"):
+        raise DatasetError(f"split must be 'train' or 'test', got {split!r}")
+    if not os.path.isdir(root):
+        raise DatasetError(f"data root {root} does not exist (expected <root>/<category>/train, test, ground_truth)")
+    cat_dir = os.path.join(root, category)
+    if not os.path.isdir(cat_dir):
+        found = sorted(n for n in os.listdir(root) if os.path.isdir(os.path.join(root, n)) and not n.startswith("."))
+        raise DatasetError(f"no category '{category}' under {root}: found {', '.join(found) or 'nothing'}")
+    split_dir = os.path.join(cat_dir, split)
+    if not os.path.isdir(split_dir):
+        raise DatasetError(f"no '{split}' folder in {cat_dir}: found {_found(cat_dir)}")
+    subdirs = sorted(n for n in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, n)))
+    loose = sorted(n for n in os.listdir(split_dir) if n not in subdirs and not n.startswith("."))
+    if loose:
+        log.warning("ignoring %d files directly in %s (images belong in <defect>/ folders): %s", len(loose),
+                    split_dir, ", ".join(loose[:10]))
+    if split == "train":
+        if "good" not in subdirs:
+            raise DatasetError(f"no 'good' folder in {split_dir}: found {_found(split_dir)}")
+        if len(subdirs) > 1:
+            log.warning("training uses only %s/good; ignoring %s", split_dir,
+                        ", ".join(d for d in subdirs if d != "good"))
+        subdirs = ["good"]
+    elif not subdirs:
+        raise DatasetError(f"no defect folders in {split_dir}: found {_found(split_dir)}")
+    samples: list[Sample] = []
+    for defect in subdirs:
+        d = os.path.join(split_dir, defect)
+        files = _list_images(d)
+        if not files:
+            raise DatasetError(f"no images in {d}: found {_found(d)} (expected {', '.join(IMAGE_EXTENSIONS)})")
+        masks = {} if defect == "good" else _mask_index(os.path.join(cat_dir, "ground_truth", defect))
+        for f in files:
+            stem = os.path.splitext(f)[0]
+            mask_path = None
+            if defect != "good":
+                mask_path = masks.get(stem)
+                if mask_path is None:
+                    gt_dir = os.path.join(cat_dir, "ground_truth", defect)
+                    where = _found(gt_dir) if os.path.isdir(gt_dir) else "no such folder"
+                    raise DatasetError(f"no mask for {os.path.join(d, f)}: expected {gt_dir}/{stem}_mask.png "
+                                       f"(or another image extension); {gt_dir} holds: {where}")
+            samples.append(Sample(os.path.join(d, f), mask_path, int(defect != "good"), defect, f"{defect}/{f}"))
+    return samples
+
+
+class MVTEC(Dataset):
+    """One split of one category in the MVTec AD layout; items are dicts image, mask, label, path, defect."""
+
+    CLASSNAMES = ['bottle', 'cable', 'capsule', 'carpet', 'grid', 'hazelnut', 'leather', 'metal_nut', 'pill',
+                  'screw', 'tile', 'toothbrush', 'transistor', 'wood', 'zipper']
+
+    def __init__(self, root: str, category: str, split: str = "train", image_size: SizeLike = 256,
+                 exclude: Collection[str] = (), cache: bool = False) -> None:
+        self.root, self.category, self.split = root, category, split
+        self.hw = as_hw(image_size)
+        samples = scan_split(root, category, split)
+        names = {s.name for s in samples}
+        exclude = set(exclude)
+        unknown = sorted(exclude - names)
+        if unknown:
+            raise DatasetError(f"cannot exclude {', '.join(unknown)}: not in {os.path.join(root, category, split)}")
+        self.samples: list[Sample] = [s for s in samples if s.name not in exclude]
+        self.excluded: list[str] = sorted(exclude)
+        if not self.samples:
+            raise DatasetError(f"no images left in {os.path.join(root, category, split)} after excluding "
+                               f"{len(exclude)}")
+        self.cache = cache
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image_uint8(self, index: int) -> np.ndarray:
+        """The resized RGB image as uint8 H×W×3 (kept in memory when cache=True)."""
+        cached = self._cache.get(index)
+        if cached is not None:
+            return cached
+        image = (load_rgb(self.samples[index].path, self.hw) * 255.0 + 0.5).astype(np.uint8)
+        if self.cache:
+            self._cache[index] = image
+        return image
+
+    def image(self, index: int) -> np.ndarray:
+        """The resized RGB image as float32 H×W×3 in [0, 1]."""
+        if self.cache:
+            return self.image_uint8(index).astype(np.float32) / 255.0
+        return load_rgb(self.samples[index].path, self.hw)
+
+    def mask(self, index: int) -> np.ndarray:
+        """The resized mask as float32 H×W in {0, 1} (zeros for good images)."""
+        s = self.samples[index]
+        if s.mask_path is None:
+            return np.zeros(self.hw, np.float32)
+        return load_mask(s.mask_path, self.hw)
+
+    def preload(self) -> None:
+        """Decode every image into the cache now (so DataLoader workers share it instead of each decoding)."""
+        if self.cache:
+            for i in range(len(self)):
+                self.image_uint8(i)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self.samples[index]
+        image = torch.from_numpy(np.ascontiguousarray(self.image(index).transpose(2, 0, 1)))
+        mask = torch.from_numpy(self.mask(index))[None]
+        return {"image": image, "mask": mask, "label": s.label, "path": s.path, "defect": s.defect}
+
+
+def resolve_classes(cfg: Any) -> list[str]:
+    """cfg.data.classes, or MVTEC.CLASSNAMES (read now, so edits of the class attribute take effect)."""
+    classes = cfg.data.classes
+    return list(classes) if classes is not None else list(MVTEC.CLASSNAMES)
+
+
+def select_few_shot(samples: Sequence[Sample], num: int, seed: int) -> list[Sample]:
+    """`num` defective samples drawn with `seed`, round-robin over defect types sorted by name.
+
+    Each type's samples (sorted by name) are shuffled with one seeded generator, types in name order; then one
+    sample is taken from each type in turn until `num` are taken or all are used. num=0: [] (unsupervised).
+    """
+    if num < 0:
+        raise ValueError(f"number of few-shot anomalies must be >= 0, got {num}")
+    if num == 0:
+        return []
+    by_type: dict[str, list[Sample]] = {}
+    for s in samples:
+        if s.label == 1:
+            by_type.setdefault(s.defect, []).append(s)
+    rng = np.random.default_rng(int(seed) & 0xFFFFFFFF)
+    queues = []
+    for defect in sorted(by_type):
+        items = sorted(by_type[defect], key=lambda s: s.name)
+        queues.append([items[i] for i in rng.permutation(len(items))])
+    chosen: list[Sample] = []
+    depth = 0
+    while len(chosen) < num and any(depth < len(q) for q in queues):
+        for q in queues:
+            if depth < len(q) and len(chosen) < num:
+                chosen.append(q[depth])
+        depth += 1
+    if len(chosen) < num:
+        log.warning("asked for %d real anomalies but only %d defective images exist: using all of them", num,
+                    len(chosen))
+    return chosen

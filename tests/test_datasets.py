@@ -1,0 +1,249 @@
+"""MVTec-layout reading, errors, the few-shot split and the training set (tiny folders written in tmp_path)."""
+import logging
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from prnet.config import load_config
+from prnet.datasets import (MVTEC, DatasetError, EpochSampler, build_test_dataset, build_train_dataset, ensure_data,
+                            few_shot_names, load_mask, load_rgb, resolve_classes, select_few_shot)
+
+
+def _rgb(rng, h, w):
+    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def make_category(root, name="cat", n_train=4, n_good=3, defects=(("crack", 3), ("hole", 2)), ext=".png",
+                  size=(40, 48), seed=0):
+    """A tiny category in the MVTec layout; defect masks are a rectangle. Returns the category path."""
+    rng = np.random.default_rng(seed)
+    cat = os.path.join(root, name)
+    for sub in ("train/good", "test/good"):
+        os.makedirs(os.path.join(cat, sub), exist_ok=True)
+    for i in range(n_train):
+        cv2.imwrite(os.path.join(cat, "train/good", f"{i:03d}{ext}"), _rgb(rng, *size))
+    for i in range(n_good):
+        cv2.imwrite(os.path.join(cat, "test/good", f"{i:03d}{ext}"), _rgb(rng, *size))
+    for defect, n in defects:
+        os.makedirs(os.path.join(cat, "test", defect), exist_ok=True)
+        os.makedirs(os.path.join(cat, "ground_truth", defect), exist_ok=True)
+        for i in range(n):
+            cv2.imwrite(os.path.join(cat, "test", defect, f"{i:03d}{ext}"), _rgb(rng, *size))
+            m = np.zeros(size, np.uint8)
+            m[5:15, 10:30] = 255
+            cv2.imwrite(os.path.join(cat, "ground_truth", defect, f"{i:03d}_mask.png"), m)
+    return cat
+
+
+def cfg_for(root, **over):
+    items = [f"data.root={root}", "data.image_size=32", "data.dtd_root=null", "data.classes=[cat]"]
+    items += [f"{k}={v}" for k, v in over.items()]
+    return load_config(None, items)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def test_reads_every_format_as_rgb_float(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0] = 200  # red in RGB
+    Image.fromarray(rgb).save(d / "rgb.png")
+    Image.fromarray(rgb).save(d / "rgb.jpg", quality=100)
+    Image.fromarray(np.full((20, 30), 128, np.uint8), "L").save(d / "grey.png")
+    Image.fromarray(np.dstack([rgb, np.full((20, 30), 7, np.uint8)]), "RGBA").save(d / "rgba.png")
+    pal = Image.fromarray(rgb).convert("P")
+    pal.save(d / "pal.png")
+    cv2.imwrite(str(d / "deep.TIF"), np.full((20, 30), 65535 // 4, np.uint16))
+    cv2.imwrite(str(d / "deep.png"), np.full((20, 30, 3), 65535, np.uint16))
+    for name in ("rgb.png", "rgb.jpg", "rgba.png", "pal.png"):
+        x = load_rgb(str(d / name))
+        assert x.shape == (20, 30, 3) and x.dtype == np.float32
+        assert x[..., 0].mean() == pytest.approx(200 / 255, abs=0.02), name  # RGB order, not BGR
+        assert x[..., 1].max() < 0.05 and x[..., 2].max() < 0.05, name
+    g = load_rgb(str(d / "grey.png"), 16)
+    assert g.shape == (16, 16, 3) and np.allclose(g, 128 / 255, atol=1e-3)
+    assert np.allclose(load_rgb(str(d / "deep.TIF")), 0.25, atol=1e-3)  # 16-bit scaled by 65535, not 255
+    assert np.allclose(load_rgb(str(d / "deep.png"), (8, 12)), 1.0)
+    assert load_rgb(str(d / "rgb.png"), (10, 60)).shape == (10, 60, 3)
+
+
+def test_mask_is_nearest_and_binary(tmp_path):
+    m = np.zeros((40, 40), np.uint8)
+    m[:, 20:] = 3  # any non-zero value is defective
+    path = str(tmp_path / "m_mask.png")
+    cv2.imwrite(path, m)
+    out = load_mask(path, (32, 20))
+    assert out.shape == (32, 20) and set(np.unique(out)) == {0.0, 1.0}
+    assert out[:, :10].max() == 0 and out[:, 10:].min() == 1
+
+
+def test_layout_items_and_order(tmp_path):
+    make_category(tmp_path, ext=".jpg")
+    train = MVTEC(str(tmp_path), "cat", "train", image_size=32)
+    assert len(train) == 4 and [s.name for s in train.samples] == [f"good/{i:03d}.jpg" for i in range(4)]
+    test = MVTEC(str(tmp_path), "cat", "test", image_size=(32, 64))
+    assert len(test) == 3 + 3 + 2
+    assert [s.defect for s in test.samples] == ["crack"] * 3 + ["good"] * 3 + ["hole"] * 2
+    item = test[0]
+    assert item["image"].shape == (3, 32, 64) and item["image"].dtype == torch.float32
+    assert 0 <= item["image"].min() and item["image"].max() <= 1
+    assert item["mask"].shape == (1, 32, 64) and set(item["mask"].unique().tolist()) == {0.0, 1.0}
+    assert item["label"] == 1 and item["defect"] == "crack" and item["path"].endswith("crack/000.jpg")
+    good = test[3]
+    assert good["label"] == 0 and good["mask"].sum() == 0 and good["defect"] == "good"
+
+
+def test_mixed_formats_sizes_and_mask_extension(tmp_path):
+    """grey jpg + RGBA png + 16-bit tif of varying non-square sizes; a mask stored as .bmp."""
+    cat = tmp_path / "mix"
+    (cat / "train/good").mkdir(parents=True)
+    (cat / "test/bad").mkdir(parents=True)
+    (cat / "ground_truth/bad").mkdir(parents=True)
+    cv2.imwrite(str(cat / "train/good/a.JPG"), np.full((37, 90), 100, np.uint8))
+    Image.fromarray(np.full((50, 21, 4), 90, np.uint8), "RGBA").save(cat / "train/good/b.png")
+    cv2.imwrite(str(cat / "train/good/c.tiff"), np.full((64, 64, 3), 30000, np.uint16))
+    cv2.imwrite(str(cat / "test/bad/x.jpeg"), np.full((33, 45, 3), 10, np.uint8))
+    cv2.imwrite(str(cat / "ground_truth/bad/x_mask.bmp"), np.full((33, 45), 255, np.uint8))
+    train = MVTEC(str(tmp_path), "mix", "train", image_size=(32, 48), cache=True)
+    images = [train[i]["image"] for i in range(3)]
+    assert all(x.shape == (3, 32, 48) for x in images)
+    assert images[2].mean().item() == pytest.approx(30000 / 65535, abs=0.01)
+    assert train[0]["image"].mean().item() == pytest.approx(100 / 255, abs=0.01)
+    test = MVTEC(str(tmp_path), "mix", "test", image_size=32)
+    assert test.samples[0].mask_path.endswith("x_mask.bmp") and test[0]["mask"].min() == 1
+
+
+@pytest.mark.parametrize("case", ["root", "category", "split", "mask", "unreadable", "empty"])
+def test_bad_input_errors_name_the_path(tmp_path, case):
+    cat = make_category(tmp_path)
+    root = str(tmp_path)
+    if case == "root":
+        root = str(tmp_path / "nowhere")
+        with pytest.raises(DatasetError, match="nowhere"):
+            MVTEC(root, "cat", "train")
+        return
+    if case == "category":
+        with pytest.raises(DatasetError, match=r"no category 'cta' under .*: found cat"):
+            MVTEC(root, "cta", "train")
+        return
+    if case == "split":
+        os.rename(os.path.join(cat, "test"), os.path.join(cat, "tset"))
+        with pytest.raises(DatasetError, match=r"no 'test' folder in .*cat: found .*tset"):
+            MVTEC(root, "cat", "test")
+        return
+    if case == "mask":
+        os.remove(os.path.join(cat, "ground_truth", "hole", "001_mask.png"))
+        with pytest.raises(DatasetError, match=r"no mask for .*hole/001\.png.*000_mask\.png"):
+            MVTEC(root, "cat", "test")
+        return
+    if case == "unreadable":
+        with open(os.path.join(cat, "train", "good", "001.png"), "wb") as fh:
+            fh.write(b"not an image")
+        ds = MVTEC(root, "cat", "train", image_size=32)
+        with pytest.raises(DatasetError, match=r"train/good/001\.png"):
+            ds[1]
+        return
+    for f in os.listdir(os.path.join(cat, "test", "hole")):
+        os.remove(os.path.join(cat, "test", "hole", f))
+    with pytest.raises(DatasetError, match=r"no images in .*test/hole"):
+        MVTEC(root, "cat", "test")
+
+
+def test_resolve_classes_reads_the_class_attribute_at_call_time(monkeypatch):
+    cfg = load_config()
+    monkeypatch.setattr(MVTEC, "CLASSNAMES", ["only_this"])
+    assert resolve_classes(cfg) == ["only_this"]
+    assert resolve_classes(load_config(None, ["data.classes=[a, b]"])) == ["a", "b"]
+
+
+# ----------------------------------------------------------------------------------------------- few-shot
+def test_few_shot_is_seeded_balanced_and_removed_from_evaluation(tmp_path):
+    make_category(tmp_path, defects=(("a", 6), ("b", 6), ("c", 1)))
+    samples = MVTEC(str(tmp_path), "cat", "test").samples
+    first = [s.name for s in select_few_shot(samples, 5, seed=0)]
+    assert first == [s.name for s in select_few_shot(samples, 5, seed=0)]
+    others = {tuple(s.name for s in select_few_shot(samples, 5, seed=k)) for k in range(1, 6)}
+    assert any(o != tuple(first) for o in others)
+    types = [n.split("/")[0] for n in first]
+    assert types == ["a", "b", "c", "a", "b"]  # round-robin, c exhausted after one
+    assert select_few_shot(samples, 0, 0) == []
+    assert len(select_few_shot(samples, 99, 0)) == 13  # all defective ones, never good
+    cfg = cfg_for(tmp_path, **{"data.num_anomalies": 4, "data.split_seed": 3})
+    names = few_shot_names(cfg, "cat")
+    test = build_test_dataset(cfg, "cat")
+    assert sorted(test.excluded) == sorted(names) and len(names) == 4
+    assert not set(names) & {s.name for s in test.samples}
+    assert len(test) == 3 + 13 - 4
+    train = build_train_dataset(cfg, "cat")
+    assert train.real_anomalies == names
+
+
+# ----------------------------------------------------------------------------------------- training set
+def test_train_dataset_layout_and_labels(tmp_path):
+    make_category(tmp_path, n_train=6)
+    cfg = cfg_for(tmp_path, **{"data.num_anomalies": 2, "synthesis.perlin_ratio": 0.5,
+                               "synthesis.extended_ratio": 0.34})
+    ds = build_train_dataset(cfg, "cat")
+    assert (ds.n_normal, ds.n_perlin, ds.n_extended) == (6, 3, 2) and len(ds) == 11
+    kinds = [ds[i]["kind"] for i in range(len(ds))]
+    assert kinds == ["normal"] * 6 + ["perlin"] * 3 + ["extended"] * 2
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["image"].shape == (3, 32, 32) and item["mask"].shape == (1, 32, 32)
+        assert item["label"] == int(item["kind"] != "normal")
+        assert (item["mask"].sum() > 0) == (item["label"] == 1)
+        assert set(item["mask"].unique().tolist()) <= {0.0, 1.0}
+    normal = MVTEC(str(tmp_path), "cat", "train", 32)
+    assert torch.allclose(ds[2]["image"], normal[2]["image"], atol=1 / 255)  # normal images unaugmented
+
+
+def test_unsupervised_has_no_extended_samples(tmp_path):
+    make_category(tmp_path)
+    ds = build_train_dataset(cfg_for(tmp_path, **{"data.num_anomalies": 0}), "cat")
+    assert ds.n_extended == 0 and ds.real_anomalies == []
+    assert len(build_test_dataset(cfg_for(tmp_path, **{"data.num_anomalies": 0}), "cat")) == 8
+
+
+def test_samples_depend_on_seed_epoch_index_only(tmp_path):
+    make_category(tmp_path, n_train=4)
+    cfg = cfg_for(tmp_path, **{"data.num_anomalies": 2})
+    ds = build_train_dataset(cfg, "cat")
+    a = ds[5]
+    assert torch.equal(a["image"], ds[(0, 5)]["image"]) and torch.equal(a["mask"], ds[(0, 5)]["mask"])
+    ds.set_epoch(1)
+    b = ds[5]
+    assert torch.equal(b["image"], ds[(1, 5)]["image"])
+    assert not torch.equal(a["image"], b["image"])
+    ds.set_epoch(0)
+
+    def collect(workers):
+        loader = DataLoader(ds, batch_size=3, shuffle=False, num_workers=workers)
+        return [batch for batch in loader]
+
+    zero, two = collect(0), collect(2)
+    assert len(zero) == len(two)
+    for x, y in zip(zero, two):
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"])
+        assert x["kind"] == y["kind"]
+    sampler = EpochSampler(len(ds), seed=0, shuffle=False)
+    sampler.set_epoch(1)
+    tuples = next(iter(DataLoader(ds, batch_size=len(ds), sampler=sampler, num_workers=0)))
+    ds.set_epoch(1)
+    assert torch.equal(tuples["image"], torch.stack([ds[i]["image"] for i in range(len(ds))]))
+
+
+def test_ensure_data_writes_missing_demo_category(tmp_path, caplog):
+    cfg = load_config(None, [f"data.root={tmp_path}", "data.classes=[tiny]", "data.generate_demo=false",
+                             "data.image_size=32"])
+    assert ensure_data(cfg) == [] and not (tmp_path / "tiny").exists()
+    cfg.data.generate_demo = True
+    with caplog.at_level(logging.INFO):
+        written = ensure_data(cfg)
+    assert written == [str(tmp_path / "tiny")]
+    assert len(MVTEC(str(tmp_path), "tiny", "train")) == 80
+    assert ensure_data(cfg) == []  # present now: nothing written

@@ -1,0 +1,140 @@
+"""Perlin masks, texture ops, the blend, foreground estimate, extended anomalies, textures and their fallback."""
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from prnet.datasets.synthesis import (TEXTURE_OPS, augment_texture, blend, estimate_foreground, extended_anomaly,
+                                      perlin_anomaly, perlin_mask, perlin_noise)
+from prnet.datasets.textures import TextureSource
+
+
+def rng(*k):
+    return np.random.default_rng(list(k) or 0)
+
+
+def test_perlin_noise_is_smooth_seeded_and_any_size():
+    a = perlin_noise((48, 40), (4, 8), rng(1))
+    assert a.shape == (48, 40) and a.dtype == np.float32
+    assert np.array_equal(a, perlin_noise((48, 40), (4, 8), rng(1)))
+    assert not np.array_equal(a, perlin_noise((48, 40), (4, 8), rng(2)))
+    assert np.abs(a).max() <= 1.0 + 1e-5 and a.std() > 0.05
+    assert np.abs(np.diff(a, axis=0)).max() < 0.5  # gradient noise: neighbours are close
+    big = perlin_noise((64, 64), (1, 1), rng(3))
+    assert np.allclose(big[0, 0], 0, atol=1e-6)  # zero on the lattice points
+
+
+def test_perlin_mask_never_empty_and_respects_region():
+    for k in range(30):
+        m = perlin_mask((32, 48), rng(k), scale_max=5)
+        assert m.shape == (32, 48) and m.any() and set(np.unique(m)) <= {0.0, 1.0}
+    region = np.zeros((32, 32), bool)
+    region[10:14, 10:14] = True
+    for k in range(10):
+        m = perlin_mask((32, 32), rng(k), within=region, max_tries=3)
+        assert m.any() and not m[~region].any()
+
+
+def test_blend_formula_and_unchanged_outside():
+    r = rng(0)
+    x = r.random((16, 16, 3), dtype=np.float32)
+    t = r.random((16, 16, 3), dtype=np.float32)
+    m = (r.random((16, 16)) > 0.5).astype(np.float32)
+    beta = 0.3
+    out = blend(x, t, m, beta)
+    ref = x * (1 - m[..., None]) + (1 - beta) * x * m[..., None] + beta * t * m[..., None]
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    assert np.array_equal(out[m == 0], x[m == 0])
+    assert np.allclose(blend(x, t, m, 0.0), x)
+
+
+class _Flat:
+    """A texture source giving one colour, to check the colour space of the blend."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def sample_uint8(self, rng, hw):
+        return np.full(hw + (3,), self.value, np.uint8)
+
+
+def test_perlin_anomaly_changes_only_the_mask_and_stays_in_range():
+    x = rng(5).random((32, 32, 3), dtype=np.float32) * 0.5 + 0.25
+    for k in range(10):
+        out, m = perlin_anomaly(x, _Flat(128), rng(k), beta_max=0.8)
+        assert m.any() and out.shape == x.shape and out.dtype == np.float32
+        assert np.array_equal(out[m == 0], x[m == 0])
+        assert 0 <= out.min() and out.max() <= 1
+
+
+def test_texture_ops_keep_rgb_uint8_and_texture_is_not_bgr():
+    tex = np.zeros((24, 24, 3), np.uint8)
+    tex[..., 0] = 220  # red
+    tex[..., 1] = np.arange(24, dtype=np.uint8)[None, :] * 4
+    for op in TEXTURE_OPS:
+        out = op(tex.copy(), rng(0))
+        assert out.shape == tex.shape and out.dtype == np.uint8, op.__name__
+    aug = augment_texture(tex, rng(1))
+    assert aug.shape == tex.shape and aug.dtype == np.uint8
+    with pytest.raises(ValueError, match="RGB uint8"):
+        augment_texture(tex.astype(np.float32), rng(0))
+
+
+def test_foreground_estimate_finds_an_object_and_falls_back():
+    img = np.full((64, 64, 3), 0.9, np.float32)
+    cv2.circle(img, (32, 32), 15, (0.2, 0.3, 0.4), -1)
+    fg = estimate_foreground(img)
+    assert fg[32, 32] and not fg[2, 2] and 0.1 < fg.mean() < 0.3
+    assert estimate_foreground(np.full((64, 64, 3), 0.5, np.float32)).all()  # no object: whole image
+    out, m = perlin_anomaly(img, _Flat(0), rng(0), foreground=fg)
+    assert m.any() and not m[~fg].any()
+
+
+def test_extended_anomaly_pastes_only_inside_its_non_empty_mask():
+    r = rng(2)
+    normal = r.random((32, 32, 3), dtype=np.float32)
+    defect = np.zeros((32, 32, 3), np.float32)
+    defect[..., 0] = 1.0
+    dmask = np.zeros((32, 32), np.float32)
+    dmask[12:20, 12:20] = 1
+    for k in range(10):
+        out, m = extended_anomaly(normal, defect, dmask, rng(k))
+        assert m.any() and set(np.unique(m)) <= {0.0, 1.0}
+        assert np.array_equal(out[m == 0], normal[m == 0])
+        assert out[m > 0][:, 0].mean() > 0.6  # the red defect pixels were pasted (colour jitter is mild)
+    a, ma = extended_anomaly(normal, defect, dmask, rng(7))
+    b, mb = extended_anomaly(normal, defect, dmask, rng(7))
+    assert np.array_equal(a, b) and np.array_equal(ma, mb)
+    with pytest.raises(ValueError, match="empty"):
+        extended_anomaly(normal, defect, np.zeros((32, 32), np.float32), rng(0))
+
+
+@pytest.mark.parametrize("root", [None, "missing", "empty"])
+def test_texture_fallback_warns_and_works(tmp_path, caplog, root):
+    if root == "missing":
+        root = str(tmp_path / "no_dtd")
+    elif root == "empty":
+        (tmp_path / "dtd").mkdir()
+        root = str(tmp_path / "dtd")
+    normal = np.full((40, 40, 3), 0.5, np.float32)
+    with caplog.at_level(logging.WARNING, logger="prnet.datasets.textures"):
+        src = TextureSource(root, normal_images=lambda r: normal)
+    assert src.procedural and any("procedural" in rec.message for rec in caplog.records)
+    for k in range(6):
+        t = src.sample(rng(k), (32, 48))
+        assert t.shape == (32, 48, 3) and t.dtype == np.float32 and 0 <= t.min() and t.max() <= 1
+
+
+def test_texture_source_reads_dtd_layout_lazily(tmp_path):
+    for cls, colour in (("red", (0, 0, 255)), ("blue", (255, 0, 0))):  # BGR on disk
+        d = tmp_path / "images" / cls
+        d.mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(d / f"{cls}_{i}.jpg"), np.full((50, 70, 3), colour, np.uint8))
+    src = TextureSource(str(tmp_path), cache_bytes=32 * 32 * 3 * 2)
+    assert len(src.files) == 4 and not src.procedural
+    means = [src.sample(rng(k), (32, 32)).reshape(-1, 3).mean(0) for k in range(12)]
+    for m in means:  # textures come back RGB: pure red or pure blue
+        assert (m[0] > 0.9 and m[2] < 0.1) or (m[2] > 0.9 and m[0] < 0.1)
+    assert len(src._cache) <= 2  # bounded cache
