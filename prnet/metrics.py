@@ -1,0 +1,240 @@
+"""Anomaly detection metrics: image/pixel AUROC and AP, and AUPRO (MVTec AD definition). Exact, no binning.
+
+Pure functions of arrays (numpy, or torch tensors which are converted). Everything is computed from sorted
+arrays: one `np.sort` of the normal scores and one of the anomalous scores give AUROC (Mann-Whitney with ties
+counted one half), AP (sklearn's step definition) and AUPRO.
+
+AUPRO (Bergmann et al., MVTec AD, IJCV 2021):
+  * regions: connected components of each ground-truth mask, 8-connectivity, never across images;
+  * PRO(t): mean over all regions (of all images) of the fraction of the region's pixels with map >= t;
+  * FPR(t): fraction of all anomaly-free pixels (mask == 0, all images) with map >= t;
+  * the curve visits every distinct score value as one step (ties are one step), starting at (0, 0);
+  * integrated with the trapezoid rule up to FPR = fpr_limit, the last segment linearly interpolated at
+    exactly fpr_limit, and divided by fpr_limit.
+Only pixels scoring at or above t*, the normal score at which FPR first exceeds the limit, can affect the value:
+t* is read off the sorted normal scores (one SIMD np.sort of 13 M float32 values takes about 0.1 s, the same as
+np.partition plus sorting the tail), and only the anomalous pixels at or above it are argsorted to build the
+curve; between two distinct anomalous values the curve is flat, so two points per anomalous value suffice.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+def _to_numpy(x: Any, name: str) -> np.ndarray:
+    """numpy array from a numpy array, a torch tensor (any device, half precision included) or a sequence."""
+    if hasattr(x, "detach"):  # torch tensor, without importing torch here
+        x = x.detach()
+        if x.is_floating_point() and x.element_size() < 4:
+            x = x.float()
+        x = x.cpu().numpy()
+    a = np.asarray(x)
+    if a.dtype == object:
+        raise ValueError(f"{name}: expected a numeric array, got dtype object")
+    return a
+
+
+def _float_values(a: np.ndarray, name: str) -> np.ndarray:
+    """float32/float64 array (float16 and integers converted); NaN is an error."""
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float32 if a.dtype == np.float16 else np.float64)
+    if np.isnan(a).any():
+        raise ValueError(f"{name}: contains NaN")
+    return a
+
+
+def _scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    s = _float_values(_to_numpy(scores, "scores").reshape(-1), "scores")
+    y = _to_numpy(labels, "labels").reshape(-1)
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels: expected the same length, got {s.shape[0]} and {y.shape[0]}")
+    return s, y > 0.5
+
+
+def _maps_masks(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
+    """maps N×H×W (or N×1×H×W, or H×W) as float, masks of the same shape as bool (mask > 0.5)."""
+    m = _to_numpy(maps, "maps")
+    g = _to_numpy(masks, "masks")
+    for name, a in (("maps", m), ("masks", g)):
+        if a.ndim not in (2, 3, 4) or (a.ndim == 4 and a.shape[1] != 1):
+            raise ValueError(f"{name}: expected N×H×W, N×1×H×W or H×W, got shape {a.shape}")
+    m = m.reshape((-1,) + m.shape[-2:])
+    g = g.reshape((-1,) + g.shape[-2:])
+    if m.shape != g.shape:
+        raise ValueError(f"maps and masks: expected the same N×H×W shape, got {m.shape} and {g.shape}")
+    return _float_values(m, "maps"), g > 0.5
+
+
+# ------------------------------------------------------------------------------------- sorted-array core
+def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start index and length of each run of equal values in an ascending array."""
+    n = sorted_values.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.concatenate(([0], np.flatnonzero(sorted_values[1:] != sorted_values[:-1]) + 1))
+    return starts, np.diff(np.append(starts, n))
+
+
+def _auroc_sorted(neg: np.ndarray, pos: np.ndarray) -> float:
+    """AUROC = P(pos > neg) + P(pos == neg)/2 from ascending normal (neg) and anomalous (pos) scores."""
+    if neg.size == 0 or pos.size == 0:
+        return math.nan
+    starts, counts = _runs(pos)
+    values = pos[starts]
+    below = np.searchsorted(neg, values, side="left").astype(np.int64)
+    equal = np.searchsorted(neg, values, side="right").astype(np.int64) - below
+    twice_u = 2 * int(np.dot(counts, below)) + int(np.dot(counts, equal))  # exact integers
+    return twice_u / (2.0 * pos.size * neg.size)
+
+
+def _ap_sorted(neg: np.ndarray, pos: np.ndarray) -> float:
+    """Average precision (sklearn's definition: sum over thresholds of Δrecall × precision) from sorted scores."""
+    if pos.size == 0:
+        return math.nan
+    starts, counts = _runs(pos)
+    values = pos[starts]
+    tp = pos.size - starts  # anomalous scores >= each distinct anomalous value
+    fp = neg.size - np.searchsorted(neg, values, side="left")  # normal scores >= it
+    return float(np.sum(counts * (tp / (tp + fp))) / pos.size)
+
+
+def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
+    """Weight 1/(region size · number of regions) of each anomalous pixel, in the order of `maps[masks]`."""
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True  # 8-connectivity inside each image, nothing across images
+    labels, n_regions = ndimage.label(masks, structure=structure)
+    if n_regions == 0:
+        return np.zeros(0, np.float64), 0
+    region_of_pixel = labels[masks]
+    sizes = np.bincount(region_of_pixel, minlength=n_regions + 1).astype(np.float64)
+    return 1.0 / (sizes[region_of_pixel] * n_regions), int(n_regions)
+
+
+def _limit_threshold(neg_count: int, fpr_limit: float) -> int:
+    """Rank k (0-based, ascending) of the normal score t* at which FPR first exceeds fpr_limit; -1: never."""
+    allowed = math.floor(fpr_limit * neg_count)  # most false positives with FPR <= limit
+    return neg_count - allowed - 1
+
+
+def _trapezoid_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
+    """Area under the piecewise linear curve (x non-decreasing, from x[0]) up to x_max, interpolating at x_max."""
+    inside = int(np.searchsorted(x, x_max, side="right"))  # points with x <= x_max
+    xi, yi = x[:inside], y[:inside]
+    area = float(np.sum(np.diff(xi) * (yi[1:] + yi[:-1])) / 2.0)
+    if inside < x.shape[0] and xi[-1] < x_max:
+        x0, y0, x1, y1 = xi[-1], yi[-1], x[inside], y[inside]
+        y_max = y0 + (x_max - x0) / (x1 - x0) * (y1 - y0)
+        area += (x_max - x0) * (y0 + y_max) / 2.0
+    return area
+
+
+def _aupro_core(neg_tail: np.ndarray, neg_count: int, pos: np.ndarray, weights: np.ndarray,
+                fpr_limit: float) -> float:
+    """AUPRO from the ascending normal scores >= t* (`neg_tail`), the number of all normal pixels, and the
+    anomalous scores >= t* with their PRO weights (any order)."""
+    order = np.argsort(pos)  # order inside a tie group does not matter
+    pos_sorted = pos[order]
+    starts, _ = _runs(pos_sorted)
+    values = pos_sorted[starts]
+    # PRO(>= v) for each distinct anomalous value v: weights of the anomalous pixels at or above v
+    w_above = np.cumsum(weights[order][::-1])[::-1]
+    pro_at = w_above[starts] if starts.size else np.zeros(0)
+    pro_above = np.append(pro_at[1:], 0.0)  # PRO(> v): the next larger distinct value's PRO(>=)
+    fp_at = neg_tail.size - np.searchsorted(neg_tail, values, side="left")  # FP(>= v)
+    fp_above = neg_tail.size - np.searchsorted(neg_tail, values, side="right")  # FP(> v)
+    # descending thresholds: (0,0), then per distinct anomalous value the corner before its step
+    # (normal-only values in between are collinear) and the point after it, then the point at t*
+    fp = np.empty(2 * values.size + 2, np.float64)
+    pro = np.empty_like(fp)
+    fp[0] = pro[0] = 0.0
+    fp[1:-1:2], fp[2:-1:2] = fp_above[::-1], fp_at[::-1]
+    pro[1:-1:2], pro[2:-1:2] = pro_above[::-1], pro_at[::-1]
+    fp[-1], pro[-1] = neg_tail.size, (pro_at[0] if pro_at.size else 0.0)
+    return _trapezoid_to(fp / neg_count, pro, fpr_limit) / fpr_limit
+
+
+def _check_limit(fpr_limit: float) -> float:
+    fpr_limit = float(fpr_limit)
+    if not 0.0 < fpr_limit <= 1.0:
+        raise ValueError(f"fpr_limit: expected a value in (0, 1], got {fpr_limit}")
+    return fpr_limit
+
+
+def _aupro_sorted(neg: np.ndarray, pos: np.ndarray, weights: np.ndarray, n_regions: int,
+                  fpr_limit: float) -> float:
+    """AUPRO from all normal scores (ascending) and the anomalous scores with their PRO weights."""
+    if n_regions == 0 or neg.size == 0:
+        return math.nan
+    k = _limit_threshold(neg.size, fpr_limit)
+    t_star = -np.inf if k < 0 else neg[k]  # FPR(t*) > fpr_limit >= FPR(t) for every larger t
+    neg_tail = neg[np.searchsorted(neg, t_star, side="left"):]  # the tie group at t* included
+    keep = pos >= t_star
+    return _aupro_core(neg_tail, neg.size, pos[keep], weights[keep], fpr_limit)
+
+
+# ------------------------------------------------------------------------------------------- public API
+def image_auroc(scores: Any, labels: Any) -> float:
+    """Image-level AUROC (as sklearn.metrics.roc_auc_score); nan if only one class is present."""
+    s, y = _scores_labels(scores, labels)
+    return _auroc_sorted(np.sort(s[~y]), np.sort(s[y]))
+
+
+def image_ap(scores: Any, labels: Any) -> float:
+    """Image-level average precision (as sklearn.metrics.average_precision_score); nan without anomalies."""
+    s, y = _scores_labels(scores, labels)
+    return _ap_sorted(np.sort(s[~y]), np.sort(s[y]))
+
+
+def pixel_auroc(maps: Any, masks: Any) -> float:
+    """Pixel-level AUROC over every pixel of all maps; nan if the masks hold only one class."""
+    m, g = _maps_masks(maps, masks)
+    return _auroc_sorted(np.sort(m[~g]), np.sort(m[g]))
+
+
+def pixel_ap(maps: Any, masks: Any) -> float:
+    """Pixel-level average precision over every pixel of all maps; nan if the masks are all zero."""
+    m, g = _maps_masks(maps, masks)
+    return _ap_sorted(np.sort(m[~g]), np.sort(m[g]))
+
+
+def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
+    """Normalised area under the PRO curve up to FPR = fpr_limit (MVTec AD definition, exact; see the module
+    docstring). nan if the masks hold no anomalous region or no anomaly-free pixel."""
+    fpr_limit = _check_limit(fpr_limit)
+    m, g = _maps_masks(maps, masks)
+    weights, n_regions = _region_weights(g)
+    neg = np.sort(m[~g])  # a full SIMD sort costs about what np.partition plus sorting the tail costs
+    return _aupro_sorted(neg, m[g], weights, n_regions, fpr_limit)
+
+
+def compute_metrics(scores: Any, labels: Any, maps: Any, masks: Any, fpr_limit: float = 0.3) -> dict[str, float]:
+    """The five metrics {image_auroc, image_ap, pixel_auroc, pixel_ap, aupro}; the pixel ones share one sort."""
+    fpr_limit = _check_limit(fpr_limit)
+    s, y = _scores_labels(scores, labels)
+    m, g = _maps_masks(maps, masks)
+    if s.shape[0] != m.shape[0]:
+        raise ValueError(f"scores and maps: expected one score per map, got {s.shape[0]} scores "
+                         f"and {m.shape[0]} maps")
+    s_neg, s_pos = np.sort(s[~y]), np.sort(s[y])
+    neg = np.sort(m[~g])
+    pos = m[g]
+    pos_sorted = np.sort(pos)
+    weights, n_regions = _region_weights(g)
+    pro = _aupro_sorted(neg, pos, weights, n_regions, fpr_limit)
+    return {
+        "image_auroc": _auroc_sorted(s_neg, s_pos),
+        "image_ap": _ap_sorted(s_neg, s_pos),
+        "pixel_auroc": _auroc_sorted(neg, pos_sorted),
+        "pixel_ap": _ap_sorted(neg, pos_sorted),
+        "aupro": pro,
+    }

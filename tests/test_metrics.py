@@ -1,0 +1,163 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.measure import label as sk_label
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from prnet.metrics import (METRIC_KEYS, aupro, compute_metrics, image_ap, image_auroc, pixel_ap, pixel_auroc)
+
+
+def reference_aupro(maps, masks, fpr_limit=0.3):
+    """Brute force: every distinct score is a threshold; FPR and PRO counted directly at each one."""
+    maps = np.asarray(maps, np.float64)
+    masks = np.asarray(masks) > 0.5
+    regions = []
+    for m, g in zip(maps, masks):
+        lab = sk_label(g, connectivity=2)  # 8-connectivity
+        regions += [m[lab == r] for r in range(1, lab.max() + 1)]
+    normal = maps[~masks]
+    xs, ys = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        xs.append(np.mean(normal >= t))
+        ys.append(np.mean([np.mean(r >= t) for r in regions]))
+    area = 0.0
+    for i in range(1, len(xs)):
+        x0, y0, x1, y1 = xs[i - 1], ys[i - 1], xs[i], ys[i]
+        if x1 <= fpr_limit:
+            area += (x1 - x0) * (y0 + y1) / 2
+        else:
+            y_lim = y0 + (fpr_limit - x0) / (x1 - x0) * (y1 - y0)
+            area += (fpr_limit - x0) * (y0 + y_lim) / 2
+            break
+    return area / fpr_limit
+
+
+def random_case(seed, n=4, h=16, w=16, decimals=2):
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, h, w), np.uint8)
+    for i in range(n - 1):  # the last image stays normal
+        for _ in range(rng.integers(1, 4)):
+            y, x = rng.integers(0, h - 3), rng.integers(0, w - 3)
+            masks[i, y:y + rng.integers(1, 5), x:x + rng.integers(1, 5)] = 1
+    maps = rng.random((n, h, w)) * 0.7 + masks * rng.random((n, h, w)) * 0.6
+    maps = np.round(maps, decimals).astype(np.float32)  # many ties
+    return maps, masks
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("limit", [0.05, 0.3, 0.77, 1.0])
+def test_aupro_matches_brute_force_with_ties(seed, limit):
+    maps, masks = random_case(seed)
+    assert abs(aupro(maps, masks, limit) - reference_aupro(maps, masks, limit)) <= 1e-6
+    got = compute_metrics(maps.reshape(4, -1).max(1), masks.reshape(4, -1).max(1), maps, masks, limit)["aupro"]
+    assert abs(got - reference_aupro(maps, masks, limit)) <= 1e-6
+
+
+def test_aupro_coarse_ties_and_limit_on_a_step():
+    # one decimal: few thresholds, so FPR often lands exactly on the limit or jumps far beyond it
+    for seed in range(5):
+        maps, masks = random_case(seed, n=3, h=10, w=10, decimals=1)
+        for limit in (0.1, 0.2, 0.5):
+            assert abs(aupro(maps, masks, limit) - reference_aupro(maps, masks, limit)) <= 1e-6
+
+
+def test_aupro_hand_computed():
+    # 1×4×4, one 2-pixel region (a, b), 14 normal pixels: 0.9 (one), 0.4 (two), 0.1 (eleven)
+    #   a = 0.8, b = 0.4 (tied with two normal pixels)
+    # thresholds, descending: 0.9 -> (FPR 1/14, PRO 0);  0.8 -> (1/14, 1/2);  0.4 -> (3/14, 1);  0.1 -> (1, 1)
+    # area up to 0.3: 0 on [0, 1/14]; the vertical step adds nothing; from (1/14, 1/2) to (3/14, 1):
+    #   (2/14)·(1/2 + 1)/2 = 3/28; then PRO = 1 from 3/14 to 0.3: 0.3 − 3/14 = 3/35
+    # AUPRO = (3/28 + 3/35) / 0.3 = (27/140) / 0.3 = 9/14
+    m = np.full((1, 4, 4), 0.1)
+    g = np.zeros((1, 4, 4))
+    m[0, 0, 0] = 0.9
+    m[0, 3, 3] = m[0, 3, 2] = 0.4
+    g[0, 1, 1] = g[0, 1, 2] = 1
+    m[0, 1, 1], m[0, 1, 2] = 0.8, 0.4
+    assert aupro(m, g, 0.3) == pytest.approx(9 / 14, abs=1e-12)
+    # limit inside the first diagonal segment: interpolation at the limit (FPR 1/7 ⇒ PRO 3/4)
+    # area = (1/14)·(1/2 + 3/4)/2 = 5/112, divided by 1/7: 5/16
+    assert aupro(m, g, 1 / 7) == pytest.approx(5 / 16, abs=1e-12)
+
+
+def test_aupro_eight_connectivity():
+    # normal pixels score 0.5, found anomalous pixels 1.0, missed ones 0.0 (below every normal pixel), so PRO
+    # is constant from FPR 0 to FPR 1 and AUPRO equals it
+    m = np.full((2, 5, 5), 0.5)
+    g = np.zeros((2, 5, 5))
+    g[0, 1, 1] = g[0, 2, 2] = 1  # diagonal neighbours: one region
+    m[0, 1, 1], m[0, 2, 2] = 1.0, 0.0  # half found
+    g[1, 3, 3] = 1
+    m[1, 3, 3] = 1.0  # found
+    # 8-connected: regions {(1,1),(2,2)} and {(3,3)}: PRO = (1/2 + 1)/2 = 3/4
+    # (4-connected it would be three regions: (1 + 0 + 1)/3 = 2/3)
+    assert aupro(m, g, 0.3) == pytest.approx(0.75, abs=1e-12)
+    assert aupro(m, g, 0.3) == pytest.approx(reference_aupro(m, g, 0.3), abs=1e-12)
+
+
+def test_aupro_regions_do_not_cross_images():
+    m = np.full((2, 3, 3), 0.5)
+    g = np.zeros((2, 3, 3))
+    g[:, 1, 1] = 1  # same position in both images: two regions, one found, one missed
+    m[0, 1, 1], m[1, 1, 1] = 1.0, 0.0
+    assert aupro(m, g, 0.3) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_perfect_maps_give_one():
+    maps, masks = random_case(3, decimals=3)
+    perfect = masks + 0.01 * maps  # every anomalous pixel above every normal one
+    labels = masks.reshape(4, -1).max(1)
+    scores = perfect.reshape(4, -1).max(1)
+    res = compute_metrics(scores, labels, perfect, masks)
+    for k in METRIC_KEYS:
+        assert res[k] == pytest.approx(1.0, abs=1e-12), k
+
+
+def test_undefined_cases_are_nan():
+    m = np.random.default_rng(0).random((2, 8, 8))
+    assert math.isnan(aupro(m, np.zeros((2, 8, 8))))
+    assert math.isnan(aupro(m, np.ones((2, 8, 8))))
+    assert math.isnan(pixel_auroc(m, np.zeros((2, 8, 8))))
+    assert math.isnan(image_auroc([0.1, 0.2], [1, 1]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pixel_and_image_metrics_equal_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    maps, masks = random_case(seed, n=6, h=20, w=20)
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-9)
+    assert pixel_ap(maps, masks) == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-9)
+    scores = np.round(rng.random(300), 1)  # heavy ties
+    labels = (rng.random(300) < 0.3 + 0.4 * scores).astype(int)
+    assert image_auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+    assert image_ap(scores, labels) == pytest.approx(average_precision_score(labels, scores), abs=1e-9)
+
+
+def test_compute_metrics_keys_values_and_torch_input():
+    maps, masks = random_case(5, n=6)
+    labels = masks.reshape(6, -1).max(1)
+    scores = maps.reshape(6, -1).mean(1)
+    res = compute_metrics(scores, labels, maps, masks)
+    assert list(res) == ["image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro"]
+    assert res["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+    assert res["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-9)
+    assert res["aupro"] == pytest.approx(aupro(maps, masks), abs=1e-12)
+    # N×1×H×W torch tensors (half precision maps included) give the same numbers as numpy
+    res_t = compute_metrics(torch.from_numpy(scores), torch.from_numpy(labels),
+                            torch.from_numpy(maps)[:, None], torch.from_numpy(masks).float()[:, None])
+    assert res_t == pytest.approx(res, abs=1e-12)
+    half = torch.from_numpy(maps).half()
+    assert aupro(half, masks) == pytest.approx(aupro(half.float().numpy(), masks), abs=1e-12)
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="same N×H×W shape"):
+        aupro(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        pixel_auroc(np.full((1, 2, 2), np.nan), np.eye(2)[None])
+    with pytest.raises(ValueError, match="fpr_limit"):
+        aupro(np.zeros((1, 2, 2)), np.eye(2)[None], fpr_limit=0)
+    with pytest.raises(ValueError, match="same length"):
+        image_auroc([0.1, 0.2], [0, 1, 1])
