@@ -117,20 +117,27 @@ class TrainDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Yields (epoch, index) tuples, shuffled with numpy_rng(seed, epoch) when `shuffle`; call set_epoch(e) in
-    the main process each epoch. Works with persistent DataLoader workers."""
+    """Yields (epoch, index) pairs: a permutation seeded by (seed, epoch) (or the identity if not `shuffle`),
+    this rank's shard of it.
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
-        self.n, self.seed, self.shuffle, self.epoch = int(n), int(seed), shuffle, 0
+    The epoch travels with each index, so dataset workers (persistent or not) draw the same sample for the same
+    (seed, epoch, index) whatever their number; call set_epoch(e) in the main process each epoch. Every rank
+    gets the same count (the permutation is cut to a multiple of the world size), so DDP ranks step together.
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.seed, self.shuffle = int(n), int(seed), shuffle
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = numpy_rng(self.seed, self.epoch, 0x5EED).permutation(self.n) if self.shuffle else range(self.n)
+        order = numpy_rng(self.seed, self.epoch, 0x5EED).permutation(self.n) if self.shuffle else np.arange(self.n)
+        order = order[: len(self) * self.world_size][self.rank::self.world_size]
         return iter([(self.epoch, int(i)) for i in order])
 
 

@@ -1,0 +1,73 @@
+"""Export a trained checkpoint to ONNX: backbone, prototype lookup, head, sigmoid, smoothing and score, one graph.
+
+    python export.py --checkpoint outputs/demo/demo/last.pt --out model.onnx
+
+Input `image`: N×3×H×W float32 RGB in [0, 1] at the training size (normalisation is inside the graph).
+Outputs `anomaly_map`: N×1×H×W in [0, 1] (smoothed as in evaluation), `score`: N image scores. The batch axis is
+dynamic. Exit codes: 0 written, 2 bad checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+log = logging.getLogger("export")
+
+
+class ExportModule(torch.nn.Module):
+    """The whole inference path of a PRNet model as one module: image → (smoothed map, image score)."""
+
+    def __init__(self, model: torch.nn.Module, sigma: float, topk: int):
+        super().__init__()
+        self.model, self.sigma, self.topk = model, sigma, topk
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from prnet.engine.evaluator import gaussian_smooth, image_scores
+
+        maps = gaussian_smooth(torch.sigmoid(self.model(image)), self.sigma)
+        return maps, image_scores(maps, self.topk)
+
+
+def export_onnx(checkpoint: str, out: str, opset: int = 17) -> None:
+    from prnet.config import image_hw
+    from prnet.engine.checkpoint import model_from_checkpoint
+    from prnet.utils import atomic_write
+
+    model, cfg, _ = model_from_checkpoint(checkpoint, torch.device("cpu"))
+    module = ExportModule(model, cfg.eval.sigma, cfg.eval.topk).eval()
+    h, w = image_hw(cfg)
+    example = torch.rand(2, 3, h, w)
+
+    def write(tmp: str) -> None:
+        torch.onnx.export(
+            module, (example,), tmp, input_names=["image"], output_names=["anomaly_map", "score"],
+            dynamic_axes={"image": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}},
+            opset_version=opset, dynamo=False)
+
+    atomic_write(out, write)
+    log.info("wrote %s (input image N×3×%d×%d in [0,1])", out, h, w)
+
+
+def main(argv=None) -> int:
+    from prnet.engine.checkpoint import CheckpointError
+    from prnet.utils import setup_logging
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--opset", type=int, default=17)
+    args = p.parse_args(argv)
+    setup_logging()
+    try:
+        export_onnx(args.checkpoint, args.out, args.opset)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Anomaly maps → image scores → metrics.
+
+The model gives logits at the input resolution (`data.image_size`); maps are the sigmoid of the logits at that
+resolution ("evaluation resolution"), optionally smoothed with a Gaussian (`eval.sigma`), and the image score is
+the mean of the top-k map pixels (`eval.topk`). Pixel metrics are computed on the same smoothed maps, every pixel.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from prnet.config import Config
+from prnet.metrics import compute_metrics
+
+log = logging.getLogger(__name__)
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of N×1×H×W maps (reflect padding, kernel radius 4σ). sigma <= 0: unchanged."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(4.0 * sigma + 0.5))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=maps.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(maps.dtype)
+    h, w = maps.shape[-2:]
+    # reflect padding needs pad < size; fall back to replicate on tiny maps
+    mode = "reflect" if radius < min(h, w) else "replicate"
+    out = F.pad(maps, (radius, radius, 0, 0), mode=mode)
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
+    out = F.pad(out, (0, 0, radius, radius), mode=mode)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1))
+
+
+def image_scores(maps: torch.Tensor, topk: int) -> torch.Tensor:
+    """Mean of the top-k pixels of each N×1×H×W map → N scores."""
+    flat = maps.flatten(1)
+    k = max(1, min(topk, flat.shape[1]))
+    return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+@torch.no_grad()
+def predict_maps(model: torch.nn.Module, images: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smoothed anomaly maps (N×1×H×W, float32 in [0,1]) and image scores for a batch of [0,1] images."""
+    device = images.device
+    use_amp = cfg.train.amp and device.type == "cuda"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        logits = model(images)
+    maps = gaussian_smooth(torch.sigmoid(logits.float()), cfg.eval.sigma)
+    return maps, image_scores(maps, cfg.eval.topk)
+
+
+@torch.no_grad()
+def run_inference(model: torch.nn.Module, dataset: Dataset, cfg: Config, device: torch.device,
+                  indices: Optional[list[int]] = None, progress: bool = True) -> dict:
+    """Maps, scores, labels and masks of `dataset` (or of `indices` of it), as numpy arrays, in dataset order."""
+    was_training = model.training
+    model.eval()
+    subset = dataset if indices is None else Subset(dataset, indices)
+    loader = DataLoader(subset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=0)
+    maps, scores, labels, masks = [], [], [], []
+    for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+        images = batch["image"].to(device, non_blocking=True)
+        if cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        m, s = predict_maps(model, images, cfg)
+        maps.append(m[:, 0].cpu().numpy())
+        scores.append(s.cpu().numpy())
+        labels.append(batch["label"].numpy())
+        masks.append(batch["mask"][:, 0].numpy().astype(np.uint8))
+    model.train(was_training)
+    if not maps:
+        raise ValueError("evaluation set is empty")
+    return {
+        "maps": np.concatenate(maps),
+        "scores": np.concatenate(scores),
+        "labels": np.concatenate(labels).astype(np.int64),
+        "masks": np.concatenate(masks),
+    }
+
+
+def evaluate(model: torch.nn.Module, dataset: Dataset, cfg: Config, device: torch.device,
+             progress: bool = True) -> tuple[dict, dict]:
+    """(the five metrics, the raw arrays of run_inference)."""
+    out = run_inference(model, dataset, cfg, device, progress=progress)
+    metrics = compute_metrics(out["scores"], out["labels"], out["maps"], out["masks"])
+    return {k: float(v) for k, v in metrics.items()}, out

@@ -1,0 +1,398 @@
+"""The training loop for one category: data, model, optimiser, checkpoints, resume, evaluation, reports.
+
+Nothing here selects anything on test data: the model reported is the one after the last epoch;
+`train.eval_every` evaluations are logged for monitoring only.
+
+Distributed (torchrun): every process trains on its shard of each epoch's seeded permutation with
+`train.batch_size` images, so the global batch is `train.batch_size × world size`; gradients are averaged by
+DistributedDataParallel; only rank 0 writes checkpoints, logs and reports; evaluation is split across ranks and
+gathered, giving the same metrics as one process.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from prnet.config import Config, dump_config, image_hw
+from prnet.datasets import EpochSampler
+from prnet.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from prnet.engine.evaluator import run_inference
+from prnet.utils import torch_generator
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
+LOG_COLUMNS = ("epoch", "loss", "focal", "smooth_l1", "lr", "images_per_s", "seconds")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, outputs in the way)."""
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def run_name(cfg: Config) -> str:
+    """The default run folder name: backbone, image size, number of real anomalies."""
+    h, w = image_hw(cfg)
+    size = f"{h}" if h == w else f"{h}x{w}"
+    return f"{cfg.model.backbone}_{size}_{cfg.data.num_anomalies}shot"
+
+
+def output_root(cfg: Config) -> str:
+    return cfg.output_dir or os.path.join("outputs", run_name(cfg))
+
+
+def check_outputs(cfg: Config, category: str) -> None:
+    """Refuse to overwrite an earlier run of `category` silently (before any heavy work)."""
+    ckpt = os.path.join(output_root(cfg), category, "last.pt")
+    if os.path.exists(ckpt) and not (cfg.train.resume or cfg.train.overwrite):
+        raise TrainingError(
+            f"{ckpt} already exists: add train.resume=true to continue that run, train.overwrite=true to start "
+            f"over, or choose another output_dir=...")
+
+
+def _worker_count(cfg: Config) -> int:
+    if cfg.train.workers >= 0:
+        return cfg.train.workers
+    return min(8, os.cpu_count() or 1)
+
+
+def make_train_loader(dataset, cfg: Config, ctx: DistContext, device: torch.device) -> tuple[DataLoader, EpochSampler]:
+    sampler = EpochSampler(len(dataset), cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
+    workers = _worker_count(cfg)
+    loader = DataLoader(
+        dataset, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None)
+    if len(loader) == 0:
+        raise TrainingError(
+            f"train.batch_size={cfg.train.batch_size} (x{ctx.world_size} processes) is larger than the "
+            f"{len(dataset)} training samples per epoch")
+    return loader, sampler
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
+    """Linear warm-up for `train.warmup_epochs`, then cosine decay to 1 % of the learning rate, per step."""
+    total = max(1, cfg.train.epochs * steps_per_epoch)
+    warmup = min(total - 1, cfg.train.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _truncate_log(path: str, last_epoch: int) -> None:
+    """Keep only rows of epochs <= last_epoch (a resumed run repeats the epoch that was cut short)."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= last_epoch]
+    from prnet.utils import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def _gather_inference(model, dataset, cfg: Config, device, ctx: DistContext) -> Optional[dict]:
+    """run_inference over the whole dataset, split across ranks; the full result on rank 0, None elsewhere."""
+    if not ctx.enabled:
+        return run_inference(model, dataset, cfg, device)
+    indices = list(range(ctx.rank, len(dataset), ctx.world_size))
+    part = run_inference(model, dataset, cfg, device, indices=indices, progress=ctx.is_main)
+    parts: list = [None] * ctx.world_size
+    dist.all_gather_object(parts, (indices, part))
+    if not ctx.is_main:
+        return None
+    order = np.argsort(np.concatenate([np.asarray(i, dtype=np.int64) for i, _ in parts]), kind="stable")
+    return {k: np.concatenate([p[k] for _, p in parts])[order] for k in part}
+
+
+def package_versions() -> dict:
+    import timm
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__}
+
+
+def git_commit() -> Optional[str]:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def decision_threshold(scores: np.ndarray) -> float:
+    """predict.py's default threshold, from normal training images only: the highest normal image score.
+
+    The model has seen these images, so their scores are optimistic; taking their maximum (rather than a
+    quantile) keeps the false-positive rate on new normal images low. Test labels are never used.
+    """
+    return float(np.max(scores))
+
+
+def train_category(cfg: Config, category: str, device: torch.device, ctx: DistContext = DistContext()) -> dict:
+    """Train one category for `train.epochs`, evaluate the last epoch, write the reports. Returns results."""
+    from prnet import metrics as prmetrics
+    from prnet import report
+    from prnet.datasets import build_test_dataset, build_train_dataset
+    from prnet.datasets.mvtec import MVTEC
+    from prnet.losses import PRNetLoss
+    from prnet.models.prnet import build_model
+    from prnet.models.prototypes import ensure_prototypes
+
+    out_dir = os.path.join(output_root(cfg), category)
+    ckpt_path = os.path.join(out_dir, "last.pt")
+    log_path = os.path.join(out_dir, "train_log.csv")
+    check_outputs(cfg, category)
+    timings: dict = {}
+
+    # prototypes: rank 0 builds them if missing, the others wait and load the file
+    t0 = time.time()
+    if ctx.enabled and not ctx.is_main:
+        dist.barrier()
+    bank = ensure_prototypes(cfg, category, device)
+    if ctx.enabled and ctx.is_main:
+        dist.barrier()
+    timings["prototypes_s"] = time.time() - t0
+
+    train_set = build_train_dataset(cfg, category)
+    test_set = build_test_dataset(cfg, category)
+    log.info("%s: %d training samples per epoch (%d real anomalies for training: %s), %d test images",
+             category, len(train_set), len(train_set.real_anomalies), ", ".join(train_set.real_anomalies) or "none",
+             len(test_set))
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, bank).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    loader, sampler = make_train_loader(train_set, cfg, ctx, device)
+    scheduler = make_scheduler(optimizer, cfg, len(loader))
+    criterion = PRNetLoss(cfg.loss)
+    use_amp = cfg.train.amp and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    start_epoch, history = 0, []
+    if ctx.is_main and os.path.exists(out_dir) and cfg.train.overwrite and not cfg.train.resume:
+        for name in ("last.pt", "train_log.csv", "results.json"):
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
+    if cfg.train.resume and os.path.exists(ckpt_path):
+        state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state({k: v.cpu() if torch.is_tensor(v) else v for k, v in state["rng"].items()})
+        start_epoch, history = state["epoch"], state["history"]
+        log.info("%s: resumed from %s after epoch %d", category, ckpt_path, start_epoch)
+        if ctx.is_main:
+            _truncate_log(log_path, start_epoch)
+    elif cfg.train.resume:
+        log.info("%s: train.resume=true but no %s yet: starting from scratch", category, ckpt_path)
+    if ctx.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        dump_config(cfg, os.path.join(out_dir, "config.yaml"))
+
+    train_model = model
+    if ctx.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    compiled = torch.compile(train_model) if cfg.train.compile else train_model
+
+    t_train = time.time()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        train_set.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        model.train()
+        t_epoch = time.time()
+        sums = torch.zeros(3, device=device)
+        pending: list[torch.Tensor] = []
+        n_images = 0
+        bar = tqdm(loader, desc=f"{category} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                   disable=not ctx.is_main)
+        for step, batch in enumerate(bar):
+            images = batch["image"].to(device, non_blocking=True)
+            masks = batch["mask"].to(device, non_blocking=True)
+            if cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = compiled(images)
+            loss, terms = criterion(logits, masks)
+            values = torch.stack([loss.detach(), terms["focal"].detach(), terms["smooth_l1"].detach()])
+            pending.append(values)
+            # one host sync per few steps: check finiteness and refresh the progress bar
+            if device.type != "cuda" or len(pending) >= 20 or step == len(loader) - 1:
+                _check_finite(pending, epoch, step - len(pending) + 1, category)
+                sums += torch.stack(pending).sum(0)
+                pending = []
+                bar.set_postfix(loss=f"{sums[0].item() / (step + 1):.4f}",
+                                img_s=f"{(step + 1) * images.shape[0] / (time.time() - t_epoch):.1f}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            n_images += images.shape[0]
+        if pending:
+            _check_finite(pending, epoch, len(loader) - len(pending), category)
+            sums += torch.stack(pending).sum(0)
+        if ctx.enabled:
+            dist.all_reduce(sums)
+            sums /= ctx.world_size
+        seconds = time.time() - t_epoch
+        mean = (sums / len(loader)).tolist()
+        row = {"epoch": epoch + 1, "loss": mean[0], "focal": mean[1], "smooth_l1": mean[2],
+               "lr": optimizer.param_groups[0]["lr"], "images_per_s": n_images * ctx.world_size / seconds,
+               "seconds": seconds}
+        history.append(row)
+        log.info("%s epoch %d/%d: loss %.4f (focal %.4f, smooth-L1 %.4f), %.1f images/s", category, epoch + 1,
+                 cfg.train.epochs, mean[0], mean[1], mean[2], row["images_per_s"])
+        if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
+            out = _gather_inference(model, test_set, cfg, device, ctx)
+            if ctx.is_main:
+                m = prmetrics.compute_metrics(out["scores"], out["labels"], out["maps"], out["masks"])
+                log.info("%s epoch %d (monitoring only, nothing is selected on it): %s", category, epoch + 1,
+                         ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
+                history[-1].update({f"monitor_{k}": float(v) for k, v in m.items()})
+        if ctx.is_main:
+            report.append_csv_row(log_path, {k: row[k] for k in LOG_COLUMNS})
+            save_checkpoint(ckpt_path, model=model, epoch=epoch + 1, cfg=cfg, prototype_meta=bank.meta,
+                            optimizer=optimizer, scheduler=scheduler, history=history)
+    timings["train_s"] = time.time() - t_train
+    fingerprints = _rank_fingerprints(model, ctx)
+
+
+    # the decision threshold for predict.py, from normal training images only
+    normal_train = MVTEC(cfg.data.root, category, "train", image_hw(cfg))
+    normal_out = _gather_inference(model, normal_train, cfg, device, ctx)
+    t_eval = time.time()
+    out = _gather_inference(model, test_set, cfg, device, ctx)
+    timings["eval_s"] = time.time() - t_eval
+    if not ctx.is_main:
+        return {}
+    threshold = decision_threshold(normal_out["scores"])
+    save_checkpoint(ckpt_path, model=model, epoch=cfg.train.epochs, cfg=cfg, prototype_meta=bank.meta,
+                    optimizer=optimizer, scheduler=scheduler, threshold=threshold, history=history)
+    metrics = {k: float(v) for k, v in
+               prmetrics.compute_metrics(out["scores"], out["labels"], out["maps"], out["masks"]).items()}
+    timings["test_ms_per_image"] = 1000.0 * timings["eval_s"] / max(1, len(test_set))
+    h, w = image_hw(cfg)
+    results = {
+        "category": category,
+        "metrics": metrics,
+        "evaluation_resolution": [h, w],
+        "epochs": cfg.train.epochs,
+        "real_anomalies_used_for_training": list(train_set.real_anomalies),
+        "excluded_from_evaluation": list(test_set.excluded),
+        "test_images": {"normal": int((out["labels"] == 0).sum()), "defective": int((out["labels"] == 1).sum())},
+        "decision_threshold": threshold,
+        "config": json.loads(json.dumps(_cfg_dict(cfg))),
+        "timings": timings,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "device": str(device),
+        "world_size": ctx.world_size,
+        "weights_fingerprints": fingerprints,
+    }
+    from prnet.utils import atomic_write
+
+    def write_json(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=2)
+
+    atomic_write(os.path.join(out_dir, "results.json"), write_json)
+    report.plot_loss(log_path, os.path.join(out_dir, "loss.png"))
+    report.examples_grid(os.path.join(out_dir, "examples.png"), _ImageSource(test_set), out["masks"], out["maps"],
+                         out["scores"], out["labels"], n=cfg.eval.examples, threshold=threshold)
+    log.info("%s: %s", category, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    return results
+
+
+class _ImageSource:
+    """Lazy HxWx3 image access by index, so the examples grid loads only the images it shows."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.dataset[int(i)]["image"].permute(1, 2, 0).numpy()
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the trainable parameters' bytes: equal fingerprints, equal weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        if p.requires_grad:
+            digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _rank_fingerprints(model: torch.nn.Module, ctx: DistContext) -> list[str]:
+    """Every rank's weights fingerprint; an error if DDP ranks ended with different weights."""
+    mine = weights_fingerprint(model)
+    if not ctx.enabled:
+        return [mine]
+    fingerprints: list = [None] * ctx.world_size
+    dist.all_gather_object(fingerprints, mine)
+    if len(set(fingerprints)) != 1:
+        raise TrainingError(f"distributed ranks ended with different weights: {fingerprints}")
+    return fingerprints
+
+
+def _check_finite(pending: list[torch.Tensor], epoch: int, first_step: int, category: str) -> None:
+    losses = torch.stack(pending)[:, 0]
+    finite = torch.isfinite(losses)
+    if not bool(finite.all()):
+        bad = first_step + int((~finite).nonzero()[0, 0])
+        raise TrainingError(
+            f"{category}: non-finite loss at epoch {epoch + 1}, step {bad + 1}; the last good checkpoint "
+            f"(end of epoch {epoch}) is kept. Lower train.lr or check the data.")
+
+
+def _cfg_dict(cfg: Config) -> dict:
+    from prnet.config import config_to_dict
+
+    return config_to_dict(cfg)

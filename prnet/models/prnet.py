@@ -1,0 +1,83 @@
+"""PRNet (Zhang et al., CVPR 2023): frozen backbone, prototype residuals, multi-scale fusion, multi-size
+self-attention and a U-Net-like decoder to a per-pixel anomaly logit map."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from prnet.config import Config, ModelConfig
+from prnet.models.attention import MultiSizeSelfAttention
+from prnet.models.backbone import Backbone
+from prnet.models.decoder import Decoder
+from prnet.models.fusion import MultiScaleFusion
+from prnet.models.prototypes import PrototypeBank
+
+
+def _proj(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class PRNet(nn.Module):
+    """forward(x in [0,1], N×3×H×W) -> anomaly logits N×1×H×W.
+
+    The backbone and the prototype bank are part of the module (buffers), so a checkpoint or an ONNX
+    export carries them. With `bank=None` the bank is empty and takes its prototypes from the first
+    checkpoint loaded (load_state_dict); a forward pass before that raises.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, bank: Optional[PrototypeBank] = None, residual: str = "squared",
+                 backbone: Optional[Backbone] = None) -> None:
+        super().__init__()
+        self.backbone = backbone if backbone is not None else Backbone(
+            model_cfg.backbone, model_cfg.backbone_weights, model_cfg.stages, model_cfg.bottleneck_stage)
+        n = len(model_cfg.stages)
+        if bank is None:
+            bank = PrototypeBank(None, {"residual": residual}, residual=residual, num_scales=n)
+        if bank.num_scales != n:
+            raise ValueError(f"PRNet: prototype bank has {bank.num_scales} scales, model.stages has {n}")
+        self.bank = bank
+        widths = [int(w) for w in model_cfg.head_widths]
+        if len(widths) != n:
+            raise ValueError(f"PRNet: model.head_widths {widths} needs one width per stage {model_cfg.stages}")
+        chans = self.backbone.channels
+        self.feat_proj = nn.ModuleList(_proj(c, w) for c, w in zip(chans, widths))
+        self.res_proj = nn.ModuleList(_proj(c, w) for c, w in zip(chans, widths))
+        self.feat_fusion = MultiScaleFusion(widths, self.backbone.strides)
+        self.res_fusion = MultiScaleFusion(widths, self.backbone.strides)
+        self.merge = nn.ModuleList(_proj(2 * w, w) for w in widths)
+        self.attention = nn.ModuleList(
+            nn.Sequential(*[MultiSizeSelfAttention(w, model_cfg.attn_patch_divisors)
+                            for _ in range(model_cfg.attn_blocks)]) for w in widths)
+        self.out_fusion = MultiScaleFusion(widths, self.backbone.strides)
+        self.decoder = Decoder(widths, self.backbone.bottleneck_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats, bottleneck = self.backbone(x)
+        residuals = self.bank(feats)
+        dtype = self.feat_proj[0][0].weight.dtype if not torch.is_autocast_enabled(x.device.type) else None
+        if dtype is not None:
+            feats = [f.to(dtype) for f in feats]
+            residuals = [r.to(dtype) for r in residuals]
+            bottleneck = bottleneck.to(dtype)
+        f = self.feat_fusion([p(t) for p, t in zip(self.feat_proj, feats)])
+        r = self.res_fusion([p(t) for p, t in zip(self.res_proj, residuals)])
+        z = [m(torch.cat([a, b], dim=1)) for m, a, b in zip(self.merge, f, r)]
+        z = [att(t) for att, t in zip(self.attention, z)]
+        z = self.out_fusion(z)
+        return self.decoder(bottleneck, z, (x.shape[-2], x.shape[-1]))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters (everything but the frozen backbone)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of parameters with requires_grad."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_model(cfg: Config, bank: Optional[PrototypeBank] = None, backbone: Optional[Backbone] = None) -> PRNet:
+    """PRNet from a full Config and a prototype bank (None: filled by a checkpoint)."""
+    return PRNet(cfg.model, bank, residual=cfg.prototypes.residual, backbone=backbone)

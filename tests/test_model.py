@@ -1,0 +1,133 @@
+"""PRNet: output shapes, frozen backbone under training, gradients, overfitting one batch, attention blocks."""
+import pytest
+import torch
+
+from prnet.config import Config
+from prnet.losses import PRNetLoss
+from prnet.models.attention import MultiSizeSelfAttention, patch_size
+from prnet.models.backbone import Backbone
+from prnet.models.fusion import MultiScaleFusion
+from prnet.models.prnet import PRNet, build_model, count_trainable
+from prnet.models.prototypes import build_prototypes
+
+
+def _cfg(backbone="tf_efficientnet_lite0", widths=(16, 32, 64)):
+    cfg = Config()
+    cfg.model.backbone, cfg.model.backbone_weights = backbone, "none"
+    cfg.model.head_widths = list(widths)
+    cfg.data.image_size = 64
+    return cfg
+
+
+def _model(backbone="tf_efficientnet_lite0", hw=(64, 64), widths=(16, 32, 64)):
+    cfg = _cfg(backbone, widths)
+    bb = Backbone(backbone, "none")
+    images = torch.rand(10, 3, *hw, generator=torch.Generator().manual_seed(0))
+    bank = build_prototypes(bb, [images], cfg, "cpu")
+    return build_model(cfg, bank, backbone=bb), cfg
+
+
+@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite0", "resnet18"])
+@pytest.mark.parametrize("hw", [(64, 64), (64, 96)])
+def test_output_shape(backbone, hw):
+    model, _ = _model(backbone, hw)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, *hw))
+    assert out.shape == (2, 1, *hw) and torch.isfinite(out).all()
+
+
+def test_backbone_frozen_while_training_and_every_head_param_gets_grad():
+    model, cfg = _model("resnet18")
+    model.train()
+    assert not model.backbone.training
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    bank_before = [p.clone() for p in model.bank.prototypes]
+    opt = torch.optim.SGD(model.head_parameters(), lr=0.1)
+    assert len(model.head_parameters()) == sum(1 for p in model.parameters() if p.requires_grad)
+    assert count_trainable(model) == sum(p.numel() for p in model.head_parameters())
+    x = torch.rand(2, 3, 64, 64)
+    mask = (torch.rand(2, 1, 64, 64) > 0.8).float()
+    total, _ = PRNetLoss(cfg.loss)(model(x), mask)
+    total.backward()
+    for name, p in model.named_parameters():
+        if name.startswith("backbone."):
+            assert p.grad is None, name
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    opt.step()
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for a, b in zip(bank_before, model.bank.prototypes):
+        assert torch.equal(a, b)
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    model, cfg = _model("resnet18")
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[0, :, 10:30, 20:40] = 1
+    mask[1, :, 40:60, 5:25] = 1
+    x = 0.3 * torch.rand(2, 3, 64, 64, generator=g) + 0.6 * mask  # bright synthetic defects
+    loss_fn = PRNetLoss(cfg.loss)
+    opt = torch.optim.Adam(model.head_parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        total, _ = loss_fn(model(x), mask)
+        total.backward()
+        opt.step()
+        losses.append(total.item())
+    assert min(losses[-5:]) < losses[0] / 10, losses
+
+
+def test_checkpoint_round_trip_without_bank():
+    model, cfg = _model("tf_efficientnet_lite0")
+    model.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    other = PRNet(cfg.model, None, backbone=Backbone("tf_efficientnet_lite0", "none")).eval()
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(other(x), ref, atol=1e-5)
+
+
+def test_patch_size_rule():
+    assert patch_size(16, 4) == 4 and patch_size(12, 8) == 1 and patch_size(20, 8) == 2 and patch_size(3, 1) == 3
+    assert patch_size(14, 4) == 2  # 14 // 4 = 3 does not divide 14: largest divisor <= 3
+
+
+def test_attention_non_square_and_token_mixing():
+    torch.manual_seed(0)
+    att = MultiSizeSelfAttention(16, (1, 2, 4, 8)).eval()
+    x = torch.randn(2, 16, 12, 20)
+    y = att(x)
+    assert y.shape == x.shape
+    # attention mixes positions: changing one corner changes the output far away
+    x2 = x.clone()
+    x2[:, :, 0, 0] += 5
+    assert not torch.allclose(att(x2)[:, :, -1, -1], y[:, :, -1, -1])
+
+
+def test_fusion_shapes():
+    fus = MultiScaleFusion([8, 16, 32])
+    xs = [torch.randn(1, 8, 16, 24), torch.randn(1, 16, 8, 12), torch.randn(1, 32, 4, 6)]
+    assert [tuple(o.shape) for o in fus(xs)] == [tuple(x.shape) for x in xs]
+
+
+def test_onnx_export(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model, _ = _model("tf_efficientnet_lite0", hw=(64, 96), widths=(16, 32, 64))
+    model.eval()
+    x = torch.rand(1, 3, 64, 96)
+    path = str(tmp_path / "m.onnx")
+    torch.onnx.export(model, (x,), path, opset_version=17, input_names=["image"], output_names=["logits"],
+                      dynamo=False)
+    onnx.checker.check_model(onnx.load(path))
+    out = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        assert abs(out - model(x).numpy()).max() < 1e-3

@@ -1,0 +1,238 @@
+"""End to end on a tiny generated category: train.py, outputs, refusal to overwrite, resume, predict.py, export.py.
+
+One short training run (module fixture) serves the output, predict and export tests; resume has its own runs.
+"""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import export as export_script
+import predict as predict_script
+import train as train_script
+from prnet.datasets.demo import make_demo_category
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_overrides(root, out, protos, epochs=2, extra=()):
+    return [
+        f"data.root={root}", "data.classes=[tiny]", "data.image_size=64", "data.dtd_root=null",
+        "data.num_anomalies=3", f"output_dir={out}", f"prototypes.dir={protos}",
+        "model.backbone=tf_efficientnet_lite0", "model.backbone_weights=package", "model.head_widths=[16, 32, 64]",
+        f"train.epochs={epochs}", "train.batch_size=8", "train.workers=0", "train.lr=0.003", "train.warmup_epochs=0",
+        "eval.topk=10", "eval.sigma=1.0", "eval.examples=4", "eval.batch_size=16", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_demo_category(str(root), "tiny", seed=1, size=64, n_train=24, n_test_good=8, n_test_bad=12)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    work = tmp_path_factory.mktemp("run")
+    out, protos = str(work / "out"), str(work / "protos")
+    code = train_script.main(tiny_overrides(tiny_data, out, protos, epochs=3))
+    assert code == 0
+    return {"root": tiny_data, "out": out, "protos": protos, "work": work}
+
+
+def test_training_writes_every_output_and_learns(trained):
+    out = trained["out"]
+    cat = os.path.join(out, "tiny")
+    for name in ("last.pt", "results.json", "train_log.csv", "loss.png", "examples.png", "config.yaml"):
+        assert os.path.getsize(os.path.join(cat, name)) > 0, name
+    for name in ("results.csv", "results.md", "config.yaml"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    results = json.load(open(os.path.join(cat, "results.json")))
+    assert set(results["metrics"]) == {"image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro"}
+    # learned something: clearly above chance (0.5), not an exact figure
+    assert results["metrics"]["image_auroc"] > 0.75
+    assert results["metrics"]["pixel_auroc"] > 0.75
+    # the real anomalies used for training are listed and excluded from evaluation
+    used = results["real_anomalies_used_for_training"]
+    assert len(used) == 3 and sorted(used) == sorted(results["excluded_from_evaluation"])
+    assert results["test_images"] == {"normal": 8, "defective": 12 - 3}
+    assert results["evaluation_resolution"] == [64, 64]
+    with open(os.path.join(cat, "train_log.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    with open(os.path.join(out, "results.csv")) as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["category"] for r in table] == ["tiny", "mean"]
+
+
+def test_existing_outputs_are_not_overwritten(trained, capsys):
+    before = os.path.getmtime(os.path.join(trained["out"], "tiny", "last.pt"))
+    code = train_script.main(tiny_overrides(trained["root"], trained["out"], trained["protos"]))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "train.resume=true" in err and "train.overwrite=true" in err
+    assert os.path.getmtime(os.path.join(trained["out"], "tiny", "last.pt")) == before
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.epochs=many", "'train.epochs': expected an integer"),
+    ("train.nope=1", "unknown config key 'train.nope'"),
+])
+def test_bad_config_is_one_line_and_exit_2(override, fragment, capsys):
+    assert train_script.main([override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0]
+
+
+def test_missing_root_and_unknown_category_exit_2(tmp_path, tiny_data, capsys):
+    assert train_script.main([f"data.root={tmp_path / 'nowhere'}", "data.classes=[tiny]"]) == 2
+    assert str(tmp_path / "nowhere") in capsys.readouterr().err
+    assert train_script.main([f"data.root={tiny_data}", "data.classes=[tinny]"]) == 2
+    err = capsys.readouterr().err
+    assert "tinny" in err and "tiny" in err
+
+
+def test_resume_after_a_kill_gives_the_same_weights(tiny_data, tmp_path, monkeypatch):
+    from prnet.engine import trainer
+
+    protos = str(tmp_path / "protos")
+    extra = ["synthesis.perlin_ratio=0.25", "synthesis.extended_ratio=0.25"]
+    full_out, cut_out = str(tmp_path / "full"), str(tmp_path / "cut")
+    assert train_script.main(tiny_overrides(tiny_data, full_out, protos, epochs=2, extra=extra)) == 0
+
+    real_save = trainer.save_checkpoint
+
+    def save_then_die(path, **kwargs):
+        real_save(path, **kwargs)
+        raise KeyboardInterrupt("killed after the first epoch")
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_script.main(tiny_overrides(tiny_data, cut_out, protos, epochs=2, extra=extra))
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    assert torch.load(os.path.join(cut_out, "tiny", "last.pt"), weights_only=True)["epoch"] == 1
+    assert train_script.main(tiny_overrides(tiny_data, cut_out, protos, epochs=2, extra=[*extra, "train.resume=true"])) == 0
+
+    a = torch.load(os.path.join(full_out, "tiny", "last.pt"), weights_only=True)["model"]
+    b = torch.load(os.path.join(cut_out, "tiny", "last.pt"), weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        if torch.is_tensor(a[k]):
+            assert torch.equal(a[k], b[k]), k
+    with open(os.path.join(cut_out, "tiny", "train_log.csv")) as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2]
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(tiny_data, tmp_path, monkeypatch, caplog):
+    from prnet import losses
+
+    real_forward = losses.PRNetLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, logits, mask):
+        calls["n"] += 1
+        total, terms = real_forward(self, logits, mask)
+        return (total * float("nan"), terms) if calls["n"] == 2 else (total, terms)
+
+    monkeypatch.setattr(losses.PRNetLoss, "forward", poisoned)
+    out = str(tmp_path / "out")
+    code = train_script.main(tiny_overrides(tiny_data, out, str(tmp_path / "protos"), epochs=1))
+    assert code == 1
+    assert "non-finite loss at epoch 1, step 2" in caplog.text
+    assert not os.path.exists(os.path.join(out, "tiny", "last.pt"))
+
+
+def test_predict_scores_images_and_reports_unreadable_ones(trained, tmp_path):
+    ckpt = os.path.join(trained["out"], "tiny", "last.pt")
+    src = tmp_path / "in"
+    shutil.copytree(os.path.join(trained["root"], "tiny", "test"), src)
+    (src / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "pred"
+    code = predict_script.main(["--checkpoint", ckpt, "--input", str(src), "--output", str(out)])
+    assert code == 1  # one unreadable file, the rest processed
+    with open(out / "scores.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    n_images = sum(len(files) for _, _, files in os.walk(os.path.join(trained["root"], "tiny", "test")))
+    assert len(rows) == n_images
+    assert all(r["anomalous"] in ("yes", "no") for r in rows)
+    pngs = [f for f in os.listdir(out) if f.endswith(".png")]
+    assert len(pngs) == n_images
+    # defective images score higher on average than good ones
+    good = [float(r["score"]) for r in rows if "/good/" in r["path"]]
+    bad = [float(r["score"]) for r in rows if "/good/" not in r["path"]]
+    assert np.mean(bad) > np.mean(good)
+
+
+def test_predict_bad_inputs(trained, tmp_path, capsys):
+    ckpt = os.path.join(trained["out"], "tiny", "last.pt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert predict_script.main(["--checkpoint", ckpt, "--input", str(empty), "--output", str(tmp_path / "o")]) == 2
+    assert "no image files" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    img = os.path.join(trained["root"], "tiny", "train", "good")
+    assert predict_script.main(["--checkpoint", str(bad), "--input", img, "--output", str(tmp_path / "o")]) == 2
+    assert "bad.pt could not be read" in capsys.readouterr().err
+
+
+def test_onnx_export_matches_pytorch(trained, tmp_path):
+    import onnxruntime as ort
+
+    from prnet.engine.checkpoint import model_from_checkpoint
+    from prnet.engine.evaluator import predict_maps
+
+    ckpt = os.path.join(trained["out"], "tiny", "last.pt")
+    onnx_path = str(tmp_path / "model.onnx")
+    assert export_script.main(["--checkpoint", ckpt, "--out", onnx_path]) == 0
+    model, cfg, _ = model_from_checkpoint(ckpt, torch.device("cpu"))
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # batch 3: the axis is dynamic
+    maps, scores = predict_maps(model, x, cfg)
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    onnx_maps, onnx_scores = session.run(None, {"image": x.numpy()})
+    assert onnx_maps.shape == (3, 1, 64, 64)
+    assert np.abs(onnx_maps - maps.numpy()).max() < 1e-3
+    assert np.abs(onnx_scores - scores.numpy()).max() < 1e-3
+
+
+def test_create_proto_feature_maps_skips_existing_unless_forced(tiny_data, tmp_path):
+    protos = str(tmp_path / "protos")
+    args = [sys.executable, os.path.join(REPO, "create_proto_feature_maps.py"), f"data.root={tiny_data}",
+            "data.classes=[tiny]", "data.image_size=64", f"prototypes.dir={protos}",
+            "model.backbone=tf_efficientnet_lite0", "model.backbone_weights=package", "train.workers=0"]
+    first = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert first.returncode == 0, first.stderr
+    path = os.path.join(protos, "tf_efficientnet_lite0_64x64", "tiny.pt")
+    stamp = os.path.getmtime(path)
+    again = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert again.returncode == 0 and os.path.getmtime(path) == stamp
+    assert "skip" in (again.stderr + again.stdout).lower()
+    forced = subprocess.run([*args, "--force"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert forced.returncode == 0 and os.path.getmtime(path) > stamp
+
+
+def test_two_gloo_processes_train_to_identical_weights(tiny_data, tmp_path):
+    """torchrun --nproc_per_node=2 on the CPU: DDP over gloo, one checkpoint and one report, equal weights."""
+    out = str(tmp_path / "ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           os.path.join(REPO, "train.py"),
+           *tiny_overrides(tiny_data, out, str(tmp_path / "protos"), epochs=1, extra=["train.device=cpu"])]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.load(open(os.path.join(out, "tiny", "results.json")))
+    assert results["world_size"] == 2
+    prints = results["weights_fingerprints"]
+    assert len(prints) == 2 and prints[0] == prints[1]
+    files = [os.path.relpath(os.path.join(d, f), out) for d, _, names in os.walk(out) for f in names]
+    assert sorted(f for f in files if f.endswith(".pt")) == ["tiny/last.pt"]
+    assert sorted(f for f in files if f.endswith("results.json")) == ["tiny/results.json"]
+    assert not [f for f in files if ".tmp" in f]
