@@ -87,7 +87,7 @@ def model_from_checkpoint(path: str, device: torch.device) -> tuple[torch.nn.Mod
     state = load_checkpoint(path)
     cfg: Config = state["config_obj"]
     build_cfg = config_from_dict(state["config"])
-    build_cfg.model.backbone_weights = "none"  # the checkpoint carries the backbone's weights
+    build_cfg.model.backbone_weights = "checkpoint"  # the checkpoint carries the backbone's weights
     model = build_model(build_cfg, None)  # an empty prototype bank takes its shapes from the state dict
     try:
         model.load_state_dict(state["model"])

@@ -277,6 +277,7 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
         if ctx.enabled:
             dist.all_reduce(sums)
             sums /= ctx.world_size
+            _broadcast_head_buffers(model)
         seconds = time.time() - t_epoch
         mean = (sums / len(loader)).tolist()
         row = {"epoch": epoch + 1, "loss": mean[0], "focal": mean[1], "smooth_l1": mean[2],
@@ -359,14 +360,27 @@ class _ImageSource:
         return self.dataset[int(i)]["image"].permute(1, 2, 0).numpy()
 
 
+def _head_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Buffers that training changes (the head's BatchNorm statistics), not the frozen backbone's or the bank's."""
+    return [b for name, b in model.named_buffers()
+            if not name.startswith(("backbone.", "bank.")) and b.dtype.is_floating_point]
+
+
+def _broadcast_head_buffers(model: torch.nn.Module) -> None:
+    """DDP averages gradients, not BatchNorm statistics: give every rank rank 0's, once per epoch, so that the
+    checkpoint and every rank's share of the evaluation use the same model."""
+    for b in _head_buffers(model):
+        dist.broadcast(b, src=0)
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of the trainable parameters' bytes: equal fingerprints, equal weights."""
+    """sha256 of the trainable parameters and the head's buffers: equal fingerprints, equal models."""
     import hashlib
 
     digest = hashlib.sha256()
-    for p in model.parameters():
-        if p.requires_grad:
-            digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    tensors = [p for p in model.parameters() if p.requires_grad] + _head_buffers(model)
+    for t in tensors:
+        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

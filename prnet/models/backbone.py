@@ -147,10 +147,12 @@ class Backbone(nn.Module):
             self.body = timm.create_model(name, features_only=True, out_indices=tuple(indices), pretrained=False)
         except Exception as e:  # noqa: BLE001 - unknown name or index: one clear message
             raise ValueError(f"backbone '{name}' with feature indices {indices}: {e}") from e
-        if weights not in ("none",):
-            self._load_weights(weights)
-        else:
+        if weights == "none":
             log.warning("backbone %s: random weights (weights=none); features are meaningless", name)
+        elif weights == "checkpoint":
+            log.debug("backbone %s: weights to be loaded from a checkpoint", name)
+        else:
+            self._load_weights(weights)
         info = self.body.feature_info
         channels, reductions = info.channels(), info.reduction()
         self.channels = [channels[self._pos[s]] for s in self.stages]
