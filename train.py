@@ -40,8 +40,7 @@ def main(argv=None) -> int:
 
     from prnet.datasets import ensure_data
     from prnet.datasets.mvtec import DatasetError, MVTEC, resolve_classes
-    from prnet.engine.trainer import DistContext, TrainingError, check_outputs, output_root, train_category
-    from prnet.utils import resolve_device
+    from prnet.engine.trainer import TrainingError, check_outputs, output_root, train_category
 
     ctx, device = _init_distributed(cfg.train.device)
     try:

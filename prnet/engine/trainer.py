@@ -27,11 +27,11 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from prnet.config import Config, dump_config, image_hw
+from prnet.config import Config, config_to_dict, dump_config, image_hw
 from prnet.datasets import EpochSampler
 from prnet.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from prnet.engine.evaluator import run_inference
-from prnet.utils import torch_generator
+from prnet.utils import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,6 @@ def _truncate_log(path: str, last_epoch: int) -> None:
         return
     with open(path, newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= last_epoch]
-    from prnet.utils import atomic_write
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -325,7 +324,7 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
         "excluded_from_evaluation": list(test_set.excluded),
         "test_images": {"normal": int((out["labels"] == 0).sum()), "defective": int((out["labels"] == 1).sum())},
         "decision_threshold": threshold,
-        "config": json.loads(json.dumps(_cfg_dict(cfg))),
+        "config": config_to_dict(cfg),
         "timings": timings,
         "versions": package_versions(),
         "git_commit": git_commit(),
@@ -333,8 +332,6 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
         "world_size": ctx.world_size,
         "weights_fingerprints": fingerprints,
     }
-    from prnet.utils import atomic_write
-
     def write_json(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)
@@ -405,8 +402,3 @@ def _check_finite(pending: list[torch.Tensor], epoch: int, first_step: int, cate
             f"{category}: non-finite loss at epoch {epoch + 1}, step {bad + 1}; the last good checkpoint "
             f"(end of epoch {epoch}) is kept. Lower train.lr or check the data.")
 
-
-def _cfg_dict(cfg: Config) -> dict:
-    from prnet.config import config_to_dict
-
-    return config_to_dict(cfg)
