@@ -1,6 +1,6 @@
 """A PatchCore-style baseline (Roth et al., CVPR 2022) on the same frozen backbone as PRNet.
 
-    python benchmarks/patchcore.py --data /work/shared/data --category magnetic_tile --size 256 --out pc.json
+    python benchmarks/patchcore.py --data ../shared/data --category magnetic_tile --size 256 --out pc.json
 
 Features: backbone stages 2 and 3 (timm feature indices; strides 8 and 16 for tf_efficientnet_lite0), each
 averaged over its 3×3 neighbourhood (borders average only the pixels inside), stage 3 upsampled bilinearly to
