@@ -173,6 +173,7 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
     from prnet.datasets import build_test_dataset, build_train_dataset
     from prnet.datasets.mvtec import MVTEC
     from prnet.losses import PRNetLoss
+    from prnet.models.backbone import Backbone
     from prnet.models.prnet import build_model
     from prnet.models.prototypes import ensure_prototypes
 
@@ -186,7 +187,9 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
     t0 = time.time()
     if ctx.enabled and not ctx.is_main:
         dist.barrier()
-    bank = ensure_prototypes(cfg, category, device)
+    torch.manual_seed(cfg.seed)  # a random-weights backbone (weights=none) is seeded too
+    backbone = Backbone(cfg.model.backbone, cfg.model.backbone_weights, cfg.model.stages, cfg.model.bottleneck_stage)
+    bank = ensure_prototypes(cfg, category, device, backbone=backbone)  # one backbone: weights loaded once
     if ctx.enabled and ctx.is_main:
         dist.barrier()
     timings["prototypes_s"] = time.time() - t0
@@ -198,7 +201,7 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
              len(test_set))
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, bank).to(device)
+    model = build_model(cfg, bank, backbone=backbone).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
