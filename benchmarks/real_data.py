@@ -7,6 +7,9 @@ Every method uses the same backbone (tf_efficientnet_lite0, offline ImageNet wei
 and is evaluated with prnet.metrics on the same test images: the test split minus the 10 real anomalies that
 the 10-shot PRNet trains on (so no method is scored on an image any method was trained on). Seeded. Prints one
 table and writes <out>/real_data.json.
+
+`--rescore` evaluates the checkpoints of an earlier run in the same --out again, without training, with the
+evaluation settings given now (`--set eval.sigma=4`): <out>/real_data_rescore.json.
 """
 from __future__ import annotations
 
@@ -51,19 +54,33 @@ def run_prnet(args, shots: int, common_test) -> dict:
     overrides = prnet_overrides(args, shots)
     cfg = load_config(None, overrides)
     category = cfg.data.classes[0]
-    t0 = time.time()
-    if train_script.main(overrides) != 0:
-        raise SystemExit(f"PRNet {shots}-shot training failed")
-    train_min = (time.time() - t0) / 60.0
+    method = f"PRNet, {shots} real anomalies"
     ckpt = os.path.join(cfg.output_dir, category, "last.pt")
-    model, cfg, _ = model_from_checkpoint(ckpt, torch.device("cpu"))
+    if args.rescore:  # evaluate the checkpoint of an earlier run with today's eval settings; no training
+        if not os.path.exists(ckpt):
+            raise SystemExit(f"--rescore: no checkpoint {ckpt} (run without --rescore first)")
+        train_min = previous_rows(args.out).get(method, {}).get("train_min", float("nan"))
+    else:
+        t0 = time.time()
+        if train_script.main(overrides) != 0:
+            raise SystemExit(f"PRNet {shots}-shot training failed")
+        train_min = (time.time() - t0) / 60.0
+    model, trained_cfg, _ = model_from_checkpoint(ckpt, torch.device("cpu"))
+    trained_cfg.eval = cfg.eval  # the evaluation settings asked for now (the same as in training, unless rescoring)
+    cfg = trained_cfg
     t1 = time.time()
     metrics, _ = evaluate(model, common_test, cfg, torch.device("cpu"))
     test_ms = 1000.0 * (time.time() - t1) / len(common_test)
     results = json.load(open(os.path.join(cfg.output_dir, category, "results.json")))
-    return {"method": f"PRNet, {shots} real anomalies", **metrics, "train_min": train_min,
-            "test_ms_per_image": test_ms, "train_minutes_includes": "prototypes + training + its own evaluation",
+    return {"method": method, **metrics, "eval_sigma": cfg.eval.sigma, "eval_topk": cfg.eval.topk,
+            "train_min": train_min, "test_ms_per_image": test_ms, "train_minutes_includes": "prototypes + training + its own evaluation",
             "real_anomalies": results["real_anomalies_used_for_training"]}
+
+
+def previous_rows(out: str) -> dict:
+    """method -> row of an earlier <out>/real_data.json ({} if none)."""
+    path = os.path.join(out, "real_data.json")
+    return {r["method"]: r for r in json.load(open(path))["rows"]} if os.path.exists(path) else {}
 
 
 def run_patchcore(args, common_test) -> dict:
@@ -120,6 +137,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default="prnet10,prnet0,patchcore", help="comma-separated subset to run")
     p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for the PRNet runs")
+    p.add_argument("--rescore", action="store_true",
+                   help="no PRNet training: evaluate the checkpoints already in --out with the eval settings given "
+                        "now (e.g. --set eval.sigma=4)")
     args = p.parse_args(argv)
 
     from prnet.config import load_config
@@ -149,7 +169,7 @@ def main(argv=None) -> int:
     table = markdown(rows)
     summary = {"data": os.path.abspath(args.data), "dtd": args.dtd, "size": args.size, "epochs": args.epochs,
                "batch": args.batch, "lr": args.lr, "head_widths": args.widths, "seed": args.seed,
-               "common_test_images": len(common_test), "excluded": list(common_test.excluded),
+               "rescore": args.rescore, "common_test_images": len(common_test), "excluded": list(common_test.excluded),
                "total_minutes": (time.time() - t0) / 60.0, "threads": torch.get_num_threads(), "rows": rows,
                "table": table}
 
@@ -157,7 +177,7 @@ def main(argv=None) -> int:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
 
-    atomic_write(os.path.join(args.out, "real_data.json"), write)
+    atomic_write(os.path.join(args.out, "real_data_rescore.json" if args.rescore else "real_data.json"), write)
     print(f"\n{table}\n\n(total {summary['total_minutes']:.1f} min; {len(common_test)} test images)")
     return 0
 

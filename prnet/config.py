@@ -30,6 +30,7 @@ class DataConfig:
     dtd_root: Optional[str] = "/data/dtd"  # DTD root (images/<class>/*.jpg or <class>/*.jpg); missing: fallback
     num_anomalies: int = 10  # real defective images per category used for training (0: unsupervised)
     split_seed: int = 0  # seed of the few-shot draw
+    few_shot: Optional[list[str]] = None  # explicit real anomalies '<defect>/<file>' instead of the draw (one class)
     generate_demo: bool = False  # write the procedural demo category under root if it is missing
     cache_images: bool = True  # keep decoded, resized training images in memory
 
@@ -90,7 +91,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     topk: int = 100  # image score = mean of the top-k map pixels
-    sigma: float = 4.0  # Gaussian smoothing of the map before scoring (0: none)
+    sigma: float = 0.0  # Gaussian smoothing of the map before scoring (0: none; see configs/default.yaml)
     batch_size: int = 16
     examples: int = 12  # images in examples.png
 
@@ -229,6 +230,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.image_size': every side must be a multiple of 32 (>= 32), got {size!r}")
     if cfg.data.num_anomalies < 0:
         raise ConfigError("config key 'data.num_anomalies': expected >= 0")
+    if cfg.data.few_shot is not None and len(cfg.data.few_shot) != cfg.data.num_anomalies:
+        raise ConfigError(f"config key 'data.few_shot': lists {len(cfg.data.few_shot)} images but "
+                          f"data.num_anomalies is {cfg.data.num_anomalies}: expected the same count")
     if cfg.prototypes.residual not in ("squared", "abs"):
         raise ConfigError(f"config key 'prototypes.residual': expected squared or abs, got {cfg.prototypes.residual!r}")
     if not 0 < cfg.prototypes.ratio <= 1:

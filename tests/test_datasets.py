@@ -183,6 +183,23 @@ def test_few_shot_is_seeded_balanced_and_removed_from_evaluation(tmp_path):
     assert train.real_anomalies == names
 
 
+def test_named_few_shot_replaces_the_draw(tmp_path):
+    from prnet.config import ConfigError
+
+    make_category(tmp_path, defects=(("a", 6), ("b", 6)))
+    chosen = ["b/004.png", "a/000.png"]
+    cfg = cfg_for(tmp_path, **{"data.num_anomalies": 2, "data.few_shot": f"[{', '.join(chosen)}]"})
+    assert few_shot_names(cfg, "cat") == chosen  # in the given order, whatever split_seed says
+    assert build_test_dataset(cfg, "cat").excluded == sorted(chosen)
+    assert build_train_dataset(cfg, "cat").real_anomalies == chosen
+    with pytest.raises(ConfigError, match="data.few_shot"):
+        cfg_for(tmp_path, **{"data.num_anomalies": 3, "data.few_shot": "[a/000.png]"})
+    for bad in ("a/999.png", "good/000.png"):  # not a file / not defective
+        cfg = cfg_for(tmp_path, **{"data.num_anomalies": 1, "data.few_shot": f"[{bad}]"})
+        with pytest.raises(DatasetError, match=bad):
+            few_shot_names(cfg, "cat")
+
+
 # ----------------------------------------------------------------------------------------- training set
 def test_train_dataset_layout_and_labels(tmp_path):
     make_category(tmp_path, n_train=6)

@@ -143,10 +143,18 @@ class EpochSampler(Sampler):
 
 def few_shot_samples(cfg: Config, category: str) -> list[Sample]:
     """The real anomalies of `category` used for training (and removed from evaluation): the one split rule,
-    select_few_shot(test samples, data.num_anomalies, data.split_seed)."""
+    select_few_shot(test samples, data.num_anomalies, data.split_seed), or the names listed in data.few_shot."""
     if cfg.data.num_anomalies == 0:
         return []
-    return select_few_shot(scan_split(cfg.data.root, category, "test"), cfg.data.num_anomalies, cfg.data.split_seed)
+    samples = scan_split(cfg.data.root, category, "test")
+    if cfg.data.few_shot is None:
+        return select_few_shot(samples, cfg.data.num_anomalies, cfg.data.split_seed)
+    defective = {s.name: s for s in samples if s.label == 1}
+    missing = [n for n in cfg.data.few_shot if n not in defective]
+    if missing:
+        raise DatasetError(f"data.few_shot names {', '.join(missing)}, not defective images of "
+                           f"{os.path.join(cfg.data.root, category, 'test')} (expected '<defect>/<file>')")
+    return [defective[n] for n in cfg.data.few_shot]
 
 
 def few_shot_names(cfg: Config, category: str) -> list[str]:

@@ -1,0 +1,69 @@
+"""benchmarks/proxy_validation.py: the validation category is made of training data only, and nothing leaks."""
+import argparse
+import os
+import sys
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+from proxy_validation import EXTENDED, PERLIN, build_proxy, overrides  # noqa: E402
+from prnet.config import load_config  # noqa: E402
+from prnet.datasets import (build_test_dataset, build_train_dataset, few_shot_names, load_mask,  # noqa: E402
+                            load_rgb, make_demo_category, scan_split, select_few_shot)
+
+
+def _textures(root, classes=("a", "b", "c", "d")):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        os.makedirs(os.path.join(root, c))
+        for i in range(2):
+            cv2.imwrite(os.path.join(root, c, f"{i}.jpg"), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+
+
+def test_proxy_category_uses_training_data_only(tmp_path):
+    data = make_demo_category(str(tmp_path / "data"), "demo", seed=0, size=64, n_train=20, n_test_good=4,
+                              n_test_bad=12)
+    _textures(str(tmp_path / "dtd"))
+    out = str(tmp_path / "out")
+    info = build_proxy(data, str(tmp_path / "dtd"), out, holdout=0.25, val_classes=1, shots=6, split_seed=0,
+                       seed=0, size=64)
+    proxy = os.path.join(info["root"], "demo")
+
+    train_names = {os.path.basename(s.path) for s in scan_split(data.rsplit("/", 1)[0], "demo", "train")}
+    fit = set(os.listdir(os.path.join(proxy, "train", "good")))
+    held = set(os.listdir(os.path.join(proxy, "test", "good")))
+    assert len(held) == 5 and not fit & held and fit | held == train_names
+
+    assert len(info["val_textures"]) == 1 and not set(info["val_textures"]) & set(info["fit_textures"])
+    assert sorted(os.listdir(info["dtd_fit"])) == sorted(info["fit_textures"])
+
+    real = [s.name for s in select_few_shot(scan_split(os.path.dirname(data), "demo", "test"), 6, 0)]
+    assert info["train_shots"] + info["val_shots"] == real and len(info["train_shots"]) == 3
+    shots_in_proxy = {f"{d}/{f}" for d in os.listdir(os.path.join(proxy, "test")) if d not in ("good", PERLIN, EXTENDED)
+                      for f in os.listdir(os.path.join(proxy, "test", d))}
+    assert shots_in_proxy == set(info["train_shots"])  # the other real defects only appear pasted, as EXTENDED
+
+    held_sorted = sorted(held)
+    for kind in (PERLIN, EXTENDED):
+        files = sorted(os.listdir(os.path.join(proxy, "test", kind)))
+        assert len(files) == len(held)
+        for f in files:
+            mask = load_mask(os.path.join(proxy, "ground_truth", kind, f[:-4] + "_mask.png"))
+            assert mask.any()
+    # an extended anomaly changes its held-out normal image only inside its mask
+    normal = load_rgb(os.path.join(proxy, "test", "good", held_sorted[0]), 64)
+    image = load_rgb(os.path.join(proxy, "test", EXTENDED, "0000.png"), 64)
+    mask = load_mask(os.path.join(proxy, "ground_truth", EXTENDED, "0000_mask.png"), 64) > 0
+    assert np.abs(image - normal)[~mask].max() <= 1.5 / 255 and np.abs(image - normal)[mask].max() > 0.05
+
+    # the runs train on the fit split with the first half of the shots, and score everything else
+    args = argparse.Namespace(out=out, size=64, backbone="resnet18", weights="package", widths="[8, 8, 8]", epochs=1,
+                              batch=4, lr=1e-3, workers=0, device="cpu", seed=0)
+    cfg = load_config(None, overrides(args, info, "v", ["eval.topk=5"]))
+    assert few_shot_names(cfg, "demo") == info["train_shots"] and cfg.eval.topk == 5
+    test = build_test_dataset(cfg, "demo")
+    assert {s.defect for s in test.samples} == {"good", PERLIN, EXTENDED} and len(test) == 3 * len(held)
+    assert len(build_train_dataset(cfg, "demo").normal) == len(fit)
+    assert build_proxy(data, str(tmp_path / "dtd"), out, 0.25, 1, 6, 0, 0, 64)["train_shots"] == info["train_shots"]
