@@ -127,7 +127,8 @@ def build_proxy(data: str, dtd: str, out: str, holdout: float, val_classes: int,
         img, mask = extended_anomaly(image, d_img, d_mask, numpy_rng(seed, 0xE47D, k))
         _save_rgb(os.path.join(cat, "test", EXTENDED, stem + ".png"), img)
         _save_mask(os.path.join(cat, "ground_truth", EXTENDED, stem + "_mask.png"), mask)
-    info = {"category": category, "fit_normals": len(fit), "held_out_normals": len(held), "fit_textures": fit_tex, "val_textures": val_tex,
+    info = {"category": category, "fit_normals": len(fit), "held_out_normals": len(held), "fit_textures": fit_tex,
+            "val_textures": val_tex,
             "train_shots": [s.name for s in train_shots], "val_shots": [s.name for s in val_shots]}
     with open(info_path, "w", encoding="utf-8") as fh:
         json.dump(info, fh, indent=2)

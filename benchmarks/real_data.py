@@ -69,12 +69,30 @@ def run_prnet(args, shots: int, common_test) -> dict:
     trained_cfg.eval = cfg.eval  # the evaluation settings asked for now (the same as in training, unless rescoring)
     cfg = trained_cfg
     t1 = time.time()
-    metrics, _ = evaluate(model, common_test, cfg, torch.device("cpu"))
+    metrics, raw = evaluate(model, common_test, cfg, torch.device("cpu"))
     test_ms = 1000.0 * (time.time() - t1) / len(common_test)
     results = json.load(open(os.path.join(cfg.output_dir, category, "results.json")))
     return {"method": method, **metrics, "eval_sigma": cfg.eval.sigma, "eval_topk": cfg.eval.topk,
-            "train_min": train_min, "test_ms_per_image": test_ms, "train_minutes_includes": "prototypes + training + its own evaluation",
-            "real_anomalies": results["real_anomalies_used_for_training"]}
+            "train_min": train_min, "test_ms_per_image": test_ms,
+            "train_minutes_includes": "prototypes + training + its own evaluation",
+            "real_anomalies": results["real_anomalies_used_for_training"],
+            "per_defect": per_defect(raw["scores"], raw["labels"], raw["maps"], raw["masks"], common_test)}
+
+
+def per_defect(scores, labels, maps, masks, test) -> dict:
+    """Metrics of each defect type against all normal test images: {defect: {image_auroc, pixel_auroc, ...}}."""
+    import numpy as np
+
+    from prnet.metrics import compute_metrics
+
+    defects = np.array([s.defect for s in test.samples])
+    out = {}
+    for d in sorted(set(defects) - {"good"}):
+        sel = (defects == "good") | (defects == d)
+        m = compute_metrics(np.asarray(scores)[sel], np.asarray(labels)[sel], np.asarray(maps)[sel],
+                            np.asarray(masks)[sel])
+        out[d] = {"images": int((defects == d).sum()), **{k: float(v) for k, v in m.items()}}
+    return out
 
 
 def previous_rows(out: str) -> dict:
@@ -107,10 +125,11 @@ def run_patchcore(args, common_test) -> dict:
     test_ms = 1000.0 * (time.time() - t1) / len(common_test)
     import numpy as np
 
-    metrics = compute_metrics(np.concatenate(scores), np.concatenate(labels), np.concatenate(maps),
-                              np.concatenate(masks))
+    scores, labels, maps, masks = (np.concatenate(x) for x in (scores, labels, maps, masks))
+    metrics = compute_metrics(scores, labels, maps, masks)
     return {"method": "PatchCore-style baseline", **{k: float(v) for k, v in metrics.items()},
             "train_min": train_min, "test_ms_per_image": test_ms,
+            "per_defect": per_defect(scores, labels, maps, masks, common_test),
             "baseline": "stages 2-3, 3x3 avg, greedy coreset 10 % of 200k randomly drawn patches, sigma 4, max"}
 
 
@@ -120,6 +139,19 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         vals = " | ".join(f"{r[k]:.3f}" for k in COLUMNS)
         lines.append(f"| {r['method']} | {vals} | {r['train_min']:.1f} | {r['test_ms_per_image']:.0f} |")
+    return "\n".join(lines)
+
+
+def markdown_per_defect(rows: list[dict]) -> str:
+    """Image AUROC / pixel AUROC of each defect type (against all normal test images), one row per method."""
+    defects = sorted({d for r in rows for d in r.get("per_defect", {})})
+    counts = {d: r["per_defect"][d]["images"] for r in rows for d in r.get("per_defect", {})}
+    lines = ["| method | " + " | ".join(f"{d} ({counts[d]})" for d in defects) + " |",
+             "|:---|" + "---:|" * len(defects)]
+    for r in rows:
+        pd = r.get("per_defect", {})
+        cells = [f"{pd[d]['image_auroc']:.3f} / {pd[d]['pixel_auroc']:.3f}" if d in pd else "" for d in defects]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -166,7 +198,8 @@ def main(argv=None) -> int:
         else:
             raise SystemExit(f"unknown method {method!r} (prnet10, prnet0, patchcore)")
         log.info("%s done after %.1f min", rows[-1]["method"], (time.time() - t0) / 60)
-    table = markdown(rows)
+    table = markdown(rows) + "\n\nPer defect type, image AUROC / pixel AUROC (each type against every normal test " \
+        "image; test images per type in brackets):\n\n" + markdown_per_defect(rows)
     summary = {"data": os.path.abspath(args.data), "dtd": args.dtd, "size": args.size, "epochs": args.epochs,
                "batch": args.batch, "lr": args.lr, "head_widths": args.widths, "seed": args.seed,
                "rescore": args.rescore, "common_test_images": len(common_test), "excluded": list(common_test.excluded),
