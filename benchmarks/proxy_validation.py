@@ -154,7 +154,7 @@ def overrides(args, info: dict, name: str, extra: list[str]) -> list[str]:
 
 def score_table(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, defects: np.ndarray,
                 device: torch.device) -> dict:
-    """Image AUROC per (subset, σ, top-k) and the five metrics per subset at each σ (max image score)."""
+    """Image AUROC per (subset, σ, top-k) and the five metrics per subset at each σ (top-100 mean image score)."""
     from prnet.engine.evaluator import gaussian_smooth, image_scores
     from prnet.metrics import compute_metrics, image_auroc
 
