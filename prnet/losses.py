@@ -8,7 +8,7 @@ from torch import nn
 from prnet.config import LossConfig
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 4.0, alpha: float | None = None) \
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float | None = None) \
         -> torch.Tensor:
     """Mean binary focal loss over pixels, from logits, in float32 (log-sigmoid: stable for any logit).
 
