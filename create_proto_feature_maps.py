@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from prnet.models.backbone import Backbone
-    from prnet.models.prototypes import (PrototypeMismatchError, build_category_prototypes, expected_meta,
-                                         load_prototypes, prototype_path)
+    from prnet.models.prototypes import (PrototypeMismatchError, build_category_prototypes, check_training_images,
+                                         expected_meta, load_prototypes, prototype_path)
     log.info("resolved config:\n%s", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     out_dir = os.path.dirname(prototype_path(cfg, classes[0]))
     os.makedirs(out_dir, exist_ok=True)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         path = prototype_path(cfg, category)
         if os.path.isfile(path) and not args.force:
             try:
-                load_prototypes(path, expected_meta(cfg, category))
+                check_training_images(load_prototypes(path, expected_meta(cfg, category)), cfg, category, path)
                 log.info("%s: %s exists and matches; skipped (use --force to rebuild)", category, path)
                 continue
             except (PrototypeMismatchError, RuntimeError) as e:

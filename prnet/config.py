@@ -61,6 +61,9 @@ class PrototypeConfig:
     ratio: float = 0.1  # K = max(1, round(ratio * N normal training images)) per scale
     residual: str = "squared"  # squared: (f - p)^2 | abs: |f - p|
     kmeans_iters: int = 50
+    # a training image's residual is taken against its k-means cluster's mean without that image (held out),
+    # as a test image's would be; false: against the bank as it is (the image is part of its own prototype)
+    leave_one_out: bool = True
     batch_size: int = 16  # feature-extraction batch
 
 

@@ -217,6 +217,13 @@ def test_train_dataset_layout_and_labels(tmp_path):
         assert set(item["mask"].unique().tolist()) <= {0.0, 1.0}
     normal = MVTEC(str(tmp_path), "cat", "train", 32)
     assert torch.allclose(ds[2]["image"], normal[2]["image"], atol=1 / 255)  # normal images unaugmented
+    # `source` names the normal image each sample was made from: identical outside the anomaly mask
+    for i in range(len(ds)):
+        item = ds[i]
+        src = item["source"]
+        assert 0 <= src < 6 and (src == i if i < 6 else True)
+        outside = item["mask"][0] == 0
+        assert torch.allclose(item["image"][:, outside], normal[src]["image"][:, outside], atol=1 / 255)
 
 
 def test_unsupervised_has_no_extended_samples(tmp_path):

@@ -4,7 +4,7 @@ import torch
 
 from prnet.config import Config
 from prnet.models.prototypes import (PrototypeBank, PrototypeMismatchError, build_prototypes, expected_meta,
-                                     inertia, kmeans_pp, load_prototypes, num_prototypes, prototype_path,
+                                     inertia, kmeans, kmeans_pp, load_prototypes, num_prototypes, prototype_path,
                                      save_prototypes)
 from prnet.utils import torch_generator
 
@@ -35,8 +35,11 @@ def test_kmeans_deterministic_and_improves_inertia():
     a = kmeans_pp(x, 4, iters=20, generator=torch_generator(3))
     b = kmeans_pp(x, 4, iters=20, generator=torch_generator(3))
     assert torch.equal(a, b)
-    init = kmeans_pp(x, 4, iters=0, generator=torch_generator(3))
+    init = x[torch.randperm(160, generator=torch_generator(4))[:4]]  # 4 random points
     assert inertia(x, a) < inertia(x, init)
+    centers, assign = kmeans(x, 4, iters=0, generator=torch_generator(3))  # iters=0 still makes centers means
+    for j in assign.unique():
+        assert torch.allclose(centers[j], x[assign == j].mean(0), atol=1e-5)
     true_means = x.view(4, 40, 16).mean(1)
     assert inertia(x, a) <= inertia(x, true_means) * (1 + 1e-4)  # 4 clear clusters found
     assert num_prototypes(762, 0.1) == 76 and num_prototypes(3, 0.1) == 1
@@ -92,3 +95,73 @@ def test_empty_bank_takes_shapes_from_state_dict():
         dst([torch.zeros(1, 4, 3, 2), torch.zeros(1, 6, 2, 2)])
     dst.load_state_dict(src.state_dict())
     assert torch.equal(dst.proto_1, src.proto_1)
+
+
+# ------------------------------------------------------------------------------ held-out (leave-one-out) residuals
+def _clustered_bank(residual="squared", n=30, k=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.randn(n - 1, 2, 3, 3, generator=g), 9 + torch.randn(1, 2, 3, 3, generator=g)])  # last: alone
+    centers, assign = kmeans(x.reshape(n, -1), k, 50, generator=torch_generator(1))
+    return x, PrototypeBank([centers.reshape(k, 2, 3, 3)], residual=residual, assignments=[assign]), assign
+
+
+@pytest.mark.parametrize("residual", ["squared", "abs"])
+def test_held_out_residual_equals_the_bank_rebuilt_without_the_image(residual):
+    x, bank, assign = _clustered_bank(residual)
+    n, k = x.shape[0], bank.proto_0.shape[0]
+    flat = x.reshape(n, -1)
+    counts = torch.bincount(assign, minlength=k)
+    assert counts.min() >= 1 and (counts == 1).any() and (counts > 2).any()  # singletons and real clusters
+    for j in range(k):  # kmeans returns centers that are the means of their clusters
+        assert torch.allclose(bank.proto_0[j].reshape(-1), flat[assign == j].mean(0), atol=1e-5)
+    held = bank([x], torch.arange(n))[0]
+    for i in range(n):
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[i] = False
+        means = torch.stack([flat[keep & (assign == j)].mean(0) for j in range(k) if (keep & (assign == j)).any()])
+        best = means[((flat[i] - means) ** 2).sum(1).argmin()]
+        want = (flat[i] - best) ** 2 if residual == "squared" else (flat[i] - best).abs()
+        assert torch.allclose(held[i].reshape(-1), want, atol=1e-4), i
+    plain = bank([x])[0]
+    assert held.mean() > plain.mean()  # an image in its own prototype looks more normal than it is
+    assert torch.equal(bank([x], torch.full((n,), -1))[0], plain)  # -1: not a training image, the bank as it is
+    mixed = torch.arange(n)
+    mixed[::2] = -1
+    out = bank([x], mixed)[0]
+    assert torch.equal(out[::2], plain[::2]) and torch.allclose(out[1::2], held[1::2])
+
+
+def test_held_out_residuals_need_assignments_and_valid_sources():
+    x, bank, _ = _clustered_bank()
+    with pytest.raises(ValueError, match="source"):
+        bank([x], torch.full((x.shape[0],), x.shape[0]))  # index past the training images
+    with pytest.raises(ValueError, match="source"):
+        bank([x], torch.zeros(3, dtype=torch.long))  # not one per input
+    with pytest.raises(RuntimeError, match="assignments"):
+        _bank()([torch.zeros(2, 4, 3, 2), torch.zeros(2, 6, 2, 2)], torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="clusters outside"):
+        PrototypeBank([torch.zeros(2, 1, 1, 1)], assignments=[torch.tensor([0, 2])])
+
+
+def test_assignments_survive_save_load_and_name_the_training_images(tmp_path):
+    from prnet.models.backbone import Backbone
+    cfg = Config()
+    cfg.model.backbone, cfg.model.backbone_weights, cfg.data.image_size = "resnet18", "none", 64
+    cfg.prototypes.ratio = 0.25
+    images = [torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    names = [f"good/{i:03d}.png" for i in range(12)]
+    bank = build_prototypes(Backbone("resnet18", "none"), images, cfg, "cpu",
+                            meta={**expected_meta(cfg, "demo"), "train_images": names})
+    assert [a.shape[0] for a in bank.assignments] == [12, 12, 12] and bank.num_sources == 12
+    path = str(tmp_path / "p.pt")
+    save_prototypes(bank, path)
+    loaded = load_prototypes(path, expected_meta(cfg, "demo"))
+    for a, b in zip(bank.assignments, loaded.assignments):
+        assert torch.equal(a, b)
+    loaded.check_sources(names, path)
+    with pytest.raises(PrototypeMismatchError, match="p.pt.*12 training images.*11"):
+        loaded.check_sources(names[:11], path)
+    assert "assign_0" not in loaded.state_dict()  # checkpoints and ONNX exports carry prototypes only
+    old = _bank()  # a file from before held-out residuals: no assignments
+    with pytest.raises(PrototypeMismatchError, match="old.pt.*--force.*leave_one_out=false"):
+        old.check_sources(names, "old.pt")

@@ -218,6 +218,15 @@ def test_create_proto_feature_maps_skips_existing_unless_forced(tiny_data, tmp_p
     assert "skip" in (again.stderr + again.stdout).lower()
     forced = subprocess.run([*args, "--force"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert forced.returncode == 0 and os.path.getmtime(path) > stamp
+    # a file from before held-out residuals (no cluster assignments) is refused, named, and --force rebuilds it
+    payload = torch.load(path, weights_only=True)
+    assert [a.shape[0] for a in payload["assign"]] == [len(payload["meta"]["train_images"])] * 3
+    payload["assign"] = None
+    torch.save(payload, path)
+    stale = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert stale.returncode == 2 and "tiny.pt" in stale.stderr and "--force" in stale.stderr
+    assert subprocess.run([*args, "--force"], capture_output=True, text=True, cwd=REPO, timeout=300).returncode == 0
+    assert torch.load(path, weights_only=True)["assign"] is not None
 
 
 def test_two_gloo_processes_train_to_identical_weights(tiny_data, tmp_path):

@@ -54,7 +54,7 @@ class TrainDataset(Dataset):
     """Normal training images, Perlin anomalies and extended (real cut-and-paste) anomalies.
 
     Items: image 3×H×W float32 [0,1], mask 1×H×W float32 {0,1}, label (0 normal, 1 synthetic), kind
-    ('normal' | 'perlin' | 'extended'). Index with an int (epoch from `set_epoch`) or a tuple (epoch, index).
+    ('normal' | 'perlin' | 'extended'), source (the index of the normal training image it was made from). Index with an int (epoch from `set_epoch`) or a tuple (epoch, index).
     """
 
     def __init__(self, normal: MVTEC, textures: TextureSource, seed: int, n_perlin: int,
@@ -100,6 +100,7 @@ class TrainDataset(Dataset):
         rng = numpy_rng(self.seed, epoch, index)
         kind = self.kind(index)
         if kind == "normal":
+            base = index
             image = self.normal.image(index)
             mask = np.zeros(image.shape[:2], np.float32)
         else:
@@ -113,7 +114,7 @@ class TrainDataset(Dataset):
                 image, mask = extended_anomaly(normal, a_img.astype(np.float32) / 255.0, a_mask, rng)
         return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
                 "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
-                "label": int(kind != "normal"), "kind": kind}
+                "label": int(kind != "normal"), "kind": kind, "source": base}
 
 
 class EpochSampler(Sampler):

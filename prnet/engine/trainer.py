@@ -256,8 +256,9 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
             masks = batch["mask"].to(device, non_blocking=True)
             if cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            source = batch["source"].to(device, non_blocking=True) if cfg.prototypes.leave_one_out else None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = compiled(images)
+                logits = compiled(images, source)
             loss, terms = criterion(logits, masks)
             values = torch.stack([loss.detach(), terms["focal"].detach(), terms["smooth_l1"].detach()])
             pending.append(values)

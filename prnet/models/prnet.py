@@ -53,9 +53,11 @@ class PRNet(nn.Module):
         self.out_fusion = MultiScaleFusion(widths, self.backbone.strides)
         self.decoder = Decoder(widths, self.backbone.bottleneck_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, source: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`source`: for training only, the normal training image each input was made from (held-out residuals,
+        PrototypeBank.forward); None at test time."""
         feats, bottleneck = self.backbone(x)
-        residuals = self.bank(feats)
+        residuals = self.bank(feats, source)
         dtype = self.feat_proj[0][0].weight.dtype if not torch.is_autocast_enabled(x.device.type) else None
         if dtype is not None:
             feats = [f.to(dtype) for f in feats]

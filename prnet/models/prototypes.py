@@ -3,6 +3,14 @@
 Choices where the paper is silent follow the public reimplementation: K = 10 % of the normal training
 images per scale (cfg.prototypes.ratio), the nearest prototype is chosen per image over the whole
 flattened feature map (C·h·w), and the residual is squared, (f − p)².
+
+Held-out residuals for training images (`prototypes.leave_one_out`, our fix): a normal training image is part of
+the k-means cluster whose mean is its prototype, so its residual is smaller than a new normal image's would be
+(by the factor ((n−1)/n)² for a cluster of n images; a cluster of one gives a residual of zero). A head trained on
+those residuals learns a normal level that test images never reach. The bank therefore keeps each training
+image's cluster (`assign`) and, given the training image a sample was made from (`source`), takes the residual
+against that cluster's mean without the image, (n·c − f)/(n − 1), whose difference to f is n/(n − 1)·(f − c);
+a cluster of one is left out. Test images (no source) use the bank as it is.
 """
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ from prnet.utils import torch_generator, torch_save_atomic
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # Fields that must agree between a prototype file and the run that uses it.
 CHECKED_FIELDS = ("backbone", "weights", "stages", "image_size", "category", "residual")
 
@@ -38,7 +46,8 @@ class PrototypeBank(nn.Module):
     """
 
     def __init__(self, prototypes: Optional[Sequence[torch.Tensor]] = None, meta: Optional[dict] = None,
-                 residual: str = "squared", num_scales: Optional[int] = None) -> None:
+                 residual: str = "squared", num_scales: Optional[int] = None,
+                 assignments: Optional[Sequence[torch.Tensor]] = None) -> None:
         super().__init__()
         if residual not in ("squared", "abs"):
             raise ValueError(f"residual: expected squared or abs, got {residual!r}")
@@ -51,6 +60,19 @@ class PrototypeBank(nn.Module):
             if p.dim() != 4:
                 raise ValueError(f"prototypes[{i}]: expected K×C×h×w, got shape {tuple(p.shape)}")
             self.register_buffer(f"proto_{i}", p.detach().float().contiguous())
+        # the k-means cluster of each training image, per scale (not in the state dict: training needs them,
+        # a checkpoint or an ONNX export does not)
+        if assignments is not None and len(assignments) != self.num_scales:
+            raise ValueError(f"PrototypeBank: {len(assignments)} assignment vectors for {self.num_scales} scales")
+        for i in range(self.num_scales):
+            a = (torch.as_tensor(assignments[i]).long().reshape(-1) if assignments is not None
+                 else torch.zeros(0, dtype=torch.long))
+            k = prototypes[i].shape[0]
+            if a.numel() and (int(a.min()) < 0 or int(a.max()) >= k):
+                raise ValueError(f"PrototypeBank: scale {i} assigns images to clusters outside 0..{k - 1}")
+            self.register_buffer(f"assign_{i}", a, persistent=False)
+            self.register_buffer(f"count_{i}", torch.bincount(a, minlength=k) if a.numel() else a.clone(),
+                                 persistent=False)
         self.meta: dict = dict(meta or {})
         self.meta.setdefault("residual", residual)
         self.residual = self.meta["residual"]
@@ -58,6 +80,32 @@ class PrototypeBank(nn.Module):
     @property
     def prototypes(self) -> list[torch.Tensor]:
         return [getattr(self, f"proto_{i}") for i in range(self.num_scales)]
+
+    @property
+    def assignments(self) -> Optional[list[torch.Tensor]]:
+        """Per scale, the cluster of each training image (in build order); None if the bank has none."""
+        if any(getattr(self, f"assign_{i}").numel() == 0 for i in range(self.num_scales)):
+            return None
+        return [getattr(self, f"assign_{i}") for i in range(self.num_scales)]
+
+    @property
+    def num_sources(self) -> int:
+        """How many training images the bank can hold out (0 without assignments)."""
+        return 0 if self.assignments is None else int(self.assign_0.numel())
+
+    def check_sources(self, names: Sequence[str], path: str = "the prototype bank") -> None:
+        """Raise PrototypeMismatchError unless the bank was built from exactly these training images, in this
+        order (held-out residuals address training images by their index)."""
+        stored = self.meta.get("train_images")
+        if self.assignments is None or stored is None:
+            raise PrototypeMismatchError(
+                f"prototype file {path} has no per-image cluster assignments (built before prototypes.leave_one_out "
+                f"existed): rebuild it (python create_proto_feature_maps.py --force) or set "
+                f"prototypes.leave_one_out=false")
+        if list(stored) != list(names):
+            raise PrototypeMismatchError(
+                f"prototype file {path} was built from {len(stored)} training images that are not the {len(names)} "
+                f"training images found now: rebuild it (python create_proto_feature_maps.py --force)")
 
     @property
     def is_empty(self) -> bool:
@@ -73,6 +121,9 @@ class PrototypeBank(nn.Module):
                 stored = state_dict[key]
                 if mine.shape != stored.shape:
                     setattr(self, f"proto_{i}", torch.empty_like(stored, dtype=torch.float32, device=mine.device))
+                    # assignments refer to the old prototypes: drop them
+                    for name in (f"assign_{i}", f"count_{i}"):
+                        setattr(self, name, torch.zeros(0, dtype=torch.long, device=mine.device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -88,22 +139,63 @@ class PrototypeBank(nn.Module):
         dist = (pflat * pflat).sum(1).unsqueeze(0) - 2.0 * flat @ pflat.t()
         return dist.argmin(dim=1)
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Residual between each feature map and its nearest prototype, per scale."""
+    def nearest_held_out(self, f: torch.Tensor, scale: int, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest prototype when row r of `f` comes from training image source[r] (−1: not a training image),
+        with that image held out of its own cluster. Returns (index, gain): the residual is gain·(f − p[index])
+        (gain n/(n − 1) when the nearest is the image's own cluster of n, else 1)."""
+        protos = getattr(self, f"proto_{scale}")
+        assign, count = getattr(self, f"assign_{scale}"), getattr(self, f"count_{scale}")
+        flat = f.reshape(f.shape[0], -1).float()
+        pflat = protos.reshape(protos.shape[0], -1)
+        if flat.shape[1] != pflat.shape[1]:
+            raise ValueError(f"prototype scale {scale}: features {tuple(f.shape[1:])} vs prototypes "
+                             f"{tuple(protos.shape[1:])} (built for another backbone or image size?)")
+        dist = ((flat * flat).sum(1, keepdim=True) - 2.0 * flat @ pflat.t() + (pflat * pflat).sum(1)[None]).clamp_min(0)
+        gain = torch.ones(f.shape[0], device=f.device, dtype=torch.float32)
+        rows = (source >= 0).nonzero()[:, 0]
+        if rows.numel() == 0:
+            return dist.argmin(dim=1), gain
+        own = assign[source[rows]]
+        n = count[own].float()
+        held = torch.where(n > 1, n / (n - 1).clamp_min(1), torch.ones_like(n))
+        d_own = torch.where(n > 1, dist[rows, own] * held * held, torch.full_like(n, float("inf")))
+        dist[rows, own] = d_own
+        idx = dist.argmin(dim=1)
+        # every prototype left out (one cluster of one image): fall back to the bank as it is
+        idx[rows] = torch.where(torch.isinf(dist[rows].min(1).values), own, idx[rows])
+        gain[rows] = torch.where((idx[rows] == own) & (n > 1), held, torch.ones_like(n))
+        return idx, gain
+
+    def forward(self, feats: Sequence[torch.Tensor], source: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+        """Residual between each feature map and its nearest prototype, per scale.
+
+        `source` (N ints, optional): the training image each input was made from, −1 for others; those inputs get
+        held-out residuals (see the module docstring). Needs a bank with assignments."""
         if len(feats) != self.num_scales:
             raise ValueError(f"PrototypeBank: {len(feats)} feature maps for {self.num_scales} scales")
         if self.is_empty:
             raise RuntimeError("PrototypeBank has no prototypes: build them (create_proto_feature_maps.py) "
                                "or load a checkpoint")
+        if source is not None:
+            if self.assignments is None:
+                raise RuntimeError("PrototypeBank: held-out residuals (source=...) need a bank built with its "
+                                   "training images' cluster assignments")
+            source = torch.as_tensor(source, device=feats[0].device).long().reshape(-1)
+            if source.numel() != feats[0].shape[0] or int(source.max()) >= self.num_sources:
+                raise ValueError(f"PrototypeBank: source must give one training-image index (< {self.num_sources}) "
+                                 f"or -1 per input, got {source.tolist()}")
         device_type = feats[0].device.type
         autocast_on = torch.is_autocast_enabled(device_type) if device_type in ("cuda", "cpu", "mps") else False
         out = []
         with torch.autocast(device_type, enabled=False) if autocast_on else _null():
             for i, f in enumerate(feats):
                 f32 = f.float()
-                idx = self.nearest(f32, i)
-                p = torch.index_select(getattr(self, f"proto_{i}"), 0, idx)
-                diff = f32 - p
+                if source is None:
+                    idx = self.nearest(f32, i)
+                    diff = f32 - torch.index_select(getattr(self, f"proto_{i}"), 0, idx)
+                else:
+                    idx, gain = self.nearest_held_out(f32, i, source)
+                    diff = (f32 - torch.index_select(getattr(self, f"proto_{i}"), 0, idx)) * gain.view(-1, 1, 1, 1)
                 out.append(diff * diff if self.residual == "squared" else diff.abs())
         return out
 
@@ -132,6 +224,13 @@ def kmeans_pp(x: torch.Tensor, k: int, iters: int = 50, generator: Optional[torc
     Deterministic for a given generator/seed. Sampling draws from a CPU generator (`generator`, else one
     made from `seed`); distances are computed by matmul, so memory stays O(N·K + K·D) beyond x itself.
     """
+    return kmeans(x, k, iters, generator, seed)[0]
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 50, generator: Optional[torch.Generator] = None,
+           seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """kmeans_pp's centers and the cluster of each row of x, consistent: every non-empty center is exactly the
+    mean of the rows assigned to it (what held-out residuals rely on)."""
     if x.dim() != 2:
         raise ValueError(f"kmeans_pp: expected N×D, got shape {tuple(x.shape)}")
     n = x.shape[0]
@@ -152,8 +251,8 @@ def kmeans_pp(x: torch.Tensor, k: int, iters: int = 50, generator: Optional[torc
         idx.append(nxt)
         min_d = torch.minimum(min_d, _sq_dist_chunked(x, x_sq, x[nxt][None])[:, 0])
     centers = x[torch.tensor(idx, device=x.device)].clone()
-    prev = None
-    for _ in range(iters):
+    prev: Optional[torch.Tensor] = None  # the assignment the current centers are the means of
+    for _ in range(max(1, iters)):  # at least one update, so that centers are means of their clusters
         assign = _sq_dist_chunked(x, x_sq, centers).argmin(1)
         if prev is not None and torch.equal(assign, prev):
             break
@@ -164,7 +263,8 @@ def kmeans_pp(x: torch.Tensor, k: int, iters: int = 50, generator: Optional[torc
         sums = onehot @ x  # K×D, deterministic (no scatter-add)
         keep = counts > 0  # an empty cluster keeps its previous center
         centers[keep] = sums[keep] / counts[keep, None]
-    return centers
+    assert prev is not None
+    return centers, prev
 
 
 def inertia(x: torch.Tensor, centers: torch.Tensor) -> float:
@@ -247,17 +347,18 @@ def build_prototypes(backbone: nn.Module, images: Iterable, cfg: Config, device:
         store = [torch.cat(c) for c in chunks]
         chunks = []
     k = num_prototypes(n, cfg.prototypes.ratio)
-    protos = []
+    protos, assignments = [], []
     for i, feats_i in enumerate(store):
         gen = torch_generator(cfg.seed, i)
-        centers = kmeans_pp(feats_i, k, cfg.prototypes.kmeans_iters, generator=gen)
+        centers, assign = kmeans(feats_i, k, cfg.prototypes.kmeans_iters, generator=gen)
         protos.append(centers.reshape(k, *shapes[i]).cpu())
+        assignments.append(assign.cpu())
         store[i] = torch.empty(0)  # free this scale before the next one
         log.info("prototypes scale %d: %d images -> K=%d of %s", i, n, k, shapes[i])
     info = dict(meta or {})
     info.update({"num_images": n, "k": [k] * len(protos), "residual": cfg.prototypes.residual,
                  "date": datetime.datetime.now().isoformat(timespec="seconds"), "format": FORMAT_VERSION})
-    return PrototypeBank(protos, info, residual=cfg.prototypes.residual)
+    return PrototypeBank(protos, info, residual=cfg.prototypes.residual, assignments=assignments)
 
 
 def expected_meta(cfg: Config, category: str) -> dict:
@@ -270,7 +371,9 @@ def expected_meta(cfg: Config, category: str) -> dict:
 
 def save_prototypes(bank: PrototypeBank, path: str) -> None:
     """Write the bank atomically as tensors plus plain-Python metadata (loadable with weights_only=True)."""
+    assignments = bank.assignments
     payload = {"format": FORMAT_VERSION, "prototypes": [p.detach().cpu().contiguous() for p in bank.prototypes],
+               "assign": None if assignments is None else [a.cpu().contiguous() for a in assignments],
                "meta": _plain(bank.meta)}
     torch_save_atomic(payload, path)
 
@@ -310,13 +413,22 @@ def load_prototypes(path: str, expected: Optional[dict] = None) -> PrototypeBank
     meta = payload["meta"]
     if expected:
         check_meta(meta, expected, path)
-    return PrototypeBank(payload["prototypes"], meta, residual=meta.get("residual", "squared"))
+    return PrototypeBank(payload["prototypes"], meta, residual=meta.get("residual", "squared"),
+                         assignments=payload.get("assign"))
 
 
 def prototype_path(cfg: Config, category: str) -> str:
     """<prototypes.dir>/<backbone>_<H>x<W>/<category>.pt: the folder keeps settings from colliding."""
     h, w = image_hw(cfg)
     return os.path.join(cfg.prototypes.dir, f"{cfg.model.backbone}_{h}x{w}", f"{category}.pt")
+
+
+def check_training_images(bank: PrototypeBank, cfg: Config, category: str, path: str) -> None:
+    """With prototypes.leave_one_out, the bank must know the cluster of each of `category`'s current training
+    images, in order (PrototypeMismatchError naming `path` otherwise)."""
+    if cfg.prototypes.leave_one_out:
+        from prnet.datasets.mvtec import scan_split  # imported here: the dataset package pulls in synthesis code
+        bank.check_sources([s.name for s in scan_split(cfg.data.root, category, "train")], path)
 
 
 def ensure_prototypes(cfg: Config, category: str, device: torch.device | str, force: bool = False,
@@ -330,6 +442,7 @@ def ensure_prototypes(cfg: Config, category: str, device: torch.device | str, fo
     if os.path.isfile(path):
         try:
             bank = load_prototypes(path, expected)
+            check_training_images(bank, cfg, category, path)
             log.info("prototypes for %s: loaded %s", category, path)
             return bank
         except (PrototypeMismatchError, RuntimeError) as e:
@@ -353,8 +466,8 @@ def build_category_prototypes(cfg: Config, category: str, device: torch.device |
     workers = cfg.train.workers if cfg.train.workers >= 0 else min(8, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.prototypes.batch_size, shuffle=False,
                                          num_workers=workers, pin_memory=torch.device(device).type == "cuda")
-    bank = build_prototypes(backbone, loader, cfg, device, meta=expected_meta(cfg, category),
-                            num_images=len(dataset))
+    meta = {**expected_meta(cfg, category), "train_images": [s.name for s in dataset.samples]}
+    bank = build_prototypes(backbone, loader, cfg, device, meta=meta, num_images=len(dataset))
     save_prototypes(bank, path)
     log.info("prototypes for %s: %d images, K=%s, saved to %s", category, bank.meta["num_images"],
              bank.meta["k"], path)
