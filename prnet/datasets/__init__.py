@@ -54,7 +54,8 @@ class TrainDataset(Dataset):
     """Normal training images, Perlin anomalies and extended (real cut-and-paste) anomalies.
 
     Items: image 3×H×W float32 [0,1], mask 1×H×W float32 {0,1}, label (0 normal, 1 synthetic), kind
-    ('normal' | 'perlin' | 'extended'), source (the index of the normal training image it was made from). Index with an int (epoch from `set_epoch`) or a tuple (epoch, index).
+    ('normal' | 'perlin' | 'extended'), source (the index of the normal training image it was made from).
+    Index with an int (epoch from `set_epoch`) or a tuple (epoch, index).
     """
 
     def __init__(self, normal: MVTEC, textures: TextureSource, seed: int, n_perlin: int,

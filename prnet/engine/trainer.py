@@ -256,7 +256,7 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
             masks = batch["mask"].to(device, non_blocking=True)
             if cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            source = batch["source"].to(device, non_blocking=True) if cfg.prototypes.leave_one_out else None
+            source = batch["source"] if cfg.prototypes.leave_one_out else None  # on the CPU: checked there
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = compiled(images, source)
             loss, terms = criterion(logits, masks)

@@ -151,19 +151,18 @@ class PrototypeBank(nn.Module):
             raise ValueError(f"prototype scale {scale}: features {tuple(f.shape[1:])} vs prototypes "
                              f"{tuple(protos.shape[1:])} (built for another backbone or image size?)")
         dist = ((flat * flat).sum(1, keepdim=True) - 2.0 * flat @ pflat.t() + (pflat * pflat).sum(1)[None]).clamp_min(0)
-        gain = torch.ones(f.shape[0], device=f.device, dtype=torch.float32)
-        rows = (source >= 0).nonzero()[:, 0]
-        if rows.numel() == 0:
-            return dist.argmin(dim=1), gain
-        own = assign[source[rows]]
+        # masks rather than row selection: no host synchronisation on the training step's hot path
+        rows = torch.arange(f.shape[0], device=f.device)
+        known = source >= 0
+        own = assign[source.clamp_min(0)]
         n = count[own].float()
-        held = torch.where(n > 1, n / (n - 1).clamp_min(1), torch.ones_like(n))
-        d_own = torch.where(n > 1, dist[rows, own] * held * held, torch.full_like(n, float("inf")))
-        dist[rows, own] = d_own
+        held = torch.where(known & (n > 1), n / (n - 1).clamp_min(1), torch.ones_like(n))
+        d_own = dist[rows, own]
+        dist[rows, own] = torch.where(known & (n <= 1), torch.full_like(n, float("inf")), d_own * held * held)
         idx = dist.argmin(dim=1)
         # every prototype left out (one cluster of one image): fall back to the bank as it is
-        idx[rows] = torch.where(torch.isinf(dist[rows].min(1).values), own, idx[rows])
-        gain[rows] = torch.where((idx[rows] == own) & (n > 1), held, torch.ones_like(n))
+        idx = torch.where(torch.isinf(dist.min(1).values), own, idx)
+        gain = torch.where(idx == own, held, torch.ones_like(n))
         return idx, gain
 
     def forward(self, feats: Sequence[torch.Tensor], source: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
@@ -180,10 +179,12 @@ class PrototypeBank(nn.Module):
             if self.assignments is None:
                 raise RuntimeError("PrototypeBank: held-out residuals (source=...) need a bank built with its "
                                    "training images' cluster assignments")
-            source = torch.as_tensor(source, device=feats[0].device).long().reshape(-1)
+            source = torch.as_tensor(source).long().reshape(-1)
+            # checked where it is given (the trainer passes the CPU batch tensor: no GPU synchronisation)
             if source.numel() != feats[0].shape[0] or int(source.max()) >= self.num_sources:
                 raise ValueError(f"PrototypeBank: source must give one training-image index (< {self.num_sources}) "
                                  f"or -1 per input, got {source.tolist()}")
+            source = source.to(feats[0].device, non_blocking=True)
         device_type = feats[0].device.type
         autocast_on = torch.is_autocast_enabled(device_type) if device_type in ("cuda", "cpu", "mps") else False
         out = []
