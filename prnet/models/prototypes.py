@@ -127,14 +127,19 @@ class PrototypeBank(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
-    def nearest(self, f: torch.Tensor, scale: int) -> torch.Tensor:
-        """Index of the nearest prototype (squared L2 over C·h·w) for each of the N maps in `f` (N×C×h×w)."""
+    def _flat(self, f: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """N×D features and K×D prototypes of `scale`; ValueError if their shapes disagree."""
         protos = getattr(self, f"proto_{scale}")
         flat = f.reshape(f.shape[0], -1).float()
         pflat = protos.reshape(protos.shape[0], -1)
         if flat.shape[1] != pflat.shape[1]:
             raise ValueError(f"prototype scale {scale}: features {tuple(f.shape[1:])} vs prototypes "
                              f"{tuple(protos.shape[1:])} (built for another backbone or image size?)")
+        return flat, pflat
+
+    def nearest(self, f: torch.Tensor, scale: int) -> torch.Tensor:
+        """Index of the nearest prototype (squared L2 over C·h·w) for each of the N maps in `f` (N×C×h×w)."""
+        flat, pflat = self._flat(f, scale)
         # ||f||² − 2 f·p + ||p||²; ||f||² is the same for every prototype, so it does not change the argmin.
         dist = (pflat * pflat).sum(1).unsqueeze(0) - 2.0 * flat @ pflat.t()
         return dist.argmin(dim=1)
@@ -143,13 +148,8 @@ class PrototypeBank(nn.Module):
         """Nearest prototype when row r of `f` comes from training image source[r] (−1: not a training image),
         with that image held out of its own cluster. Returns (index, gain): the residual is gain·(f − p[index])
         (gain n/(n − 1) when the nearest is the image's own cluster of n, else 1)."""
-        protos = getattr(self, f"proto_{scale}")
         assign, count = getattr(self, f"assign_{scale}"), getattr(self, f"count_{scale}")
-        flat = f.reshape(f.shape[0], -1).float()
-        pflat = protos.reshape(protos.shape[0], -1)
-        if flat.shape[1] != pflat.shape[1]:
-            raise ValueError(f"prototype scale {scale}: features {tuple(f.shape[1:])} vs prototypes "
-                             f"{tuple(protos.shape[1:])} (built for another backbone or image size?)")
+        flat, pflat = self._flat(f, scale)
         dist = ((flat * flat).sum(1, keepdim=True) - 2.0 * flat @ pflat.t() + (pflat * pflat).sum(1)[None]).clamp_min(0)
         # masks rather than row selection: no host synchronisation on the training step's hot path
         rows = torch.arange(f.shape[0], device=f.device)
