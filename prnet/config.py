@@ -42,6 +42,9 @@ class SynthesisConfig:
     foreground: bool = False  # restrict Perlin masks to the estimated object foreground
     beta_max: float = 0.8  # blend opacity beta ~ U(0, beta_max) (DRAEM)
     perlin_scale_max: int = 5  # Perlin scale 2^k per axis, k in 0..perlin_scale_max
+    # colour of the Perlin textures: rgb | grey (their luminance) | auto (grey when the category's normal training
+    # images are all greyscale, e.g. MVTec grid/screw/zipper, Magnetic Tile; rgb otherwise)
+    texture_colour: str = "auto"
 
 
 @dataclass
@@ -244,6 +247,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config keys 'model.head_widths' and 'model.stages': expected one width per stage, "
             f"got {cfg.model.head_widths} for {cfg.model.stages}")
+    if cfg.synthesis.texture_colour not in ("auto", "rgb", "grey"):
+        raise ConfigError(f"config key 'synthesis.texture_colour': expected auto, rgb or grey, "
+                          f"got {cfg.synthesis.texture_colour!r}")
     for key in ("perlin_ratio", "extended_ratio"):
         if getattr(cfg.synthesis, key) < 0:
             raise ConfigError(f"config key 'synthesis.{key}': expected >= 0")

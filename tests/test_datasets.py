@@ -18,10 +18,16 @@ def _rgb(rng, h, w):
     return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
+def _grey(rng, h, w):
+    return rng.integers(0, 256, size=(h, w), dtype=np.uint8)
+
+
 def make_category(root, name="cat", n_train=4, n_good=3, defects=(("crack", 3), ("hole", 2)), ext=".png",
-                  size=(40, 48), seed=0):
-    """A tiny category in the MVTec layout; defect masks are a rectangle. Returns the category path."""
+                  size=(40, 48), seed=0, grey=False):
+    """A tiny category in the MVTec layout (single-channel files if `grey`); defect masks are a rectangle.
+    Returns the category path."""
     rng = np.random.default_rng(seed)
+    _rgb = _grey if grey else globals()["_rgb"]
     cat = os.path.join(root, name)
     for sub in ("train/good", "test/good"):
         os.makedirs(os.path.join(cat, sub), exist_ok=True)
@@ -224,6 +230,34 @@ def test_train_dataset_layout_and_labels(tmp_path):
         assert 0 <= src < 6 and (src == i if i < 6 else True)
         outside = item["mask"][0] == 0
         assert torch.allclose(item["image"][:, outside], normal[src]["image"][:, outside], atol=1 / 255)
+
+
+def _has_colour(item):
+    img = item["image"]
+    return float((img.max(0).values - img.min(0).values).max()) > 2 / 255
+
+
+def test_perlin_textures_are_grey_for_a_greyscale_category(tmp_path):
+    make_category(tmp_path / "g", n_train=6, grey=True)
+    make_category(tmp_path / "c", n_train=6)
+    over = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 2.0}  # 12 Perlin samples; DTD absent: coloured
+    grey_auto = build_train_dataset(cfg_for(tmp_path / "g", **over), "cat")  # procedural textures
+    assert grey_auto.grey_textures
+    perlin = [i for i in range(len(grey_auto)) if grey_auto.kind(i) == "perlin"]
+    assert len(perlin) == 12
+    assert not any(_has_colour(grey_auto[i]) for i in range(len(grey_auto)))  # normal, Perlin and extended
+    forced_rgb = build_train_dataset(cfg_for(tmp_path / "g", **over, **{"synthesis.texture_colour": "rgb"}), "cat")
+    assert not forced_rgb.grey_textures
+    assert any(_has_colour(forced_rgb[i]) for i in perlin)  # the colour cue a real grey defect never has
+    # same draws either way: the same masks, the same pixels outside them
+    for i in perlin:
+        a, b = grey_auto[i], forced_rgb[i]
+        assert torch.equal(a["mask"], b["mask"]) and a["source"] == b["source"]
+        assert torch.equal(a["image"][:, a["mask"][0] == 0], b["image"][:, b["mask"][0] == 0])
+    colour_auto = build_train_dataset(cfg_for(tmp_path / "c", **over), "cat")
+    assert not colour_auto.grey_textures
+    forced_grey = build_train_dataset(cfg_for(tmp_path / "c", **over, **{"synthesis.texture_colour": "grey"}), "cat")
+    assert forced_grey.grey_textures
 
 
 def test_unsupervised_has_no_extended_samples(tmp_path):

@@ -67,3 +67,33 @@ def test_proxy_category_uses_training_data_only(tmp_path):
     assert {s.defect for s in test.samples} == {"good", PERLIN, EXTENDED} and len(test) == 3 * len(held)
     assert len(build_train_dataset(cfg, "demo").normal) == len(fit)
     assert build_proxy(data, str(tmp_path / "dtd"), out, 0.25, 1, 6, 0, 0, 64)["train_shots"] == info["train_shots"]
+
+
+def test_grey_perlin_set_repeats_the_proxy_draws_in_grey(tmp_path):
+    from proxy_grey_perlin import GREY, build_grey_perlin
+
+    from prnet.datasets.synthesis import is_greyscale
+
+    data = make_demo_category(str(tmp_path / "data"), "demo", seed=0, size=64, n_train=12, n_test_good=2,
+                              n_test_bad=4)
+    for name in os.listdir(os.path.join(data, "train", "good")):  # a greyscale category
+        path = os.path.join(data, "train", "good", name)
+        cv2.imwrite(path, cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2GRAY))
+    _textures(str(tmp_path / "dtd"))
+    out = str(tmp_path / "out")
+    build_proxy(data, str(tmp_path / "dtd"), out, holdout=0.25, val_classes=2, shots=2, split_seed=0, seed=0, size=64)
+    root, category = build_grey_perlin(out, seed=0, size=64)
+    proxy = os.path.join(out, "proxy", "demo")
+    assert category == "demo"
+    held = sorted(os.listdir(os.path.join(proxy, "test", "good")))
+    assert sorted(os.listdir(os.path.join(root, "demo", "test", "good"))) == held and len(held) == 3
+    coloured = 0
+    for k in range(len(held)):
+        mask = load_mask(os.path.join(root, "demo", "ground_truth", GREY, f"{k:04d}_mask.png"))
+        assert np.array_equal(mask, load_mask(os.path.join(proxy, "ground_truth", PERLIN, f"{k:04d}_mask.png")))
+        grey = (load_rgb(os.path.join(root, "demo", "test", GREY, f"{k:04d}.png")) * 255).round().astype(np.uint8)
+        colour = (load_rgb(os.path.join(proxy, "test", PERLIN, f"{k:04d}.png")) * 255).round().astype(np.uint8)
+        assert is_greyscale(grey) and np.array_equal(grey[mask == 0], colour[mask == 0])
+        coloured += not is_greyscale(colour)
+    assert coloured > 0  # the proxy's own Perlin images carry the DTD colours
+    assert build_grey_perlin(out, seed=0, size=64) == (root, category)  # written once, then reused

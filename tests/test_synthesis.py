@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from prnet.datasets.synthesis import (TEXTURE_OPS, augment_texture, blend, estimate_foreground, extended_anomaly,
-                                      perlin_anomaly, perlin_mask, perlin_noise)
+                                      is_greyscale, perlin_anomaly, perlin_mask, perlin_noise, to_grey)
 from prnet.datasets.textures import TextureSource
 
 
@@ -138,3 +138,33 @@ def test_texture_source_reads_dtd_layout_lazily(tmp_path):
     for m in means:  # textures come back RGB: pure red or pure blue
         assert (m[0] > 0.9 and m[2] < 0.1) or (m[2] > 0.9 and m[0] < 0.1)
     assert len(src._cache) <= 2  # bounded cache
+
+
+def test_grey_textures_and_greyscale_test():
+    r = rng(0)
+    colour = r.integers(0, 256, size=(24, 24, 3), dtype=np.uint8)
+    g = to_grey(colour)
+    assert g.shape == colour.shape and g.dtype == np.uint8 and is_greyscale(g) and not is_greyscale(colour)
+    assert np.array_equal(g[..., 0], cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY))
+    grey = np.repeat(r.integers(0, 256, size=(24, 24, 1), dtype=np.uint8), 3, axis=2)
+    noisy = np.clip(grey.astype(np.int16) + r.integers(-1, 2, size=grey.shape), 0, 255).astype(np.uint8)
+    assert is_greyscale(grey) and is_greyscale(noisy) and is_greyscale(grey.astype(np.float32) / 255)
+    tinted = grey.copy()
+    tinted[..., 0] = np.clip(tinted[..., 0].astype(int) + 20, 0, 255)  # a faint colour cast
+    assert not is_greyscale(tinted)
+
+
+class _Colour:
+    def sample_uint8(self, rng, hw):
+        return rng.integers(0, 256, size=hw + (3,), dtype=np.uint8)
+
+
+def test_perlin_anomaly_grey_keeps_a_grey_image_grey_with_the_same_draws():
+    img = np.repeat(rng(1).random((48, 48, 1), dtype=np.float32), 3, axis=2)
+    for k in range(5):
+        out_c, m_c = perlin_anomaly(img, _Colour(), rng(k), beta_max=0.8)
+        out_g, m_g = perlin_anomaly(img, _Colour(), rng(k), beta_max=0.8, grey=True)
+        assert np.array_equal(m_c, m_g)
+        assert is_greyscale(out_g) and np.array_equal(out_g[m_g == 0], img[m_g == 0])
+        spread = out_c.max(axis=2) - out_c.min(axis=2)
+        assert spread[m_c > 0].max() > 0.02  # the colour version adds colour inside the mask

@@ -28,14 +28,14 @@ from ..utils import numpy_rng
 from .demo import make_demo_category
 from .mvtec import (MVTEC, DatasetError, Sample, load_mask, load_rgb, resolve_classes,
                     scan_split, select_few_shot)
-from .synthesis import estimate_foreground, extended_anomaly, perlin_anomaly
+from .synthesis import estimate_foreground, extended_anomaly, is_greyscale, perlin_anomaly
 from .textures import TextureSource
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MVTEC", "DatasetError", "Sample", "TrainDataset", "EpochSampler", "TextureSource", "build_train_dataset",
            "build_test_dataset", "few_shot_names", "few_shot_samples", "ensure_data", "load_rgb", "load_mask",
-           "resolve_classes", "select_few_shot", "make_demo_category"]
+           "resolve_classes", "select_few_shot", "make_demo_category", "greyscale_category"]
 
 KINDS = ("normal", "perlin", "extended")
 
@@ -55,12 +55,14 @@ class TrainDataset(Dataset):
 
     Items: image 3×H×W float32 [0,1], mask 1×H×W float32 {0,1}, label (0 normal, 1 synthetic), kind
     ('normal' | 'perlin' | 'extended'), source (the index of the normal training image it was made from).
-    Index with an int (epoch from `set_epoch`) or a tuple (epoch, index).
+    Index with an int (epoch from `set_epoch`) or a tuple (epoch, index). `grey_textures`: Perlin textures are
+    turned grey (for a greyscale category, synthesis.texture_colour).
     """
 
     def __init__(self, normal: MVTEC, textures: TextureSource, seed: int, n_perlin: int,
                  anomalies: list[tuple[str, np.ndarray, np.ndarray]], n_extended: int, beta_max: float = 0.8,
-                 scale_max: int = 5, foreground: bool = False, real_anomalies: Optional[list[str]] = None) -> None:
+                 scale_max: int = 5, foreground: bool = False, real_anomalies: Optional[list[str]] = None,
+                 grey_textures: bool = False) -> None:
         self.normal = normal
         self.textures = textures
         self.seed = int(seed)
@@ -71,6 +73,7 @@ class TrainDataset(Dataset):
         self.beta_max = beta_max
         self.scale_max = scale_max
         self.foreground = foreground
+        self.grey_textures = bool(grey_textures)
         self.real_anomalies: list[str] = list(real_anomalies or [])
         self.epoch = 0
         self._fg: dict[int, np.ndarray] = {}
@@ -109,7 +112,7 @@ class TrainDataset(Dataset):
             normal = self.normal.image(base)
             if kind == "perlin":
                 image, mask = perlin_anomaly(normal, self.textures, rng, self.beta_max, self.scale_max,
-                                             self._foreground(base, normal))
+                                             self._foreground(base, normal), grey=self.grey_textures)
             else:
                 _, a_img, a_mask = self.anomalies[int(rng.integers(0, len(self.anomalies)))]
                 image, mask = extended_anomaly(normal, a_img.astype(np.float32) / 255.0, a_mask, rng)
@@ -169,6 +172,16 @@ def build_test_dataset(cfg: Config, category: str) -> MVTEC:
     return MVTEC(cfg.data.root, category, "test", image_hw(cfg), exclude=few_shot_names(cfg, category))
 
 
+def greyscale_category(normal: MVTEC, max_images: int = 64) -> bool:
+    """True when every one of up to `max_images` evenly spaced normal training images is greyscale
+    (synthesis.is_greyscale); stops at the first colour image."""
+    n = len(normal)
+    for i in np.unique(np.linspace(0, n - 1, num=min(n, max_images)).round().astype(int)):
+        if not is_greyscale(normal.image_uint8(int(i))):
+            return False
+    return True
+
+
 def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True) -> TrainDataset:
     """The training set of `category` (see the module docstring). Normal images are decoded and kept in memory
     (resized, uint8) when `normal_hw_cache` and cfg.data.cache_images are both true."""
@@ -193,10 +206,13 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
         log.warning("data.num_anomalies=%d but %s has no defective test images: no extended anomalies",
                     cfg.data.num_anomalies, os.path.join(cfg.data.root, category, "test"))
     textures = TextureSource(cfg.data.dtd_root, normal_images=_NormalPool(normal))
+    colour = cfg.synthesis.texture_colour
+    grey = colour == "grey" or (colour == "auto" and greyscale_category(normal))
     ds = TrainDataset(normal, textures, cfg.seed, n_perlin, anomalies, n_extended, cfg.synthesis.beta_max,
-                      cfg.synthesis.perlin_scale_max, cfg.synthesis.foreground, [s.name for s in shots])
-    log.info("%s: %d normal + %d perlin + %d extended training samples per epoch; real anomalies: %s", category,
-             n, ds.n_perlin, ds.n_extended, ", ".join(ds.real_anomalies) or "none")
+                      cfg.synthesis.perlin_scale_max, cfg.synthesis.foreground, [s.name for s in shots], grey)
+    log.info("%s: %d normal + %d perlin + %d extended training samples per epoch; Perlin textures %s%s; real "
+             "anomalies: %s", category, n, ds.n_perlin, ds.n_extended, "grey" if grey else "in colour",
+             " (greyscale category)" if colour == "auto" and grey else "", ", ".join(ds.real_anomalies) or "none")
     return ds
 
 

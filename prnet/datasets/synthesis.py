@@ -200,15 +200,33 @@ def estimate_foreground(image: np.ndarray, threshold: float = 0.1, min_fraction:
 
 
 # ------------------------------------------------------------------------------------------- anomalies
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 H×W×3 -> its luminance (ITU-R 601, as OpenCV) repeated in three channels, uint8 H×W×3."""
+    return np.repeat(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+
+
+def is_greyscale(image: np.ndarray, tolerance: float = 3.0 / 255.0) -> bool:
+    """True when an RGB image (uint8 or float [0,1], H×W×3) carries no colour: the 99th percentile over pixels of
+    max − min across the channels is at most `tolerance` (in [0,1] units; JPEG chroma noise stays below it)."""
+    img = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
+    spread = img.max(axis=2) - img.min(axis=2)
+    return float(np.quantile(spread, 0.99)) <= tolerance + 1e-6
+
+
 def perlin_anomaly(image: np.ndarray, textures: TextureProvider, rng: np.random.Generator, beta_max: float = 0.8,
-                   scale_max: int = 5, foreground: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+                   scale_max: int = 5, foreground: Optional[np.ndarray] = None,
+                   grey: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """A DRAEM-style anomaly on RGB float image H×W×3: (anomalous image, non-empty float32 mask H×W).
 
-    Perlin mask (restricted to `foreground` if given), a random texture with 3 random ops, opacity
-    β ~ U(0, beta_max), blended with `blend`."""
+    Perlin mask (restricted to `foreground` if given), a random texture with 3 random ops (turned into its grey
+    luminance if `grey`, for greyscale images: no colour cue that a real defect of such a category never has),
+    opacity β ~ U(0, beta_max), blended with `blend`. The random draws are the same with and without `grey`."""
     hw = image.shape[:2]
     mask = perlin_mask(hw, rng, scale_max, within=foreground)
-    texture = augment_texture(textures.sample_uint8(rng, hw), rng).astype(np.float32) / 255.0
+    texture = augment_texture(textures.sample_uint8(rng, hw), rng)
+    if grey:
+        texture = to_grey(texture)
+    texture = texture.astype(np.float32) / 255.0
     beta = float(rng.uniform(0.0, beta_max))
     return blend(image.astype(np.float32), texture, mask, beta), mask
 
