@@ -241,12 +241,14 @@ def test_perlin_textures_are_grey_for_a_greyscale_category(tmp_path):
     make_category(tmp_path / "g", n_train=6, grey=True)
     make_category(tmp_path / "c", n_train=6)
     over = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 2.0}  # 12 Perlin samples; DTD absent: coloured
+    assert not build_train_dataset(cfg_for(tmp_path / "g", **over), "cat").grey_textures  # default: rgb (DRAEM)
+    over["synthesis.texture_colour"] = "auto"
     grey_auto = build_train_dataset(cfg_for(tmp_path / "g", **over), "cat")  # procedural textures
     assert grey_auto.grey_textures
     perlin = [i for i in range(len(grey_auto)) if grey_auto.kind(i) == "perlin"]
     assert len(perlin) == 12
     assert not any(_has_colour(grey_auto[i]) for i in range(len(grey_auto)))  # normal, Perlin and extended
-    forced_rgb = build_train_dataset(cfg_for(tmp_path / "g", **over, **{"synthesis.texture_colour": "rgb"}), "cat")
+    forced_rgb = build_train_dataset(cfg_for(tmp_path / "g", **{**over, "synthesis.texture_colour": "rgb"}), "cat")
     assert not forced_rgb.grey_textures
     assert any(_has_colour(forced_rgb[i]) for i in perlin)  # the colour cue a real grey defect never has
     # same draws either way: the same masks, the same pixels outside them
@@ -256,7 +258,7 @@ def test_perlin_textures_are_grey_for_a_greyscale_category(tmp_path):
         assert torch.equal(a["image"][:, a["mask"][0] == 0], b["image"][:, b["mask"][0] == 0])
     colour_auto = build_train_dataset(cfg_for(tmp_path / "c", **over), "cat")
     assert not colour_auto.grey_textures
-    forced_grey = build_train_dataset(cfg_for(tmp_path / "c", **over, **{"synthesis.texture_colour": "grey"}), "cat")
+    forced_grey = build_train_dataset(cfg_for(tmp_path / "c", **{**over, "synthesis.texture_colour": "grey"}), "cat")
     assert forced_grey.grey_textures
 
 

@@ -62,7 +62,7 @@ class TrainDataset(Dataset):
     def __init__(self, normal: MVTEC, textures: TextureSource, seed: int, n_perlin: int,
                  anomalies: list[tuple[str, np.ndarray, np.ndarray]], n_extended: int, beta_max: float = 0.8,
                  scale_max: int = 5, foreground: bool = False, real_anomalies: Optional[list[str]] = None,
-                 grey_textures: bool = False) -> None:
+                 grey_textures: bool = False, texture_weight: str = "1-beta") -> None:
         self.normal = normal
         self.textures = textures
         self.seed = int(seed)
@@ -74,6 +74,7 @@ class TrainDataset(Dataset):
         self.scale_max = scale_max
         self.foreground = foreground
         self.grey_textures = bool(grey_textures)
+        self.texture_weight = texture_weight
         self.real_anomalies: list[str] = list(real_anomalies or [])
         self.epoch = 0
         self._fg: dict[int, np.ndarray] = {}
@@ -112,7 +113,8 @@ class TrainDataset(Dataset):
             normal = self.normal.image(base)
             if kind == "perlin":
                 image, mask = perlin_anomaly(normal, self.textures, rng, self.beta_max, self.scale_max,
-                                             self._foreground(base, normal), grey=self.grey_textures)
+                                             self._foreground(base, normal), grey=self.grey_textures,
+                                             texture_weight=self.texture_weight)
             else:
                 _, a_img, a_mask = self.anomalies[int(rng.integers(0, len(self.anomalies)))]
                 image, mask = extended_anomaly(normal, a_img.astype(np.float32) / 255.0, a_mask, rng)
@@ -209,7 +211,8 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
     colour = cfg.synthesis.texture_colour
     grey = colour == "grey" or (colour == "auto" and greyscale_category(normal))
     ds = TrainDataset(normal, textures, cfg.seed, n_perlin, anomalies, n_extended, cfg.synthesis.beta_max,
-                      cfg.synthesis.perlin_scale_max, cfg.synthesis.foreground, [s.name for s in shots], grey)
+                      cfg.synthesis.perlin_scale_max, cfg.synthesis.foreground, [s.name for s in shots], grey,
+                      cfg.synthesis.texture_weight)
     log.info("%s: %d normal + %d perlin + %d extended training samples per epoch; Perlin textures %s%s; real "
              "anomalies: %s", category, n, ds.n_perlin, ds.n_extended, "grey" if grey else "in colour",
              " (greyscale category)" if colour == "auto" and grey else "", ", ".join(ds.real_anomalies) or "none")

@@ -215,12 +215,15 @@ def is_greyscale(image: np.ndarray, tolerance: float = 3.0 / 255.0) -> bool:
 
 def perlin_anomaly(image: np.ndarray, textures: TextureProvider, rng: np.random.Generator, beta_max: float = 0.8,
                    scale_max: int = 5, foreground: Optional[np.ndarray] = None,
-                   grey: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   grey: bool = False, texture_weight: str = "1-beta") -> tuple[np.ndarray, np.ndarray]:
     """A DRAEM-style anomaly on RGB float image H×W×3: (anomalous image, non-empty float32 mask H×W).
 
     Perlin mask (restricted to `foreground` if given), a random texture with 3 random ops (turned into its grey
     luminance if `grey`, for greyscale images: no colour cue that a real defect of such a category never has),
-    opacity β ~ U(0, beta_max), blended with `blend`. The random draws are the same with and without `grey`."""
+    β ~ U(0, beta_max), blended with `blend`. As in DRAEM, β is the weight of the *original* image inside the mask
+    and the texture gets 1 − β ∈ (1 − beta_max, 1] (`texture_weight="1-beta"`): every anomaly is visible.
+    `texture_weight="beta"` gives the texture β instead (our earlier, inverted reading: opacity in [0, beta_max),
+    near-invisible anomalies still labelled as anomalous). The random draws are the same for every option."""
     hw = image.shape[:2]
     mask = perlin_mask(hw, rng, scale_max, within=foreground)
     texture = augment_texture(textures.sample_uint8(rng, hw), rng)
@@ -228,7 +231,13 @@ def perlin_anomaly(image: np.ndarray, textures: TextureProvider, rng: np.random.
         texture = to_grey(texture)
     texture = texture.astype(np.float32) / 255.0
     beta = float(rng.uniform(0.0, beta_max))
-    return blend(image.astype(np.float32), texture, mask, beta), mask
+    if texture_weight == "1-beta":
+        opacity = 1.0 - beta
+    elif texture_weight == "beta":
+        opacity = beta
+    else:
+        raise ValueError(f"perlin_anomaly: texture_weight must be '1-beta' or 'beta', got {texture_weight!r}")
+    return blend(image.astype(np.float32), texture, mask, opacity), mask
 
 
 def _elastic_displacement(hw: tuple[int, int], rng: np.random.Generator, amplitude: float,
