@@ -253,4 +253,6 @@ def test_two_gloo_processes_train_to_identical_weights(tiny_data, tmp_path):
 
     model, cfg, _ = model_from_checkpoint(os.path.join(out, "tiny", "last.pt"), torch.device("cpu"))
     single, _ = evaluate(model, build_test_dataset(cfg, "tiny"), cfg, torch.device("cpu"), progress=False)
-    assert single == pytest.approx(results["metrics"], abs=1e-6)
+    # float32 maps from other batch compositions differ by ~1e-7, which moves pixel AP over many near-tied pixels by
+    # a few 1e-6; a lost or doubled image moves it by far more
+    assert single == pytest.approx(results["metrics"], abs=5e-5)
