@@ -10,7 +10,12 @@ The proxy category (written once under <out>/proxy, symlinks where possible):
   proxy runs never train with (`--val-texture-classes` of them, seeded);
 - test/extended_unseen_defects: one extended anomaly per held-out image, cut from the *second* half of the real
   few-shot anomalies; the proxy runs train on the first half only (so these defects are unseen too);
-- test/<defect>: the first half of the few-shot anomalies, which the proxy runs train on (excluded from scoring).
+- test/<defect>: the first half of the few-shot anomalies, which the proxy runs train on (excluded from scoring);
+- test/swap_unseen_shapes (added to an existing proxy when missing): per held-out image, a band across the
+  image (one side of a line within ±15° of horizontal, 10–40 % of the image, the shape of the `uneven` few-shot
+  anomalies) taken from *another held-out* image at opacity U(0.2, 1). Training's region swaps
+  (synthesis.swap_fraction) are Perlin blobs from training images: these shapes and images are unseen. Scored
+  on its own; "all" keeps its first meaning (normals, Perlin, extended), so older rows stay comparable.
 The few-shot anomalies are the ones the real benchmark trains on (same `select_few_shot` rule and seed), so the
 real test set is never read beyond them.
 
@@ -37,6 +42,7 @@ log = logging.getLogger("proxy_validation")
 
 PERLIN = "perlin_unseen_textures"
 EXTENDED = "extended_unseen_defects"
+SWAP = "swap_unseen_shapes"
 SIGMAS = (0.0, 2.0, 4.0, 8.0)
 TOPKS = (1, 10, 100, 1000)
 
@@ -129,7 +135,8 @@ def build_proxy(data: str, dtd: str, out: str, holdout: float, val_classes: int,
         img, mask = extended_anomaly(image, d_img, d_mask, numpy_rng(seed, 0xE47D, k))
         _save_rgb(os.path.join(cat, "test", EXTENDED, stem + ".png"), img)
         _save_mask(os.path.join(cat, "ground_truth", EXTENDED, stem + "_mask.png"), mask)
-    info = {"category": category, "fit_normals": len(fit), "held_out_normals": len(held), "fit_textures": fit_tex,
+    info = {"category": category, "seed": seed, "fit_normals": len(fit), "held_out_normals": len(held),
+            "fit_textures": fit_tex,
             "val_textures": val_tex,
             "train_shots": [s.name for s in train_shots], "val_shots": [s.name for s in val_shots]}
     with open(info_path, "w", encoding="utf-8") as fh:
@@ -138,6 +145,50 @@ def build_proxy(data: str, dtd: str, out: str, holdout: float, val_classes: int,
     log.info("proxy category: %d fit normals, %d held out; textures fit %s / val %s; shots train %s / val %s",
              len(fit), len(held), fit_tex, val_tex, info["train_shots"], info["val_shots"])
     return info
+
+
+def band_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, float] = (0.1, 0.4),
+              max_angle: float = 15.0) -> np.ndarray:
+    """float32 {0,1} H×W: the pixels above (or below) a line at U(-max_angle°, max_angle°) from horizontal placed
+    so that a fraction a ~ U(area) of the image is inside (never empty)."""
+    h, w = hw
+    a = float(rng.uniform(*area))
+    slope = np.tan(np.deg2rad(rng.uniform(-max_angle, max_angle)))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    signed = yy - slope * (xx - w / 2.0)  # constant along the line
+    if rng.random() < 0.5:
+        signed = -signed  # the band at the bottom
+    mask = signed <= np.quantile(signed, a)
+    return mask.astype(np.float32)
+
+
+def add_swap_subset(info: dict, seed: int, size: int) -> None:
+    """Write test/swap_unseen_shapes into the proxy if it is missing (see the module docstring)."""
+    from prnet.datasets import load_rgb
+    from prnet.datasets.synthesis import blend
+    from prnet.utils import numpy_rng
+
+    cat = os.path.join(info["root"], info["category"])
+    if os.path.isdir(os.path.join(cat, "test", SWAP)):
+        return
+    good = os.path.join(cat, "test", "good")
+    held = sorted(os.listdir(good))  # k = 0.. as build_proxy numbers the held-out images
+    if len(held) < 2:
+        raise SystemExit(f"{good}: region swaps need at least 2 held-out normal images")
+    hw = (size, size)
+    tmp = os.path.join(cat, "test", SWAP + ".tmp"), os.path.join(cat, "ground_truth", SWAP + ".tmp")
+    for k, f in enumerate(held):
+        rng = numpy_rng(seed, 0x5A4B, k)
+        j = int(rng.integers(0, len(held) - 1))
+        j += j >= k  # another held-out image
+        image, other = load_rgb(os.path.join(good, f), hw), load_rgb(os.path.join(good, held[j]), hw)
+        mask = band_mask(hw, rng)
+        img = blend(image, other, mask, 1.0 - float(rng.uniform(0.0, 0.8)))
+        _save_rgb(os.path.join(tmp[0], f"{k:04d}.png"), img)
+        _save_mask(os.path.join(tmp[1], f"{k:04d}_mask.png"), mask)
+    os.replace(tmp[1], os.path.join(cat, "ground_truth", SWAP))  # the masks first: a test folder implies its masks
+    os.replace(tmp[0], os.path.join(cat, "test", SWAP))
+    log.info("proxy: %d region swaps (bands from other held-out images) in %s", len(held), SWAP)
 
 
 def overrides(args, info: dict, name: str, extra: list[str]) -> list[str]:
@@ -154,16 +205,30 @@ def overrides(args, info: dict, name: str, extra: list[str]) -> list[str]:
     ]
 
 
+def extended_sources(names: list[str], val_shots: list[str]) -> np.ndarray:
+    """The defect type each extended validation image was cut from ('' for other images): image k (file
+    <k:04d>.png) took val_shots[k % len(val_shots)], as build_proxy made it."""
+    out = []
+    for n in names:
+        d, f = n.split("/", 1)
+        out.append(val_shots[int(os.path.splitext(f)[0]) % len(val_shots)].split("/")[0] if d == EXTENDED else "")
+    return np.array(out)
+
+
 def score_table(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, defects: np.ndarray,
-                device: torch.device) -> dict:
-    """Image AUROC per (subset, σ, top-k) and the five metrics per subset at each σ (top-100 mean image score)."""
+                device: torch.device, sources: np.ndarray | None = None) -> dict:
+    """Image AUROC per (subset, σ, top-k) and the five metrics per subset at each σ (top-100 mean image score);
+    with `sources` (extended_sources), also the five metrics at σ = 0 of the extended images cut from each defect
+    type, next to the held-out normals ('extended:<type>')."""
     from prnet.engine.evaluator import gaussian_smooth, image_scores
     from prnet.metrics import compute_metrics, image_auroc
 
     out: dict = {"image_auroc": {}, "metrics": {}}
     normal = defects == "good"
-    subsets = {"all": np.ones_like(normal), PERLIN: normal | (defects == PERLIN),
+    subsets = {"all": defects != SWAP, PERLIN: normal | (defects == PERLIN),
                EXTENDED: normal | (defects == EXTENDED)}
+    if (defects == SWAP).any():
+        subsets[SWAP] = normal | (defects == SWAP)
     for sigma in SIGMAS:
         sm = torch.cat([gaussian_smooth(torch.from_numpy(maps[i:i + 64])[:, None].to(device), sigma).cpu()
                         for i in range(0, len(maps), 64)])
@@ -175,10 +240,15 @@ def score_table(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, defects
         for sub, sel in subsets.items():
             m = compute_metrics(s100[sel], labels[sel], sm[:, 0].numpy()[sel], masks[sel])
             out["metrics"][f"{sub}|sigma={sigma:g}"] = {k: float(v) for k, v in m.items()}
+        if sources is not None and sigma == 0.0:
+            for src in sorted(set(sources) - {""}):
+                sel = normal | (sources == src)
+                m = compute_metrics(s100[sel], labels[sel], sm[:, 0].numpy()[sel], masks[sel])
+                out["metrics"][f"{EXTENDED}:{src}|sigma=0"] = {k: float(v) for k, v in m.items()}
     return out
 
 
-def run_variant(args, info: dict, name: str, extra: list[str]) -> dict:
+def run_variant(args, info: dict, name: str, extra: list[str], previous: dict | None = None) -> dict:
     import train as train_script
     from prnet.config import load_config
     from prnet.datasets import build_test_dataset
@@ -188,17 +258,25 @@ def run_variant(args, info: dict, name: str, extra: list[str]) -> dict:
 
     ov = overrides(args, info, name, extra)
     cfg = load_config(None, ov)
-    t0 = time.time()
-    if train_script.main(ov) != 0:
-        raise SystemExit(f"variant {name}: training failed")
-    minutes = (time.time() - t0) / 60.0
+    ckpt = os.path.join(cfg.output_dir, info["category"], "last.pt")
+    if args.rescore:
+        if not os.path.exists(ckpt):
+            raise SystemExit(f"--rescore: variant {name} has no trained model at {ckpt}")
+        minutes = float((previous or {}).get("train_minutes", float("nan")))
+        extra = list((previous or {}).get("overrides", extra))
+    else:
+        t0 = time.time()
+        if train_script.main(ov) != 0:
+            raise SystemExit(f"variant {name}: training failed")
+        minutes = (time.time() - t0) / 60.0
     device = resolve_device(args.device)
-    model, cfg, _ = model_from_checkpoint(os.path.join(cfg.output_dir, info["category"], "last.pt"), device)
+    model, cfg, _ = model_from_checkpoint(ckpt, device)
     cfg.eval.sigma = 0.0  # raw maps: the σ / top-k rules are applied below
     test = build_test_dataset(cfg, info["category"])
     raw = run_inference(model, test, cfg, device, progress=False)
     defects = np.array([s.defect for s in test.samples])
-    table = score_table(raw["maps"], raw["labels"], raw["masks"], defects, device)
+    sources = extended_sources([s.name for s in test.samples], info["val_shots"])
+    table = score_table(raw["maps"], raw["labels"], raw["masks"], defects, device, sources)
     return {"variant": name, "overrides": extra, "train_minutes": minutes, **table}
 
 
@@ -215,6 +293,17 @@ def summary_lines(row: dict) -> list[str]:
         m = row["metrics"][f"all|sigma={sigma:g}"]
         lines.append(f"  all, sigma={sigma:g}: pixel AUROC {m['pixel_auroc']:.3f}  pixel AP {m['pixel_ap']:.3f}  "
                      f"AUPRO {m['aupro']:.3f}")
+    if f"{SWAP}|sigma=0" in row["metrics"]:
+        m = row["metrics"][f"{SWAP}|sigma=0"]
+        lines.append(f"  {SWAP}, sigma=0: image AUROC {m['image_auroc']:.3f}  pixel AUROC {m['pixel_auroc']:.3f}  "
+                     f"pixel AP {m['pixel_ap']:.3f}  AUPRO {m['aupro']:.3f}")
+    per_source = sorted(k for k in row["metrics"] if k.startswith(EXTENDED + ":"))
+    if per_source:
+        lines.append("  extended, by the defect type cut from (sigma=0): image AUROC / pixel AUROC / AUPRO")
+        for k in per_source:
+            m = row["metrics"][k]
+            lines.append(f"    {k.split('|')[0].split(':', 1)[1]:<10} {m['image_auroc']:.3f} / {m['pixel_auroc']:.3f} / "
+                         f"{m['aupro']:.3f}")
     return lines
 
 
@@ -239,6 +328,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rescore", action="store_true",
+                   help="score the variants' trained models again (current scoring), without training")
     args = p.parse_args(argv)
 
     from prnet.utils import atomic_write, setup_logging
@@ -247,11 +338,13 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     info = build_proxy(args.data, args.dtd, args.out, args.holdout, args.val_texture_classes, args.shots,
                        args.split_seed, args.seed, args.size)
+    add_swap_subset(info, int(info.get("seed", args.seed)), args.size)  # the proxy's own seed
     result_path = os.path.join(args.out, "proxy_validation.json")
     results = json.load(open(result_path)) if os.path.exists(result_path) else {"proxy": info, "rows": []}
     for spec in args.variant or [["base"]]:
         name, extra = spec[0], spec[1:]
-        row = run_variant(args, info, name, extra)
+        previous = next((r for r in results["rows"] if r["variant"] == name), None)
+        row = run_variant(args, info, name, extra, previous)
         results["rows"] = [r for r in results["rows"] if r["variant"] != name] + [row]
 
         def write(tmp: str) -> None:

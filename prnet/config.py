@@ -48,6 +48,10 @@ class SynthesisConfig:
     # colour of the Perlin textures: rgb (DRAEM) | grey (their luminance) | auto (grey when the category's normal
     # training images are all greyscale, e.g. MVTec grid/screw/zipper, Magnetic Tile; rgb otherwise)
     texture_colour: str = "rgb"
+    # share of the Perlin samples that are region swaps instead: a large region (swap_area of the image, as
+    # fractions) taken from another normal training image (synthesis.swap_anomaly); 0: DRAEM's anomalies only
+    swap_fraction: float = 0.0
+    swap_area: list[float] = field(default_factory=lambda: [0.1, 0.5])
 
 
 @dataclass
@@ -259,6 +263,12 @@ def validate(cfg: Config) -> None:
     for key in ("perlin_ratio", "extended_ratio"):
         if getattr(cfg.synthesis, key) < 0:
             raise ConfigError(f"config key 'synthesis.{key}': expected >= 0")
+    if not 0.0 <= cfg.synthesis.swap_fraction <= 1.0:
+        raise ConfigError(f"config key 'synthesis.swap_fraction': expected a share in [0, 1], "
+                          f"got {cfg.synthesis.swap_fraction}")
+    area = cfg.synthesis.swap_area
+    if len(area) != 2 or not 0.0 < area[0] <= area[1] < 1.0:
+        raise ConfigError(f"config key 'synthesis.swap_area': expected [min, max] with 0 < min <= max < 1, got {area}")
     if cfg.train.epochs < 0 or cfg.train.batch_size < 1:
         raise ConfigError("config keys 'train.epochs' >= 0 and 'train.batch_size' >= 1 expected")
 

@@ -232,6 +232,39 @@ def test_train_dataset_layout_and_labels(tmp_path):
         assert torch.allclose(item["image"][:, outside], normal[src]["image"][:, outside], atol=1 / 255)
 
 
+def test_region_swaps_are_the_last_perlin_samples_and_come_from_another_normal_image(tmp_path):
+    make_category(tmp_path, n_train=6)
+    over = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34}
+    plain = build_train_dataset(cfg_for(tmp_path, **over), "cat")
+    ds = build_train_dataset(cfg_for(tmp_path, **over, **{"synthesis.swap_fraction": 0.5}), "cat")
+    assert (ds.n_perlin, ds.n_swap, ds.n_extended) == (6, 3, 2) and len(ds) == len(plain) == 14
+    assert [ds.kind(i) for i in range(len(ds))] == ["normal"] * 6 + ["perlin"] * 3 + ["swap"] * 3 + ["extended"] * 2
+    for i in range(9):  # the other samples keep their draws
+        assert torch.equal(ds[i]["image"], plain[i]["image"]) and torch.equal(ds[i]["mask"], plain[i]["mask"])
+    normal = MVTEC(str(tmp_path), "cat", "train", 32)
+    for i in range(9, 12):
+        item = ds[i]
+        m = item["mask"][0] > 0
+        assert item["kind"] == "swap" and item["label"] == 1 and 0.09 <= m.float().mean() <= 0.52
+        base = normal[item["source"]]["image"]
+        assert torch.allclose(item["image"][:, ~m], base[:, ~m], atol=1 / 255)
+        assert (item["image"][:, m] - base[:, m]).abs().max() > 0.05  # something else is inside the mask
+        # inside the mask: base + opacity · (other − base) for one other normal image and one opacity
+        fits = []
+        for j in range(6):
+            diff = (normal[j]["image"] - base)[:, m]
+            if j == item["source"] or diff.abs().max() < 0.05:
+                continue
+            t = ((item["image"][:, m] - base[:, m]) * diff).sum() / (diff * diff).sum()
+            fits.append(float((item["image"][:, m] - base[:, m] - t * diff).abs().max()))
+        assert min(fits) < 2 / 255
+    from prnet.config import ConfigError
+    with pytest.raises(ConfigError, match="swap_fraction"):
+        cfg_for(tmp_path, **{"synthesis.swap_fraction": 1.5})
+    with pytest.raises(ConfigError, match="swap_area"):
+        cfg_for(tmp_path, **{"synthesis.swap_area": "[0.5, 0.2]"})
+
+
 def _has_colour(item):
     img = item["image"]
     return float((img.max(0).values - img.min(0).values).max()) > 2 / 255

@@ -8,7 +8,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-from proxy_validation import EXTENDED, PERLIN, build_proxy, overrides  # noqa: E402
+from proxy_validation import (EXTENDED, PERLIN, SWAP, add_swap_subset, band_mask, build_proxy,  # noqa: E402
+                              extended_sources, overrides, score_table)
 from prnet.config import load_config  # noqa: E402
 from prnet.datasets import (build_test_dataset, build_train_dataset, few_shot_names, load_mask,  # noqa: E402
                             load_rgb, make_demo_category, scan_split, select_few_shot)
@@ -97,3 +98,56 @@ def test_grey_perlin_set_repeats_the_proxy_draws_in_grey(tmp_path):
         coloured += not is_greyscale(colour)
     assert coloured > 0  # the proxy's own Perlin images carry the DTD colours
     assert build_grey_perlin(out, seed=0, size=64) == (root, category)  # written once, then reused
+
+
+def test_band_masks_and_the_swap_subset_use_held_out_images_only(tmp_path):
+    for k in range(20):
+        m = band_mask((40, 60), np.random.default_rng(k), area=(0.1, 0.4))
+        assert 0.09 <= m.mean() <= 0.41
+        rows = m.mean(axis=1)
+        assert max(rows[0], rows[-1]) > 0.5 and min(rows[0], rows[-1]) == 0.0  # along the top or the bottom edge
+        assert (np.diff(rows) <= 0).all() or (np.diff(rows) >= 0).all()  # one side of a line
+    data = make_demo_category(str(tmp_path / "data"), "demo", seed=0, size=64, n_train=16, n_test_good=2,
+                              n_test_bad=4)
+    _textures(str(tmp_path / "dtd"))
+    out = str(tmp_path / "out")
+    info = build_proxy(data, str(tmp_path / "dtd"), out, holdout=0.25, val_classes=1, shots=4, split_seed=0,
+                       seed=0, size=64)
+    add_swap_subset(info, seed=0, size=64)
+    proxy = os.path.join(info["root"], "demo")
+    held = sorted(os.listdir(os.path.join(proxy, "test", "good")))
+    files = sorted(os.listdir(os.path.join(proxy, "test", SWAP)))
+    assert files == [f"{k:04d}.png" for k in range(len(held))] and len(held) == 4
+    normals = [load_rgb(os.path.join(proxy, "test", "good", f), 64) for f in held]
+    for k, f in enumerate(files):
+        image = load_rgb(os.path.join(proxy, "test", SWAP, f), 64)
+        mask = load_mask(os.path.join(proxy, "ground_truth", SWAP, f"{k:04d}_mask.png"), 64) > 0
+        assert 0.09 <= mask.mean() <= 0.41
+        assert np.abs(image - normals[k])[~mask].max() <= 1.5 / 255  # its own held-out image outside the band
+        # inside: a blend with another held-out image (never a training image)
+        best = min(np.abs((image - normals[k])[mask] - t * (normals[j] - normals[k])[mask]).mean()
+                   for j in range(len(held)) if j != k for t in np.linspace(0.2, 1.0, 81))
+        assert best < 3 / 255 and np.abs(image - normals[k])[mask].mean() > 0.01
+    before = os.path.getmtime(os.path.join(proxy, "test", SWAP, files[0]))
+    add_swap_subset(info, seed=0, size=64)  # written once
+    assert os.path.getmtime(os.path.join(proxy, "test", SWAP, files[0])) == before
+
+    # the runs see it as one more defect type; "all" keeps its old meaning, the swaps are scored on their own
+    args = argparse.Namespace(out=out, size=64, backbone="resnet18", weights="package", widths="[8, 8, 8]", epochs=1,
+                              batch=4, lr=1e-3, workers=0, device="cpu", seed=0)
+    test = build_test_dataset(load_config(None, overrides(args, info, "v", [])), "demo")
+    defects = np.array([s.defect for s in test.samples])
+    assert {"good", PERLIN, EXTENDED, SWAP} == set(defects)
+    labels = np.array([s.label for s in test.samples])
+    masks = np.stack([test[i]["mask"][0].numpy() for i in range(len(test))])
+    maps = masks.astype(np.float32).copy()
+    maps[defects == SWAP] = 0.0  # a model that finds every anomaly but the swaps
+    sources = extended_sources([s.name for s in test.samples], info["val_shots"])
+    assert set(sources[defects == EXTENDED]) == {n.split("/")[0] for n in info["val_shots"]}
+    assert (sources[defects != EXTENDED] == "").all()
+    import torch
+    table = score_table(maps, labels, masks, defects, torch.device("cpu"), sources)
+    assert table["metrics"]["all|sigma=0"]["pixel_auroc"] == 1.0 and table["metrics"]["all|sigma=0"]["aupro"] > 0.99
+    assert table["metrics"][f"{SWAP}|sigma=0"]["pixel_auroc"] <= 0.5
+    for src in set(sources) - {""}:
+        assert table["metrics"][f"{EXTENDED}:{src}|sigma=0"]["pixel_auroc"] == 1.0

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from prnet.datasets.synthesis import (TEXTURE_OPS, augment_texture, blend, estimate_foreground, extended_anomaly,
-                                      is_greyscale, perlin_anomaly, perlin_mask, perlin_noise, to_grey)
+                                      is_greyscale, large_mask, perlin_anomaly, perlin_mask, perlin_noise,
+                                      swap_anomaly, to_grey)
 from prnet.datasets.textures import TextureSource
 
 
@@ -189,3 +190,45 @@ def test_perlin_texture_weight_is_draems_one_minus_beta():
     assert min(old) < 0.2  # the inverted reading made some anomalies nearly invisible
     with pytest.raises(ValueError, match="texture_weight"):
         perlin_anomaly(x, _Colour(), rng(0), texture_weight="alpha")
+
+
+def test_large_mask_covers_the_drawn_area_and_respects_the_region():
+    areas = []
+    for k in range(40):
+        m = large_mask((64, 80), rng(k), area=(0.1, 0.5))
+        assert m.dtype == np.float32 and set(np.unique(m)) <= {0.0, 1.0}
+        areas.append(m.mean())
+    areas = np.array(areas)
+    assert areas.min() >= 0.09 and areas.max() <= 0.52 and areas.std() > 0.05  # drawn in [0.1, 0.5], not fixed
+    assert np.array_equal(large_mask((64, 80), rng(3)), large_mask((64, 80), rng(3)))
+    # low frequency: one or two smooth regions, far fewer boundary pixels than DRAEM's Perlin masks at scale 2^5
+    edges = lambda m: np.abs(np.diff(m, axis=0)).sum() + np.abs(np.diff(m, axis=1)).sum()  # noqa: E731
+    fine = np.mean([edges(perlin_mask((64, 80), rng(k), scale_max=5)) / max(perlin_mask((64, 80), rng(k)).sum(), 1)
+                    for k in range(20)])
+    coarse = np.mean([edges(large_mask((64, 80), rng(k))) / large_mask((64, 80), rng(k)).sum() for k in range(20)])
+    assert coarse < fine
+    within = np.zeros((64, 80), bool)
+    within[:, 40:] = True
+    for k in range(10):
+        m = large_mask((64, 80), rng(k), area=(0.2, 0.4), within=within)
+        assert m.any() and not m[:, :40].any() and 0.18 <= m[:, 40:].mean() <= 0.42
+
+
+def test_swap_anomaly_takes_a_region_of_the_other_image():
+    r = rng(5)
+    image = r.uniform(0.0, 0.4, (48, 48, 3)).astype(np.float32)
+    other = r.uniform(0.6, 1.0, (48, 48, 3)).astype(np.float32)
+    for k in range(10):
+        out, mask = swap_anomaly(image, other, rng(k))
+        m = mask > 0
+        assert out.dtype == np.float32 and m.any() and 0.09 <= m.mean() <= 0.52
+        assert np.array_equal(out[~m], image[~m])  # outside the mask: the image itself
+        # inside: image + opacity · (other − image), one opacity per anomaly, in (0.2, 1] (DRAEM's 1 − β)
+        opacity = (out[m] - image[m]) / (other[m] - image[m])
+        assert np.allclose(opacity, opacity.mean(), atol=1e-4) and 0.2 < opacity.mean() <= 1.0 + 1e-6
+        old, _ = swap_anomaly(image, other, rng(k), texture_weight="beta")  # the same draws, opacity β
+        assert np.allclose((old[m] - image[m]) / (other[m] - image[m]), 1.0 - opacity.mean(), atol=1e-4)
+    with pytest.raises(ValueError, match="shapes differ"):
+        swap_anomaly(image, other[:40], rng(0))
+    with pytest.raises(ValueError, match="texture_weight"):
+        swap_anomaly(image, other, rng(0), texture_weight="alpha")

@@ -5,7 +5,8 @@
     test = build_test_dataset(cfg, "bottle")  # test split minus the few-shot anomalies (test.excluded)
 
 Training indices: [0, N) the N normal training images (no augmentation), then round(perlin_ratio·N) Perlin
-samples, then round(extended_ratio·N) extended samples (only with real anomalies). Sample `index` of epoch
+samples (the last round(swap_fraction·that) of them region swaps, kind 'swap'), then round(extended_ratio·N)
+extended samples (only with real anomalies). Sample `index` of epoch
 `epoch` depends only on (cfg.seed, epoch, index), whatever the DataLoader workers.
 
 Epochs: `train.set_epoch(e)` sets the epoch read in `__getitem__` (fine when the trainer makes a fresh
@@ -28,7 +29,7 @@ from ..utils import numpy_rng
 from .demo import make_demo_category
 from .mvtec import (MVTEC, DatasetError, Sample, load_mask, load_rgb, resolve_classes,
                     scan_split, select_few_shot)
-from .synthesis import estimate_foreground, extended_anomaly, is_greyscale, perlin_anomaly
+from .synthesis import estimate_foreground, extended_anomaly, is_greyscale, perlin_anomaly, swap_anomaly
 from .textures import TextureSource
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ __all__ = ["MVTEC", "DatasetError", "Sample", "TrainDataset", "EpochSampler", "T
            "build_test_dataset", "few_shot_names", "few_shot_samples", "ensure_data", "load_rgb", "load_mask",
            "resolve_classes", "select_few_shot", "make_demo_category", "greyscale_category"]
 
-KINDS = ("normal", "perlin", "extended")
+KINDS = ("normal", "perlin", "swap", "extended")
 
 
 class _NormalPool:
@@ -51,10 +52,13 @@ class _NormalPool:
 
 
 class TrainDataset(Dataset):
-    """Normal training images, Perlin anomalies and extended (real cut-and-paste) anomalies.
+    """Normal training images, Perlin anomalies (some of them region swaps) and extended (real cut-and-paste)
+    anomalies.
 
     Items: image 3×H×W float32 [0,1], mask 1×H×W float32 {0,1}, label (0 normal, 1 synthetic), kind
-    ('normal' | 'perlin' | 'extended'), source (the index of the normal training image it was made from).
+    ('normal' | 'perlin' | 'swap' | 'extended'), source (the index of the normal training image it was made from).
+    `n_swap` of the `n_perlin` Perlin samples (the last ones) are region swaps (synthesis.swap_anomaly: a large
+    region from another normal training image).
     Index with an int (epoch from `set_epoch`) or a tuple (epoch, index). `grey_textures`: Perlin textures are
     turned grey (for a greyscale category, synthesis.texture_colour).
     """
@@ -62,12 +66,15 @@ class TrainDataset(Dataset):
     def __init__(self, normal: MVTEC, textures: TextureSource, seed: int, n_perlin: int,
                  anomalies: list[tuple[str, np.ndarray, np.ndarray]], n_extended: int, beta_max: float = 0.8,
                  scale_max: int = 5, foreground: bool = False, real_anomalies: Optional[list[str]] = None,
-                 grey_textures: bool = False, texture_weight: str = "1-beta") -> None:
+                 grey_textures: bool = False, texture_weight: str = "1-beta", n_swap: int = 0,
+                 swap_area: tuple[float, float] = (0.1, 0.5)) -> None:
         self.normal = normal
         self.textures = textures
         self.seed = int(seed)
         self.n_normal = len(normal)
         self.n_perlin = int(n_perlin)
+        self.n_swap = min(int(n_swap), self.n_perlin) if len(normal) > 1 else 0  # swaps need a second image
+        self.swap_area = (float(swap_area[0]), float(swap_area[1]))
         self.anomalies = anomalies  # (name, RGB uint8 H×W×3, uint8 {0,1} H×W) at the training size
         self.n_extended = int(n_extended) if anomalies else 0
         self.beta_max = beta_max
@@ -89,7 +96,9 @@ class TrainDataset(Dataset):
     def kind(self, index: int) -> str:
         if index < self.n_normal:
             return "normal"
-        return "perlin" if index < self.n_normal + self.n_perlin else "extended"
+        if index < self.n_normal + self.n_perlin - self.n_swap:
+            return "perlin"
+        return "swap" if index < self.n_normal + self.n_perlin else "extended"
 
     def _foreground(self, i: int, image: np.ndarray) -> Optional[np.ndarray]:
         if not self.foreground:
@@ -115,6 +124,11 @@ class TrainDataset(Dataset):
                 image, mask = perlin_anomaly(normal, self.textures, rng, self.beta_max, self.scale_max,
                                              self._foreground(base, normal), grey=self.grey_textures,
                                              texture_weight=self.texture_weight)
+            elif kind == "swap":
+                other = int(rng.integers(0, self.n_normal - 1))
+                other += other >= base  # any normal training image but the base one
+                image, mask = swap_anomaly(normal, self.normal.image(other), rng, self.beta_max, self.swap_area,
+                                           self._foreground(base, normal), self.texture_weight)
             else:
                 _, a_img, a_mask = self.anomalies[int(rng.integers(0, len(self.anomalies)))]
                 image, mask = extended_anomaly(normal, a_img.astype(np.float32) / 255.0, a_mask, rng)
@@ -212,9 +226,10 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
     grey = colour == "grey" or (colour == "auto" and greyscale_category(normal))
     ds = TrainDataset(normal, textures, cfg.seed, n_perlin, anomalies, n_extended, cfg.synthesis.beta_max,
                       cfg.synthesis.perlin_scale_max, cfg.synthesis.foreground, [s.name for s in shots], grey,
-                      cfg.synthesis.texture_weight)
-    log.info("%s: %d normal + %d perlin + %d extended training samples per epoch; Perlin textures %s%s; real "
-             "anomalies: %s", category, n, ds.n_perlin, ds.n_extended, "grey" if grey else "in colour",
+                      cfg.synthesis.texture_weight, int(round(cfg.synthesis.swap_fraction * n_perlin)),
+                      tuple(cfg.synthesis.swap_area))
+    log.info("%s: %d normal + %d perlin (%d of them region swaps) + %d extended training samples per epoch; Perlin "
+             "textures %s%s; real anomalies: %s", category, n, ds.n_perlin, ds.n_swap, ds.n_extended, "grey" if grey else "in colour",
              " (greyscale category)" if colour == "auto" and grey else "", ", ".join(ds.real_anomalies) or "none")
     return ds
 
