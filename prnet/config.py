@@ -51,7 +51,8 @@ class SynthesisConfig:
     # share of the Perlin samples that are region swaps instead: a large region (swap_area of the image, as
     # fractions) taken from another normal training image (synthesis.swap_anomaly); 0: DRAEM's anomalies only
     swap_fraction: float = 0.0
-    swap_area: list[float] = field(default_factory=lambda: [0.1, 0.5])
+    swap_area: list[float] = field(default_factory=lambda: [0.05, 0.3])  # a minority of the image
+    swap_beta_max: float = 0.0  # the swapped region's opacity is 1 - U(0, swap_beta_max): 0 replaces it fully
 
 
 @dataclass
@@ -266,6 +267,9 @@ def validate(cfg: Config) -> None:
     if not 0.0 <= cfg.synthesis.swap_fraction <= 1.0:
         raise ConfigError(f"config key 'synthesis.swap_fraction': expected a share in [0, 1], "
                           f"got {cfg.synthesis.swap_fraction}")
+    if not 0.0 <= cfg.synthesis.swap_beta_max < 1.0:
+        raise ConfigError(f"config key 'synthesis.swap_beta_max': expected a value in [0, 1), "
+                          f"got {cfg.synthesis.swap_beta_max}")
     area = cfg.synthesis.swap_area
     if len(area) != 2 or not 0.0 < area[0] <= area[1] < 1.0:
         raise ConfigError(f"config key 'synthesis.swap_area': expected [min, max] with 0 < min <= max < 1, got {area}")

@@ -219,14 +219,18 @@ def test_swap_anomaly_takes_a_region_of_the_other_image():
     image = r.uniform(0.0, 0.4, (48, 48, 3)).astype(np.float32)
     other = r.uniform(0.6, 1.0, (48, 48, 3)).astype(np.float32)
     for k in range(10):
-        out, mask = swap_anomaly(image, other, rng(k))
+        full, mask = swap_anomaly(image, other, rng(k))  # the default: the region replaced, 5–30 % of the image
+        m = mask > 0
+        assert np.allclose(full[m], other[m], atol=1e-6) and np.array_equal(full[~m], image[~m])
+        assert 0.04 <= m.mean() <= 0.32
+        out, mask = swap_anomaly(image, other, rng(k), beta_max=0.8, area=(0.1, 0.5))
         m = mask > 0
         assert out.dtype == np.float32 and m.any() and 0.09 <= m.mean() <= 0.52
         assert np.array_equal(out[~m], image[~m])  # outside the mask: the image itself
         # inside: image + opacity · (other − image), one opacity per anomaly, in (0.2, 1] (DRAEM's 1 − β)
         opacity = (out[m] - image[m]) / (other[m] - image[m])
         assert np.allclose(opacity, opacity.mean(), atol=1e-4) and 0.2 < opacity.mean() <= 1.0 + 1e-6
-        old, _ = swap_anomaly(image, other, rng(k), texture_weight="beta")  # the same draws, opacity β
+        old, _ = swap_anomaly(image, other, rng(k), 0.8, (0.1, 0.5), texture_weight="beta")  # same draws, opacity β
         assert np.allclose((old[m] - image[m]) / (other[m] - image[m]), 1.0 - opacity.mean(), atol=1e-4)
     with pytest.raises(ValueError, match="shapes differ"):
         swap_anomaly(image, other[:40], rng(0))

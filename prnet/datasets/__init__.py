@@ -67,7 +67,7 @@ class TrainDataset(Dataset):
                  anomalies: list[tuple[str, np.ndarray, np.ndarray]], n_extended: int, beta_max: float = 0.8,
                  scale_max: int = 5, foreground: bool = False, real_anomalies: Optional[list[str]] = None,
                  grey_textures: bool = False, texture_weight: str = "1-beta", n_swap: int = 0,
-                 swap_area: tuple[float, float] = (0.1, 0.5)) -> None:
+                 swap_area: tuple[float, float] = (0.05, 0.3), swap_beta_max: float = 0.0) -> None:
         self.normal = normal
         self.textures = textures
         self.seed = int(seed)
@@ -75,6 +75,7 @@ class TrainDataset(Dataset):
         self.n_perlin = int(n_perlin)
         self.n_swap = min(int(n_swap), self.n_perlin) if len(normal) > 1 else 0  # swaps need a second image
         self.swap_area = (float(swap_area[0]), float(swap_area[1]))
+        self.swap_beta_max = float(swap_beta_max)
         self.anomalies = anomalies  # (name, RGB uint8 H×W×3, uint8 {0,1} H×W) at the training size
         self.n_extended = int(n_extended) if anomalies else 0
         self.beta_max = beta_max
@@ -127,8 +128,8 @@ class TrainDataset(Dataset):
             elif kind == "swap":
                 other = int(rng.integers(0, self.n_normal - 1))
                 other += other >= base  # any normal training image but the base one
-                image, mask = swap_anomaly(normal, self.normal.image(other), rng, self.beta_max, self.swap_area,
-                                           self._foreground(base, normal), self.texture_weight)
+                image, mask = swap_anomaly(normal, self.normal.image(other), rng, self.swap_beta_max,
+                                           self.swap_area, self._foreground(base, normal))
             else:
                 _, a_img, a_mask = self.anomalies[int(rng.integers(0, len(self.anomalies)))]
                 image, mask = extended_anomaly(normal, a_img.astype(np.float32) / 255.0, a_mask, rng)
@@ -227,7 +228,7 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
     ds = TrainDataset(normal, textures, cfg.seed, n_perlin, anomalies, n_extended, cfg.synthesis.beta_max,
                       cfg.synthesis.perlin_scale_max, cfg.synthesis.foreground, [s.name for s in shots], grey,
                       cfg.synthesis.texture_weight, int(round(cfg.synthesis.swap_fraction * n_perlin)),
-                      tuple(cfg.synthesis.swap_area))
+                      tuple(cfg.synthesis.swap_area), cfg.synthesis.swap_beta_max)
     log.info("%s: %d normal + %d perlin (%d of them region swaps) + %d extended training samples per epoch; Perlin "
              "textures %s%s; real anomalies: %s", category, n, ds.n_perlin, ds.n_swap, ds.n_extended, "grey" if grey else "in colour",
              " (greyscale category)" if colour == "auto" and grey else "", ", ".join(ds.real_anomalies) or "none")

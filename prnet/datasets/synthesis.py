@@ -259,14 +259,16 @@ def large_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float,
     return mask.astype(np.float32)
 
 
-def swap_anomaly(image: np.ndarray, other: np.ndarray, rng: np.random.Generator, beta_max: float = 0.8,
-                 area: tuple[float, float] = (0.1, 0.5), foreground: Optional[np.ndarray] = None,
+def swap_anomaly(image: np.ndarray, other: np.ndarray, rng: np.random.Generator, beta_max: float = 0.0,
+                 area: tuple[float, float] = (0.05, 0.3), foreground: Optional[np.ndarray] = None,
                  texture_weight: str = "1-beta") -> tuple[np.ndarray, np.ndarray]:
     """A region swap: a large region (`large_mask`) of `image` takes the same region of `other`, another normal
-    image of the category (RGB float H×W×3 both), blended with opacity 1 − β, β ~ U(0, beta_max), as the Perlin
-    anomalies. Every pixel comes from a normal surface; what is anomalous is that two surfaces meet in one
+    image of the category (RGB float H×W×3 both), blended with opacity 1 − β, β ~ U(0, beta_max) (by default
+    β = 0: replaced). Every pixel comes from a normal surface; what is anomalous is that two surfaces meet in one
     image (a patch of different finish, lighting or texture, e.g. Magnetic Tile's `uneven`), which the local
-    Perlin textures of DRAEM do not teach. Returns (image, non-empty float32 mask H×W)."""
+    Perlin textures of DRAEM do not teach. Keep the region a minority of the image and fully visible: which side of
+    the seam is "the anomaly" is otherwise a guess, and a faint blend of two similar surfaces is labelled anomalous
+    while it looks normal. Returns (image, non-empty float32 mask H×W)."""
     if other.shape != image.shape:
         raise ValueError(f"swap_anomaly: shapes differ: image {image.shape}, other {other.shape}")
     mask = large_mask(image.shape[:2], rng, area, within=foreground)
