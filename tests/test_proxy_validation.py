@@ -23,13 +23,19 @@ def _textures(root, classes=("a", "b", "c", "d")):
             cv2.imwrite(os.path.join(root, c, f"{i}.jpg"), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
 
 
-def test_proxy_category_uses_training_data_only(tmp_path):
-    data = make_demo_category(str(tmp_path / "data"), "demo", seed=0, size=64, n_train=20, n_test_good=4,
-                              n_test_bad=12)
+def _proxy(tmp_path, n_train, n_test_bad, shots):
+    """A demo category, 4 texture classes and its proxy (a quarter held out): (data, out, info)."""
+    data = make_demo_category(str(tmp_path / "data"), "demo", seed=0, size=64, n_train=n_train, n_test_good=4,
+                              n_test_bad=n_test_bad)
     _textures(str(tmp_path / "dtd"))
     out = str(tmp_path / "out")
-    info = build_proxy(data, str(tmp_path / "dtd"), out, holdout=0.25, val_classes=1, shots=6, split_seed=0,
+    info = build_proxy(data, str(tmp_path / "dtd"), out, holdout=0.25, val_classes=1, shots=shots, split_seed=0,
                        seed=0, size=64)
+    return data, out, info
+
+
+def test_proxy_category_uses_training_data_only(tmp_path):
+    data, out, info = _proxy(tmp_path, n_train=20, n_test_bad=12, shots=6)
     proxy = os.path.join(info["root"], "demo")
 
     train_names = {os.path.basename(s.path) for s in scan_split(data.rsplit("/", 1)[0], "demo", "train")}
@@ -107,12 +113,7 @@ def test_band_masks_and_the_swap_subset_use_held_out_images_only(tmp_path):
         rows = m.mean(axis=1)
         assert max(rows[0], rows[-1]) > 0.5 and min(rows[0], rows[-1]) == 0.0  # along the top or the bottom edge
         assert (np.diff(rows) <= 0).all() or (np.diff(rows) >= 0).all()  # one side of a line
-    data = make_demo_category(str(tmp_path / "data"), "demo", seed=0, size=64, n_train=16, n_test_good=2,
-                              n_test_bad=4)
-    _textures(str(tmp_path / "dtd"))
-    out = str(tmp_path / "out")
-    info = build_proxy(data, str(tmp_path / "dtd"), out, holdout=0.25, val_classes=1, shots=4, split_seed=0,
-                       seed=0, size=64)
+    _, out, info = _proxy(tmp_path, n_train=16, n_test_bad=4, shots=4)
     add_swap_subset(info, seed=0, size=64)
     proxy = os.path.join(info["root"], "demo")
     held = sorted(os.listdir(os.path.join(proxy, "test", "good")))
