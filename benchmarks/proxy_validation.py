@@ -302,8 +302,8 @@ def summary_lines(row: dict) -> list[str]:
         lines.append("  extended, by the defect type cut from (sigma=0): image AUROC / pixel AUROC / AUPRO")
         for k in per_source:
             m = row["metrics"][k]
-            lines.append(f"    {k.split('|')[0].split(':', 1)[1]:<10} {m['image_auroc']:.3f} / {m['pixel_auroc']:.3f} / "
-                         f"{m['aupro']:.3f}")
+            src = k.split("|")[0].split(":", 1)[1]
+            lines.append(f"    {src:<10} {m['image_auroc']:.3f} / {m['pixel_auroc']:.3f} / {m['aupro']:.3f}")
     return lines
 
 

@@ -230,8 +230,9 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
                       cfg.synthesis.texture_weight, int(round(cfg.synthesis.swap_fraction * n_perlin)),
                       tuple(cfg.synthesis.swap_area), cfg.synthesis.swap_beta_max)
     log.info("%s: %d normal + %d perlin (%d of them region swaps) + %d extended training samples per epoch; Perlin "
-             "textures %s%s; real anomalies: %s", category, n, ds.n_perlin, ds.n_swap, ds.n_extended, "grey" if grey else "in colour",
-             " (greyscale category)" if colour == "auto" and grey else "", ", ".join(ds.real_anomalies) or "none")
+             "textures %s%s; real anomalies: %s", category, n, ds.n_perlin, ds.n_swap, ds.n_extended,
+             "grey" if grey else "in colour", " (greyscale category)" if colour == "auto" and grey else "",
+             ", ".join(ds.real_anomalies) or "none")
     return ds
 
 

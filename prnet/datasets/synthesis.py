@@ -240,11 +240,11 @@ def perlin_anomaly(image: np.ndarray, textures: TextureProvider, rng: np.random.
     return blend(image.astype(np.float32), texture, mask, opacity), mask
 
 
-def large_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, float] = (0.1, 0.5),
+def large_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, float] = (0.05, 0.3),
                within: Optional[np.ndarray] = None) -> np.ndarray:
     """A large, smooth, non-empty float32 {0,1} mask: low-frequency Perlin noise (2^k cells per axis, k ∈ {0, 1},
     rotated by U(-90°, 90°)) cut at the quantile that leaves a fraction a ~ U(area) of the image (of `within` if
-    given) inside. Blobs and bands of 10–50 % of the image by default, often touching the border, where DRAEM's
+    given) inside. Blobs and bands of 5–30 % of the image by default, often touching the border, where DRAEM's
     Perlin masks cover a median 5 %."""
     if within is not None and not within.any():
         within = None
@@ -260,8 +260,8 @@ def large_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float,
 
 
 def swap_anomaly(image: np.ndarray, other: np.ndarray, rng: np.random.Generator, beta_max: float = 0.0,
-                 area: tuple[float, float] = (0.05, 0.3), foreground: Optional[np.ndarray] = None,
-                 texture_weight: str = "1-beta") -> tuple[np.ndarray, np.ndarray]:
+                 area: tuple[float, float] = (0.05, 0.3),
+                 foreground: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """A region swap: a large region (`large_mask`) of `image` takes the same region of `other`, another normal
     image of the category (RGB float H×W×3 both), blended with opacity 1 − β, β ~ U(0, beta_max) (by default
     β = 0: replaced). Every pixel comes from a normal surface; what is anomalous is that two surfaces meet in one
@@ -272,10 +272,7 @@ def swap_anomaly(image: np.ndarray, other: np.ndarray, rng: np.random.Generator,
     if other.shape != image.shape:
         raise ValueError(f"swap_anomaly: shapes differ: image {image.shape}, other {other.shape}")
     mask = large_mask(image.shape[:2], rng, area, within=foreground)
-    beta = float(rng.uniform(0.0, beta_max))
-    if texture_weight not in ("1-beta", "beta"):
-        raise ValueError(f"swap_anomaly: texture_weight must be '1-beta' or 'beta', got {texture_weight!r}")
-    opacity = 1.0 - beta if texture_weight == "1-beta" else beta
+    opacity = 1.0 - float(rng.uniform(0.0, beta_max))
     return blend(image.astype(np.float32), other.astype(np.float32), mask, opacity), mask
 
 
