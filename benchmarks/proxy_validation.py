@@ -136,8 +136,7 @@ def build_proxy(data: str, dtd: str, out: str, holdout: float, val_classes: int,
         _save_rgb(os.path.join(cat, "test", EXTENDED, stem + ".png"), img)
         _save_mask(os.path.join(cat, "ground_truth", EXTENDED, stem + "_mask.png"), mask)
     info = {"category": category, "seed": seed, "fit_normals": len(fit), "held_out_normals": len(held),
-            "fit_textures": fit_tex,
-            "val_textures": val_tex,
+            "fit_textures": fit_tex, "val_textures": val_tex,
             "train_shots": [s.name for s in train_shots], "val_shots": [s.name for s in val_shots]}
     with open(info_path, "w", encoding="utf-8") as fh:
         json.dump(info, fh, indent=2)
