@@ -71,6 +71,9 @@ class PrototypeConfig:
     dir: str = "prototypes"  # <dir>/<run key>/<category>.pt
     ratio: float = 0.1  # K = max(1, round(ratio * N normal training images)) per scale
     residual: str = "squared"  # squared: (f - p)^2 | abs: |f - p|
+    # image: the nearest prototype map per image (the paper) | position: per feature position, the nearest of the
+    # K prototypes' vectors at that position (for surfaces whose layout varies; PrototypeBank's docstring)
+    match: str = "image"
     kmeans_iters: int = 50
     # a training image's residual is taken against its k-means cluster's mean without that image (held out),
     # as a test image's would be; false: against the bank as it is (the image is part of its own prototype)
@@ -247,6 +250,8 @@ def validate(cfg: Config) -> None:
     if cfg.data.few_shot is not None and len(cfg.data.few_shot) != cfg.data.num_anomalies:
         raise ConfigError(f"config key 'data.few_shot': lists {len(cfg.data.few_shot)} images but "
                           f"data.num_anomalies is {cfg.data.num_anomalies}: expected the same count")
+    if cfg.prototypes.match not in ("image", "position"):
+        raise ConfigError(f"config key 'prototypes.match': expected image or position, got {cfg.prototypes.match!r}")
     if cfg.prototypes.residual not in ("squared", "abs"):
         raise ConfigError(f"config key 'prototypes.residual': expected squared or abs, got {cfg.prototypes.residual!r}")
     if not 0 < cfg.prototypes.ratio <= 1:

@@ -118,10 +118,12 @@ def test_fusion_shapes():
     assert [tuple(o.shape) for o in fus(xs)] == [tuple(x.shape) for x in xs]
 
 
-def test_onnx_export(tmp_path):
+@pytest.mark.parametrize("match", ["image", "position"])
+def test_onnx_export(tmp_path, match):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     model, _ = _model("tf_efficientnet_lite0", hw=(64, 96), widths=(16, 32, 64))
+    model.bank.match = match
     model.eval()
     x = torch.rand(1, 3, 64, 96)
     path = str(tmp_path / "m.onnx")

@@ -131,6 +131,60 @@ def test_held_out_residual_equals_the_bank_rebuilt_without_the_image(residual):
     assert torch.equal(out[::2], plain[::2]) and torch.allclose(out[1::2], held[1::2])
 
 
+# ------------------------------------------------------------------------------ matching per position
+@pytest.mark.parametrize("residual", ["squared", "abs"])
+def test_per_position_match_takes_the_nearest_prototype_vector_at_each_position(residual):
+    bank = _bank(residual=residual)
+    bank.match = "position"
+    g = torch.Generator().manual_seed(1)
+    feats = [torch.randn(7, 4, 3, 2, generator=g), torch.randn(7, 6, 2, 2, generator=g)]
+    res = bank(feats)
+    for f, p, r in zip(feats, bank.prototypes, res):
+        for n in range(f.shape[0]):
+            for y in range(f.shape[2]):
+                for x in range(f.shape[3]):
+                    d = ((f[n, :, y, x][None] - p[:, :, y, x]) ** 2).sum(1)
+                    best = p[int(d.argmin()), :, y, x]
+                    want = (f[n, :, y, x] - best) ** 2 if residual == "squared" else (f[n, :, y, x] - best).abs()
+                    assert torch.allclose(r[n, :, y, x], want, atol=1e-5)
+    image = _bank(residual=residual)  # the same prototypes matched per image: never closer (in L2) per position
+    sq = (lambda r: r) if residual == "squared" else (lambda r: r * r)
+    for a, b in zip(res, image(feats)):
+        assert (sq(a).sum(1) <= sq(b).sum(1) + 1e-5).all() and sq(a).sum() < sq(b).sum()
+
+
+def test_per_position_held_out_equals_the_bank_rebuilt_without_the_image():
+    x, bank, assign = _clustered_bank("squared")
+    bank.match = "position"
+    n, k = x.shape[0], bank.proto_0.shape[0]
+    held = bank([x], torch.arange(n))[0]
+    for i in range(n):
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[i] = False
+        means = torch.stack([x[keep & (assign == j)].mean(0) for j in range(k) if (keep & (assign == j)).any()])
+        d = ((x[i][None] - means) ** 2).sum(1)  # K'×h×w: per position, over channels
+        best = torch.gather(means, 0, d.argmin(0)[None, None].expand(1, x.shape[1], -1, -1))[0]
+        assert torch.allclose(held[i], (x[i] - best) ** 2, atol=1e-4), i
+    plain = bank([x])[0]
+    assert held.mean() > plain.mean()
+    mixed = torch.arange(n)
+    mixed[::2] = -1
+    out = bank([x], mixed)[0]
+    assert torch.equal(out[::2], plain[::2]) and torch.allclose(out[1::2], held[1::2])
+
+
+def test_match_setting_reaches_the_bank_and_is_checked():
+    from prnet.config import ConfigError, load_config
+    from prnet.models.prnet import build_model
+    cfg = load_config(None, ["prototypes.match=position"])
+    cfg.model.backbone, cfg.model.backbone_weights = "resnet18", "none"
+    assert build_model(cfg).bank.match == "position"
+    with pytest.raises(ConfigError, match="prototypes.match"):
+        load_config(None, ["prototypes.match=patch"])
+    with pytest.raises(ValueError, match="match"):
+        PrototypeBank([torch.zeros(1, 1, 1, 1)], match="patch")
+
+
 def test_held_out_residuals_need_assignments_and_valid_sources():
     x, bank, _ = _clustered_bank()
     with pytest.raises(ValueError, match="source"):

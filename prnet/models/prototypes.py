@@ -11,6 +11,13 @@ those residuals learns a normal level that test images never reach. The bank the
 image's cluster (`assign`) and, given the training image a sample was made from (`source`), takes the residual
 against that cluster's mean without the image, (n·c − f)/(n − 1), whose difference to f is n/(n − 1)·(f − c);
 a cluster of one is left out. Test images (no source) use the bank as it is.
+
+Matching per position (`prototypes.match: position`, our option, off by default): instead of one prototype map
+per image, every feature position takes the nearest of the K prototypes' vectors *at that position*, so the
+residual compares a location with the normal appearances seen there rather than with one whole normal image. For
+surfaces whose layout varies from image to image (textures, Magnetic Tile) one prototype map cannot match every
+region of a new normal image at once; for objects whose anomaly is the arrangement itself (a missing or swapped
+part), the whole-map match of the paper keeps that arrangement. Held-out residuals work the same way per position.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ from prnet.utils import torch_generator, torch_save_atomic
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
+MATCHES = ("image", "position")  # one nearest prototype map per image (the paper) | the nearest per position
 # Fields that must agree between a prototype file and the run that uses it.
 CHECKED_FIELDS = ("backbone", "weights", "stages", "image_size", "category", "residual")
 
@@ -47,10 +55,13 @@ class PrototypeBank(nn.Module):
 
     def __init__(self, prototypes: Optional[Sequence[torch.Tensor]] = None, meta: Optional[dict] = None,
                  residual: str = "squared", num_scales: Optional[int] = None,
-                 assignments: Optional[Sequence[torch.Tensor]] = None) -> None:
+                 assignments: Optional[Sequence[torch.Tensor]] = None, match: str = "image") -> None:
         super().__init__()
         if residual not in ("squared", "abs"):
             raise ValueError(f"residual: expected squared or abs, got {residual!r}")
+        if match not in MATCHES:
+            raise ValueError(f"match: expected one of {', '.join(MATCHES)}, got {match!r}")
+        self.match = match
         if prototypes is None:
             if num_scales is None:
                 raise ValueError("PrototypeBank: give prototypes or num_scales")
@@ -165,6 +176,38 @@ class PrototypeBank(nn.Module):
         gain = torch.where(idx == own, held, torch.ones_like(n))
         return idx, gain
 
+    def nearest_per_position(self, f: torch.Tensor, scale: int,
+                             source: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per position, the nearest of the K prototype vectors at that position (squared L2 over C) for the N
+        maps in `f` (N×C×h×w), with training image source[r] held out of its own cluster (−1 or None: not a
+        training image). Returns (the chosen prototype vectors N×C×h×w, gain N×1×h×w: the residual is
+        gain·(f − chosen), n/(n − 1) where the image's own cluster of n was chosen, else 1)."""
+        protos = getattr(self, f"proto_{scale}")
+        if f.shape[1:] != protos.shape[1:]:
+            raise ValueError(f"prototype scale {scale}: features {tuple(f.shape[1:])} vs prototypes "
+                             f"{tuple(protos.shape[1:])} (built for another backbone or image size?)")
+        n_img, k = f.shape[0], protos.shape[0]
+        dist = ((f * f).sum(1, keepdim=True) - 2.0 * torch.einsum("nchw,kchw->nkhw", f, protos)
+                + (protos * protos).sum(1)[None]).clamp_min(0)  # N×K×h×w
+        gain = torch.ones_like(dist[:, :1])
+        if source is not None:
+            assign, count = getattr(self, f"assign_{scale}"), getattr(self, f"count_{scale}")
+            known = source >= 0
+            own = assign[source.clamp_min(0)]
+            n = count[own].float()
+            held = torch.where(known & (n > 1), n / (n - 1).clamp_min(1), torch.ones_like(n))
+            is_own = (torch.arange(k, device=f.device)[None] == own[:, None])[:, :, None, None]  # N×K×1×1
+            left_out = is_own & (known & (n <= 1)).view(-1, 1, 1, 1)  # a cluster of one: the image itself
+            dist = torch.where(is_own, dist * (held * held).view(-1, 1, 1, 1), dist)
+            if k > 1:  # with a single prototype there is nothing else: keep the bank as it is (gain 1)
+                dist = dist.masked_fill(left_out, float("inf"))
+        idx = dist.argmin(dim=1, keepdim=True)  # N×1×h×w
+        chosen = torch.gather(protos.unsqueeze(0).expand(n_img, -1, -1, -1, -1), 1,
+                              idx.unsqueeze(2).expand(-1, -1, protos.shape[1], -1, -1)).squeeze(1)
+        if source is not None:
+            gain = torch.where(idx == own.view(-1, 1, 1, 1), held.view(-1, 1, 1, 1), gain)
+        return chosen, gain
+
     def forward(self, feats: Sequence[torch.Tensor], source: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
         """Residual between each feature map and its nearest prototype, per scale.
 
@@ -191,7 +234,10 @@ class PrototypeBank(nn.Module):
         with torch.autocast(device_type, enabled=False) if autocast_on else _null():
             for i, f in enumerate(feats):
                 f32 = f.float()
-                if source is None:
+                if self.match == "position":
+                    chosen, gain = self.nearest_per_position(f32, i, source)
+                    diff = (f32 - chosen) * gain
+                elif source is None:
                     idx = self.nearest(f32, i)
                     diff = f32 - torch.index_select(getattr(self, f"proto_{i}"), 0, idx)
                 else:
