@@ -16,6 +16,11 @@ The proxy category (written once under <out>/proxy, symlinks where possible):
   anomalies) taken from *another held-out* image at opacity U(0.2, 1). Training's region swaps
   (synthesis.swap_fraction) are Perlin blobs from training images: these shapes and images are unseen. Scored
   on its own; "all" keeps its first meaning (normals, Perlin, extended), so older rows stay comparable.
+- test/extended_in_context (added to an existing proxy when missing): the same pastes as
+  extended_unseen_defects (same defect, same random draws, same mask), each shifted to the level of its new
+  surroundings (`synthesis.extended_anomaly(..., match_context=True)`): the defect keeps its contrast to its own
+  surface, as a real one in place does, where the plain paste carries the brightness of the tile it was cut from
+  (dark cracks from a bright tile pasted bright on a dark one). Scored on its own, like the swaps.
 The few-shot anomalies are the ones the real benchmark trains on (same `select_few_shot` rule and seed), so the
 real test set is never read beyond them.
 
@@ -43,6 +48,8 @@ log = logging.getLogger("proxy_validation")
 PERLIN = "perlin_unseen_textures"
 EXTENDED = "extended_unseen_defects"
 SWAP = "swap_unseen_shapes"
+IN_CONTEXT = "extended_in_context"
+APART = (SWAP, IN_CONTEXT)  # subsets added later: scored on their own, never part of "all"
 SIGMAS = (0.0, 2.0, 4.0, 8.0)
 TOPKS = (1, 10, 100, 1000)
 
@@ -190,6 +197,38 @@ def add_swap_subset(info: dict, seed: int, size: int) -> None:
     log.info("proxy: %d region swaps (bands from other held-out images) in %s", len(held), SWAP)
 
 
+def add_in_context_subset(info: dict, data: str, seed: int, size: int) -> None:
+    """Write test/extended_in_context into the proxy if it is missing (see the module docstring); `data` is the
+    real category folder the proxy was made from (the validation few-shot anomalies are read from it)."""
+    from prnet.datasets import load_mask, load_rgb, scan_split
+    from prnet.datasets.synthesis import extended_anomaly
+    from prnet.utils import numpy_rng
+
+    cat = os.path.join(info["root"], info["category"])
+    if os.path.isdir(os.path.join(cat, "test", IN_CONTEXT)):
+        return
+    good = os.path.join(cat, "test", "good")
+    held = sorted(os.listdir(good))  # k = 0.. as build_proxy numbers the held-out images
+    hw = (size, size)
+    root, category = os.path.split(os.path.abspath(data.rstrip("/")))
+    found = {s.name: s for s in scan_split(root, category, "test")}
+    missing = [n for n in info["val_shots"] if n not in found]
+    if missing:
+        raise SystemExit(f"{data}: the proxy's validation anomalies {missing} are not in its test split")
+    shots = [(load_rgb(found[n].path, hw), load_mask(found[n].path if found[n].mask_path is None
+                                                      else found[n].mask_path, hw)) for n in info["val_shots"]]
+    tmp = os.path.join(cat, "test", IN_CONTEXT + ".tmp"), os.path.join(cat, "ground_truth", IN_CONTEXT + ".tmp")
+    for k, f in enumerate(held):
+        d_img, d_mask = shots[k % len(shots)]
+        img, mask = extended_anomaly(load_rgb(os.path.join(good, f), hw), d_img, d_mask, numpy_rng(seed, 0xE47D, k),
+                                     match_context=True)  # build_proxy's draws for extended image k
+        _save_rgb(os.path.join(tmp[0], f"{k:04d}.png"), img)
+        _save_mask(os.path.join(tmp[1], f"{k:04d}_mask.png"), mask)
+    os.replace(tmp[1], os.path.join(cat, "ground_truth", IN_CONTEXT))
+    os.replace(tmp[0], os.path.join(cat, "test", IN_CONTEXT))
+    log.info("proxy: %d pastes at the level of their new surroundings in %s", len(held), IN_CONTEXT)
+
+
 def overrides(args, info: dict, name: str, extra: list[str]) -> list[str]:
     run = os.path.join(os.path.abspath(args.out), "runs", name)
     return [
@@ -224,10 +263,11 @@ def score_table(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, defects
 
     out: dict = {"image_auroc": {}, "metrics": {}}
     normal = defects == "good"
-    subsets = {"all": defects != SWAP, PERLIN: normal | (defects == PERLIN),
+    subsets = {"all": ~np.isin(defects, APART), PERLIN: normal | (defects == PERLIN),
                EXTENDED: normal | (defects == EXTENDED)}
-    if (defects == SWAP).any():
-        subsets[SWAP] = normal | (defects == SWAP)
+    for sub in APART:
+        if (defects == sub).any():
+            subsets[sub] = normal | (defects == sub)
     for sigma in SIGMAS:
         sm = torch.cat([gaussian_smooth(torch.from_numpy(maps[i:i + 64])[:, None].to(device), sigma).cpu()
                         for i in range(0, len(maps), 64)])
@@ -292,10 +332,11 @@ def summary_lines(row: dict) -> list[str]:
         m = row["metrics"][f"all|sigma={sigma:g}"]
         lines.append(f"  all, sigma={sigma:g}: pixel AUROC {m['pixel_auroc']:.3f}  pixel AP {m['pixel_ap']:.3f}  "
                      f"AUPRO {m['aupro']:.3f}")
-    if f"{SWAP}|sigma=0" in row["metrics"]:
-        m = row["metrics"][f"{SWAP}|sigma=0"]
-        lines.append(f"  {SWAP}, sigma=0: image AUROC {m['image_auroc']:.3f}  pixel AUROC {m['pixel_auroc']:.3f}  "
-                     f"pixel AP {m['pixel_ap']:.3f}  AUPRO {m['aupro']:.3f}")
+    for sub in APART:
+        if f"{sub}|sigma=0" in row["metrics"]:
+            m = row["metrics"][f"{sub}|sigma=0"]
+            lines.append(f"  {sub}, sigma=0: image AUROC {m['image_auroc']:.3f}  pixel AUROC {m['pixel_auroc']:.3f}  "
+                         f"pixel AP {m['pixel_ap']:.3f}  AUPRO {m['aupro']:.3f}")
     per_source = sorted(k for k in row["metrics"] if k.startswith(EXTENDED + ":"))
     if per_source:
         lines.append("  extended, by the defect type cut from (sigma=0): image AUROC / pixel AUROC / AUPRO")
@@ -338,6 +379,7 @@ def main(argv=None) -> int:
     info = build_proxy(args.data, args.dtd, args.out, args.holdout, args.val_texture_classes, args.shots,
                        args.split_seed, args.seed, args.size)
     add_swap_subset(info, int(info.get("seed", args.seed)), args.size)  # the proxy's own seed
+    add_in_context_subset(info, args.data, int(info.get("seed", args.seed)), args.size)
     result_path = os.path.join(args.out, "proxy_validation.json")
     results = json.load(open(result_path)) if os.path.exists(result_path) else {"proxy": info, "rows": []}
     for spec in args.variant or [["base"]]:

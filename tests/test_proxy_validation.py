@@ -8,8 +8,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-from proxy_validation import (EXTENDED, PERLIN, SWAP, add_swap_subset, band_mask, build_proxy,  # noqa: E402
-                              extended_sources, overrides, score_table)
+from proxy_validation import (EXTENDED, IN_CONTEXT, PERLIN, SWAP, add_in_context_subset,  # noqa: E402
+                              add_swap_subset, band_mask, build_proxy, extended_sources, overrides, score_table)
 from prnet.config import load_config  # noqa: E402
 from prnet.datasets import (build_test_dataset, build_train_dataset, few_shot_names, load_mask,  # noqa: E402
                             load_rgb, make_demo_category, scan_split, select_few_shot)
@@ -152,3 +152,37 @@ def test_band_masks_and_the_swap_subset_use_held_out_images_only(tmp_path):
     assert table["metrics"][f"{SWAP}|sigma=0"]["pixel_auroc"] <= 0.5
     for src in set(sources) - {""}:
         assert table["metrics"][f"{EXTENDED}:{src}|sigma=0"]["pixel_auroc"] == 1.0
+
+
+def test_in_context_subset_repeats_the_extended_pastes_at_the_new_level(tmp_path):
+    data, out, info = _proxy(tmp_path, n_train=16, n_test_bad=4, shots=4)
+    add_in_context_subset(info, data, seed=0, size=64)
+    proxy = os.path.join(info["root"], "demo")
+    held = sorted(os.listdir(os.path.join(proxy, "test", "good")))
+    files = sorted(os.listdir(os.path.join(proxy, "test", IN_CONTEXT)))
+    assert files == sorted(os.listdir(os.path.join(proxy, "test", EXTENDED))) and len(files) == len(held)
+    shifted = 0
+    for k, f in enumerate(files):
+        stem = os.path.splitext(f)[0]
+        m = load_mask(os.path.join(proxy, "ground_truth", IN_CONTEXT, stem + "_mask.png"), 64) > 0
+        assert np.array_equal(m, load_mask(os.path.join(proxy, "ground_truth", EXTENDED, stem + "_mask.png"), 64) > 0)
+        a = load_rgb(os.path.join(proxy, "test", IN_CONTEXT, f), 64)
+        b = load_rgb(os.path.join(proxy, "test", EXTENDED, f), 64)
+        normal = load_rgb(os.path.join(proxy, "test", "good", held[k]), 64)
+        assert np.abs(a - normal)[~m].max() <= 1.5 / 255 and np.abs(b - normal)[~m].max() <= 1.5 / 255
+        shifted += np.abs(a - b)[m].mean() > 2 / 255  # same defect, another level
+    assert shifted >= len(files) // 2
+    before = os.path.getmtime(os.path.join(proxy, "test", IN_CONTEXT, files[0]))
+    add_in_context_subset(info, data, seed=0, size=64)  # written once
+    assert os.path.getmtime(os.path.join(proxy, "test", IN_CONTEXT, files[0])) == before
+    # scored on its own: "all" never includes it
+    import torch
+    defects = np.array(["good"] * 2 + [EXTENDED] * 2 + [IN_CONTEXT] * 2)
+    labels = (defects != "good").astype(int)
+    masks = np.zeros((6, 8, 8), np.uint8)
+    masks[2:, 2:4, 2:4] = 1
+    maps = masks.astype(np.float32)
+    maps[defects == IN_CONTEXT] = 0.0  # found every plain paste, none in context
+    table = score_table(maps, labels, masks, defects, torch.device("cpu"))
+    assert table["metrics"]["all|sigma=0"]["pixel_auroc"] == 1.0
+    assert table["metrics"][f"{IN_CONTEXT}|sigma=0"]["pixel_auroc"] <= 0.5

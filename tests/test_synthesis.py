@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from prnet.datasets.synthesis import (TEXTURE_OPS, augment_texture, blend, estimate_foreground, extended_anomaly,
-                                      is_greyscale, large_mask, perlin_anomaly, perlin_mask, perlin_noise,
-                                      swap_anomaly, to_grey)
+from prnet.datasets.synthesis import (TEXTURE_OPS, augment_texture, blend, context_offset, estimate_foreground,
+                                      extended_anomaly, is_greyscale, large_mask, perlin_anomaly, perlin_mask,
+                                      perlin_noise, swap_anomaly, to_grey)
 from prnet.datasets.textures import TextureSource
 
 
@@ -109,6 +109,33 @@ def test_extended_anomaly_pastes_only_inside_its_non_empty_mask():
     assert np.array_equal(a, b) and np.array_equal(ma, mb)
     with pytest.raises(ValueError, match="empty"):
         extended_anomaly(normal, defect, np.zeros((32, 32), np.float32), rng(0))
+
+
+def test_context_offset_and_pastes_at_the_level_of_the_new_surroundings():
+    # a dark defect (0.1 below its surface) cut from a bright tile (0.8), pasted on a dark tile (0.3)
+    bright = np.full((64, 64, 3), 0.8, np.float32)
+    dmask = np.zeros((64, 64), np.float32)
+    dmask[24:40, 24:40] = 1
+    defect = bright.copy()
+    defect[dmask > 0] = 0.7
+    dark = np.full((64, 64, 3), 0.3, np.float32)
+    assert np.allclose(context_offset(dark, defect, dmask), -0.5, atol=1e-6)
+    assert np.allclose(context_offset(dark, defect, np.ones((64, 64), np.float32)), 0.0)  # no surroundings: no shift
+    valid = np.zeros((64, 64), bool)  # only the warp's valid pixels count
+    valid[:, :10] = True
+    other = defect.copy()
+    other[:, 10:] = 0.0
+    assert np.allclose(context_offset(dark, other, dmask, valid), 0.0, atol=1e-6)  # ring ∩ valid is empty
+    for k in range(8):
+        plain, m = extended_anomaly(dark, defect, dmask, rng(k))
+        matched, m2 = extended_anomaly(dark, defect, dmask, rng(k), match_context=True)
+        assert np.array_equal(m, m2)  # the same draws: the same warp, the same mask
+        assert np.array_equal(matched[m == 0], dark[m == 0])
+        inside = matched[m > 0].mean()
+        assert plain[m > 0].mean() > 0.45  # plain: the bright tile's defect, brighter than its new surface
+        assert 0.1 < inside < 0.3  # matched: darker than the new surface, as the defect was on its own
+    big = extended_anomaly(dark, defect, np.ones((64, 64), np.float32), rng(0), match_context=True)[0]
+    assert big.mean() > 0.5  # a defect covering everything: nothing to match, pasted as it is
 
 
 @pytest.mark.parametrize("root", [None, "missing", "empty"])

@@ -67,8 +67,10 @@ class TrainDataset(Dataset):
                  anomalies: list[tuple[str, np.ndarray, np.ndarray]], n_extended: int, beta_max: float = 0.8,
                  scale_max: int = 5, foreground: bool = False, real_anomalies: Optional[list[str]] = None,
                  grey_textures: bool = False, texture_weight: str = "1-beta", n_swap: int = 0,
-                 swap_area: tuple[float, float] = (0.05, 0.3), swap_beta_max: float = 0.0) -> None:
+                 swap_area: tuple[float, float] = (0.05, 0.3), swap_beta_max: float = 0.0,
+                 match_context: bool = False) -> None:
         self.normal = normal
+        self.match_context = bool(match_context)
         self.textures = textures
         self.seed = int(seed)
         self.n_normal = len(normal)
@@ -132,7 +134,8 @@ class TrainDataset(Dataset):
                                            self.swap_area, self._foreground(base, normal))
             else:
                 _, a_img, a_mask = self.anomalies[int(rng.integers(0, len(self.anomalies)))]
-                image, mask = extended_anomaly(normal, a_img.astype(np.float32) / 255.0, a_mask, rng)
+                image, mask = extended_anomaly(normal, a_img.astype(np.float32) / 255.0, a_mask, rng,
+                                               match_context=self.match_context)
         return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
                 "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
                 "label": int(kind != "normal"), "kind": kind, "source": base}
@@ -228,9 +231,11 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
     ds = TrainDataset(normal, textures, cfg.seed, n_perlin, anomalies, n_extended, cfg.synthesis.beta_max,
                       cfg.synthesis.perlin_scale_max, cfg.synthesis.foreground, [s.name for s in shots], grey,
                       cfg.synthesis.texture_weight, int(round(cfg.synthesis.swap_fraction * n_perlin)),
-                      tuple(cfg.synthesis.swap_area), cfg.synthesis.swap_beta_max)
-    log.info("%s: %d normal + %d perlin (%d of them region swaps) + %d extended training samples per epoch; Perlin "
-             "textures %s%s; real anomalies: %s", category, n, ds.n_perlin, ds.n_swap, ds.n_extended,
+                      tuple(cfg.synthesis.swap_area), cfg.synthesis.swap_beta_max,
+                      cfg.synthesis.extended_match_context)
+    log.info("%s: %d normal + %d perlin (%d of them region swaps) + %d extended training samples per epoch%s; "
+             "Perlin textures %s%s; real anomalies: %s", category, n, ds.n_perlin, ds.n_swap, ds.n_extended,
+             " (pasted at the level of their new surroundings)" if ds.match_context and ds.n_extended else "",
              "grey" if grey else "in colour", " (greyscale category)" if colour == "auto" and grey else "",
              ", ".join(ds.real_anomalies) or "none")
     return ds

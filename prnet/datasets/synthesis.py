@@ -288,12 +288,13 @@ def _elastic_displacement(hw: tuple[int, int], rng: np.random.Generator, amplitu
     return torch.from_numpy(np.ascontiguousarray(d))[None]
 
 
-def _augment_defect(image: tv_tensors.Image, mask: tv_tensors.Mask,
-                    rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _augment_defect(image: tv_tensors.Image, mask: tv_tensors.Mask, rng: np.random.Generator,
+                    extra: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
     """Random flips, 90° turns, affine and elastic warp applied to image and mask together (v2 functional ops on
-    tv_tensors: the mask is warped with nearest neighbour)."""
+    tv_tensors: the mask is warped with nearest neighbour); `extra`, another mask, takes the same warp and is
+    returned third. The random draws do not depend on `extra`."""
     h, w = image.shape[-2:]
-    pair = [image, mask]
+    pair = [image, mask] + ([tv_tensors.Mask(extra)] if extra is not None else [])
     if rng.random() < 0.5:
         pair = [TF.horizontal_flip(x) for x in pair]
     if rng.random() < 0.5:
@@ -312,8 +313,7 @@ def _augment_defect(image: tv_tensors.Image, mask: tv_tensors.Mask,
         disp = _elastic_displacement((h, w), rng, amplitude=float(rng.uniform(2.0, 6.0)) * s,
                                      cell=max(4, int(round(16 * s))))
         pair = [TF.elastic(x, disp) for x in pair]
-    img, msk = pair
-    return img.as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor)
+    return tuple(x.as_subclass(torch.Tensor) for x in pair)
 
 
 def _jitter_colour(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -332,11 +332,32 @@ def _jitter_colour(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0.0, 1.0)
 
 
+def context_offset(target: np.ndarray, source: np.ndarray, mask: np.ndarray, valid: Optional[np.ndarray] = None,
+                   width: Optional[int] = None) -> np.ndarray:
+    """Per-channel offset that brings the surroundings of `mask` in `source` to the level of the same surroundings
+    in `target` (RGB float H×W×3 both): mean over a ring of `width` pixels around the mask (default 3 % of the
+    shorter side) of target − source, counting only `valid` source pixels (not the fill of a warp). Zero when the
+    ring is empty (a mask that covers the image)."""
+    h, w = mask.shape
+    r = max(2, int(round(0.03 * min(h, w)))) if width is None else int(width)
+    m = (mask > 0).astype(np.uint8)
+    ring = (cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0) & (m == 0)
+    if valid is not None:
+        ring &= valid
+    if not ring.any():
+        return np.zeros(target.shape[-1], np.float32)
+    return (target[ring].mean(0) - source[ring].mean(0)).astype(np.float32)
+
+
 def extended_anomaly(normal: np.ndarray, defect_image: np.ndarray, defect_mask: np.ndarray,
-                     rng: np.random.Generator, max_tries: int = 10) -> tuple[np.ndarray, np.ndarray]:
+                     rng: np.random.Generator, max_tries: int = 10,
+                     match_context: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Cut the defect of a real anomaly (RGB float H×W×3 + mask H×W), augment image and mask together (flips,
     90° turns, affine, elastic), jitter the colours and sometimes blur the image, and paste the defect pixels
-    onto the normal image (same size). Returns (image, non-empty float32 mask H×W)."""
+    onto the normal image (same size). With `match_context` the pasted pixels are first shifted by
+    `context_offset`, so the defect keeps its contrast to its *own* surroundings and sits at the level of the new
+    ones, as a real defect of that surface would, instead of carrying the brightness of the tile (and of the
+    jitter) it was cut from. Same random draws either way. Returns (image, non-empty float32 mask H×W)."""
     if normal.shape != defect_image.shape or defect_mask.shape != defect_image.shape[:2]:
         raise ValueError(f"extended_anomaly: shapes differ: normal {normal.shape}, defect {defect_image.shape}, "
                          f"mask {defect_mask.shape}")
@@ -345,16 +366,22 @@ def extended_anomaly(normal: np.ndarray, defect_image: np.ndarray, defect_mask: 
     image_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(defect_image.transpose(2, 0, 1),
                                                                        dtype=np.float32)))
     mask_t = tv_tensors.Mask(torch.from_numpy((defect_mask > 0).astype(np.uint8))[None])
+    valid = np.ones(defect_mask.shape, bool)
     with torch.no_grad():
         for _ in range(max_tries):
-            img, msk = _augment_defect(image_t, mask_t, rng)
+            # with match_context, an all-ones mask takes the same warp: 0 where the warp brought in fill
+            img, msk, *warped = _augment_defect(image_t, mask_t, rng, torch.ones_like(mask_t) if match_context else None)
             m = (msk[0] > 0).numpy()
             if m.any():
+                if warped:
+                    valid = (warped[0][0] > 0).numpy()
                 pasted = _jitter_colour(np.ascontiguousarray(img.clamp(0.0, 1.0).numpy().transpose(1, 2, 0)), rng)
                 break
         else:  # augmentation kept pushing the defect out: paste it unaugmented
             m = defect_mask > 0
             pasted = defect_image
     out = np.array(normal, dtype=np.float32)  # a copy: pixels outside the mask stay exactly the normal ones
+    if match_context:
+        pasted = np.clip(pasted + context_offset(out, pasted, m, valid), 0.0, 1.0)
     out[m] = pasted[m]
     return out, m.astype(np.float32)
