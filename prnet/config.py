@@ -41,7 +41,7 @@ class SynthesisConfig:
     extended_ratio: float = 0.5  # extended (real cut-and-paste) samples per epoch, same unit
     # shift each pasted real defect so that its own surroundings match the new image's there (synthesis.
     # context_offset): it keeps its contrast to the surface instead of the brightness of the tile it was cut from
-    extended_match_context: bool = False
+    extended_match_context: bool = True
     foreground: bool = False  # restrict Perlin masks to the estimated object foreground
     beta_max: float = 0.8  # DRAEM's beta ~ U(0, beta_max): the original image's weight inside the Perlin mask
     # the texture's weight there: 1-beta (DRAEM: opacity in (1 - beta_max, 1], every anomaly visible) | beta (our
