@@ -370,7 +370,8 @@ def extended_anomaly(normal: np.ndarray, defect_image: np.ndarray, defect_mask: 
     with torch.no_grad():
         for _ in range(max_tries):
             # with match_context, an all-ones mask takes the same warp: 0 where the warp brought in fill
-            img, msk, *warped = _augment_defect(image_t, mask_t, rng, torch.ones_like(mask_t) if match_context else None)
+            ones = torch.ones_like(mask_t) if match_context else None
+            img, msk, *warped = _augment_defect(image_t, mask_t, rng, ones)
             m = (msk[0] > 0).numpy()
             if m.any():
                 if warped:
