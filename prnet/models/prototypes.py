@@ -155,19 +155,24 @@ class PrototypeBank(nn.Module):
         dist = (pflat * pflat).sum(1).unsqueeze(0) - 2.0 * flat @ pflat.t()
         return dist.argmin(dim=1)
 
+    def _own_cluster(self, scale: int, source: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """For inputs made from training image source[r] (−1: not a training image): (known, the image's own
+        cluster, its size n as float, the held-out gain n/(n − 1); 1 where unknown or n = 1)."""
+        assign, count = getattr(self, f"assign_{scale}"), getattr(self, f"count_{scale}")
+        known = source >= 0
+        own = assign[source.clamp_min(0)]
+        n = count[own].float()
+        return known, own, n, torch.where(known & (n > 1), n / (n - 1).clamp_min(1), torch.ones_like(n))
+
     def nearest_held_out(self, f: torch.Tensor, scale: int, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest prototype when row r of `f` comes from training image source[r] (−1: not a training image),
         with that image held out of its own cluster. Returns (index, gain): the residual is gain·(f − p[index])
         (gain n/(n − 1) when the nearest is the image's own cluster of n, else 1)."""
-        assign, count = getattr(self, f"assign_{scale}"), getattr(self, f"count_{scale}")
         flat, pflat = self._flat(f, scale)
         dist = ((flat * flat).sum(1, keepdim=True) - 2.0 * flat @ pflat.t() + (pflat * pflat).sum(1)[None]).clamp_min(0)
         # masks rather than row selection: no host synchronisation on the training step's hot path
         rows = torch.arange(f.shape[0], device=f.device)
-        known = source >= 0
-        own = assign[source.clamp_min(0)]
-        n = count[own].float()
-        held = torch.where(known & (n > 1), n / (n - 1).clamp_min(1), torch.ones_like(n))
+        known, own, n, held = self._own_cluster(scale, source)
         d_own = dist[rows, own]
         dist[rows, own] = torch.where(known & (n <= 1), torch.full_like(n, float("inf")), d_own * held * held)
         idx = dist.argmin(dim=1)
@@ -191,11 +196,7 @@ class PrototypeBank(nn.Module):
                 + (protos * protos).sum(1)[None]).clamp_min(0)  # N×K×h×w
         gain = torch.ones_like(dist[:, :1])
         if source is not None:
-            assign, count = getattr(self, f"assign_{scale}"), getattr(self, f"count_{scale}")
-            known = source >= 0
-            own = assign[source.clamp_min(0)]
-            n = count[own].float()
-            held = torch.where(known & (n > 1), n / (n - 1).clamp_min(1), torch.ones_like(n))
+            known, own, n, held = self._own_cluster(scale, source)
             is_own = (torch.arange(k, device=f.device)[None] == own[:, None])[:, :, None, None]  # N×K×1×1
             left_out = is_own & (known & (n <= 1)).view(-1, 1, 1, 1)  # a cluster of one: the image itself
             dist = torch.where(is_own, dist * (held * held).view(-1, 1, 1, 1), dist)
