@@ -38,11 +38,29 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    ctx, device = _init_distributed(cfg.train.device)
+    locks: list = []
+    try:
+        return _run(cfg, ctx, device, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+        if ctx.enabled:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run(cfg, ctx, device, locks: list) -> int:
+    """Check everything cheap first (data, outputs, locks, backbone), then train each category."""
+    import torch
+
     from prnet.datasets import ensure_data
     from prnet.datasets.mvtec import DatasetError, MVTEC, resolve_classes
-    from prnet.engine.trainer import TrainingError, check_outputs, output_root, train_category
+    from prnet.engine.trainer import TrainingError, check_outputs, lock_category, output_root, train_category
+    from prnet.models.backbone import Backbone
+    from prnet.utils import LockedError
 
-    ctx, device = _init_distributed(cfg.train.device)
     try:
         if ctx.is_main:
             ensure_data(cfg)
@@ -55,8 +73,17 @@ def main(argv=None) -> int:
             MVTEC(cfg.data.root, category, "train", cfg.data.image_size)
             MVTEC(cfg.data.root, category, "test", cfg.data.image_size)
             check_outputs(cfg, category)
-    except (DatasetError, TrainingError, ConfigError) as e:
+        torch.manual_seed(cfg.seed)  # a random-weights backbone (weights=none) is seeded too
+        backbone = Backbone(cfg.model.backbone, cfg.model.backbone_weights, cfg.model.stages,
+                            cfg.model.bottleneck_stage)
+        if ctx.is_main:  # one run per category folder at a time
+            locks.extend(lock_category(cfg, category) for category in classes)
+    except (DatasetError, TrainingError, ConfigError, LockedError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError, OSError) as e:  # the backbone: unknown name, unusable weights file
+        print(f"error: model.backbone={cfg.model.backbone} model.backbone_weights={cfg.model.backbone_weights}: "
+              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
 
     out_root = output_root(cfg)
@@ -71,18 +98,13 @@ def main(argv=None) -> int:
     rows = []
     try:
         for category in classes:
-            results = train_category(cfg, category, device, ctx)
+            results = train_category(cfg, category, device, ctx, backbone=backbone)
             if ctx.is_main:
                 rows.append({"category": category, **results["metrics"]})
                 table = report.write_results_tables(rows, out_root)
     except TrainingError as e:
         log.error("%s", e)
         return 1
-    finally:
-        if ctx.enabled:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
     if ctx.is_main:
         print(f"\nResults (last epoch, {out_root}/results.md):\n{table}")
     return 0

@@ -13,9 +13,12 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import yaml
+
+
+NULL_WORDS = ("none", "null", "~")
 
 
 class ConfigError(ValueError):
@@ -114,6 +117,9 @@ class EvalConfig:
     sigma: float = 0.0  # Gaussian smoothing of the map before scoring (0: none; see configs/default.yaml)
     batch_size: int = 16
     examples: int = 12  # images in examples.png
+    # the decision threshold stored with the model (predict.py, the Python API, ONNX metadata):
+    # train_max: the highest image score of the normal training images
+    threshold: str = "train_max"
 
 
 @dataclass
@@ -129,12 +135,44 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# The documented values of every key that takes a word, in one place: validate() checks them and the tests set each
+# one from the command line. OPEN_CHOICES: keys that also take a free-form value (a path, a device index).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.backbone_weights": ("hub", "package", "none"),
+    "prototypes.residual": ("squared", "abs"),
+    "synthesis.texture_colour": ("auto", "rgb", "grey"),
+    "train.device": ("auto", "cpu", "cuda", "mps"),
+    "eval.threshold": ("train_max",),
+}
+OPEN_CHOICES: dict[str, Callable[[Any], bool]] = {
+    "model.backbone_weights": lambda v: isinstance(v, str) and ("/" in v or "." in v),
+    "train.device": lambda v: isinstance(v, str) and v.split(":")[0] in ("cuda", "mps") and v.count(":") == 1
+    and v.split(":")[1].isdigit(),
+}
+OPEN_DESCRIPTIONS = {"model.backbone_weights": "the path of a .pth/.safetensors state dict",
+                     "train.device": "cuda:<index>"}
+
+
+def get_key(cfg: Any, key: str) -> Any:
+    """cfg.<a>.<b> for key 'a.b'."""
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _or(words: typing.Sequence[str]) -> str:
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+
+
 def _check(value: Any, tp: Any, key: str) -> Any:
     """Return `value` converted to the annotated type `tp`, or raise a ConfigError naming `key`."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is Union:
-        if value is None and type(None) in args:
+        # null, or the words none/null as a string: `key=none` on the command line means null for a key that may
+        # be null, and stays the string "none" for a string key (model.backbone_weights=none)
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in NULL_WORDS)):
             return None
         errors = []
         for arg in args:
@@ -211,8 +249,6 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override '{text}': value is not valid YAML ({e})") from None
-    if isinstance(value, str) and value.lower() == "none":
-        value = None
     out: dict = {}
     node = out
     parts = key.split(".")
@@ -255,8 +291,6 @@ def validate(cfg: Config) -> None:
                           f"data.num_anomalies is {cfg.data.num_anomalies}: expected the same count")
     if cfg.prototypes.match not in ("image", "position"):
         raise ConfigError(f"config key 'prototypes.match': expected image or position, got {cfg.prototypes.match!r}")
-    if cfg.prototypes.residual not in ("squared", "abs"):
-        raise ConfigError(f"config key 'prototypes.residual': expected squared or abs, got {cfg.prototypes.residual!r}")
     if not 0 < cfg.prototypes.ratio <= 1:
         raise ConfigError("config key 'prototypes.ratio': expected 0 < ratio <= 1")
     if len(cfg.model.head_widths) != len(cfg.model.stages):
@@ -266,9 +300,6 @@ def validate(cfg: Config) -> None:
     if cfg.synthesis.texture_weight not in ("1-beta", "beta"):
         raise ConfigError(f"config key 'synthesis.texture_weight': expected 1-beta or beta, "
                           f"got {cfg.synthesis.texture_weight!r}")
-    if cfg.synthesis.texture_colour not in ("auto", "rgb", "grey"):
-        raise ConfigError(f"config key 'synthesis.texture_colour': expected auto, rgb or grey, "
-                          f"got {cfg.synthesis.texture_colour!r}")
     for key in ("perlin_ratio", "extended_ratio"):
         if getattr(cfg.synthesis, key) < 0:
             raise ConfigError(f"config key 'synthesis.{key}': expected >= 0")
@@ -281,8 +312,17 @@ def validate(cfg: Config) -> None:
     area = cfg.synthesis.swap_area
     if len(area) != 2 or not 0.0 < area[0] <= area[1] < 1.0:
         raise ConfigError(f"config key 'synthesis.swap_area': expected [min, max] with 0 < min <= max < 1, got {area}")
-    if cfg.train.epochs < 0 or cfg.train.batch_size < 1:
-        raise ConfigError("config keys 'train.epochs' >= 0 and 'train.batch_size' >= 1 expected")
+    if cfg.train.epochs < 1:
+        raise ConfigError(f"config key 'train.epochs': expected >= 1, got {cfg.train.epochs}")
+    if cfg.train.batch_size < 1:
+        raise ConfigError(f"config key 'train.batch_size': expected >= 1, got {cfg.train.batch_size}")
+    if cfg.data.classes is not None and not cfg.data.classes:
+        raise ConfigError("config key 'data.classes': the list is empty (null: every category of MVTEC.CLASSNAMES)")
+    for key, choices in CHOICES.items():
+        value = get_key(cfg, key)
+        if value not in choices and not (key in OPEN_CHOICES and OPEN_CHOICES[key](value)):
+            raise ConfigError(f"config key '{key}': expected {_or(choices)}"
+                              f"{' or ' + OPEN_DESCRIPTIONS[key] if key in OPEN_CHOICES else ''}, got {value!r}")
 
 
 def image_hw(cfg: Config) -> tuple[int, int]:
@@ -304,7 +344,7 @@ def config_from_dict(values: dict) -> Config:
 
 def dump_config(cfg: Config, path: str) -> None:
     """Write the resolved config as YAML, atomically."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.getpid()}-{os.path.basename(path)}")
     with open(tmp, "w", encoding="utf-8") as fh:
         yaml.safe_dump(config_to_dict(cfg), fh, sort_keys=False)
     os.replace(tmp, path)

@@ -3,19 +3,30 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from typing import Any, Callable
+import uuid
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
 
+TMP_PREFIX = ".tmp-"
+
+
 def atomic_write(path: str, write: Callable[[str], Any]) -> None:
-    """Call `write(tmp_path)`, then move the temporary file onto `path`: a crash never leaves half a file."""
+    """Call `write(tmp_path)`, then move the temporary file onto `path`: a crash never leaves half a file.
+
+    The temporary file (`.tmp-<random><ext>` beside `path`) is created with mode 0666 minus the umask, like any
+    file a program opens for writing, so the result is as readable as the user's other files."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
-    os.close(fd)
+    while True:
+        tmp = os.path.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}{os.path.splitext(path)[1]}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:  # pragma: no cover - a 48-bit collision
+            continue
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -23,6 +34,56 @@ def atomic_write(path: str, write: Callable[[str], Any]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Delete the `.tmp-*` files a killed atomic_write left in `directory` (call it only while holding the
+    directory's RunLock: another process's write in progress looks the same). Returns the names removed."""
+    removed = []
+    if os.path.isdir(directory):
+        for name in sorted(os.listdir(directory)):
+            if name.startswith(TMP_PREFIX) and os.path.isfile(os.path.join(directory, name)):
+                os.remove(os.path.join(directory, name))
+                removed.append(name)
+    return removed
+
+
+class LockedError(RuntimeError):
+    """Another live process holds the lock."""
+
+
+class RunLock:
+    """An exclusive lock on a folder (`<folder>/.lock`, flock): held until release() or the process ends.
+
+    The file records the holder's pid for the error message. The kernel drops a flock when its process dies, so a
+    lock left by a killed run is simply taken over."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, ".lock")
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        os.makedirs(self.directory, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockedError(f"{self.directory} is in use by another run (pid {holder}): wait for it to finish, "
+                              f"or choose another output_dir=...") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
 
 
 def torch_save_atomic(obj: Any, path: str) -> None:

@@ -27,15 +27,21 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from prnet import report
 from prnet.config import Config, config_to_dict, dump_config, image_hw
-from prnet.datasets import EpochSampler
-from prnet.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from prnet.datasets import EpochSampler, build_test_dataset, build_train_dataset
+from prnet.datasets.mvtec import MVTEC
+from prnet.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from prnet.engine.evaluator import run_inference
-from prnet.utils import atomic_write
+from prnet.losses import PRNetLoss
+from prnet.metrics import compute_metrics
+from prnet.models.backbone import Backbone
+from prnet.models.prnet import build_model
+from prnet.models.prototypes import PrototypeBank, ensure_prototypes
+from prnet.utils import RunLock, atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
-METRIC_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
 LOG_COLUMNS = ("epoch", "loss", "focal", "smooth_l1", "lr", "images_per_s", "seconds")
 
 
@@ -66,15 +72,6 @@ def run_name(cfg: Config) -> str:
 
 def output_root(cfg: Config) -> str:
     return cfg.output_dir or os.path.join("outputs", run_name(cfg))
-
-
-def check_outputs(cfg: Config, category: str) -> None:
-    """Refuse to overwrite an earlier run of `category` silently (before any heavy work)."""
-    ckpt = os.path.join(output_root(cfg), category, "last.pt")
-    if os.path.exists(ckpt) and not (cfg.train.resume or cfg.train.overwrite):
-        raise TrainingError(
-            f"{ckpt} already exists: add train.resume=true to continue that run, train.overwrite=true to start "
-            f"over, or choose another output_dir=...")
 
 
 def _worker_count(cfg: Config) -> int:
@@ -158,7 +155,7 @@ def git_commit() -> Optional[str]:
 
 
 def decision_threshold(scores: np.ndarray) -> float:
-    """predict.py's default threshold, from normal training images only: the highest normal image score.
+    """eval.threshold=train_max: the highest image score of the normal training images.
 
     The model has seen these images, so their scores are optimistic; taking their maximum (rather than a
     quantile) keeps the false-positive rate on new normal images low. Test labels are never used.
@@ -166,40 +163,105 @@ def decision_threshold(scores: np.ndarray) -> float:
     return float(np.max(scores))
 
 
-def train_category(cfg: Config, category: str, device: torch.device, ctx: DistContext = DistContext()) -> dict:
-    """Train one category for `train.epochs`, evaluate the last epoch, write the reports. Returns results."""
-    from prnet import metrics as prmetrics
-    from prnet import report
-    from prnet.datasets import build_test_dataset, build_train_dataset
-    from prnet.datasets.mvtec import MVTEC
-    from prnet.losses import PRNetLoss
-    from prnet.models.backbone import Backbone
-    from prnet.models.prnet import build_model
-    from prnet.models.prototypes import ensure_prototypes
+# --------------------------------------------------------------------------------------- resuming a run
+# Keys that may differ between a checkpoint and the run that resumes it: they change neither the data, the model
+# nor the optimisation already done (a longer schedule, other hardware, other evaluation and logging). Any other
+# difference refuses the resume. A key ending in '.' stands for its whole section.
+RESUMABLE_KEYS = ("train.epochs", "train.workers", "train.device", "train.amp", "train.compile", "train.resume",
+                  "train.overwrite", "train.eval_every", "eval.", "output_dir", "data.cache_images",
+                  "data.generate_demo", "prototypes.dir", "prototypes.batch_size")
 
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(stored: dict, requested: dict) -> list[str]:
+    """'key: stored -> requested' for every key that differs and may not change on resume (RESUMABLE_KEYS)."""
+    a, b = _flatten(stored), _flatten(requested)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            diffs.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    return diffs
+
+
+def check_outputs(cfg: Config, category: str) -> None:
+    """Refuse, before any heavy work, to overwrite an earlier run of `category` silently, or to resume a checkpoint
+    made with other settings (nothing in the run folder is touched here)."""
+    ckpt = os.path.join(output_root(cfg), category, "last.pt")
+    if not os.path.exists(ckpt):
+        return
+    if not (cfg.train.resume or cfg.train.overwrite):
+        raise TrainingError(
+            f"{ckpt} already exists: add train.resume=true to continue that run, train.overwrite=true to start "
+            f"over, or choose another output_dir=...")
+    if cfg.train.resume:
+        try:
+            stored = load_checkpoint(ckpt)["config"]
+        except CheckpointError as e:
+            raise TrainingError(f"cannot resume: {e}; train.overwrite=true starts over") from None
+        diffs = config_differences(stored, config_to_dict(cfg))
+        if diffs:
+            raise TrainingError(
+                f"cannot resume {ckpt}: it was trained with other settings ({'; '.join(diffs)}); use the same "
+                f"settings (only {', '.join(RESUMABLE_KEYS)} may change), or train.overwrite=true to start over")
+
+
+def lock_category(cfg: Config, category: str) -> RunLock:
+    """Take `<run>/<category>/.lock` (LockedError if another live run holds it) and remove the temporary files a
+    killed write left there."""
     out_dir = os.path.join(output_root(cfg), category)
-    ckpt_path = os.path.join(out_dir, "last.pt")
-    log_path = os.path.join(out_dir, "train_log.csv")
-    check_outputs(cfg, category)
-    timings: dict = {}
+    lock = RunLock(out_dir).acquire()
+    removed = remove_stale_temporaries(out_dir)
+    if removed:
+        log.info("%s: removed %d unfinished temporary file(s) of an interrupted run: %s", category, len(removed),
+                 ", ".join(removed))
+    return lock
 
-    # prototypes: rank 0 builds them if missing, the others wait and load the file
-    t0 = time.time()
+
+# ------------------------------------------------------------------------------------------ the steps
+@dataclass
+class RunState:
+    """What one category's training needs between its steps."""
+    model: torch.nn.Module
+    train_model: torch.nn.Module  # DDP-wrapped and/or compiled view of `model` used for the training forward
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+    sampler: EpochSampler
+    criterion: torch.nn.Module
+    start_epoch: int = 0
+    history: Optional[list] = None
+
+
+def prepare_prototypes(cfg: Config, category: str, device: torch.device, ctx: DistContext,
+                       backbone: Optional[Backbone] = None) -> tuple[PrototypeBank, Backbone]:
+    """The category's prototype bank (loaded, or built by rank 0 while the other ranks wait) and the backbone that
+    serves both the bank and the model (its weights are loaded once)."""
     if ctx.enabled and not ctx.is_main:
         dist.barrier()
-    torch.manual_seed(cfg.seed)  # a random-weights backbone (weights=none) is seeded too
-    backbone = Backbone(cfg.model.backbone, cfg.model.backbone_weights, cfg.model.stages, cfg.model.bottleneck_stage)
-    bank = ensure_prototypes(cfg, category, device, backbone=backbone)  # one backbone: weights loaded once
+    if backbone is None:
+        torch.manual_seed(cfg.seed)  # a random-weights backbone (weights=none) is seeded too
+        backbone = Backbone(cfg.model.backbone, cfg.model.backbone_weights, cfg.model.stages,
+                            cfg.model.bottleneck_stage)
+    bank = ensure_prototypes(cfg, category, device, backbone=backbone)
     if ctx.enabled and ctx.is_main:
         dist.barrier()
-    timings["prototypes_s"] = time.time() - t0
+    return bank, backbone
 
-    train_set = build_train_dataset(cfg, category)
-    test_set = build_test_dataset(cfg, category)
-    log.info("%s: %d training samples per epoch (%d real anomalies for training: %s), %d test images",
-             category, len(train_set), len(train_set.real_anomalies), ", ".join(train_set.real_anomalies) or "none",
-             len(test_set))
 
+def build_run(cfg: Config, bank: PrototypeBank, backbone: Backbone, train_set, device: torch.device,
+              ctx: DistContext) -> RunState:
+    """A fresh model, optimiser, schedule, loader and loss (seeded)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, bank, backbone=backbone).to(device)
     if cfg.train.channels_last:
@@ -208,115 +270,135 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     loader, sampler = make_train_loader(train_set, cfg, ctx, device)
     scheduler = make_scheduler(optimizer, cfg, len(loader))
-    criterion = PRNetLoss(cfg.loss)
-    use_amp = cfg.train.amp and device.type == "cuda"
+    train_model = model
+    if ctx.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    if cfg.train.compile:
+        train_model = torch.compile(train_model)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    return RunState(model, train_model, optimizer, scheduler, loader, sampler, PRNetLoss(cfg.loss), 0, [])
 
-    start_epoch, history = 0, []
+
+def start_or_resume(cfg: Config, category: str, run: RunState, bank: PrototypeBank, device: torch.device,
+                    ctx: DistContext) -> None:
+    """Clear the outputs of an earlier run (train.overwrite), or restore the state of `last.pt` (train.resume;
+    check_outputs has compared its config already); then write the run's config.yaml."""
+    out_dir = os.path.join(output_root(cfg), category)
+    ckpt_path = os.path.join(out_dir, "last.pt")
     if ctx.is_main and os.path.exists(out_dir) and cfg.train.overwrite and not cfg.train.resume:
         for name in ("last.pt", "train_log.csv", "results.json"):
             if os.path.exists(os.path.join(out_dir, name)):
                 os.remove(os.path.join(out_dir, name))
     if cfg.train.resume and os.path.exists(ckpt_path):
         state = load_checkpoint(ckpt_path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        stale = prototype_differences(state.get("prototype_meta") or {}, bank.meta)
+        if stale:
+            raise TrainingError(f"cannot resume {ckpt_path}: its prototypes were built from other data or settings "
+                                f"({'; '.join(stale)}); train.overwrite=true starts over")
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
         set_rng_state({k: v.cpu() if torch.is_tensor(v) else v for k, v in state["rng"].items()})
-        start_epoch, history = state["epoch"], state["history"]
-        log.info("%s: resumed from %s after epoch %d", category, ckpt_path, start_epoch)
+        run.start_epoch, run.history = state["epoch"], state["history"]
+        log.info("%s: resumed from %s after epoch %d", category, ckpt_path, run.start_epoch)
         if ctx.is_main:
-            _truncate_log(log_path, start_epoch)
+            _truncate_log(os.path.join(out_dir, "train_log.csv"), run.start_epoch)
     elif cfg.train.resume:
         log.info("%s: train.resume=true but no %s yet: starting from scratch", category, ckpt_path)
     if ctx.is_main:
         os.makedirs(out_dir, exist_ok=True)
         dump_config(cfg, os.path.join(out_dir, "config.yaml"))
 
-    train_model = model
-    if ctx.enabled:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    compiled = torch.compile(train_model) if cfg.train.compile else train_model
 
-    t_train = time.time()
-    for epoch in range(start_epoch, cfg.train.epochs):
-        train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        model.train()
-        t_epoch = time.time()
-        sums = torch.zeros(3, device=device)
-        pending: list[torch.Tensor] = []
-        n_images = 0
-        bar = tqdm(loader, desc=f"{category} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-                   disable=not ctx.is_main)
-        for step, batch in enumerate(bar):
-            images = batch["image"].to(device, non_blocking=True)
-            masks = batch["mask"].to(device, non_blocking=True)
-            if cfg.train.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            source = batch["source"] if cfg.prototypes.leave_one_out else None  # on the CPU: checked there
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = compiled(images, source)
-            loss, terms = criterion(logits, masks)
-            values = torch.stack([loss.detach(), terms["focal"].detach(), terms["smooth_l1"].detach()])
-            pending.append(values)
-            # one host sync per few steps: check finiteness and refresh the progress bar
-            if device.type != "cuda" or len(pending) >= 20 or step == len(loader) - 1:
-                _check_finite(pending, epoch, step - len(pending) + 1, category)
-                sums += torch.stack(pending).sum(0)
-                pending = []
-                bar.set_postfix(loss=f"{sums[0].item() / (step + 1):.4f}",
-                                img_s=f"{(step + 1) * images.shape[0] / (time.time() - t_epoch):.1f}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            n_images += images.shape[0]
-        if pending:
-            _check_finite(pending, epoch, len(loader) - len(pending), category)
+def prototype_differences(stored: dict, current: dict) -> list[str]:
+    """Fields of two prototype metadata dicts that differ (the build date aside)."""
+    keys = sorted((set(stored) | set(current)) - {"date"})
+    return [f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in keys if stored.get(k) != current.get(k)]
+
+
+def train_one_epoch(cfg: Config, run: RunState, train_set, epoch: int, device: torch.device, ctx: DistContext,
+                    category: str) -> dict:
+    """One pass over the epoch's seeded samples; returns the log row (mean losses, lr, images/s, seconds)."""
+    train_set.set_epoch(epoch)
+    run.sampler.set_epoch(epoch)
+    run.model.train()
+    use_amp = cfg.train.amp and device.type == "cuda"
+    t_epoch = time.time()
+    sums = torch.zeros(3, device=device)
+    pending: list[torch.Tensor] = []
+    n_images = 0
+    steps = len(run.loader)
+    bar = tqdm(run.loader, desc=f"{category} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+               disable=not ctx.is_main)
+    for step, batch in enumerate(bar):
+        images = batch["image"].to(device, non_blocking=True)
+        masks = batch["mask"].to(device, non_blocking=True)
+        if cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        source = batch["source"] if cfg.prototypes.leave_one_out else None  # on the CPU: checked there
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = run.train_model(images, source)
+        loss, terms = run.criterion(logits, masks)
+        pending.append(torch.stack([loss.detach(), terms["focal"].detach(), terms["smooth_l1"].detach()]))
+        # one host sync per few steps: check finiteness and refresh the progress bar
+        if device.type != "cuda" or len(pending) >= 20 or step == steps - 1:
+            _check_finite(pending, epoch, step - len(pending) + 1, category)
             sums += torch.stack(pending).sum(0)
-        if ctx.enabled:
-            dist.all_reduce(sums)
-            sums /= ctx.world_size
-            _broadcast_head_buffers(model)
-        seconds = time.time() - t_epoch
-        mean = (sums / len(loader)).tolist()
-        row = {"epoch": epoch + 1, "loss": mean[0], "focal": mean[1], "smooth_l1": mean[2],
-               "lr": optimizer.param_groups[0]["lr"], "images_per_s": n_images * ctx.world_size / seconds,
-               "seconds": seconds}
-        history.append(row)
-        log.info("%s epoch %d/%d: loss %.4f (focal %.4f, smooth-L1 %.4f), %.1f images/s", category, epoch + 1,
-                 cfg.train.epochs, mean[0], mean[1], mean[2], row["images_per_s"])
-        if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
-            out = _gather_inference(model, test_set, cfg, device, ctx)
-            if ctx.is_main:
-                m = prmetrics.compute_metrics(out["scores"], out["labels"], out["maps"], out["masks"])
-                log.info("%s epoch %d (monitoring only, nothing is selected on it): %s", category, epoch + 1,
-                         ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
-                history[-1].update({f"monitor_{k}": float(v) for k, v in m.items()})
-        if ctx.is_main:
-            report.append_csv_row(log_path, {k: row[k] for k in LOG_COLUMNS})
-            save_checkpoint(ckpt_path, model=model, epoch=epoch + 1, cfg=cfg, prototype_meta=bank.meta,
-                            optimizer=optimizer, scheduler=scheduler, history=history)
-    timings["train_s"] = time.time() - t_train
-    fingerprints = _rank_fingerprints(model, ctx)
+            pending = []
+            bar.set_postfix(loss=f"{sums[0].item() / (step + 1):.4f}",
+                            img_s=f"{(step + 1) * images.shape[0] / (time.time() - t_epoch):.1f}")
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        n_images += images.shape[0]
+    if ctx.enabled:
+        dist.all_reduce(sums)
+        sums /= ctx.world_size
+        _broadcast_head_buffers(run.model)
+    seconds = time.time() - t_epoch
+    mean = (sums / steps).tolist()
+    row = {"epoch": epoch + 1, "loss": mean[0], "focal": mean[1], "smooth_l1": mean[2],
+           "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": n_images * ctx.world_size / seconds,
+           "seconds": seconds}
+    log.info("%s epoch %d/%d: loss %.4f (focal %.4f, smooth-L1 %.4f), %.1f images/s", category, epoch + 1,
+             cfg.train.epochs, mean[0], mean[1], mean[2], row["images_per_s"])
+    return row
 
 
-    # the decision threshold for predict.py, from normal training images only
+def monitor(cfg: Config, run: RunState, test_set, epoch: int, device: torch.device, ctx: DistContext,
+            category: str) -> dict:
+    """train.eval_every: test metrics for the log only (nothing is selected on them)."""
+    out = _gather_inference(run.model, test_set, cfg, device, ctx)
+    if not ctx.is_main:
+        return {}
+    m = compute_metrics(out["scores"], out["labels"], out["maps"], out["masks"])
+    log.info("%s epoch %d (monitoring only, nothing is selected on it): %s", category, epoch + 1,
+             ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
+    return {f"monitor_{k}": float(v) for k, v in m.items()}
+
+
+def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: PrototypeBank, train_set, test_set,
+                        timings: dict, device: torch.device, ctx: DistContext) -> dict:
+    """The decision threshold, the test metrics of the last epoch, the final checkpoint, results.json and the
+    figures. Returns the results (an empty dict on ranks other than 0)."""
+    out_dir = os.path.join(output_root(cfg), category)
+    fingerprints = _rank_fingerprints(run.model, ctx)  # a collective: every rank takes part
     normal_train = MVTEC(cfg.data.root, category, "train", image_hw(cfg))
-    normal_out = _gather_inference(model, normal_train, cfg, device, ctx)
+    normal_out = _gather_inference(run.model, normal_train, cfg, device, ctx)
     t_eval = time.time()
-    out = _gather_inference(model, test_set, cfg, device, ctx)
+    out = _gather_inference(run.model, test_set, cfg, device, ctx)
     timings["eval_s"] = time.time() - t_eval
     if not ctx.is_main:
         return {}
     threshold = decision_threshold(normal_out["scores"])
-    save_checkpoint(ckpt_path, model=model, epoch=cfg.train.epochs, cfg=cfg, prototype_meta=bank.meta,
-                    optimizer=optimizer, scheduler=scheduler, threshold=threshold, history=history)
+    save_checkpoint(os.path.join(out_dir, "last.pt"), model=run.model, epoch=cfg.train.epochs, cfg=cfg,
+                    prototype_meta=bank.meta, optimizer=run.optimizer, scheduler=run.scheduler, threshold=threshold,
+                    history=run.history)
     metrics = {k: float(v) for k, v in
-               prmetrics.compute_metrics(out["scores"], out["labels"], out["maps"], out["masks"]).items()}
+               compute_metrics(out["scores"], out["labels"], out["maps"], out["masks"]).items()}
     timings["test_ms_per_image"] = 1000.0 * timings["eval_s"] / max(1, len(test_set))
     h, w = image_hw(cfg)
     results = {
@@ -336,16 +418,50 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
         "world_size": ctx.world_size,
         "weights_fingerprints": fingerprints,
     }
+
     def write_json(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)
 
     atomic_write(os.path.join(out_dir, "results.json"), write_json)
+    log_path = os.path.join(out_dir, "train_log.csv")
     report.plot_loss(log_path, os.path.join(out_dir, "loss.png"))
     report.examples_grid(os.path.join(out_dir, "examples.png"), _ImageSource(test_set), out["masks"], out["maps"],
                          out["scores"], out["labels"], n=cfg.eval.examples, threshold=threshold)
     log.info("%s: %s", category, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     return results
+
+
+def train_category(cfg: Config, category: str, device: torch.device, ctx: DistContext = DistContext(),
+                   backbone: Optional[Backbone] = None) -> dict:
+    """Train one category for `train.epochs`, evaluate the last epoch, write the reports. Returns results.
+
+    The caller has run check_outputs and holds the category's lock (lock_category)."""
+    timings: dict = {}
+    t0 = time.time()
+    bank, backbone = prepare_prototypes(cfg, category, device, ctx, backbone)
+    timings["prototypes_s"] = time.time() - t0
+    train_set = build_train_dataset(cfg, category)
+    test_set = build_test_dataset(cfg, category)
+    log.info("%s: %d training samples per epoch (%d real anomalies for training: %s), %d test images",
+             category, len(train_set), len(train_set.real_anomalies), ", ".join(train_set.real_anomalies) or "none",
+             len(test_set))
+    run = build_run(cfg, bank, backbone, train_set, device, ctx)
+    start_or_resume(cfg, category, run, bank, device, ctx)
+    log_path = os.path.join(output_root(cfg), category, "train_log.csv")
+    t_train = time.time()
+    for epoch in range(run.start_epoch, cfg.train.epochs):
+        row = train_one_epoch(cfg, run, train_set, epoch, device, ctx, category)
+        run.history.append(row)
+        if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
+            run.history[-1].update(monitor(cfg, run, test_set, epoch, device, ctx, category))
+        if ctx.is_main:
+            report.append_csv_row(log_path, {k: row[k] for k in LOG_COLUMNS})
+            save_checkpoint(os.path.join(output_root(cfg), category, "last.pt"), model=run.model, epoch=epoch + 1,
+                            cfg=cfg, prototype_meta=bank.meta, optimizer=run.optimizer, scheduler=run.scheduler,
+                            history=run.history)
+    timings["train_s"] = time.time() - t_train
+    return evaluate_and_report(cfg, category, run, bank, train_set, test_set, timings, device, ctx)
 
 
 class _ImageSource:

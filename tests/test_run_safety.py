@@ -1,0 +1,133 @@
+"""What train.py refuses before any heavy work, and what it guarantees about the run folder: resume only with the
+same settings, one run per category folder (a lock), no leftover temporary files, files readable as the umask says,
+every documented config value settable from the command line."""
+import os
+import stat
+
+import pytest
+import torch
+
+import train as train_script
+from prnet.config import CHOICES, ConfigError, get_key, load_config
+from prnet.utils import RunLock
+from test_train_e2e import tiny_data, tiny_overrides  # noqa: F401 (a fixture)
+
+
+def _snapshot(folder):
+    """name -> (size, mtime_ns, bytes) of every file below `folder`."""
+    out = {}
+    for d, _, names in os.walk(folder):
+        for n in names:
+            p = os.path.join(d, n)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, folder)] = (os.path.getsize(p), os.stat(p).st_mtime_ns, fh.read())
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tiny_data, tmp_path_factory):
+    """A one-epoch run made under umask 002, into a category folder holding a stale lock of a dead process and a
+    temporary file left by a killed write."""
+    work = tmp_path_factory.mktemp("safety")
+    out, protos = str(work / "out"), str(work / "protos")
+    os.makedirs(os.path.join(out, "tiny"))
+    with open(os.path.join(out, "tiny", ".lock"), "w") as fh:
+        fh.write("999999\n")  # no process holds its flock any more
+    with open(os.path.join(out, "tiny", ".tmp-0123456789ab.pt"), "wb") as fh:
+        fh.write(b"half a checkpoint")
+    old = os.umask(0o002)
+    try:
+        code = train_script.main(tiny_overrides(tiny_data, out, protos, epochs=1))
+    finally:
+        os.umask(old)
+    assert code == 0
+    return {"root": tiny_data, "out": out, "protos": protos}
+
+
+def test_stale_lock_is_taken_over_and_leftover_temporaries_removed(one_epoch):
+    names = os.listdir(os.path.join(one_epoch["out"], "tiny"))
+    assert "last.pt" in names and "results.json" in names
+    assert not [n for n in names if n.startswith(".tmp-")]
+
+
+def test_written_files_follow_the_umask(one_epoch):
+    files = [os.path.join(one_epoch["out"], "tiny", n) for n in ("last.pt", "results.json", "config.yaml",
+                                                                 "train_log.csv", "loss.png", "examples.png")]
+    files += [os.path.join(one_epoch["out"], n) for n in ("results.csv", "results.md", "config.yaml")]
+    for d, _, names in os.walk(one_epoch["protos"]):
+        files += [os.path.join(d, n) for n in names if n.endswith(".pt")]
+    assert len(files) > 9
+    for f in files:
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o664, f
+
+
+@pytest.mark.parametrize("change, key", [
+    ("seed=1", "seed: 0 -> 1"),
+    ("data.num_anomalies=2", "data.num_anomalies: 3 -> 2"),
+    ("model.head_widths=[8, 16, 32]", "model.head_widths"),
+    ("prototypes.ratio=0.5", "prototypes.ratio: 0.1 -> 0.5"),
+])
+def test_resume_with_other_settings_is_refused_before_anything_is_written(one_epoch, change, key, capsys):
+    before = _snapshot(one_epoch["out"])
+    args = tiny_overrides(one_epoch["root"], one_epoch["out"], one_epoch["protos"], epochs=1,
+                          extra=["train.resume=true", change])
+    assert train_script.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot resume" in err[0] and key in err[0], err
+    assert _snapshot(one_epoch["out"]) == before
+
+
+def test_resume_may_extend_the_schedule(one_epoch, capsys):
+    args = tiny_overrides(one_epoch["root"], one_epoch["out"], one_epoch["protos"], epochs=2,
+                          extra=["train.resume=true", "eval.topk=5"])
+    assert train_script.main(args) == 0
+    state = torch.load(os.path.join(one_epoch["out"], "tiny", "last.pt"), weights_only=True)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(one_epoch, capsys):
+    before = _snapshot(os.path.join(one_epoch["out"], "tiny"))
+    lock = RunLock(os.path.join(one_epoch["out"], "tiny")).acquire()  # another live run
+    try:
+        args = tiny_overrides(one_epoch["root"], one_epoch["out"], one_epoch["protos"], epochs=3,
+                              extra=["train.resume=true"])
+        assert train_script.main(args) == 2
+    finally:
+        lock.release()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "in use by another run" in err[0] and f"pid {os.getpid()}" in err[0], err
+    after = _snapshot(os.path.join(one_epoch["out"], "tiny"))
+    assert {k: v for k, v in after.items() if k != ".lock"} == {k: v for k, v in before.items() if k != ".lock"}
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["train.epochs=0"], "'train.epochs': expected >= 1"),
+    (["data.classes=[]"], "'data.classes': the list is empty"),
+    (["model.backbone=no_such_net"], "no_such_net"),
+    (["model.backbone_weights=BROKEN"], "weights.pth"),
+    (["train.device=gpu"], "'train.device': expected auto, cpu, cuda or mps or cuda:<index>"),
+])
+def test_bad_runs_are_one_line_and_exit_2_before_any_output(tiny_data, tmp_path, extra, fragment, capsys):
+    broken = tmp_path / "weights.pth"
+    broken.write_bytes(b"these are not weights")
+    extra = [e.replace("BROKEN", str(broken)) for e in extra]
+    out = tmp_path / "out"
+    args = tiny_overrides(tiny_data, str(out), str(tmp_path / "protos"), epochs=1)
+    args = [a for a in args if a.split("=")[0] not in {e.split("=")[0] for e in extra}] + extra
+    assert train_script.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and fragment in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("key, value", [(k, v) for k, values in CHOICES.items() for v in values])
+def test_every_documented_value_can_be_set_from_the_command_line(key, value):
+    for spelled in (value, f"'{value}'", f'"{value}"'):
+        assert get_key(load_config(None, [f"{key}={spelled}"]), key) == value
+
+
+def test_none_means_null_only_for_keys_that_may_be_null():
+    cfg = load_config(None, ["data.dtd_root=none", "output_dir=None", "model.backbone_weights=none"])
+    assert cfg.data.dtd_root is None and cfg.output_dir is None and cfg.model.backbone_weights == "none"
+    with pytest.raises(ConfigError, match="'train.epochs': expected an integer"):
+        load_config(None, ["train.epochs=none"])
