@@ -2,9 +2,10 @@
 
 A checkpoint holds tensors and plain Python types only, so `torch.load(..., weights_only=True)` opens it and
 no code from the file runs:
-    format, version, epoch, model (full state dict: backbone, prototypes, head), optimizer, scheduler, scaler,
-    rng (torch CPU/CUDA states as tensors), config (dict), prototype_meta (dict), threshold (float or None),
-    history (list of per-epoch dicts).
+    format, version, epoch, model (full state dict: backbone, prototypes, head), optimizer, scheduler,
+    rng (torch CPU/CUDA states as tensors), config (dict), prototype_meta (dict), threshold (float or None: the
+    decision threshold on the image score, stored when training finished) and threshold_rule (how it was chosen,
+    eval.threshold), history (list of per-epoch dicts).
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, cfg: Config, prototype_meta: dict,
-                    optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None, scaler: Any = None,
-                    threshold: Optional[float] = None, history: Optional[list] = None) -> None:
+                    optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None,
+                    threshold: Optional[float] = None, threshold_rule: Optional[str] = None,
+                    history: Optional[list] = None) -> None:
     """Write everything needed to resume or to predict, atomically (temporary file, then os.replace)."""
     from prnet.config import config_to_dict
 
@@ -50,11 +52,11 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, cfg: Confi
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_state(),
         "config": config_to_dict(cfg),
         "prototype_meta": dict(prototype_meta),
         "threshold": None if threshold is None else float(threshold),
+        "threshold_rule": threshold_rule,
         "history": list(history or []),
     }
     torch_save_atomic(state, path)

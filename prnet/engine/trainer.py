@@ -396,7 +396,7 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     threshold = decision_threshold(normal_out["scores"])
     save_checkpoint(os.path.join(out_dir, "last.pt"), model=run.model, epoch=cfg.train.epochs, cfg=cfg,
                     prototype_meta=bank.meta, optimizer=run.optimizer, scheduler=run.scheduler, threshold=threshold,
-                    history=run.history)
+                    threshold_rule=cfg.eval.threshold, history=run.history)
     metrics = {k: float(v) for k, v in
                compute_metrics(out["scores"], out["labels"], out["maps"], out["masks"]).items()}
     timings["test_ms_per_image"] = 1000.0 * timings["eval_s"] / max(1, len(test_set))

@@ -186,7 +186,8 @@ class Backbone(nn.Module):
             self.body.load_state_dict({k: state[k] for k in self.body.state_dict()}, strict=True)
 
     def train(self, mode: bool = True) -> "Backbone":
-        """Always eval: BatchNorm statistics of the frozen backbone never change (GUIDE pitfall 1)."""
+        """Always eval, whatever the parent module's mode: in training mode the frozen backbone's BatchNorm would
+        update its statistics and the features would drift away from the prototypes built with them."""
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
