@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         return 2
 
     from prnet.datasets import ensure_data
-    from prnet.datasets.mvtec import DatasetError, MVTEC, resolve_classes
+    from prnet.datasets.mvtec import DatasetError, MVTEC, format_args, resolve_classes
     from prnet.engine.trainer import TrainingError, check_outputs, output_root, train_category
 
     ctx, device = _init_distributed(cfg.train.device)
@@ -52,8 +52,8 @@ def main(argv=None) -> int:
             dist.barrier()
         classes = resolve_classes(cfg)
         for category in classes:  # cheap checks first: every category readable, no outputs in the way
-            MVTEC(cfg.data.root, category, "train", cfg.data.image_size)
-            MVTEC(cfg.data.root, category, "test", cfg.data.image_size)
+            MVTEC(cfg.data.root, category, "train", cfg.data.image_size, **format_args(cfg))
+            MVTEC(cfg.data.root, category, "test", cfg.data.image_size, **format_args(cfg))
             check_outputs(cfg, category)
     except (DatasetError, TrainingError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -73,7 +73,8 @@ def main(argv=None) -> int:
         for category in classes:
             results = train_category(cfg, category, device, ctx)
             if ctx.is_main:
-                rows.append({"category": category, **results["metrics"]})
+                # a metric the test set cannot define (e.g. pixel metrics without masks) is None: n/a in the table
+                rows.append({"category": category, **{k: results["metrics"].get(k) for k in report.METRIC_KEYS}})
                 table = report.write_results_tables(rows, out_root)
     except TrainingError as e:
         log.error("%s", e)

@@ -171,7 +171,7 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
     from prnet import metrics as prmetrics
     from prnet import report
     from prnet.datasets import build_test_dataset, build_train_dataset
-    from prnet.datasets.mvtec import MVTEC
+    from prnet.datasets.mvtec import MVTEC, format_args
     from prnet.losses import PRNetLoss
     from prnet.models.backbone import Backbone
     from prnet.models.prnet import build_model
@@ -305,7 +305,7 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
 
 
     # the decision threshold for predict.py, from normal training images only
-    normal_train = MVTEC(cfg.data.root, category, "train", image_hw(cfg))
+    normal_train = MVTEC(cfg.data.root, category, "train", image_hw(cfg), **format_args(cfg))
     normal_out = _gather_inference(model, normal_train, cfg, device, ctx)
     t_eval = time.time()
     out = _gather_inference(model, test_set, cfg, device, ctx)
