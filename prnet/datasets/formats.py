@@ -376,10 +376,13 @@ def read_folder(root: str, category: str, split: str, normal: str = "normal", ab
         raise DatasetError(f"no images in {abnormal_dir} nor in sub-folders of it: found {_found(abnormal_dir)}")
     for defect, sub in groups:
         if defect == "good":
-            raise DatasetError(f"{os.path.join(abnormal_dir, sub)}: a defect type cannot be named 'good'")
-        d = os.path.join(abnormal_dir, sub)
+            raise DatasetError(f"{os.path.join(abnormal_dir, sub)}: a defect type cannot be named 'good' (expected "
+                               f"another folder name)")
+        d = os.path.normpath(os.path.join(abnormal_dir, sub))
         files = _images(d)
-        masks = _folder_masks(_dir(os.path.join(mask_dir, sub), "format folder: masks of " + d), files, d) \
-            if mask_dir else {}
+        masks = {}
+        if mask_dir:
+            masks = _folder_masks(_dir(os.path.normpath(os.path.join(mask_dir, sub)), "format folder: masks of " + d),
+                                  files, d)
         samples += [Sample(os.path.join(d, f), masks.get(f), 1, defect, f"{defect}/{f}") for f in files]
     return samples
