@@ -328,7 +328,7 @@ FOLDER_KEYS = ["data.format=folder", "data.folder.test_normal=test_normal", "dat
 def demo_pair(tmp_path_factory):
     base = tmp_path_factory.mktemp("demo")
     mvtec_root, folder_root = str(base / "mvtec"), str(base / "folder")
-    make_demo_category(mvtec_root, "tiny", seed=1, size=64, n_train=24, n_test_good=8, n_test_bad=12)
+    make_demo_category(mvtec_root, "tiny", seed=1, size=64, n_train=10, n_test_good=4, n_test_bad=6)
     folder_copy(os.path.join(mvtec_root, "tiny"), os.path.join(folder_root, "tiny"))
     return mvtec_root, folder_root
 
