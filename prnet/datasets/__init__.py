@@ -235,7 +235,7 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
     n_perlin = int(round(cfg.synthesis.perlin_ratio * n))
     n_extended = int(round(cfg.synthesis.extended_ratio * n)) if anomalies else 0
     if cfg.data.num_anomalies > 0 and not shots:
-        log.warning("data.num_anomalies=%d but %s has no defective test images: no extended anomalies",
+        log.warning("data.num_anomalies=%d but %s has no defective test images with masks: no extended anomalies",
                     cfg.data.num_anomalies, os.path.join(cfg.data.root, category, "test"))
     textures = TextureSource(cfg.data.dtd_root, normal_images=_NormalPool(normal))
     colour = cfg.synthesis.texture_colour
