@@ -26,13 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     from prnet.datasets import ensure_data
-    from prnet.datasets.mvtec import MVTEC, DatasetError, resolve_classes
+    from prnet.datasets.mvtec import MVTEC, DatasetError, format_args, resolve_classes
     try:
         cfg = load_config(args.config, args.overrides)
         ensure_data(cfg)
         classes = resolve_classes(cfg)
         for category in classes:  # check the data now, before any heavy work
-            MVTEC(cfg.data.root, category, split="train", image_size=image_hw(cfg))
+            MVTEC(cfg.data.root, category, split="train", image_size=image_hw(cfg), **format_args(cfg))
         device = resolve_device(cfg.train.device)
     except (ConfigError, DatasetError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

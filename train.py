@@ -56,7 +56,7 @@ def _run(cfg, ctx, device, locks: list) -> int:
     import torch
 
     from prnet.datasets import ensure_data
-    from prnet.datasets.mvtec import DatasetError, MVTEC, resolve_classes
+    from prnet.datasets.mvtec import DatasetError, MVTEC, format_args, resolve_classes
     from prnet.engine.trainer import TrainingError, check_outputs, lock_category, output_root, train_category
     from prnet.models.backbone import Backbone
     from prnet.utils import LockedError
@@ -70,8 +70,8 @@ def _run(cfg, ctx, device, locks: list) -> int:
             dist.barrier()
         classes = resolve_classes(cfg)
         for category in classes:  # cheap checks first: every category readable, no outputs in the way
-            MVTEC(cfg.data.root, category, "train", cfg.data.image_size)
-            MVTEC(cfg.data.root, category, "test", cfg.data.image_size)
+            MVTEC(cfg.data.root, category, "train", cfg.data.image_size, **format_args(cfg))
+            MVTEC(cfg.data.root, category, "test", cfg.data.image_size, **format_args(cfg))
             check_outputs(cfg, category)
         torch.manual_seed(cfg.seed)  # a random-weights backbone (weights=none) is seeded too
         backbone = Backbone(cfg.model.backbone, cfg.model.backbone_weights, cfg.model.stages,
@@ -100,7 +100,8 @@ def _run(cfg, ctx, device, locks: list) -> int:
         for category in classes:
             results = train_category(cfg, category, device, ctx, backbone=backbone)
             if ctx.is_main:
-                rows.append({"category": category, **results["metrics"]})
+                # a metric the test set cannot define (e.g. pixel metrics without masks) is None: n/a in the table
+                rows.append({"category": category, **{k: results["metrics"].get(k) for k in report.METRIC_KEYS}})
                 table = report.write_results_tables(rows, out_root)
     except TrainingError as e:
         log.error("%s", e)

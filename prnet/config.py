@@ -25,10 +25,26 @@ class ConfigError(ValueError):
     """A bad config file, key or value. The message names the key and what was expected."""
 
 
+DATA_FORMATS = ("mvtec", "visa", "btad", "mpdd", "ksdd2", "dagm", "loco", "folder")
+
+
+@dataclass
+class FolderConfig:
+    """data.format folder: folders under <data.root>/<category> (or absolute paths); prnet/datasets/formats.py."""
+    normal: str = "normal"  # normal images (training, and the held-out share for testing)
+    abnormal: Optional[str] = "abnormal"  # defective test images, flat or in <type>/ sub-folders; null: none
+    mask: Optional[str] = None  # masks paired by stem (<stem>.<ext> or <stem>_mask.<ext>); null: image labels only
+    test_normal: Optional[str] = None  # normal test images; null: hold out test_fraction of `normal`
+    test_fraction: float = 0.2  # share of `normal` held out for testing (seeded by data.split_seed)
+
+
 @dataclass
 class DataConfig:
-    root: str = "/data/mvtec_anomaly_detection"  # MVTec-layout root: <root>/<category>/{train,test,ground_truth}
-    classes: Optional[list[str]] = None  # None: MVTEC.CLASSNAMES (prnet/datasets/mvtec.py)
+    # the data set's own top folder; for mvtec: <root>/<category>/{train,test,ground_truth}
+    root: str = "/data/mvtec_anomaly_detection"
+    format: str = "mvtec"  # the layout under root: mvtec | visa | btad | mpdd | ksdd2 | dagm | loco | folder
+    folder: FolderConfig = field(default_factory=FolderConfig)  # what format folder reads
+    classes: Optional[list[str]] = None  # None: MVTEC.CLASSNAMES for mvtec, else the format's own categories
     image_size: Union[int, list[int]] = 256  # int or [h, w]
     dtd_root: Optional[str] = "/data/dtd"  # DTD root (images/<class>/*.jpg or <class>/*.jpg); missing: fallback
     num_anomalies: int = 10  # real defective images per category used for training (0: unsupervised)
@@ -284,6 +300,18 @@ def validate(cfg: Config) -> None:
     sizes = size if isinstance(size, list) else [size]
     if any(s < 32 or s % 32 for s in sizes):
         raise ConfigError(f"config key 'data.image_size': every side must be a multiple of 32 (>= 32), got {size!r}")
+    if cfg.data.format not in DATA_FORMATS:
+        raise ConfigError(f"config key 'data.format': expected one of {', '.join(DATA_FORMATS)}, "
+                          f"got {cfg.data.format!r}")
+    folder = cfg.data.folder
+    if cfg.data.format == "folder":
+        if not folder.normal:
+            raise ConfigError("config key 'data.folder.normal': expected the folder of normal images")
+        if folder.mask and not folder.abnormal:
+            raise ConfigError("config key 'data.folder.mask': masks need data.folder.abnormal (the defective images)")
+        if folder.test_normal is None and not 0.0 < folder.test_fraction < 1.0:
+            raise ConfigError(f"config key 'data.folder.test_fraction': expected a share in (0, 1) (or set "
+                              f"data.folder.test_normal), got {folder.test_fraction}")
     if cfg.data.num_anomalies < 0:
         raise ConfigError("config key 'data.num_anomalies': expected >= 0")
     if cfg.data.few_shot is not None and len(cfg.data.few_shot) != cfg.data.num_anomalies:

@@ -218,23 +218,35 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
 
 
 def compute_metrics(scores: Any, labels: Any, maps: Any, masks: Any, fpr_limit: float = 0.3) -> dict[str, float]:
-    """The five metrics {image_auroc, image_ap, pixel_auroc, pixel_ap, aupro}; the pixel ones share one sort."""
+    """The five metrics {image_auroc, image_ap, pixel_auroc, pixel_ap, aupro}; the pixel ones share one sort.
+
+    Metrics that the test set cannot define are left out (never NaN), with one log line saying why: without a
+    defective image, all five; without a normal image, the image metrics; when no defective image has a mask
+    pixel (image-level labels only), the pixel metrics."""
     fpr_limit = _check_limit(fpr_limit)
     s, y = _scores_labels(scores, labels)
     m, g = _maps_masks(maps, masks)
     if s.shape[0] != m.shape[0]:
         raise ValueError(f"scores and maps: expected one score per map, got {s.shape[0]} scores "
                          f"and {m.shape[0]} maps")
-    s_neg, s_pos = np.sort(s[~y]), np.sort(s[y])
+    out: dict[str, float] = {}
+    if not y.any():
+        log.warning("the test set has no defective image: image and pixel metrics omitted (a normal-only test set)")
+        return out
+    if y.all():
+        log.warning("the test set has no normal image: image metrics omitted")
+    else:
+        s_neg, s_pos = np.sort(s[~y]), np.sort(s[y])
+        out["image_auroc"] = _auroc_sorted(s_neg, s_pos)
+        out["image_ap"] = _ap_sorted(s_neg, s_pos)
+    if not g[y].any():
+        log.info("no defective test image has a mask: pixel metrics omitted (image metrics only)")
+        return out
     neg = np.sort(m[~g])
     pos = m[g]
     pos_sorted = np.sort(pos)
     weights, n_regions = _region_weights(g)
-    pro = _aupro_sorted(neg, pos, weights, n_regions, fpr_limit)
-    return {
-        "image_auroc": _auroc_sorted(s_neg, s_pos),
-        "image_ap": _ap_sorted(s_neg, s_pos),
-        "pixel_auroc": _auroc_sorted(neg, pos_sorted),
-        "pixel_ap": _ap_sorted(neg, pos_sorted),
-        "aupro": pro,
-    }
+    out["pixel_auroc"] = _auroc_sorted(neg, pos_sorted)
+    out["pixel_ap"] = _ap_sorted(neg, pos_sorted)
+    out["aupro"] = _aupro_sorted(neg, pos, weights, n_regions, fpr_limit)
+    return out

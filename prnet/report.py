@@ -28,7 +28,9 @@ GT_COLOUR = (0, 255, 0)  # outline of the ground truth
 # ---------------------------------------------------------------------------------------------- tables
 def write_results_tables(rows: list[dict], out_dir: str, metric_keys: Sequence[str] = METRIC_KEYS) -> str:
     """Write out_dir/results.csv (full precision) and out_dir/results.md (3 decimals): one row per category
-    and a final 'mean' row (mean over the categories; nan if a category's value is nan). Returns the markdown."""
+    and a final 'mean' row (mean over the categories; nan if a category's value is nan). A value None is a
+    metric the category's test set cannot define (metrics.compute_metrics): an empty cell in the csv, 'n/a' in
+    the markdown, and the mean of that column is n/a too. Returns the markdown."""
     if not rows:
         raise ValueError(f"write_results_tables: no rows to write to {out_dir}")
     table: list[list[Any]] = []
@@ -38,17 +40,18 @@ def write_results_tables(rows: list[dict], out_dir: str, metric_keys: Sequence[s
         missing = [k for k in metric_keys if k not in row]
         if missing:
             raise ValueError(f"write_results_tables: category {row['category']!r} lacks {missing}")
-        table.append([str(row["category"])] + [_as_float(row[k]) for k in metric_keys])
-    means = [float(np.mean([r[i + 1] for r in table])) for i in range(len(metric_keys))]
+        table.append([str(row["category"])] + [None if row[k] is None else _as_float(row[k]) for k in metric_keys])
+    columns = [[r[i + 1] for r in table] for i in range(len(metric_keys))]
+    means = [None if None in col else float(np.mean(col)) for col in columns]
     table.append(["mean"] + means)
 
     header = ["category"] + list(metric_keys)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([r[0]] + [repr(v) for v in r[1:]] for r in table)
+    writer.writerows([r[0]] + ["" if v is None else repr(v) for v in r[1:]] for r in table)
     lines = ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * len(metric_keys)]
-    lines += ["| " + " | ".join([r[0]] + [f"{v:.3f}" for v in r[1:]]) + " |" for r in table]
+    lines += ["| " + " | ".join([r[0]] + ["n/a" if v is None else f"{v:.3f}" for v in r[1:]]) + " |" for r in table]
     markdown = "\n".join(lines) + "\n"
     _write_text(os.path.join(out_dir, "results.csv"), buf.getvalue())
     _write_text(os.path.join(out_dir, "results.md"), markdown)

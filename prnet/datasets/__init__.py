@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Sampler
 from ..config import Config, image_hw
 from ..utils import numpy_rng
 from .demo import make_demo_category
-from .mvtec import (MVTEC, DatasetError, Sample, load_mask, load_rgb, resolve_classes,
+from .mvtec import (MVTEC, DatasetError, Sample, format_args, load_mask, load_rgb, resolve_classes,
                     scan_split, select_few_shot)
 from .synthesis import estimate_foreground, extended_anomaly, is_greyscale, perlin_anomaly, swap_anomaly
 from .textures import TextureSource
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MVTEC", "DatasetError", "Sample", "TrainDataset", "EpochSampler", "TextureSource", "build_train_dataset",
            "build_test_dataset", "few_shot_names", "few_shot_samples", "ensure_data", "load_rgb", "load_mask",
-           "resolve_classes", "select_few_shot", "make_demo_category", "greyscale_category"]
+           "resolve_classes", "select_few_shot", "make_demo_category", "greyscale_category", "format_args"]
 
 KINDS = ("normal", "perlin", "swap", "extended")
 
@@ -168,16 +168,27 @@ class EpochSampler(Sampler):
 
 def few_shot_samples(cfg: Config, category: str) -> list[Sample]:
     """The real anomalies of `category` used for training (and removed from evaluation): the one split rule,
-    select_few_shot(test samples, data.num_anomalies, data.split_seed), or the names listed in data.few_shot."""
+    select_few_shot(test samples, data.num_anomalies, data.split_seed), or the names listed in data.few_shot.
+    Only defective images with a mask are candidates: without any (image-level labels only) the run uses
+    synthetic anomalies only, and every test image is evaluated."""
     if cfg.data.num_anomalies == 0:
         return []
-    samples = scan_split(cfg.data.root, category, "test")
+    samples = scan_split(cfg.data.root, category, "test", **format_args(cfg))
+    unmasked = sum(1 for s in samples if not s.has_mask)
+    samples = [s for s in samples if s.has_mask]
+    if unmasked and not any(s.label == 1 for s in samples):
+        log.info("%s: the %d defective test images have no masks: training uses synthetic anomalies only "
+                 "(data.num_anomalies=%d not used)", category, unmasked, cfg.data.num_anomalies)
+        if cfg.data.few_shot is not None:
+            raise DatasetError(f"data.few_shot names {', '.join(cfg.data.few_shot)}, but the defective test images "
+                               f"of {os.path.join(cfg.data.root, category)} have no masks (expected masks to train on)")
+        return []
     if cfg.data.few_shot is None:
         return select_few_shot(samples, cfg.data.num_anomalies, cfg.data.split_seed)
     defective = {s.name: s for s in samples if s.label == 1}
     missing = [n for n in cfg.data.few_shot if n not in defective]
     if missing:
-        raise DatasetError(f"data.few_shot names {', '.join(missing)}, not defective images of "
+        raise DatasetError(f"data.few_shot names {', '.join(missing)}, not defective images with masks of "
                            f"{os.path.join(cfg.data.root, category, 'test')} (expected '<defect>/<file>')")
     return [defective[n] for n in cfg.data.few_shot]
 
@@ -189,7 +200,8 @@ def few_shot_names(cfg: Config, category: str) -> list[str]:
 
 def build_test_dataset(cfg: Config, category: str) -> MVTEC:
     """The test split without the few-shot anomalies; `.excluded` lists their names."""
-    return MVTEC(cfg.data.root, category, "test", image_hw(cfg), exclude=few_shot_names(cfg, category))
+    return MVTEC(cfg.data.root, category, "test", image_hw(cfg), exclude=few_shot_names(cfg, category),
+                 **format_args(cfg))
 
 
 def greyscale_category(normal: MVTEC, max_images: int = 64) -> bool:
@@ -207,7 +219,7 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
     (resized, uint8) when `normal_hw_cache` and cfg.data.cache_images are both true."""
     hw = image_hw(cfg)
     cache = bool(normal_hw_cache and cfg.data.cache_images)
-    normal = MVTEC(cfg.data.root, category, "train", hw, cache=cache)
+    normal = MVTEC(cfg.data.root, category, "train", hw, cache=cache, **format_args(cfg))
     normal.preload()  # no-op without cache; with it, workers share the decoded images
     shots = few_shot_samples(cfg, category)
     anomalies = []
@@ -223,7 +235,7 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
     n_perlin = int(round(cfg.synthesis.perlin_ratio * n))
     n_extended = int(round(cfg.synthesis.extended_ratio * n)) if anomalies else 0
     if cfg.data.num_anomalies > 0 and not shots:
-        log.warning("data.num_anomalies=%d but %s has no defective test images: no extended anomalies",
+        log.warning("data.num_anomalies=%d but %s has no defective test images with masks: no extended anomalies",
                     cfg.data.num_anomalies, os.path.join(cfg.data.root, category, "test"))
     textures = TextureSource(cfg.data.dtd_root, normal_images=_NormalPool(normal))
     colour = cfg.synthesis.texture_colour
@@ -246,6 +258,10 @@ def ensure_data(cfg: Config) -> list[str]:
     the class). Returns the folders written."""
     written: list[str] = []
     if not cfg.data.generate_demo:
+        return written
+    if cfg.data.format != "mvtec":
+        log.info("data.generate_demo: the demo is written in the mvtec layout only; data.format is %s: nothing "
+                 "written", cfg.data.format)
         return written
     size = max(image_hw(cfg))
     for category in resolve_classes(cfg):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Collection, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Collection, NamedTuple, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -31,13 +31,25 @@ class DatasetError(ValueError):
     """Bad or missing data; the message names the path and what was expected or found."""
 
 
+MaskPath = Union[None, str, tuple[str, ...]]
+
+
 class Sample(NamedTuple):
-    """One image of a split. `name` is '<defect>/<filename>', unique within a split."""
+    """One image of a split. `name` is '<defect>/<filename>', unique within a split.
+
+    `mask_path`: None for normal images (their mask is all zeros) and for defective images that have no mask
+    (image-level label only: `has_mask` is False); a str, or a tuple of paths whose union is the mask.
+    """
     path: str
-    mask_path: Optional[str]
+    mask_path: MaskPath
     label: int  # 0 good, 1 defective
     defect: str  # 'good' for normal images
     name: str
+
+    @property
+    def has_mask(self) -> bool:
+        """True when the pixel ground truth is known: a normal image, or a defective one with a mask file."""
+        return self.label == 0 or self.mask_path is not None
 
 
 def as_hw(size: SizeLike) -> tuple[int, int]:
@@ -138,12 +150,22 @@ def load_rgb(path: str, hw: Optional[SizeLike] = None) -> np.ndarray:
     return np.clip(image, 0.0, 1.0)
 
 
-def load_mask(path: str, hw: Optional[SizeLike] = None) -> np.ndarray:
-    """Read a mask file as float32 H×W in {0, 1} (any non-zero pixel is defective), nearest-resized to `hw`."""
-    mask = _decode(path)
-    if mask.ndim == 3:
-        mask = mask[..., :3].max(axis=2) if mask.shape[2] >= 3 else mask[..., 0]
-    binary = (mask > 0).astype(np.uint8)
+def load_mask(path: Union[str, Sequence[str]], hw: Optional[SizeLike] = None) -> np.ndarray:
+    """Read a mask file (or several: their union) as float32 H×W in {0, 1}, nearest-resized to `hw`.
+
+    Any non-zero pixel is defective (class-id masks such as VisA's, 16-bit and RGB masks included)."""
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths:
+        raise DatasetError("load_mask: no mask file given")
+    binary = None
+    for p in paths:
+        mask = _decode(p)
+        if mask.ndim == 3:
+            mask = mask[..., :3].max(axis=2) if mask.shape[2] >= 3 else mask[..., 0]
+        if binary is not None and mask.shape != binary.shape:
+            raise DatasetError(f"mask file {p}: size {mask.shape[1]}x{mask.shape[0]} differs from "
+                               f"{paths[0]} ({binary.shape[1]}x{binary.shape[0]}); expected one size per image")
+        binary = (mask > 0).astype(np.uint8) if binary is None else binary | (mask > 0).astype(np.uint8)
     if hw is not None:
         binary = _resize(binary, as_hw(hw), nearest=True)
     return binary.astype(np.float32)
@@ -160,24 +182,40 @@ def _list_images(directory: str) -> list[str]:
     return images
 
 
-def _mask_index(gt_dir: str) -> dict[str, str]:
-    """stem -> mask path for every '<stem>_mask.<ext>' in `gt_dir` (png preferred when several)."""
+def _mask_index(gt_dir: str, suffix: str = "_mask") -> dict[str, str]:
+    """stem -> mask path for every '<stem><suffix>.<ext>' in `gt_dir` (png preferred when several)."""
     index: dict[str, str] = {}
     if not os.path.isdir(gt_dir):
         return index
     for name in sorted(os.listdir(gt_dir), key=lambda n: (os.path.splitext(n)[1].lower() != ".png", n)):
         stem, _ = os.path.splitext(name)
-        if is_image_file(name) and stem.endswith("_mask"):
-            index.setdefault(stem[: -len("_mask")], os.path.join(gt_dir, name))
+        if is_image_file(name) and stem.endswith(suffix) and os.path.isfile(os.path.join(gt_dir, name)):
+            index.setdefault(stem[: len(stem) - len(suffix)], os.path.join(gt_dir, name))
     return index
 
 
-def scan_split(root: str, category: str, split: str) -> list[Sample]:
-    """The samples of one split in sorted order, with every check of the layout (see the module docstring)."""
+def scan_split(root: str, category: str, split: str, format: str = "mvtec",
+               format_options: Optional[dict] = None) -> list[Sample]:
+    """The samples of one split of `category` in the layout `format` (mvtec: see the module docstring; the
+    others: prnet/datasets/formats.py), sorted, with every check of the layout. `format_options`: the
+    format's options (format_args(cfg) gives both from a config)."""
+    if format != "mvtec" or format_options:
+        from .formats import read_split  # imported here: formats builds on this module
+        return read_split(format, root, category, split, **(format_options or {}))
+    return scan_tree(root, category, split)
+
+
+def scan_tree(root: str, category: str, split: str, good: str = "good",
+              mask_index: Callable[[str], dict[str, Any]] = _mask_index, mask_hint: str = "<stem>_mask.png",
+              kind: str = "MVTec AD") -> list[Sample]:
+    """An MVTec-like tree: <root>/<category>/{train,test}/<defect or `good`>/<image>, the masks of
+    test/<defect>/<stem>.<ext> found by `mask_index(<root>/<category>/ground_truth/<defect>)` (stem -> path or
+    tuple of paths). Normal images get defect 'good' whatever `good` is named on disk."""
     if split not in ("train", "test"):
         raise DatasetError(f"split must be 'train' or 'test', got {split!r}")
     if not os.path.isdir(root):
-        raise DatasetError(f"data root {root} does not exist (expected <root>/<category>/train, test, ground_truth)")
+        raise DatasetError(f"data root {root} does not exist (expected the {kind} layout: "
+                           f"<root>/<category>/train, test, ground_truth)")
     cat_dir = os.path.join(root, category)
     if not os.path.isdir(cat_dir):
         found = sorted(n for n in os.listdir(root) if os.path.isdir(os.path.join(root, n)) and not n.startswith("."))
@@ -191,12 +229,12 @@ def scan_split(root: str, category: str, split: str) -> list[Sample]:
         log.warning("ignoring %d files directly in %s (images belong in <defect>/ folders): %s", len(loose),
                     split_dir, ", ".join(loose[:10]))
     if split == "train":
-        if "good" not in subdirs:
-            raise DatasetError(f"no 'good' folder in {split_dir}: found {_found(split_dir)}")
+        if good not in subdirs:
+            raise DatasetError(f"no '{good}' folder in {split_dir}: found {_found(split_dir)}")
         if len(subdirs) > 1:
-            log.warning("training uses only %s/good; ignoring %s", split_dir,
-                        ", ".join(d for d in subdirs if d != "good"))
-        subdirs = ["good"]
+            log.warning("training uses only %s/%s; ignoring %s", split_dir, good,
+                        ", ".join(d for d in subdirs if d != good))
+        subdirs = [good]
     elif not subdirs:
         raise DatasetError(f"no defect folders in {split_dir}: found {_found(split_dir)}")
     samples: list[Sample] = []
@@ -205,18 +243,21 @@ def scan_split(root: str, category: str, split: str) -> list[Sample]:
         files = _list_images(d)
         if not files:
             raise DatasetError(f"no images in {d}: found {_found(d)} (expected {', '.join(IMAGE_EXTENSIONS)})")
-        masks = {} if defect == "good" else _mask_index(os.path.join(cat_dir, "ground_truth", defect))
+        normal = defect == good
+        masks = {} if normal else mask_index(os.path.join(cat_dir, "ground_truth", defect))
         for f in files:
             stem = os.path.splitext(f)[0]
             mask_path = None
-            if defect != "good":
+            if not normal:
                 mask_path = masks.get(stem)
                 if mask_path is None:
                     gt_dir = os.path.join(cat_dir, "ground_truth", defect)
                     where = _found(gt_dir) if os.path.isdir(gt_dir) else "no such folder"
-                    raise DatasetError(f"no mask for {os.path.join(d, f)}: expected {gt_dir}/{stem}_mask.png "
+                    hint = mask_hint.replace("<stem>", stem)
+                    raise DatasetError(f"no mask for {os.path.join(d, f)}: expected {gt_dir}/{hint} "
                                        f"(or another image extension); {gt_dir} holds: {where}")
-            samples.append(Sample(os.path.join(d, f), mask_path, int(defect != "good"), defect, f"{defect}/{f}"))
+            name = "good" if normal else defect
+            samples.append(Sample(os.path.join(d, f), mask_path, int(not normal), name, f"{name}/{f}"))
     return samples
 
 
@@ -227,10 +268,11 @@ class MVTEC(Dataset):
                   'screw', 'tile', 'toothbrush', 'transistor', 'wood', 'zipper']
 
     def __init__(self, root: str, category: str, split: str = "train", image_size: SizeLike = 256,
-                 exclude: Collection[str] = (), cache: bool = False) -> None:
-        self.root, self.category, self.split = root, category, split
+                 exclude: Collection[str] = (), cache: bool = False, format: str = "mvtec",
+                 format_options: Optional[dict] = None) -> None:
+        self.root, self.category, self.split, self.format = root, category, split, format
         self.hw = as_hw(image_size)
-        samples = scan_split(root, category, split)
+        samples = scan_split(root, category, split, format, format_options)
         names = {s.name for s in samples}
         exclude = set(exclude)
         unknown = sorted(exclude - names)
@@ -283,10 +325,29 @@ class MVTEC(Dataset):
         return {"image": image, "mask": mask, "label": s.label, "path": s.path, "defect": s.defect}
 
 
+def format_args(cfg: Any) -> dict[str, Any]:
+    """{'format': cfg.data.format, 'format_options': ...}: the keyword arguments of scan_split and MVTEC that
+    read a config's data the way the config says (the folder format's options come from data.folder)."""
+    fmt = getattr(cfg.data, "format", "mvtec")
+    options: dict[str, Any] = {}
+    if fmt == "folder":
+        f = cfg.data.folder
+        options = {"normal": f.normal, "abnormal": f.abnormal, "mask": f.mask, "test_normal": f.test_normal,
+                   "test_fraction": f.test_fraction, "seed": cfg.data.split_seed}
+    return {"format": fmt, "format_options": options}
+
+
 def resolve_classes(cfg: Any) -> list[str]:
-    """cfg.data.classes, or MVTEC.CLASSNAMES (read now, so edits of the class attribute take effect)."""
+    """cfg.data.classes; else MVTEC.CLASSNAMES for format mvtec (read now, so edits of the class attribute take
+    effect), or the format's own category names (formats.categories)."""
     classes = cfg.data.classes
-    return list(classes) if classes is not None else list(MVTEC.CLASSNAMES)
+    if classes is not None:
+        return list(classes)
+    args = format_args(cfg)
+    if args["format"] == "mvtec":
+        return list(MVTEC.CLASSNAMES)
+    from .formats import categories
+    return categories(args["format"], cfg.data.root, **args["format_options"])
 
 
 def select_few_shot(samples: Sequence[Sample], num: int, seed: int) -> list[Sample]:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from prnet import report
 from prnet.config import Config, config_to_dict, dump_config, image_hw
 from prnet.datasets import EpochSampler, build_test_dataset, build_train_dataset
-from prnet.datasets.mvtec import MVTEC
+from prnet.datasets.mvtec import MVTEC, format_args
 from prnet.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from prnet.engine.evaluator import run_inference
 from prnet.losses import PRNetLoss
@@ -386,7 +386,7 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     figures. Returns the results (an empty dict on ranks other than 0)."""
     out_dir = os.path.join(output_root(cfg), category)
     fingerprints = _rank_fingerprints(run.model, ctx)  # a collective: every rank takes part
-    normal_train = MVTEC(cfg.data.root, category, "train", image_hw(cfg))
+    normal_train = MVTEC(cfg.data.root, category, "train", image_hw(cfg), **format_args(cfg))
     normal_out = _gather_inference(run.model, normal_train, cfg, device, ctx)
     t_eval = time.time()
     out = _gather_inference(run.model, test_set, cfg, device, ctx)

@@ -475,8 +475,8 @@ def check_training_images(bank: PrototypeBank, cfg: Config, category: str, path:
     """With prototypes.leave_one_out, the bank must know the cluster of each of `category`'s current training
     images, in order (PrototypeMismatchError naming `path` otherwise)."""
     if cfg.prototypes.leave_one_out:
-        from prnet.datasets.mvtec import scan_split  # imported here: the dataset package pulls in synthesis code
-        bank.check_sources([s.name for s in scan_split(cfg.data.root, category, "train")], path)
+        from prnet.datasets.mvtec import format_args, scan_split  # here: the dataset package pulls in synthesis code
+        bank.check_sources([s.name for s in scan_split(cfg.data.root, category, "train", **format_args(cfg))], path)
 
 
 def ensure_prototypes(cfg: Config, category: str, device: torch.device | str, force: bool = False,
@@ -503,11 +503,11 @@ def ensure_prototypes(cfg: Config, category: str, device: torch.device | str, fo
 def build_category_prototypes(cfg: Config, category: str, device: torch.device | str,
                               backbone: Optional[nn.Module] = None) -> PrototypeBank:
     """Build the bank of `category` from its normal training images and save it at prototype_path (atomic)."""
-    from prnet.datasets.mvtec import MVTEC  # imported here: the dataset package pulls in synthesis code
+    from prnet.datasets.mvtec import MVTEC, format_args  # imported here: the dataset package pulls in synthesis code
     from prnet.models.backbone import Backbone
 
     path = prototype_path(cfg, category)
-    dataset = MVTEC(cfg.data.root, category, split="train", image_size=image_hw(cfg))
+    dataset = MVTEC(cfg.data.root, category, split="train", image_size=image_hw(cfg), **format_args(cfg))
     if backbone is None:
         backbone = Backbone(cfg.model.backbone, cfg.model.backbone_weights, cfg.model.stages,
                             cfg.model.bottleneck_stage)
