@@ -154,6 +154,7 @@ class Config:
 # The documented values of every key that takes a word, in one place: validate() checks them and the tests set each
 # one from the command line. OPEN_CHOICES: keys that also take a free-form value (a path, a device index).
 CHOICES: dict[str, tuple[str, ...]] = {
+    "data.format": DATA_FORMATS,
     "model.backbone_weights": ("hub", "package", "none"),
     "prototypes.residual": ("squared", "abs"),
     "synthesis.texture_colour": ("auto", "rgb", "grey"),
@@ -300,9 +301,6 @@ def validate(cfg: Config) -> None:
     sizes = size if isinstance(size, list) else [size]
     if any(s < 32 or s % 32 for s in sizes):
         raise ConfigError(f"config key 'data.image_size': every side must be a multiple of 32 (>= 32), got {size!r}")
-    if cfg.data.format not in DATA_FORMATS:
-        raise ConfigError(f"config key 'data.format': expected one of {', '.join(DATA_FORMATS)}, "
-                          f"got {cfg.data.format!r}")
     folder = cfg.data.folder
     if cfg.data.format == "folder":
         if not folder.normal:
