@@ -71,6 +71,9 @@ def read_image(item: ImageInput) -> np.ndarray:
         array, what = _pil_to_array(item), f"PIL image (mode {item.mode})"
     else:
         raise TypeError(f"expected a file path, a PIL image or a numpy array, got {type(item).__name__}")
+    if array.ndim not in (2, 3) or (array.ndim == 3 and not 1 <= array.shape[2] <= 4):
+        raise DatasetError(f"{what}: expected H×W or H×W×C with C in 1-4 (channels last), or a list or an N×H×W×C "
+                           f"array for several images")
     if np.issubdtype(array.dtype, np.floating) and array.size:
         lo, hi = float(np.min(array)), float(np.max(array))
         if not (lo >= -1e-3 and hi <= 1 + 1e-3):  # also catches NaN

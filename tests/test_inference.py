@@ -119,8 +119,9 @@ def test_threshold_stored_given_or_absent(ckpt, detector, files):
 def test_bad_inputs_are_named(detector, tmp_path):
     with pytest.raises(DatasetError, match=r"float pixels must lie in \[0, 1\]"):
         detector.predict(np.full((20, 20, 3), 200.0))
-    with pytest.raises(DatasetError, match="unsupported shape"):
-        detector.predict(np.zeros(20))
+    for shape in ((20,), (3, 20, 20), (4, 20, 20)):  # not H×W(×C): channels first, or a grey stack
+        with pytest.raises(DatasetError, match=r"expected H×W or H×W×C with C in 1-4"):
+            detector.predict(np.zeros(shape, np.uint8))
     with pytest.raises(TypeError, match="expected a file path, a PIL image or a numpy array, got dict"):
         detector.predict({"image": 1})
     broken = tmp_path / "broken.png"
