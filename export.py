@@ -4,11 +4,14 @@
 
 Input `image`: N×3×H×W float32 RGB in [0, 1] at the training size (normalisation is inside the graph).
 Outputs `anomaly_map`: N×1×H×W in [0, 1] (smoothed as in evaluation), `score`: N image scores. The batch axis is
-dynamic. Exit codes: 0 written, 2 bad checkpoint.
+dynamic. The model's metadata_props record, as JSON text, `threshold` (null if the checkpoint stores none),
+`threshold_rule`, `image_size` ([h, w]), `topk`, `sigma`, `category`, `backbone` and `epoch`: a decision is
+`score >= threshold`, as in predict.py. Exit codes: 0 written, 2 bad checkpoint.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -31,24 +34,51 @@ class ExportModule(torch.nn.Module):
         return maps, image_scores(maps, self.topk)
 
 
+def onnx_metadata(cfg, state: dict) -> dict[str, str]:
+    """The ONNX file's metadata_props: what a user of the graph needs to score and decide like predict.py.
+    Values are JSON text (a threshold of null: the checkpoint stores none)."""
+    from prnet.config import image_hw
+    from prnet.inference import DEFAULT_THRESHOLD_RULE
+
+    threshold = state.get("threshold")
+    values = {
+        "threshold": None if threshold is None else float(threshold),
+        "threshold_rule": None if threshold is None else (state.get("threshold_rule") or DEFAULT_THRESHOLD_RULE),
+        "image_size": list(image_hw(cfg)),
+        "topk": int(cfg.eval.topk),
+        "sigma": float(cfg.eval.sigma),
+        "category": state.get("prototype_meta", {}).get("category"),
+        "backbone": cfg.model.backbone,
+        "epoch": int(state.get("epoch", 0)),
+    }
+    return {k: json.dumps(v) for k, v in values.items()}
+
+
 def export_onnx(checkpoint: str, out: str, opset: int = 17) -> None:
+    import onnx
+
     from prnet.config import image_hw
     from prnet.engine.checkpoint import model_from_checkpoint
     from prnet.utils import atomic_write
 
-    model, cfg, _ = model_from_checkpoint(checkpoint, torch.device("cpu"))
+    model, cfg, state = model_from_checkpoint(checkpoint, torch.device("cpu"))
     module = ExportModule(model, cfg.eval.sigma, cfg.eval.topk).eval()
     h, w = image_hw(cfg)
     example = torch.rand(2, 3, h, w)
+    metadata = onnx_metadata(cfg, state)
 
     def write(tmp: str) -> None:
         torch.onnx.export(
             module, (example,), tmp, input_names=["image"], output_names=["anomaly_map", "score"],
             dynamic_axes={"image": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}},
             opset_version=opset, dynamo=False)
+        graph = onnx.load(tmp)
+        onnx.helper.set_model_props(graph, metadata)
+        onnx.save(graph, tmp)
 
     atomic_write(out, write)
-    log.info("wrote %s (input image N×3×%d×%d in [0,1])", out, h, w)
+    log.info("wrote %s (input image N×3×%d×%d in [0,1]; metadata %s)", out, h, w,
+             ", ".join(f"{k}={v}" for k, v in metadata.items()))
 
 
 def main(argv=None) -> int:

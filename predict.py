@@ -2,13 +2,19 @@
 
     python predict.py --checkpoint outputs/demo/demo/last.pt --input path/to/images --output predictions/
     python predict.py --checkpoint last.pt --input 'line3/*.png' --output out/ --threshold 0.4
+    python predict.py --checkpoint last.pt --input a.png b.jpg more/ --output out/
 
-For each image: an image score and a PNG with the image, the heat map and an overlay with the predicted region
-outlined; plus `scores.csv` (path, score, anomalous). Images of any size and mode are converted to RGB and resized
-to the training size. The default threshold is the one stored in the checkpoint at training time: the highest
-image score of the category's normal training images (no test labels involved).
+For each image: an image score and a PNG with the image, the heat map (at the image's own resolution) and an
+overlay with the predicted region outlined; plus `scores.csv` (path, score, anomalous, figure). Images of any size
+and mode are converted to RGB and scored at the training size. The default threshold is the one stored in the
+checkpoint at training time (for the rule `max_train_score`: the highest image score of the category's normal
+training images; no test labels involved).
 
-Exit codes: 0 all images scored, 1 some images could not be read (reported, the rest still processed),
+Picture names: the input's path relative to a root, with `.png` appended (`good/000.jpg` -> `good/000.jpg.png`),
+in the same sub-folders under --output. The root is the folder when --input is one folder, else the deepest
+folder holding every input file (a glob or several files). Distinct inputs never share a picture.
+
+Exit codes: 0 all images scored, 1 some images could not be read (listed on stderr, the rest still processed),
 2 bad arguments, checkpoint or empty input.
 """
 from __future__ import annotations
@@ -20,13 +26,11 @@ import logging
 import os
 import sys
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
-log = logging.getLogger("predict")
+from prnet.datasets.mvtec import IMAGE_EXTENSIONS, is_image_file
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+log = logging.getLogger("predict")
 
 
 def collect_inputs(spec: str) -> list[str]:
@@ -34,8 +38,7 @@ def collect_inputs(spec: str) -> list[str]:
     if os.path.isfile(spec):
         return [spec]
     if os.path.isdir(spec):
-        files = [os.path.join(d, f) for d, _, names in os.walk(spec) for f in names
-                 if f.lower().endswith(IMAGE_EXTENSIONS)]
+        files = [os.path.join(d, f) for d, _, names in os.walk(spec) for f in names if is_image_file(f)]
         if not files:
             raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {spec}")
         return sorted(files)
@@ -45,80 +48,100 @@ def collect_inputs(spec: str) -> list[str]:
     return files
 
 
-def output_name(path: str, root: str) -> str:
-    """A unique PNG name per input: its path relative to the input root, '/' replaced by '__'."""
-    rel = os.path.relpath(path, root) if root else os.path.basename(path)
-    stem = os.path.splitext(rel)[0].replace(os.sep, "__").replace("..", "up")
-    return stem + ".png"
+def collect_all(specs: list[str]) -> tuple[list[str], str]:
+    """Every file of every spec, each once, in order; and the root their picture names are relative to."""
+    files, seen = [], set()
+    for spec in specs:
+        for f in collect_inputs(spec):
+            key = os.path.realpath(f)
+            if key not in seen:
+                seen.add(key)
+                files.append(f)
+    if len(specs) == 1 and os.path.isdir(specs[0]):
+        return files, os.path.abspath(specs[0])
+    return files, os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+
+
+def figure_names(files: list[str], root: str) -> list[str]:
+    """One picture name per file, relative to the output folder: the file's path below `root` plus '.png'.
+
+    Names are unique even where the file system ignores case ('A.png' and 'a.png' get '~2' on the second)."""
+    names, taken = [], set()
+    for f in files:
+        rel = os.path.relpath(os.path.abspath(f), root).replace(os.sep, "/")
+        name, k = rel + ".png", 1
+        while name.casefold() in taken:
+            k += 1
+            name = f"{rel}~{k}.png"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
 
 
 def main(argv=None) -> int:
-    from prnet.utils import resolve_device, setup_logging
+    from prnet.utils import setup_logging
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="last.pt written by train.py")
-    p.add_argument("--input", required=True, help="an image file, a folder, or a glob pattern (quote it)")
+    p.add_argument("--input", required=True, nargs="+",
+                   help="image files, folders, or glob patterns (quote them)")
     p.add_argument("--output", required=True, help="folder for the PNGs and scores.csv")
     p.add_argument("--threshold", type=float, help="decision threshold on the image score (default: checkpoint's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, ...")
     args = p.parse_args(argv)
     setup_logging()
+    if args.batch_size < 1:
+        print(f"error: --batch-size: expected a positive integer, got {args.batch_size}", file=sys.stderr)
+        return 2
 
     from prnet import report
-    from prnet.datasets.mvtec import load_rgb
-    from prnet.engine.checkpoint import CheckpointError, model_from_checkpoint
-    from prnet.engine.evaluator import predict_maps
+    from prnet.engine.checkpoint import CheckpointError
+    from prnet.inference import load_detector, read_image
     from prnet.utils import atomic_write
 
     try:
-        files = collect_inputs(args.input)
+        files, root = collect_all(args.input)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    device = resolve_device(args.device)
     try:
-        model, cfg, state = model_from_checkpoint(args.checkpoint, device)
+        detector = load_detector(args.checkpoint, args.device, threshold=args.threshold)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    threshold = args.threshold if args.threshold is not None else state.get("threshold")
+    threshold = detector.threshold
     if threshold is None:
         print(f"error: {args.checkpoint} stores no decision threshold (training did not finish): pass --threshold",
               file=sys.stderr)
         return 2
-    from prnet.config import image_hw
-
-    hw = image_hw(cfg)
-    root = args.input if os.path.isdir(args.input) else ""
+    names = figure_names(files, root)
     os.makedirs(args.output, exist_ok=True)
-    log.info("%d image(s), threshold %.4f, device %s", len(files), threshold, device)
+    log.info("%d image(s), threshold %.4f (%s), device %s", len(files), threshold, detector.threshold_rule,
+             detector.device)
 
     rows, failed = [], []
     for start in tqdm(range(0, len(files), args.batch_size), desc="predict"):
         chunk, images = [], []
-        for path in files[start:start + args.batch_size]:
+        for path, name in zip(files[start:start + args.batch_size], names[start:start + args.batch_size]):
             try:
-                images.append(load_rgb(path, hw))
-                chunk.append(path)
+                images.append(read_image(path))
+                chunk.append((path, name))
             except Exception as e:  # report and go on with the others
                 log.error("cannot read %s: %s", path, e)
                 failed.append(path)
         if not chunk:
             continue
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().to(device)
-        maps, scores = predict_maps(model, batch, cfg)
-        maps, scores = maps[:, 0].cpu().numpy(), scores.cpu().numpy()
-        for path, image, amap, score in zip(chunk, images, maps, scores):
-            anomalous = bool(score >= threshold)
+        for (path, name), image, r in zip(chunk, images, detector.predict(images)):
             report.save_prediction_figure(
-                os.path.join(args.output, output_name(path, root)), image, amap, threshold, float(score),
-                f"{os.path.basename(path)}: {'ANOMALOUS' if anomalous else 'normal'}")
-            rows.append({"path": path, "score": f"{score:.6f}", "anomalous": "yes" if anomalous else "no"})
+                os.path.join(args.output, *name.split("/")), image, r.anomaly_map, threshold, r.score,
+                f"{os.path.basename(path)}: {'ANOMALOUS' if r.anomalous else 'normal'}")
+            rows.append({"path": path, "score": f"{r.score:.6f}", "anomalous": "yes" if r.anomalous else "no",
+                         "figure": name})
 
     def write_csv(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["path", "score", "anomalous"])
+            writer = csv.DictWriter(fh, fieldnames=["path", "score", "anomalous", "figure"])
             writer.writeheader()
             writer.writerows(rows)
 

@@ -233,7 +233,7 @@ def run(args: argparse.Namespace, workdir: str) -> dict:
             model.backbone(images)
 
     def inference() -> None:
-        predict_maps(model, images, cfg)
+        predict_maps(model, images, topk=cfg.eval.topk, sigma=cfg.eval.sigma, amp=cfg.train.amp)
 
     n_img = args.steps * args.batch
     log.info("training: %d steps of batch %d", args.steps, args.batch)

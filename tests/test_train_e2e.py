@@ -164,7 +164,7 @@ def test_predict_scores_images_and_reports_unreadable_ones(trained, tmp_path):
     n_images = sum(len(files) for _, _, files in os.walk(os.path.join(trained["root"], "tiny", "test")))
     assert len(rows) == n_images
     assert all(r["anomalous"] in ("yes", "no") for r in rows)
-    pngs = [f for f in os.listdir(out) if f.endswith(".png")]
+    pngs = [f for _, _, names in os.walk(out) for f in names if f.endswith(".png")]  # pictures mirror sub-folders
     assert len(pngs) == n_images
     # defective images score higher on average than good ones
     good = [float(r["score"]) for r in rows if "/good/" in r["path"]]
@@ -196,7 +196,7 @@ def test_onnx_export_matches_pytorch(trained, tmp_path):
     assert export_script.main(["--checkpoint", ckpt, "--out", onnx_path]) == 0
     model, cfg, _ = model_from_checkpoint(ckpt, torch.device("cpu"))
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # batch 3: the axis is dynamic
-    maps, scores = predict_maps(model, x, cfg)
+    maps, scores = predict_maps(model, x, topk=cfg.eval.topk, sigma=cfg.eval.sigma)
     session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     onnx_maps, onnx_scores = session.run(None, {"image": x.numpy()})
     assert onnx_maps.shape == (3, 1, 64, 64)

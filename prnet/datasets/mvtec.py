@@ -97,8 +97,8 @@ def _decode(path: str) -> np.ndarray:
     return image
 
 
-def _to_unit_float(image: np.ndarray, path: str) -> np.ndarray:
-    """Scale integer or float pixels to float32 [0, 1] by the dtype's range."""
+def _to_unit_float(image: np.ndarray, what: str) -> np.ndarray:
+    """Scale integer or float pixels to float32 [0, 1] by the dtype's range (`what` names the image in errors)."""
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255.0
     if image.dtype == np.uint16:
@@ -110,7 +110,7 @@ def _to_unit_float(image: np.ndarray, path: str) -> np.ndarray:
     if np.issubdtype(image.dtype, np.integer):
         info = np.iinfo(image.dtype)
         return np.clip(image.astype(np.float32) / float(info.max), 0.0, 1.0)
-    raise DatasetError(f"image file {path}: unsupported pixel type {image.dtype}")
+    raise DatasetError(f"{what}: unsupported pixel type {image.dtype}")
 
 
 def _resize(image: np.ndarray, hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
@@ -130,10 +130,12 @@ def _resize(image: np.ndarray, hw: tuple[int, int], nearest: bool = False) -> np
     return out
 
 
-def load_rgb(path: str, hw: Optional[SizeLike] = None) -> np.ndarray:
-    """Read any image file as RGB float32 H×W×3 in [0, 1], resized to `hw` (int or (h, w)) unless None."""
-    image = _decode(path)
-    image = _to_unit_float(image, path)
+def to_rgb(image: np.ndarray, hw: Optional[SizeLike] = None, what: str = "image array",
+           bgr: bool = False) -> np.ndarray:
+    """A decoded image array (H×W or H×W×C: grey, grey+alpha, colour, colour+alpha; uint8, uint16, bool, other
+    integers or float in [0, 1]) as RGB float32 H×W×3 in [0, 1], resized to `hw` (int or (h, w)) unless
+    None. Alpha is dropped. `bgr`: colour channels in OpenCV's B, G, R order; `what` names the image in errors."""
+    image = _to_unit_float(np.asarray(image), what)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     elif image.ndim == 3 and image.shape[2] == 1:
@@ -141,13 +143,18 @@ def load_rgb(path: str, hw: Optional[SizeLike] = None) -> np.ndarray:
     elif image.ndim == 3 and image.shape[2] == 2:  # grey + alpha
         image = np.repeat(image[..., :1], 3, axis=2)
     elif image.ndim == 3 and image.shape[2] >= 3:
-        image = image[..., 2::-1]  # BGR(A) -> RGB, alpha dropped
+        image = image[..., 2::-1] if bgr else image[..., :3]
     else:
-        raise DatasetError(f"image file {path}: unsupported shape {image.shape}")
+        raise DatasetError(f"{what}: unsupported shape {image.shape} (expected H×W or H×W×C)")
     image = np.ascontiguousarray(image, dtype=np.float32)
     if hw is not None:
         image = _resize(image, as_hw(hw))
     return np.clip(image, 0.0, 1.0)
+
+
+def load_rgb(path: str, hw: Optional[SizeLike] = None) -> np.ndarray:
+    """Read any image file as RGB float32 H×W×3 in [0, 1], resized to `hw` (int or (h, w)) unless None."""
+    return to_rgb(_decode(path), hw, f"image file {path}", bgr=True)
 
 
 def load_mask(path: Union[str, Sequence[str]], hw: Optional[SizeLike] = None) -> np.ndarray:

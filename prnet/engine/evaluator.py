@@ -46,14 +46,17 @@ def image_scores(maps: torch.Tensor, topk: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_maps(model: torch.nn.Module, images: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smoothed anomaly maps (N×1×H×W, float32 in [0,1]) and image scores for a batch of [0,1] images."""
+def predict_maps(model: torch.nn.Module, images: torch.Tensor, *, topk: int, sigma: float,
+                 amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smoothed anomaly maps (N×1×H×W, float32 in [0,1]) and image scores for a batch of [0,1] images.
+
+    topk, sigma: eval.topk and eval.sigma; amp: train.amp (bf16 autocast, used on CUDA only)."""
     device = images.device
-    use_amp = cfg.train.amp and device.type == "cuda"
+    use_amp = amp and device.type == "cuda"
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
         logits = model(images)
-    maps = gaussian_smooth(torch.sigmoid(logits.float()), cfg.eval.sigma)
-    return maps, image_scores(maps, cfg.eval.topk)
+    maps = gaussian_smooth(torch.sigmoid(logits.float()), sigma)
+    return maps, image_scores(maps, topk)
 
 
 @torch.no_grad()
@@ -69,7 +72,7 @@ def run_inference(model: torch.nn.Module, dataset: Dataset, cfg: Config, device:
         images = batch["image"].to(device, non_blocking=True)
         if cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        m, s = predict_maps(model, images, cfg)
+        m, s = predict_maps(model, images, topk=cfg.eval.topk, sigma=cfg.eval.sigma, amp=cfg.train.amp)
         maps.append(m[:, 0].cpu().numpy())
         scores.append(s.cpu().numpy())
         labels.append(batch["label"].numpy())
