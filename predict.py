@@ -7,7 +7,7 @@
 For each image: an image score and a PNG with the image, the heat map (at the image's own resolution) and an
 overlay with the predicted region outlined; plus `scores.csv` (path, score, anomalous, figure). Images of any size
 and mode are converted to RGB and scored at the training size. The default threshold is the one stored in the
-checkpoint at training time (for the rule `max_train_score`: the highest image score of the category's normal
+checkpoint at training time (for the rule `train_max`: the highest image score of the category's normal
 training images; no test labels involved).
 
 Picture names: the input's path relative to a root, with `.png` appended (`good/000.jpg` -> `good/000.jpg.png`),

@@ -29,7 +29,7 @@ from prnet.engine.checkpoint import model_from_checkpoint
 from prnet.engine.evaluator import predict_maps
 from prnet.utils import resolve_device
 
-DEFAULT_THRESHOLD_RULE = "max_train_score"  # the rule of checkpoints that do not name theirs
+DEFAULT_THRESHOLD_RULE = "train_max"  # the rule of checkpoints that do not name theirs
 GIVEN_THRESHOLD_RULE = "given"  # a threshold passed by the caller
 
 ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Any]  # Any: a PIL image
