@@ -1,17 +1,14 @@
 """benchmarks/proxy_validation.py: the validation category is made of training data only, and nothing leaks."""
 import argparse
 import os
-import sys
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-
-from proxy_validation import (EXTENDED, IN_CONTEXT, PERLIN, SWAP, add_in_context_subset,  # noqa: E402
+from proxy_validation import (EXTENDED, IN_CONTEXT, PERLIN, SWAP, add_in_context_subset,
                               add_swap_subset, band_mask, build_proxy, extended_sources, overrides, score_table)
-from prnet.config import load_config  # noqa: E402
-from prnet.datasets import (build_test_dataset, build_train_dataset, few_shot_names, load_mask,  # noqa: E402
+from prnet.config import load_config
+from prnet.datasets import (build_test_dataset, build_train_dataset, few_shot_names, load_mask,
                             load_rgb, make_demo_category, scan_split, select_few_shot)
 
 

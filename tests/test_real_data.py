@@ -1,14 +1,11 @@
 """benchmarks/real_data.py: per-defect-type metrics and the printed tables."""
 import os
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-
-from real_data import markdown, markdown_per_defect, per_defect  # noqa: E402
-from prnet.metrics import compute_metrics  # noqa: E402
+from real_data import markdown, markdown_per_defect, per_defect
+from prnet.metrics import compute_metrics
 
 
 def test_per_defect_scores_each_type_against_all_normals():
