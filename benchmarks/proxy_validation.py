@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 
-from real_data import parse_seeds, parse_size, train_script, value, write_json
+from real_data import parse_seeds, parse_size, spread, train_script, value, write_json
 
 log = logging.getLogger("proxy_validation")
 
@@ -176,8 +176,8 @@ def build_proxy(data: str, dtd: str, out: str, holdout: float, val_classes: int,
         img, mask = extended_anomaly(image, d_img, d_mask, numpy_rng(seed, 0xE47D, k))
         _save_rgb(os.path.join(cat, "test", EXTENDED, stem + ".png"), img)
         _save_mask(os.path.join(cat, "ground_truth", EXTENDED, stem + "_mask.png"), mask)
-    info = {"made_from": made_from, "category": category, "seed": seed, "fit_normals": len(fit), "held_out_normals": len(held),
-            "fit_textures": fit_tex, "val_textures": val_tex,
+    info = {"made_from": made_from, "category": category, "seed": seed, "fit_normals": len(fit),
+            "held_out_normals": len(held), "fit_textures": fit_tex, "val_textures": val_tex,
             "train_shots": [s.name for s in train_shots], "val_shots": [s.name for s in val_shots]}
     write_json(info_path, info)
     info = {**info, "root": proxy_root, "dtd_fit": os.path.join(proxy_root, "dtd_fit")}
@@ -391,18 +391,15 @@ def summary_lines(row: dict) -> list[str]:
 
 
 def seed_summary(rows: list[dict]) -> dict:
-    """variant -> {seeds, metrics: {"<subset>|sigma=<s>": {metric: {mean, std}}}} over the variant's rows (std:
-    sample standard deviation, ddof 1; 0 for one seed)."""
+    """variant -> {seeds, metrics: {"<subset>|sigma=<s>": {metric: {mean, std, min, max}}}} over the variant's rows
+    (std: sample standard deviation, ddof 1; 0 for one seed)."""
     out: dict = {}
     for name in dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == name]
         metrics = {}
         for key in rs[0]["metrics"]:
             if all(key in r["metrics"] for r in rs):
-                metrics[key] = {}
-                for m in rs[0]["metrics"][key]:
-                    v = np.array([r["metrics"][key][m] for r in rs], dtype=np.float64)
-                    metrics[key][m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+                metrics[key] = {m: spread([r["metrics"][key][m] for r in rs]) for m in rs[0]["metrics"][key]}
         out[name] = {"seeds": [r.get("seed", 0) for r in rs], "metrics": metrics}
     return out
 

@@ -16,12 +16,13 @@ mean ± the sample standard deviation (ddof 1) over the seeds per data set, meth
 holds every per-seed row and min/max as well. `--set key=value` (repeatable) passes config overrides to every PRNet
 run (e.g. `--set data.format=visa --set eval.topk=50`).
 
-Runs are kept under <out>/runs/<data set>/<method>-seed<S>-<key>, the key a hash of the run's settings (eval.* and
-train.workers aside: they change no trained weight). A finished run is reused, an interrupted one resumes from its
-last epoch; its evaluation on the common test set is stored next to it, keyed by the evaluation settings and the
-test images, and reused as well. Changing a setting gives a new run folder, never a mixed one.
+Runs are kept under <out>/runs/<data set>/<method>-seed<S>-<key>, the key a hash of the run's resolved config (the
+defaults included; eval.*, train.workers and the output folders aside: they change no trained weight). A finished
+run is reused, an interrupted one resumes from its last epoch; its evaluation on the common test set is stored next
+to it, keyed by the evaluation settings and the test images, and reused as well. Changing a setting gives a new run
+folder, never a mixed one.
 
-`--rescore` trains nothing: it evaluates the finished PRNet runs of the settings given with the evaluation settings
+`--rescore` trains no PRNet: it evaluates the finished PRNet runs of the settings given with the evaluation settings
 given now (`--set eval.sigma=4`) and writes <out>/real_data_rescore.json.
 """
 from __future__ import annotations
@@ -49,7 +50,6 @@ COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
 HEADERS = ("image AUROC", "image AP", "pixel AUROC", "pixel AP", "AUPRO")
 BASELINE = "PatchCore-style baseline"
 BASELINE_SETTINGS = "stages 2-3, 3x3 avg, greedy coreset 10 % of 200k randomly drawn patches, sigma 4, max"
-NOT_IN_KEY = ("eval.", "train.workers=")  # overrides that change no trained weight
 _TRAIN_SCRIPT = None
 
 
@@ -141,6 +141,17 @@ def prnet_overrides(args, ds: DataSet, shots: int, seed: int, run_dir: str | Non
     return ov
 
 
+def training_config(overrides: list[str]) -> dict:
+    """The resolved config of a run as plain types, without what changes no trained weight (the run key)."""
+    from prnet.config import config_to_dict, load_config
+
+    cfg = config_to_dict(load_config(None, overrides))
+    del cfg["eval"], cfg["output_dir"], cfg["prototypes"]["dir"]
+    for key in ("workers", "resume", "overwrite"):
+        del cfg["train"][key]
+    return cfg
+
+
 def run_dir_for(args, ds: DataSet, method: str, seed: int, settings: dict) -> str:
     return os.path.join(os.path.abspath(args.out), "runs", ds.label.replace("/", "__"),
                         f"{method}-seed{seed}-{short_hash(settings)}")
@@ -204,9 +215,8 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
     from prnet.engine.evaluator import evaluate
 
     method = f"prnet{shots}"
-    base = prnet_overrides(args, ds, shots, seed)
-    settings = {"method": method, "data": ds._asdict(),
-                "overrides": [o for o in base if not o.startswith(NOT_IN_KEY)]}
+    settings = {"method": method, "data": ds._asdict(), "config": training_config(prnet_overrides(args, ds, shots,
+                                                                                                 seed))}
     run_dir = run_dir_for(args, ds, method, seed, settings)
     claim_run_dir(run_dir, settings)
     ov = prnet_overrides(args, ds, shots, seed, run_dir)
@@ -305,6 +315,13 @@ def per_defect(scores, labels, maps, masks, test) -> dict:
     return out
 
 
+def spread(values) -> dict:
+    """mean, std (sample standard deviation, ddof 1; 0 for one value), min and max of `values`."""
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "min": float(v.min()),
+            "max": float(v.max())}
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
     """One entry per (data set, method), in the order first seen: the seeds, and mean, std (sample, ddof 1; 0 for
     one seed), min and max of each metric, of train_min and test_ms_per_image."""
@@ -315,9 +332,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for (dataset, method), rs in groups.items():
         entry = {"dataset": dataset, "method": method, "seeds": [r["seed"] for r in rs]}
         for k in (*COLUMNS, "train_min", "test_ms_per_image"):
-            v = np.array([r[k] for r in rs], dtype=np.float64)
-            entry[k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                        "min": float(v.min()), "max": float(v.max())}
+            entry[k] = spread([r[k] for r in rs])
         defects = sorted({d for r in rs for d in r.get("per_defect", {})})
         entry["per_defect"] = {d: {k: float(np.mean([r["per_defect"][d][k] for r in rs if d in r["per_defect"]]))
                                    for k in ("images", "image_auroc", "pixel_auroc")} for d in defects}

@@ -221,4 +221,4 @@ def test_any_category_name_and_size_and_seeds(tmp_path):
     assert summary["v"]["seeds"] == [0, 1, 2] and summary["w"]["seeds"] == [0]
     assert summary["v"]["metrics"]["all|sigma=0"]["image_auroc"]["mean"] == pytest.approx(0.9)
     assert summary["v"]["metrics"]["all|sigma=0"]["image_auroc"]["std"] == pytest.approx(0.1)
-    assert summary["w"]["metrics"]["all|sigma=0"]["aupro"] == {"mean": 0.4, "std": 0.0}
+    assert summary["w"]["metrics"]["all|sigma=0"]["aupro"] == {"mean": 0.4, "std": 0.0, "min": 0.4, "max": 0.4}
