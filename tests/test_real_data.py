@@ -56,6 +56,9 @@ def test_size_seeds_and_data_folders(tmp_path):
     sets = find_datasets([str(tmp_path / "root" / "x"), str(tmp_path / "root")], None)
     assert [d.label for d in sets] == ["x", "root/x", "root/y"]
     assert sets[0].root == str(tmp_path / "root") and sets[0].category == "x" and sets[2].category == "y"
+    assert find_datasets([str(tmp_path / "root")], ["y"]) == [real_data.DataSet("root/y", str(tmp_path / "root"), "y")]
+    with pytest.raises(SystemExit, match="no folder z"):
+        find_datasets([str(tmp_path / "root")], ["z"])
     with pytest.raises(SystemExit, match="given twice"):
         find_datasets([str(tmp_path / "root" / "x")] * 2, None)
     with pytest.raises(SystemExit, match="neither a category folder"):
