@@ -19,9 +19,8 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prnet.metrics import aupro, compute_metrics  # noqa: E402
-from prnet.utils import atomic_write, numpy_rng  # noqa: E402
+from prnet.metrics import aupro, compute_metrics
+from prnet.utils import atomic_write, numpy_rng
 
 
 def make_data(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -13,7 +13,6 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from prnet.config import Config  # noqa: E402
 from prnet.losses import PRNetLoss  # noqa: E402

@@ -36,8 +36,6 @@ import time
 from typing import Any, Callable, Optional
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(BENCH_DIR))
-sys.path.insert(0, BENCH_DIR)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

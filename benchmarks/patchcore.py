@@ -33,10 +33,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from prnet.models.backbone import Backbone  # noqa: E402
-from prnet.utils import atomic_write, resolve_device, setup_logging, torch_generator  # noqa: E402
+from prnet.models.backbone import Backbone
+from prnet.utils import atomic_write, resolve_device, setup_logging, torch_generator
 
 log = logging.getLogger(__name__)
 

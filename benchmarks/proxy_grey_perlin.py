@@ -18,10 +18,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from proxy_validation import PERLIN, _link, _save_mask, _save_rgb  # noqa: E402
+from proxy_validation import PERLIN, _link, _save_mask, _save_rgb
 
 GREY = "perlin_grey_unseen_textures"
 

@@ -1,7 +1,10 @@
 """Choose settings without the test set: a validation category made only of training data.
 
     python benchmarks/proxy_validation.py --data ../shared/data/magnetic_tile --dtd ../shared/data/dtd \
-        --out val_mt --variant base --variant wide "model.head_widths=[64,128,256]"
+        --out val_mt --seeds 0,1 --variant base --variant wide "model.head_widths=[64,128,256]"
+
+`--data` is a category folder in the MVTec AD layout (or a root, with `--category NAME`); any such data set with
+at least 2 defective test images and 2 normal training images works, at any `--size` (256 or H,W).
 
 The proxy category (written once under <out>/proxy, symlinks where possible):
 - train/good: the normal training images minus a seeded hold-out (`--holdout`, default 15 %);
@@ -24,9 +27,16 @@ The proxy category (written once under <out>/proxy, symlinks where possible):
 The few-shot anomalies are the ones the real benchmark trains on (same `select_few_shot` rule and seed), so the
 real test set is never read beyond them.
 
+The proxy is built once per --out with the proxy seed (`--proxy-seed`, default 0) and records what it was made
+from (data, size, hold-out, texture classes, shots, seeds); another setting on a later call is refused (use another
+--out). Training seeds are apart from it: `--seeds 0,1` trains every variant once per seed on the same proxy, into
+<out>/runs/<variant> (seed 0) and <out>/runs/<variant>-seed<S> (other seeds). `--set key=value` (repeatable) adds
+config overrides to every variant (before the variant's own).
+
 Every variant is trained on the proxy with train.py's code path, then scored on the proxy test split, per
 subset (held-out normals vs each synthetic kind) and for several image-score rules (Gaussian σ × top-k mean).
-Prints one table per variant and writes <out>/proxy_validation.json.
+Prints one table per run, then the mean ± sample standard deviation over the seeds of each variant, and writes
+<out>/proxy_validation.json (a row per variant and seed, and that summary).
 """
 from __future__ import annotations
 
@@ -41,7 +51,8 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from real_data import parse_seeds, parse_size, spread, train_script, value, write_json
 
 log = logging.getLogger("proxy_validation")
 
@@ -79,25 +90,45 @@ def texture_classes(dtd: str) -> tuple[str, list[str]]:
     return base, classes
 
 
+def check_proxy(info: dict, made_from: dict, info_path: str) -> None:
+    """Refuse a proxy made from other data or settings than `made_from` (older proxies record less: a warning)."""
+    have = info.get("made_from")
+    if have is None:
+        log.warning("%s records no settings (made before they were recorded): assuming %s", info_path, made_from)
+        if info.get("category") != made_from["category"]:
+            raise SystemExit(f"{info_path}: a proxy of category {info.get('category')!r}, asked for "
+                             f"{made_from['category']!r}: use another --out")
+        return
+    diff = [f"{k} {have.get(k)!r} (asked {v!r})" for k, v in made_from.items() if have.get(k) != v]
+    if diff:
+        raise SystemExit(f"{info_path}: the proxy was made with other settings: {'; '.join(diff)}: use another --out")
+
+
 def build_proxy(data: str, dtd: str, out: str, holdout: float, val_classes: int, shots: int, split_seed: int,
-                seed: int, size: int) -> dict:
-    """Write the proxy category, the training and validation texture folders; returns their description."""
+                seed: int, size) -> dict:
+    """Write the proxy category, the training and validation texture folders; returns their description. `size`:
+    an int or [h, w]. An existing proxy in `out` is reused if it was made from the same data and settings."""
     from prnet.datasets import TextureSource, load_mask, load_rgb, scan_split, select_few_shot
+    from prnet.datasets.mvtec import as_hw
     from prnet.datasets.synthesis import extended_anomaly, perlin_anomaly
     from prnet.utils import numpy_rng
 
     data = os.path.abspath(data.rstrip("/"))
     root, category = os.path.split(data)
+    hw = as_hw(size)
     proxy_root = os.path.join(os.path.abspath(out), "proxy")
     cat = os.path.join(proxy_root, category)
     info_path = os.path.join(proxy_root, "proxy.json")
+    made_from = {"data": data, "category": category, "dtd": os.path.abspath(dtd), "size": list(hw),
+                 "holdout": holdout, "val_texture_classes": val_classes, "shots": shots, "split_seed": split_seed,
+                 "seed": seed}
     if os.path.exists(info_path):
         info = json.load(open(info_path))
+        check_proxy(info, made_from, info_path)
         log.info("reusing the proxy category in %s", proxy_root)
         return {**info, "root": proxy_root, "dtd_fit": os.path.join(proxy_root, "dtd_fit")}
     if os.path.exists(cat):
         raise SystemExit(f"{cat} exists but has no proxy.json (an interrupted build?): remove it and rerun")
-    hw = (size, size)
     normals = scan_split(root, category, "train")
     order = numpy_rng(seed, 0x401D).permutation(len(normals))
     n_hold = max(1, int(round(holdout * len(normals))))
@@ -109,6 +140,9 @@ def build_proxy(data: str, dtd: str, out: str, holdout: float, val_classes: int,
         _link(normals[i].path, os.path.join(cat, "test", "good", os.path.basename(normals[i].path)))
 
     base, classes = texture_classes(dtd)
+    if not 0 < val_classes < len(classes):
+        raise SystemExit(f"--val-texture-classes {val_classes}: {base} has {len(classes)} texture classes "
+                         f"(expected 1 .. {len(classes) - 1}, the rest stay for training)")
     perm = numpy_rng(seed, 0x7E87).permutation(len(classes))
     val_tex = sorted(classes[j] for j in perm[:val_classes])
     fit_tex = sorted(c for c in classes if c not in val_tex)
@@ -142,11 +176,10 @@ def build_proxy(data: str, dtd: str, out: str, holdout: float, val_classes: int,
         img, mask = extended_anomaly(image, d_img, d_mask, numpy_rng(seed, 0xE47D, k))
         _save_rgb(os.path.join(cat, "test", EXTENDED, stem + ".png"), img)
         _save_mask(os.path.join(cat, "ground_truth", EXTENDED, stem + "_mask.png"), mask)
-    info = {"category": category, "seed": seed, "fit_normals": len(fit), "held_out_normals": len(held),
-            "fit_textures": fit_tex, "val_textures": val_tex,
+    info = {"made_from": made_from, "category": category, "seed": seed, "fit_normals": len(fit),
+            "held_out_normals": len(held), "fit_textures": fit_tex, "val_textures": val_tex,
             "train_shots": [s.name for s in train_shots], "val_shots": [s.name for s in val_shots]}
-    with open(info_path, "w", encoding="utf-8") as fh:
-        json.dump(info, fh, indent=2)
+    write_json(info_path, info)
     info = {**info, "root": proxy_root, "dtd_fit": os.path.join(proxy_root, "dtd_fit")}
     log.info("proxy category: %d fit normals, %d held out; textures fit %s / val %s; shots train %s / val %s",
              len(fit), len(held), fit_tex, val_tex, info["train_shots"], info["val_shots"])
@@ -168,9 +201,10 @@ def band_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, 
     return mask.astype(np.float32)
 
 
-def add_swap_subset(info: dict, seed: int, size: int) -> None:
+def add_swap_subset(info: dict, seed: int, size) -> None:
     """Write test/swap_unseen_shapes into the proxy if it is missing (see the module docstring)."""
     from prnet.datasets import load_rgb
+    from prnet.datasets.mvtec import as_hw
     from prnet.datasets.synthesis import blend
     from prnet.utils import numpy_rng
 
@@ -181,7 +215,7 @@ def add_swap_subset(info: dict, seed: int, size: int) -> None:
     held = sorted(os.listdir(good))  # k = 0.. as build_proxy numbers the held-out images
     if len(held) < 2:
         raise SystemExit(f"{good}: region swaps need at least 2 held-out normal images")
-    hw = (size, size)
+    hw = as_hw(size)
     tmp = os.path.join(cat, "test", SWAP + ".tmp"), os.path.join(cat, "ground_truth", SWAP + ".tmp")
     for k, f in enumerate(held):
         rng = numpy_rng(seed, 0x5A4B, k)
@@ -197,10 +231,11 @@ def add_swap_subset(info: dict, seed: int, size: int) -> None:
     log.info("proxy: %d region swaps (bands from other held-out images) in %s", len(held), SWAP)
 
 
-def add_in_context_subset(info: dict, data: str, seed: int, size: int) -> None:
+def add_in_context_subset(info: dict, data: str, seed: int, size) -> None:
     """Write test/extended_in_context into the proxy if it is missing (see the module docstring); `data` is the
     real category folder the proxy was made from (the validation few-shot anomalies are read from it)."""
     from prnet.datasets import load_mask, load_rgb, scan_split
+    from prnet.datasets.mvtec import as_hw
     from prnet.datasets.synthesis import extended_anomaly
     from prnet.utils import numpy_rng
 
@@ -209,7 +244,7 @@ def add_in_context_subset(info: dict, data: str, seed: int, size: int) -> None:
         return
     good = os.path.join(cat, "test", "good")
     held = sorted(os.listdir(good))  # k = 0.. as build_proxy numbers the held-out images
-    hw = (size, size)
+    hw = as_hw(size)
     root, category = os.path.split(os.path.abspath(data.rstrip("/")))
     found = {s.name: s for s in scan_split(root, category, "test")}
     missing = [n for n in info["val_shots"] if n not in found]
@@ -229,17 +264,23 @@ def add_in_context_subset(info: dict, data: str, seed: int, size: int) -> None:
     log.info("proxy: %d pastes at the level of their new surroundings in %s", len(held), IN_CONTEXT)
 
 
+def run_name(name: str, seed: int) -> str:
+    """The folder of a variant's run under <out>/runs: the name for seed 0, <name>-seed<S> for other seeds."""
+    return name if seed == 0 else f"{name}-seed{seed}"
+
+
 def overrides(args, info: dict, name: str, extra: list[str]) -> list[str]:
-    run = os.path.join(os.path.abspath(args.out), "runs", name)
+    """A run's config overrides: the proxy, the common settings, --set (args.set), then the variant's own."""
+    run = os.path.join(os.path.abspath(args.out), "runs", run_name(name, args.seed))
     return [
-        f"data.root={info['root']}", f"data.classes=[{info['category']}]", f"data.image_size={args.size}",
-        f"data.dtd_root={info['dtd_fit']}", f"data.num_anomalies={len(info['train_shots'])}",
-        f"data.few_shot=[{', '.join(info['train_shots'])}]",
-        f"output_dir={run}", f"prototypes.dir={os.path.join(run, 'prototypes')}",
+        f"data.root={value(info['root'])}", f"data.classes={value([info['category']])}",
+        f"data.image_size={value(args.size)}", f"data.dtd_root={value(info['dtd_fit'])}",
+        f"data.num_anomalies={len(info['train_shots'])}", f"data.few_shot={value(info['train_shots'])}",
+        f"output_dir={value(run)}", f"prototypes.dir={value(os.path.join(run, 'prototypes'))}",
         f"model.backbone={args.backbone}", f"model.backbone_weights={args.weights}",
         f"model.head_widths={args.widths}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch}",
         f"train.lr={args.lr}", f"train.workers={args.workers}", f"train.device={args.device}", f"seed={args.seed}",
-        "train.overwrite=true", *extra,
+        "train.overwrite=true", *getattr(args, "set", []), *extra,
     ]
 
 
@@ -288,7 +329,7 @@ def score_table(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, defects
 
 
 def run_variant(args, info: dict, name: str, extra: list[str], previous: dict | None = None) -> dict:
-    import train as train_script
+    """Train variant `name` at seed args.seed (or, with args.rescore, take its trained model) and score it."""
     from prnet.config import load_config
     from prnet.datasets import build_test_dataset
     from prnet.engine.checkpoint import model_from_checkpoint
@@ -300,13 +341,13 @@ def run_variant(args, info: dict, name: str, extra: list[str], previous: dict | 
     ckpt = os.path.join(cfg.output_dir, info["category"], "last.pt")
     if args.rescore:
         if not os.path.exists(ckpt):
-            raise SystemExit(f"--rescore: variant {name} has no trained model at {ckpt}")
+            raise SystemExit(f"--rescore: variant {name} (seed {args.seed}) has no trained model at {ckpt}")
         minutes = float((previous or {}).get("train_minutes", float("nan")))
         extra = list((previous or {}).get("overrides", extra))
     else:
         t0 = time.time()
-        if train_script.main(ov) != 0:
-            raise SystemExit(f"variant {name}: training failed")
+        if train_script().main(ov) != 0:
+            raise SystemExit(f"variant {name} (seed {args.seed}): training failed")
         minutes = (time.time() - t0) / 60.0
     device = resolve_device(args.device)
     model, cfg, _ = model_from_checkpoint(ckpt, device)
@@ -316,11 +357,13 @@ def run_variant(args, info: dict, name: str, extra: list[str], previous: dict | 
     defects = np.array([s.defect for s in test.samples])
     sources = extended_sources([s.name for s in test.samples], info["val_shots"])
     table = score_table(raw["maps"], raw["labels"], raw["masks"], defects, device, sources)
-    return {"variant": name, "overrides": extra, "train_minutes": minutes, **table}
+    return {"variant": name, "seed": args.seed, "overrides": extra, "common_overrides": list(getattr(args, "set", [])),
+            "train_minutes": minutes, **table}
 
 
 def summary_lines(row: dict) -> list[str]:
-    lines = [f"== {row['variant']} ({' '.join(row['overrides']) or 'as given'}), {row['train_minutes']:.1f} min"]
+    lines = [f"== {row['variant']}, seed {row.get('seed', 0)} ({' '.join(row['overrides']) or 'as given'}), "
+             f"{row['train_minutes']:.1f} min"]
     lines.append("  image AUROC (all / perlin / extended) by sigma, top-k:")
     for sigma in SIGMAS:
         cells = []
@@ -347,18 +390,50 @@ def summary_lines(row: dict) -> list[str]:
     return lines
 
 
+def seed_summary(rows: list[dict]) -> dict:
+    """variant -> {seeds, metrics: {"<subset>|sigma=<s>": {metric: {mean, std, min, max}}}} over the variant's rows
+    (std: sample standard deviation, ddof 1; 0 for one seed)."""
+    out: dict = {}
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        rs = [r for r in rows if r["variant"] == name]
+        metrics = {}
+        for key in rs[0]["metrics"]:
+            if all(key in r["metrics"] for r in rs):
+                metrics[key] = {m: spread([r["metrics"][key][m] for r in rs]) for m in rs[0]["metrics"][key]}
+        out[name] = {"seeds": [r.get("seed", 0) for r in rs], "metrics": metrics}
+    return out
+
+
+def seed_summary_lines(summary: dict) -> list[str]:
+    """Per variant, σ = 0: image AUROC, pixel AUROC and AUPRO per subset, mean ± std over the seeds."""
+    lines = ["== mean ± sample std over the seeds, sigma=0, top-100 image score: image AUROC / pixel AUROC / AUPRO"]
+    for name, e in summary.items():
+        lines.append(f"  {name} (seeds {','.join(map(str, e['seeds']))}):")
+        for sub in ("all", PERLIN, EXTENDED, *APART):
+            m = e["metrics"].get(f"{sub}|sigma=0")
+            if m:
+                cells = " / ".join(f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}"
+                                   for k in ("image_auroc", "pixel_auroc", "aupro"))
+                lines.append(f"    {sub:<24} {cells}")
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="category folder in the MVTec AD layout")
+    p.add_argument("--data", required=True, help="category folder in the MVTec AD layout (or a root: --category)")
+    p.add_argument("--category", help="the category under --data when --data is a root")
     p.add_argument("--dtd", required=True, help="DTD folder (class folders, or images/<class>)")
     p.add_argument("--out", required=True)
     p.add_argument("--variant", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
                    help="a run: its name, then config overrides (repeat the flag for several runs)")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every variant (repeatable)")
     p.add_argument("--holdout", type=float, default=0.15)
     p.add_argument("--val-texture-classes", type=int, default=3)
     p.add_argument("--shots", type=int, default=10, help="the real benchmark's few-shot count (split in halves)")
     p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--proxy-seed", type=int, default=0, help="seed of the proxy's hold-out and synthetic draws")
+    p.add_argument("--size", type=parse_size, default=256, help="256 or H,W (multiples of 32)")
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--weights", default="package")
     p.add_argument("--widths", default="[32, 64, 128]")
@@ -367,33 +442,37 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", "--seed", dest="seeds", type=parse_seeds, default=[0],
+                   help="training seeds, e.g. 0,1 (every variant runs once per seed)")
     p.add_argument("--rescore", action="store_true",
                    help="score the variants' trained models again (current scoring), without training")
     args = p.parse_args(argv)
 
-    from prnet.utils import atomic_write, setup_logging
+    from prnet.utils import setup_logging
 
     setup_logging()
+    data = os.path.join(args.data, args.category) if args.category else args.data
     os.makedirs(args.out, exist_ok=True)
-    info = build_proxy(args.data, args.dtd, args.out, args.holdout, args.val_texture_classes, args.shots,
-                       args.split_seed, args.seed, args.size)
-    add_swap_subset(info, int(info.get("seed", args.seed)), args.size)  # the proxy's own seed
-    add_in_context_subset(info, args.data, int(info.get("seed", args.seed)), args.size)
+    info = build_proxy(data, args.dtd, args.out, args.holdout, args.val_texture_classes, args.shots,
+                       args.split_seed, args.proxy_seed, args.size)
+    add_swap_subset(info, int(info.get("seed", args.proxy_seed)), args.size)  # the proxy's own seed
+    add_in_context_subset(info, data, int(info.get("seed", args.proxy_seed)), args.size)
     result_path = os.path.join(args.out, "proxy_validation.json")
     results = json.load(open(result_path)) if os.path.exists(result_path) else {"proxy": info, "rows": []}
-    for spec in args.variant or [["base"]]:
-        name, extra = spec[0], spec[1:]
-        previous = next((r for r in results["rows"] if r["variant"] == name), None)
-        row = run_variant(args, info, name, extra, previous)
-        results["rows"] = [r for r in results["rows"] if r["variant"] != name] + [row]
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(results, fh, indent=2)
-
-        atomic_write(result_path, write)  # after every variant: nothing lost if a later one fails
-        print("\n".join(summary_lines(row)), flush=True)
+    done = []
+    for seed in args.seeds:
+        args.seed = seed
+        for spec in args.variant or [["base"]]:
+            name, extra = spec[0], spec[1:]
+            same = lambda r: r["variant"] == name and r.get("seed", 0) == seed  # noqa: E731
+            previous = next((r for r in results["rows"] if same(r)), None)
+            row = run_variant(args, info, name, extra, previous)
+            results["rows"] = [r for r in results["rows"] if not same(r)] + [row]
+            done.append(row)
+            results["summary"] = seed_summary(results["rows"])
+            write_json(result_path, results)  # after every run: nothing lost if a later one fails
+            print("\n".join(summary_lines(row)), flush=True)
+    print("\n".join(seed_summary_lines(seed_summary(done))), flush=True)
     return 0
 
 

