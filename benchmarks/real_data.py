@@ -247,7 +247,8 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
     from torch.utils.data import DataLoader
 
     from patchcore import PatchCore
-    from prnet.datasets.mvtec import MVTEC
+    from prnet.config import load_config
+    from prnet.datasets.mvtec import MVTEC, format_args
     from prnet.metrics import compute_metrics
 
     settings = {"method": "patchcore", "data": ds._asdict(), "size": args.size, "seed": seed,
@@ -258,7 +259,9 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
     if os.path.exists(row_path):
         log.info("reusing the baseline's scores in %s", row_path)
         return json.load(open(row_path, encoding="utf-8"))
-    train = MVTEC(ds.root, ds.category, "train", args.size)
+    # the same reader as PRNet's runs (data.format and its options from --set)
+    reader = format_args(load_config(None, prnet_overrides(args, ds, 0, seed)))
+    train = MVTEC(ds.root, ds.category, "train", args.size, **reader)
     t0 = time.time()
     model = PatchCore("tf_efficientnet_lite0", "package", sigma=4.0, seed=seed, device=device)
     model.fit(DataLoader(train, batch_size=16, num_workers=0))
