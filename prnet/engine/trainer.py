@@ -175,7 +175,7 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
     from prnet.losses import PRNetLoss
     from prnet.models.backbone import Backbone
     from prnet.models.prnet import build_model
-    from prnet.models.prototypes import ensure_prototypes
+    from prnet.engine.prototypes import ensure_prototypes
 
     out_dir = os.path.join(output_root(cfg), category)
     ckpt_path = os.path.join(out_dir, "last.pt")
