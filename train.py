@@ -38,7 +38,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from prnet.datasets import ensure_data
+    from prnet.datasets import ensure_data, few_shot_samples
+    from prnet.datasets.checks import check_evaluable, check_samples
     from prnet.datasets.mvtec import DatasetError, MVTEC, resolve_classes
     from prnet.engine.trainer import TrainingError, check_outputs, output_root, train_category
 
@@ -51,10 +52,13 @@ def main(argv=None) -> int:
 
             dist.barrier()
         classes = resolve_classes(cfg)
-        for category in classes:  # cheap checks first: every category readable, no outputs in the way
-            MVTEC(cfg.data.root, category, "train", cfg.data.image_size)
-            MVTEC(cfg.data.root, category, "test", cfg.data.image_size)
+        for category in classes:  # no outputs in the way, every category readable and evaluable, every file decodes
             check_outputs(cfg, category)
+            train_set = MVTEC(cfg.data.root, category, "train", cfg.data.image_size)
+            test_set = MVTEC(cfg.data.root, category, "test", cfg.data.image_size)
+            check_evaluable(test_set.samples, cfg.data.num_anomalies, cfg.eval.require_defective)
+            few_shot_samples(cfg, category)  # the real anomalies for training are among the test samples
+            check_samples(train_set.samples + test_set.samples, cfg.data.image_size)
     except (DatasetError, TrainingError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -111,6 +111,8 @@ class EvalConfig:
     sigma: float = 0.0  # Gaussian smoothing of the map before scoring (0: none; see configs/default.yaml)
     batch_size: int = 16
     examples: int = 12  # images in examples.png
+    # a test split without defective images is refused before training; false: a training-only run (no metrics)
+    require_defective: bool = True
 
 
 @dataclass
