@@ -72,7 +72,8 @@ def check_samples(samples: Sequence[Sample], image_size: SizeLike, progress: Opt
         if not mask.any() or not _resize(mask, hw, nearest=True).any():
             empty.append(s.mask_path)
     if with_mask and len(empty) == with_mask:
-        raise DatasetError(f"every mask of the {with_mask} defective images in {_split_dir(samples)} is empty "
+        where = _split_dir([s for s in samples if s.mask_path is not None])
+        raise DatasetError(f"every mask of the {with_mask} defective images in {where} is empty "
                            f"at {hw[1]}x{hw[0]} (e.g. {empty[0]}): pixel metrics cannot be computed")
     if empty:
         more = f", … ({len(empty)} in all)" if len(empty) > 10 else ""
