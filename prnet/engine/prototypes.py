@@ -239,8 +239,13 @@ def load_prototypes(path: str, expected: Optional[dict] = None) -> PrototypeBank
     meta = payload["meta"]
     if expected:
         check_meta(meta, expected, path)
-    return PrototypeBank(payload["prototypes"], meta, residual=meta.get("residual", "squared"),
+    bank = PrototypeBank(payload["prototypes"], meta, residual=meta.get("residual", "squared"),
                          assignments=payload.get("assign"))
+    if expected and "train_images" in expected and bank.num_sources != len(expected["train_images"]):
+        raise PrototypeMismatchError(f"prototype file {path} lacks the k-means cluster of each of its "
+                                     f"{len(expected['train_images'])} training images (held-out residuals need them)",
+                                     ["assign"])
+    return bank
 
 
 def prototype_path(cfg: Config, category: str) -> str:
