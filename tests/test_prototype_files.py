@@ -6,7 +6,6 @@ import shlex
 import shutil
 
 import cv2
-import numpy as np
 import pytest
 import torch
 
