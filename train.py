@@ -53,12 +53,11 @@ def main(argv=None) -> int:
 
 def _run(cfg, ctx, device, locks: list) -> int:
     """Check everything cheap first (data, outputs, locks, backbone), then train each category."""
-    import torch
-
-    from prnet.datasets import ensure_data
+    from prnet.datasets import ensure_data, few_shot_samples
+    from prnet.datasets.checks import check_evaluable, check_samples
     from prnet.datasets.mvtec import DatasetError, MVTEC, format_args, resolve_classes
+    from prnet.engine.prototypes import make_backbone
     from prnet.engine.trainer import TrainingError, check_outputs, lock_category, output_root, train_category
-    from prnet.models.backbone import Backbone
     from prnet.utils import LockedError
 
     try:
@@ -69,13 +68,14 @@ def _run(cfg, ctx, device, locks: list) -> int:
 
             dist.barrier()
         classes = resolve_classes(cfg)
-        for category in classes:  # cheap checks first: every category readable, no outputs in the way
-            MVTEC(cfg.data.root, category, "train", cfg.data.image_size, **format_args(cfg))
-            MVTEC(cfg.data.root, category, "test", cfg.data.image_size, **format_args(cfg))
+        for category in classes:  # no outputs in the way, every category readable and evaluable, every file decodes
             check_outputs(cfg, category)
-        torch.manual_seed(cfg.seed)  # a random-weights backbone (weights=none) is seeded too
-        backbone = Backbone(cfg.model.backbone, cfg.model.backbone_weights, cfg.model.stages,
-                            cfg.model.bottleneck_stage)
+            train_set = MVTEC(cfg.data.root, category, "train", cfg.data.image_size, **format_args(cfg))
+            test_set = MVTEC(cfg.data.root, category, "test", cfg.data.image_size, **format_args(cfg))
+            check_evaluable(test_set.samples, cfg.data.num_anomalies, cfg.eval.require_defective)
+            few_shot_samples(cfg, category)  # the real anomalies for training are among the test samples
+            check_samples(train_set.samples + test_set.samples, cfg.data.image_size)
+        backbone = make_backbone(cfg)
         if ctx.is_main:  # one run per category folder at a time
             locks.extend(lock_category(cfg, category) for category in classes)
     except (DatasetError, TrainingError, ConfigError, LockedError) as e:

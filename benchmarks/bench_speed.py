@@ -52,7 +52,7 @@ from prnet.losses import PRNetLoss  # noqa: E402
 from prnet.metrics import aupro  # noqa: E402
 from prnet.models.backbone import Backbone  # noqa: E402
 from prnet.models.prnet import build_model, count_trainable  # noqa: E402
-from prnet.models.prototypes import build_category_prototypes  # noqa: E402
+from prnet.engine.prototypes import build_category_prototypes  # noqa: E402
 from prnet.utils import atomic_write, resolve_device, setup_logging  # noqa: E402
 
 log = logging.getLogger("bench_speed")

@@ -93,9 +93,6 @@ class PrototypeConfig:
     dir: str = "prototypes"  # <dir>/<run key>/<category>.pt
     ratio: float = 0.1  # K = max(1, round(ratio * N normal training images)) per scale
     residual: str = "squared"  # squared: (f - p)^2 | abs: |f - p|
-    # image: the nearest prototype map per image (the paper) | position: per feature position, the nearest of the
-    # K prototypes' vectors at that position (for surfaces whose layout varies; PrototypeBank's docstring)
-    match: str = "image"
     kmeans_iters: int = 50
     # a training image's residual is taken against its k-means cluster's mean without that image (held out),
     # as a test image's would be; false: against the bank as it is (the image is part of its own prototype)
@@ -136,6 +133,8 @@ class EvalConfig:
     # the decision threshold stored with the model (predict.py, the Python API, ONNX metadata):
     # train_max: the highest image score of the normal training images
     threshold: str = "train_max"
+    # a test split without defective images is refused before training; false: a training-only run (no metrics)
+    require_defective: bool = True
 
 
 @dataclass
@@ -315,8 +314,6 @@ def validate(cfg: Config) -> None:
     if cfg.data.few_shot is not None and len(cfg.data.few_shot) != cfg.data.num_anomalies:
         raise ConfigError(f"config key 'data.few_shot': lists {len(cfg.data.few_shot)} images but "
                           f"data.num_anomalies is {cfg.data.num_anomalies}: expected the same count")
-    if cfg.prototypes.match not in ("image", "position"):
-        raise ConfigError(f"config key 'prototypes.match': expected image or position, got {cfg.prototypes.match!r}")
     if not 0 < cfg.prototypes.ratio <= 1:
         raise ConfigError("config key 'prototypes.ratio': expected 0 < ratio <= 1")
     if len(cfg.model.head_widths) != len(cfg.model.stages):
@@ -361,7 +358,19 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# Keys that configs stored in older checkpoints carry and the schema no longer has, with the one value that
+# behaves as the code does now (any other value is refused).
+RETIRED_KEYS = {("prototypes", "match"): "image"}
+
+
 def config_from_dict(values: dict) -> Config:
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for (section, key), kept in RETIRED_KEYS.items():
+        stored = values.get(section, {})
+        if isinstance(stored, dict) and key in stored:
+            if stored.pop(key) != kept:
+                raise ConfigError(f"config key '{section}.{key}': this code supports only {kept!r} "
+                                  f"(other values were removed)")
     cfg = Config()
     _merge(cfg, values)
     validate(cfg)

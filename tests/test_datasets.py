@@ -178,7 +178,9 @@ def test_few_shot_is_seeded_balanced_and_removed_from_evaluation(tmp_path):
     types = [n.split("/")[0] for n in first]
     assert types == ["a", "b", "c", "a", "b"]  # round-robin, c exhausted after one
     assert select_few_shot(samples, 0, 0) == []
-    assert len(select_few_shot(samples, 99, 0)) == 13  # all defective ones, never good
+    assert len(select_few_shot(samples, 12, 0)) == 12  # never good ones
+    with pytest.raises(DatasetError, match=r"13 defective images found in .*test, data.num_anomalies=13: nothing"):
+        select_few_shot(samples, 13, 0)  # all of them would go to training
     cfg = cfg_for(tmp_path, **{"data.num_anomalies": 4, "data.split_seed": 3})
     names = few_shot_names(cfg, "cat")
     test = build_test_dataset(cfg, "cat")

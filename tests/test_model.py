@@ -8,7 +8,7 @@ from prnet.models.attention import MultiSizeSelfAttention, patch_size
 from prnet.models.backbone import Backbone
 from prnet.models.fusion import MultiScaleFusion
 from prnet.models.prnet import PRNet, build_model, count_trainable
-from prnet.models.prototypes import build_prototypes
+from prnet.engine.prototypes import build_prototypes
 
 
 def _cfg(backbone="tf_efficientnet_lite0", widths=(16, 32, 64)):
@@ -23,7 +23,7 @@ def _model(backbone="tf_efficientnet_lite0", hw=(64, 64), widths=(16, 32, 64)):
     cfg = _cfg(backbone, widths)
     bb = Backbone(backbone, "none")
     images = torch.rand(10, 3, *hw, generator=torch.Generator().manual_seed(0))
-    bank = build_prototypes(bb, [images], cfg, "cpu")
+    bank = build_prototypes(bb, [images], "cpu")
     return build_model(cfg, bank, backbone=bb), cfg
 
 
@@ -118,12 +118,10 @@ def test_fusion_shapes():
     assert [tuple(o.shape) for o in fus(xs)] == [tuple(x.shape) for x in xs]
 
 
-@pytest.mark.parametrize("match", ["image", "position"])
-def test_onnx_export(tmp_path, match):
+def test_onnx_export(tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     model, _ = _model("tf_efficientnet_lite0", hw=(64, 96), widths=(16, 32, 64))
-    model.bank.match = match
     model.eval()
     x = torch.rand(1, 3, 64, 96)
     path = str(tmp_path / "m.onnx")

@@ -111,7 +111,7 @@ def test_band_masks_and_the_swap_subset_use_held_out_images_only(tmp_path):
         rows = m.mean(axis=1)
         assert max(rows[0], rows[-1]) > 0.5 and min(rows[0], rows[-1]) == 0.0  # along the top or the bottom edge
         assert (np.diff(rows) <= 0).all() or (np.diff(rows) >= 0).all()  # one side of a line
-    _, out, info = _proxy(tmp_path, n_train=16, n_test_bad=4, shots=4)
+    _, out, info = _proxy(tmp_path, n_train=16, n_test_bad=5, shots=4)
     add_swap_subset(info, seed=0, size=64)
     proxy = os.path.join(info["root"], "demo")
     held = sorted(os.listdir(os.path.join(proxy, "test", "good")))
@@ -153,7 +153,7 @@ def test_band_masks_and_the_swap_subset_use_held_out_images_only(tmp_path):
 
 
 def test_in_context_subset_repeats_the_extended_pastes_at_the_new_level(tmp_path):
-    data, out, info = _proxy(tmp_path, n_train=16, n_test_bad=4, shots=4)
+    data, out, info = _proxy(tmp_path, n_train=16, n_test_bad=5, shots=4)
     add_in_context_subset(info, data, seed=0, size=64)
     proxy = os.path.join(info["root"], "demo")
     held = sorted(os.listdir(os.path.join(proxy, "test", "good")))

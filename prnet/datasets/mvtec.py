@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+import threading
 from typing import Any, Callable, Collection, NamedTuple, Optional, Sequence, Union
 
 import cv2
@@ -76,14 +78,46 @@ def _found(directory: str, limit: int = 20) -> str:
     return ", ".join(names[:limit]) + more
 
 
+_JPEG_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file")  # libjpeg's messages for damaged data
+_stderr_lock = threading.Lock()
+
+
+def _imdecode_jpeg(data: np.ndarray, path: str) -> Optional[np.ndarray]:
+    """cv2.imdecode of JPEG bytes, refusing damaged entropy-coded data: libjpeg then returns an image with a
+    garbage lower part and only prints a warning on the C stderr, which is captured here (fd 2, under a lock)."""
+    with _stderr_lock, tempfile.TemporaryFile() as capture:
+        saved = os.dup(2)
+        try:
+            os.dup2(capture.fileno(), 2)
+            image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode("utf-8", "replace")
+    damaged = [line for line in text.splitlines() if line.startswith(_JPEG_WARNINGS)]
+    other = "".join(line + "\n" for line in text.splitlines() if line not in damaged)
+    if other:
+        os.write(2, other.encode())
+    if damaged:
+        raise DatasetError(f"corrupt image file {path}: {damaged[0]}")
+    return image
+
+
 def _decode(path: str) -> np.ndarray:
-    """Decode an image file as stored (any depth, channels in BGR(A) order for colour), or raise DatasetError."""
+    """Decode an image file as stored (any depth, channels in BGR(A) order for colour), or raise DatasetError
+    (missing, empty, unreadable, truncated, or a JPEG with damaged data)."""
     if not os.path.isfile(path):
         raise DatasetError(f"image file {path} does not exist")
     data = np.fromfile(path, dtype=np.uint8)  # works with non-ASCII paths too
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if not data.size:
+        raise DatasetError(f"cannot read image file {path}: the file is empty")
+    if data[:2].tobytes() == b"\xff\xd8":  # JPEG
+        image = _imdecode_jpeg(data, path)
+    else:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
-        try:  # some TIFF/BMP variants OpenCV does not read
+        try:  # some TIFF/BMP variants OpenCV does not read; PIL also refuses truncated files
             from PIL import Image
             with Image.open(path) as pil:
                 if pil.mode == "P":
@@ -361,12 +395,15 @@ def select_few_shot(samples: Sequence[Sample], num: int, seed: int) -> list[Samp
     """`num` defective samples drawn with `seed`, round-robin over defect types sorted by name.
 
     Each type's samples (sorted by name) are shuffled with one seeded generator, types in name order; then one
-    sample is taken from each type in turn until `num` are taken or all are used. num=0: [] (unsupervised).
+    sample is taken from each type in turn until `num` are taken. num=0: [] (unsupervised). DatasetError when fewer
+    than num + 1 defective samples exist (none would be left to evaluate); none at all: [] with a warning.
     """
     if num < 0:
         raise ValueError(f"number of few-shot anomalies must be >= 0, got {num}")
     if num == 0:
         return []
+    from prnet.datasets.checks import check_evaluable  # imported here: checks imports this module
+    check_evaluable(samples, num, require_defective=False)
     by_type: dict[str, list[Sample]] = {}
     for s in samples:
         if s.label == 1:
@@ -383,7 +420,4 @@ def select_few_shot(samples: Sequence[Sample], num: int, seed: int) -> list[Samp
             if depth < len(q) and len(chosen) < num:
                 chosen.append(q[depth])
         depth += 1
-    if len(chosen) < num:
-        log.warning("asked for %d real anomalies but only %d defective images exist: using all of them", num,
-                    len(chosen))
     return chosen

@@ -33,11 +33,12 @@ from prnet.datasets import EpochSampler, build_test_dataset, build_train_dataset
 from prnet.datasets.mvtec import MVTEC, format_args
 from prnet.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from prnet.engine.evaluator import run_inference
+from prnet.engine.prototypes import ensure_prototypes, make_backbone
 from prnet.losses import PRNetLoss
 from prnet.metrics import compute_metrics
 from prnet.models.backbone import Backbone
 from prnet.models.prnet import build_model
-from prnet.models.prototypes import PrototypeBank, ensure_prototypes
+from prnet.models.prototypes import PrototypeBank
 from prnet.utils import RunLock, atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
@@ -250,9 +251,7 @@ def prepare_prototypes(cfg: Config, category: str, device: torch.device, ctx: Di
     if ctx.enabled and not ctx.is_main:
         dist.barrier()
     if backbone is None:
-        torch.manual_seed(cfg.seed)  # a random-weights backbone (weights=none) is seeded too
-        backbone = Backbone(cfg.model.backbone, cfg.model.backbone_weights, cfg.model.stages,
-                            cfg.model.bottleneck_stage)
+        backbone = make_backbone(cfg)
     bank = ensure_prototypes(cfg, category, device, backbone=backbone)
     if ctx.enabled and ctx.is_main:
         dist.barrier()

