@@ -189,7 +189,7 @@ def test_in_context_subset_repeats_the_extended_pastes_at_the_new_level(tmp_path
 def test_any_category_name_and_size_and_seeds(tmp_path):
     """A category named like BTAD's '01', a non-square size, --set and several seeds; the proxy keeps its settings."""
 
-    data = make_demo_category(str(tmp_path / "data"), "01", seed=0, size=64, n_train=12, n_test_good=2, n_test_bad=4)
+    data = make_demo_category(str(tmp_path / "data"), "01", seed=0, size=64, n_train=12, n_test_good=2, n_test_bad=5)
     _textures(str(tmp_path / "dtd"))
     out = str(tmp_path / "out")
     info = build_proxy(data, str(tmp_path / "dtd"), out, holdout=0.25, val_classes=1, shots=4, split_seed=0, seed=0,
