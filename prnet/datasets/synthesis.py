@@ -75,15 +75,16 @@ def _rotate(image: np.ndarray, angle: float, interpolation: int = cv2.INTER_LINE
 def perlin_mask(hw: tuple[int, int], rng: np.random.Generator, scale_max: int = 5, threshold: float = 0.5,
                 within: Optional[np.ndarray] = None, max_tries: int = 50) -> np.ndarray:
     """A non-empty float32 {0,1} mask: Perlin noise at scale 2^k per axis (k ∈ 0..scale_max, independent),
-    rotated by U(-90°, 90°), thresholded (> threshold). Redrawn while empty (inside `within` if given); after
-    `max_tries` the top 10 % of the last noise inside `within` is used so the result is never empty."""
+    rotated by U(-90°, 90°) (nearest-neighbour sampling: the threshold makes the mask pixel-exact anyway),
+    thresholded (> threshold). Redrawn while empty (inside `within` if given); after `max_tries` the top 10 % of
+    the last noise inside `within` is used so the result is never empty."""
     if within is not None and not within.any():
         within = None
     noise = None
     for _ in range(max_tries):
         ky, kx = rng.integers(0, scale_max + 1, size=2)
         noise = perlin_noise(hw, (2 ** int(ky), 2 ** int(kx)), rng)
-        noise = _rotate(noise, float(rng.uniform(-90.0, 90.0)))
+        noise = _rotate(noise, float(rng.uniform(-90.0, 90.0)), cv2.INTER_NEAREST)
         mask = noise > threshold
         if within is not None:
             mask &= within
@@ -118,10 +119,10 @@ def _op_sharpness(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _op_hue_saturation(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     hsv = cv2.cvtColor(t, cv2.COLOR_RGB2HSV)  # OpenCV hue is 0..179 (2° units)
-    hue = (hsv[..., 0].astype(np.int16) + int(rng.integers(-25, 26))) % 180
-    sat = np.clip(hsv[..., 1].astype(np.int16) + int(rng.integers(-50, 51)), 0, 255)
-    hsv[..., 0], hsv[..., 1] = hue.astype(np.uint8), sat.astype(np.uint8)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    hue = (np.arange(256) + int(rng.integers(-25, 26))) % 180  # hue shift, saturation shift, value kept:
+    sat = _RAMP + int(rng.integers(-50, 51))  # one table per channel
+    return cv2.cvtColor(cv2.LUT(hsv, _lut(np.stack([hue, sat, _RAMP], axis=1)).reshape(256, 1, 3)),
+                        cv2.COLOR_HSV2RGB)
 
 
 def _op_solarize(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -175,8 +176,8 @@ def blend(image: np.ndarray, texture: np.ndarray, mask: np.ndarray, beta: float)
     Pixels where m = 0 come out exactly unchanged."""
     m = mask[..., None] if mask.ndim == 2 else mask
     # x·(1−m) + (1−β)·x·m + β·t·m  ==  x + β·m·(t − x): the same blend in fewer passes; m = 0 gives x + 0 = x
-    out = texture.astype(np.float32) - image
-    out *= m.astype(np.float32) * np.float32(beta)
+    out = np.subtract(texture, image, dtype=np.float32)
+    out *= m * np.float32(beta)
     out += image
     return out.astype(np.float32, copy=False)
 
@@ -255,21 +256,16 @@ def perlin_anomaly(image: np.ndarray, textures: TextureProvider, rng: np.random.
     Perlin mask (restricted to `foreground` if given), a random texture with 3 random ops (turned into its grey
     luminance if `grey`, for greyscale images: no colour cue that a real defect of such a category never has),
     β ~ U(0, beta_max), blended with `blend`. As in DRAEM, β is the weight of the *original* image inside the mask
-    and the texture gets 1 − β ∈ (1 − beta_max, 1]: every anomaly is visible. Only the mask's bounding box is
-    converted and blended; the pixels outside it are the image's."""
+    and the texture gets 1 − β ∈ (1 − beta_max, 1]: every anomaly is visible."""
     hw = image.shape[:2]
     mask = perlin_mask(hw, rng, scale_max, within=foreground)
     texture = augment_texture(textures.sample_uint8(rng, hw), rng)
     if grey:
         texture = to_grey(texture)
     beta = float(rng.uniform(0.0, beta_max))
-    out = np.array(image, dtype=np.float32)
-    y0, y1, x0, x1 = _box(mask > 0, 0)
-    window = (slice(y0, y1), slice(x0, x1))
-    tex = texture[window].astype(np.float32)
+    tex = texture.astype(np.float32)
     tex *= np.float32(1.0 / 255.0)
-    out[window] = blend(out[window], tex, mask[window], 1.0 - beta)
-    return out, mask
+    return blend(image.astype(np.float32, copy=False), tex, mask, 1.0 - beta), mask
 
 
 def large_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, float] = (0.05, 0.3),
