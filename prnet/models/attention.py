@@ -54,18 +54,19 @@ class MultiSizeSelfAttention(nn.Module):
         n, h, w = int(x.shape[0]), int(x.shape[-2]), int(x.shape[-1])  # python ints: static shapes (ONNX export)
         nb, bc, heads = len(self.divisors), self.branch_ch, self.heads
         ch = bc // heads
-        qkv = self.qkv(self.norm1(x))  # q | k | v, each nb branches × heads × ch channels
+        # q | k | v, each nb branches of bc channels: one view per branch (unbind: its backward is one stack)
+        branches = self.qkv(self.norm1(x)).reshape(n, 3, nb, bc, h, w).unbind(2)
         outs = []
-        for b, d in enumerate(self.divisors):
+        for qkv, d in zip(branches, self.divisors):
             ph, pw = patch_size(h, d), patch_size(w, d)
             if ph == h and pw == w:
                 # one token: the softmax over a single key is 1, attention returns v (exactly)
-                outs.append(qkv[:, 2 * nb * bc + b * bc:2 * nb * bc + (b + 1) * bc])
+                outs.append(qkv[:, 2])
                 continue
             nh, nw = h // ph, w // pw
-            # q, k and v of this branch into tokens in one copy: 3 × N × heads × T × (ch·ph·pw)
-            t = qkv.reshape(n, 3, nb, heads, ch, nh, ph, nw, pw)[:, :, b]
-            t = t.permute(1, 0, 2, 4, 6, 3, 5, 7).reshape(3, n, heads, nh * nw, ch * ph * pw)
+            # q, k and v into tokens in one copy: 3 × N × heads × T × (ch·ph·pw)
+            t = qkv.reshape(n, 3, heads, ch, nh, ph, nw, pw).permute(1, 0, 2, 4, 6, 3, 5, 7)
+            t = t.reshape(3, n, heads, nh * nw, ch * ph * pw)
             o = F.scaled_dot_product_attention(t[0], t[1], t[2])
             o = o.reshape(n, heads, nh, nw, ch, ph, pw).permute(0, 1, 4, 2, 5, 3, 6)
             outs.append(o.reshape(n, bc, h, w))
