@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check of the training-speed work, as one short run on one CUDA GPU (written for one H200; about 6 of
-# 8 minutes (7 min 45 s at most): every step has its own time limit, and a step that fails or runs out of time is noted
-# and the next one runs). Run from the repository root; writes everything under $OUT (default ./gpu_check_out):
+# The GPU check of the training-speed work, as one short run on one CUDA GPU (written for one H200; 7 min 45 s
+# at most: every step has its own time limit, and a step that fails or runs out of time is noted and the next
+# one runs). Run from the repository root; writes everything under $OUT (default ./gpu_check_out):
 #   env.txt                      GPU, driver, torch and package versions
 #   speed_b32.{txt,json}         bench_speed: WRN-50 (--weights none), 256², bf16, default head, batch 32
 #   speed_b64.{txt,json}         the same at batch 64
