@@ -254,3 +254,37 @@ def test_swap_anomaly_takes_a_region_of_the_other_image():
         assert np.allclose(opacity, opacity.mean(), atol=1e-4) and 0.2 < opacity.mean() <= 1.0 + 1e-6
     with pytest.raises(ValueError, match="shapes differ"):
         swap_anomaly(image, other[:40], rng(0))
+
+
+def test_warp_window_equals_the_full_warp_and_identity_keeps_the_image():
+    img = rng(3).random((48, 40, 3), dtype=np.float32)
+    ident = synthesis._Warp(np.array([[1.0, 0, 0], [0, 1.0, 0]]), None)
+    full = (0, 48, 0, 40)
+    assert np.array_equal(ident.sample(img, full, cv2.INTER_LINEAR), img)
+    assert np.array_equal(ident.sample(img, full, cv2.INTER_LINEAR, step=4), img[::4, ::4])
+    for k in range(5):
+        warp = synthesis._random_warp((48, 40), rng(k))
+        whole = warp.sample(img, full, cv2.INTER_LINEAR)
+        box = (5, 31, 7, 29)
+        np.testing.assert_allclose(warp.sample(img, box, cv2.INTER_LINEAR), whole[5:31, 7:29], atol=1e-6)
+        np.testing.assert_allclose(warp.sample(img, full, cv2.INTER_LINEAR, step=4), whole[::4, ::4], atol=1e-6)
+        inside = warp.sample(np.ones((48, 40), np.uint8), full, cv2.INTER_NEAREST)
+        assert 0.2 < inside.mean() <= 1.0  # the warp moves the image, it does not lose it
+
+
+def test_perlin_noise_equals_the_per_pixel_corner_formula():
+    """The matrix-product form against the textbook one: each pixel mixes its 4 corner gradients' dot products."""
+    h, w, ry, rx = 20, 28, 4, 7
+    angles = rng(4).uniform(0.0, 2.0 * np.pi, size=(ry + 1, rx + 1))
+    fade = lambda t: t * t * t * (t * (t * 6 - 15) + 10)  # noqa: E731
+    ref = np.zeros((h, w))
+    for i in range(h):
+        for j in range(w):
+            y, x = i * ry / h, j * rx / w
+            y0, x0 = int(y), int(x)
+            dots = [[np.sin(angles[y0 + a, x0 + b]) * (y - y0 - a) + np.cos(angles[y0 + a, x0 + b]) * (x - x0 - b)
+                     for b in (0, 1)] for a in (0, 1)]
+            sy, sx = fade(y - y0), fade(x - x0)
+            top, bottom = dots[0][0] + sx * (dots[0][1] - dots[0][0]), dots[1][0] + sx * (dots[1][1] - dots[1][0])
+            ref[i, j] = np.sqrt(2) * (top + sy * (bottom - top))
+    np.testing.assert_allclose(perlin_noise((h, w), (ry, rx), rng(4)), ref, atol=1e-5)

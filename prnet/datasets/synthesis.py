@@ -182,31 +182,6 @@ def blend(image: np.ndarray, texture: np.ndarray, mask: np.ndarray, beta: float)
     return out.astype(np.float32, copy=False)
 
 
-def _box(mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1): the bounding box of a non-empty mask grown by `margin` pixels, inside the image."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    h, w = mask.shape
-    return (max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin),
-            max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin))
-
-
-def context_offset(target: np.ndarray, source: np.ndarray, mask: np.ndarray, valid: Optional[np.ndarray] = None,
-                   width: Optional[int] = None) -> np.ndarray:
-    """Per-channel offset that brings the surroundings of `mask` in `source` to the level of the same surroundings
-    in `target` (RGB float H×W×3 both): mean over a ring of `width` pixels around the mask (default 3 % of the
-    shorter side) of target − source, counting only `valid` source pixels (not the fill of a warp). Zero when the
-    ring is empty (a mask that covers the image)."""
-    h, w = mask.shape
-    r = max(2, int(round(0.03 * min(h, w)))) if width is None else int(width)
-    m = (mask > 0).astype(np.uint8)
-    ring = (cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0) & (m == 0)
-    if valid is not None:
-        ring &= valid
-    if not ring.any():
-        return np.zeros(target.shape[-1], np.float32)
-    return (target[ring].mean(0) - source[ring].mean(0)).astype(np.float32)
-
-
 # ---------------------------------------------------------------------------------------------- foreground
 def estimate_foreground(image: np.ndarray, threshold: float = 0.1, min_fraction: float = 0.02) -> np.ndarray:
     """A bool H×W estimate of the object: after a Gaussian blur, pixels whose colour differs from the median
@@ -304,6 +279,31 @@ def swap_anomaly(image: np.ndarray, other: np.ndarray, rng: np.random.Generator,
     return blend(image.astype(np.float32), other.astype(np.float32), mask, opacity), mask
 
 
+def _box(mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the bounding box of a non-empty mask grown by `margin` pixels, inside the image."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    return (max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin),
+            max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin))
+
+
+def context_offset(target: np.ndarray, source: np.ndarray, mask: np.ndarray, valid: Optional[np.ndarray] = None,
+                   width: Optional[int] = None) -> np.ndarray:
+    """Per-channel offset that brings the surroundings of `mask` in `source` to the level of the same surroundings
+    in `target` (RGB float H×W×3 both): mean over a ring of `width` pixels around the mask (default 3 % of the
+    shorter side) of target − source, counting only `valid` source pixels (not the fill of a warp). Zero when the
+    ring is empty (a mask that covers the image)."""
+    h, w = mask.shape
+    r = max(2, int(round(0.03 * min(h, w)))) if width is None else int(width)
+    m = (mask > 0).astype(np.uint8)
+    ring = (cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0) & (m == 0)
+    if valid is not None:
+        ring &= valid
+    if not ring.any():
+        return np.zeros(target.shape[-1], np.float32)
+    return (target[ring].mean(0) - source[ring].mean(0)).astype(np.float32)
+
+
 def _elastic_displacement(hw: tuple[int, int], rng: np.random.Generator, amplitude: float,
                           cell: int = 16) -> np.ndarray:
     """A smooth random displacement field H×W×2 in pixels (x, y): uniform offsets of up to `amplitude` pixels on
@@ -335,8 +335,8 @@ class _Warp:
             d = self.displacement[y0:y1:step, x0:x1:step]
             qx, qy = xs + d[..., 0], ys + d[..., 1]
         (a, b, c), (d_, e, f) = self.inverse
-        map_x = np.ascontiguousarray(np.broadcast_to(a * qx + b * qy + c, (len(ys), xs.shape[1])))
-        map_y = np.ascontiguousarray(np.broadcast_to(d_ * qx + e * qy + f, (len(ys), xs.shape[1])))
+        map_x = a * qx + b * qy + c  # rows × columns (qx and qy broadcast)
+        map_y = d_ * qx + e * qy + f
         return cv2.remap(src, map_x, map_y, interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
