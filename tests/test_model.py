@@ -177,3 +177,18 @@ def test_attention_equals_the_reference_forward(channels, divisors, heads, hw):
             torch.autograd.grad(ref.square().sum(), [x] + list(att.parameters()))
         for a, b in zip(g, g_ref):  # gradients in the hundreds: float32 noise relative to the largest
             torch.testing.assert_close(a, b, atol=1e-6 * float(b.abs().max()), rtol=1e-5)
+
+
+def test_attention_onnx_export_keeps_the_batch_dynamic(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    att = MultiSizeSelfAttention(16, (1, 2, 4, 8), heads=2).eval()
+    path = str(tmp_path / "att.onnx")
+    torch.onnx.export(att, (torch.randn(1, 16, 16, 12),), path, opset_version=17, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+    onnx.checker.check_model(onnx.load(path))
+    x = torch.randn(3, 16, 16, 12)
+    out = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        assert abs(out - att(x).numpy()).max() < 1e-4

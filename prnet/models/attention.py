@@ -51,11 +51,12 @@ class MultiSizeSelfAttention(nn.Module):
                                  nn.Conv2d(hidden, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, h, w = int(x.shape[0]), int(x.shape[-2]), int(x.shape[-1])  # python ints: static shapes (ONNX export)
+        # python ints: static patch sizes; the batch stays -1 in every reshape (dynamic in an ONNX export)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
         nb, bc, heads = len(self.divisors), self.branch_ch, self.heads
         ch = bc // heads
         # q | k | v, each nb branches of bc channels: one view per branch (unbind: its backward is one stack)
-        branches = self.qkv(self.norm1(x)).reshape(n, 3, nb, bc, h, w).unbind(2)
+        branches = self.qkv(self.norm1(x)).reshape(-1, 3, nb, bc, h, w).unbind(2)
         outs = []
         for qkv, d in zip(branches, self.divisors):
             ph, pw = patch_size(h, d), patch_size(w, d)
@@ -65,10 +66,10 @@ class MultiSizeSelfAttention(nn.Module):
                 continue
             nh, nw = h // ph, w // pw
             # q, k and v into tokens in one copy: 3 × N × heads × T × (ch·ph·pw)
-            t = qkv.reshape(n, 3, heads, ch, nh, ph, nw, pw).permute(1, 0, 2, 4, 6, 3, 5, 7)
-            t = t.reshape(3, n, heads, nh * nw, ch * ph * pw)
+            t = qkv.reshape(-1, 3, heads, ch, nh, ph, nw, pw).permute(1, 0, 2, 4, 6, 3, 5, 7)
+            t = t.reshape(3, -1, heads, nh * nw, ch * ph * pw)
             o = F.scaled_dot_product_attention(t[0], t[1], t[2])
-            o = o.reshape(n, heads, nh, nw, ch, ph, pw).permute(0, 1, 4, 2, 5, 3, 6)
-            outs.append(o.reshape(n, bc, h, w))
+            o = o.reshape(-1, heads, nh, nw, ch, ph, pw).permute(0, 1, 4, 2, 5, 3, 6)
+            outs.append(o.reshape(-1, bc, h, w))
         x = x + self.proj(torch.cat(outs, dim=1))
         return x + self.ffn(x)
