@@ -1,26 +1,37 @@
-"""Speed of the whole PRNet pipeline on one machine: synthesis, training step, backbone, inference, prototypes,
-AUPRO. Prints one markdown table and optionally writes the figures as JSON.
+"""Speed of the whole PRNet pipeline on one machine: synthesis, training step, end-to-end training epoch, backbone,
+inference, prototypes, AUPRO, peak memory and time to the first step. Prints one markdown table and optionally
+writes the figures as JSON.
 
     python benchmarks/bench_speed.py [--data ROOT --category C] [--dtd PATH] [--backbone tf_efficientnet_lite0]
         [--weights package|none|hub|PATH] [--size 256] [--batch 8] [--device auto|cpu|cuda] [--amp/--no-amp]
-        [--widths "[64,128,256]"] [--steps 20 (CUDA) / 5 (CPU)] [--threads N] [--synth-samples 60] [--json OUT]
+        [--widths "[64,128,256]"] [--steps 20 (CUDA) / 5 (CPU)] [--threads N] [--synth-samples 60]
+        [--train-images 40] [--workers N] [--channels-last/--no-channels-last] [--compile] [--fused-adamw]
+        [--old] [--json OUT]
 
-Without --data a small demo category (40 training images) is generated in a temporary folder; without --dtd
-textures are procedural. What is measured:
+Without --data a small demo category (--train-images training images) is generated in a temporary folder;
+without --dtd textures are procedural. What is measured:
 1. synthesis: Perlin and extended samples through the real TrainDataset.__getitem__((epoch, index)), one thread
    (torch and OpenCV), i.e. per DataLoader worker: median ms and samples/s (1 / mean time);
-2. training: whole steps (frozen backbone, prototype lookup, head, loss, backward, AdamW step) on one fixed batch
+2. time to first step: from the model on the device to the end of its first training step (torch.compile's
+   compilation included with --compile);
+3. training: whole steps (frozen backbone, prototype lookup, head, loss, backward, AdamW step) on one fixed batch
    of training samples already on the device (data loading excluded), after 3 warm-up steps (--steps timed:
-   20 on CUDA, 5 on CPU by default, which keeps the default CPU run to about 2 minutes on 2 cores);
-3. the frozen backbone's forward pass on the same batch (the floor of a step) and step time / forward time;
-4. inference: predict_maps (forward, sigmoid, Gaussian smoothing, top-k score) at eval batch --batch;
-5. prototypes: build_category_prototypes (reads the training images, extracts features, k-means), wall seconds;
-6. AUPRO of 200 maps of 256x256 (prnet.metrics.aupro, best of 3) next to the plain sort-based reference (once).
-On CUDA: cudnn.benchmark, channels_last, bf16 autocast (unless --no-amp), torch.cuda.synchronize around every
-timed region. On CPU autocast is off, as in the trainer.
+   20 on CUDA, 5 on CPU by default);
+4. the frozen backbone's forward pass on the same batch (the floor of a step) and step time / forward time;
+5. end to end: one whole training epoch (epoch 1) through a real DataLoader (the trainer's settings: EpochSampler,
+   --workers workers, persistent, prefetch 4, pinned memory on CUDA) with synthesis, after 3 warm-up steps of
+   epoch 0; images/s and its ratio to the fixed-batch step;
+6. inference: predict_maps (forward, sigmoid, Gaussian smoothing, top-k score) at eval batch --batch;
+7. prototypes: build_category_prototypes (reads the training images, extracts features, k-means), wall seconds;
+8. AUPRO of 200 maps of 256x256 (prnet.metrics.aupro, best of 3) next to the plain sort-based reference (once);
+9. peak memory: torch.cuda.max_memory_allocated on CUDA, the peak RSS of this process on the CPU.
+On CUDA: cudnn.benchmark, bf16 autocast (unless --no-amp), torch.cuda.synchronize around every timed region.
+On CPU autocast is off, as in the trainer. --old runs everything with the previous synthesis and attention code
+(benchmarks/legacy.py), so before and after are one flag apart. --compile (torch.compile of the model for the
+training steps) and --fused-adamw (CUDA) are off unless asked; channels_last follows train.channels_last.
 
 GPU example: python benchmarks/bench_speed.py --backbone wide_resnet50_2 --weights none --batch 32 --device cuda \
-    --json speed_gpu.json
+    --train-images 240 --workers 16 --json speed_gpu.json
 """
 from __future__ import annotations
 
@@ -29,35 +40,36 @@ import json
 import logging
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
 import time
 from typing import Any, Callable, Optional
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+import cv2
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from bench_metrics import best_time, make_data, reference_aupro  # noqa: E402
-from bench_model import _time_once  # noqa: E402
-from bench_synthesis import timeit  # noqa: E402
-from prnet.config import Config, ConfigError, image_hw, validate  # noqa: E402
-from prnet.datasets import TrainDataset, build_train_dataset, make_demo_category  # noqa: E402
-from prnet.engine.evaluator import predict_maps  # noqa: E402
-from prnet.losses import PRNetLoss  # noqa: E402
-from prnet.metrics import aupro  # noqa: E402
-from prnet.models.backbone import Backbone  # noqa: E402
-from prnet.models.prnet import build_model, count_trainable  # noqa: E402
-from prnet.engine.prototypes import build_category_prototypes  # noqa: E402
-from prnet.utils import atomic_write, resolve_device, setup_logging  # noqa: E402
+from bench_metrics import best_time, make_data, reference_aupro
+from bench_model import _time_once
+from bench_synthesis import timeit
+from legacy import old_paths
+from prnet.config import Config, ConfigError, image_hw, validate
+from prnet.datasets import EpochSampler, TrainDataset, build_train_dataset, make_demo_category
+from prnet.engine.evaluator import predict_maps
+from prnet.losses import PRNetLoss
+from prnet.metrics import aupro
+from prnet.models.backbone import Backbone
+from prnet.models.prnet import build_model, count_trainable
+from prnet.engine.prototypes import build_category_prototypes
+from prnet.utils import atomic_write, resolve_device, setup_logging
 
 log = logging.getLogger("bench_speed")
 WARMUP_STEPS = 3
-DEMO_TRAIN, DEMO_TEST_GOOD, DEMO_TEST_BAD = 40, 2, 12
+DEMO_TEST_GOOD, DEMO_TEST_BAD = 2, 12
 
 
 def environment(device: torch.device, use_amp: bool) -> dict:
@@ -125,6 +137,43 @@ def fixed_batch(ds: TrainDataset, batch: int, device: torch.device, channels_las
     return images, masks
 
 
+def bench_epoch(ds: TrainDataset, batch: int, workers: int, seed: int, device: torch.device,
+                step: Callable[[torch.Tensor, torch.Tensor], None], channels_last: bool) -> dict:
+    """One whole training epoch (epoch 1) through a DataLoader set up as the trainer's, after WARMUP_STEPS steps
+    of epoch 0 (workers started, caches filled): images/s of the timed epoch, data loading included."""
+    sampler = EpochSampler(len(ds), seed)
+    loader = DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        prefetch_factor=4 if workers > 0 else None)
+    if len(loader) == 0:
+        raise SystemExit(f"--batch {batch} is larger than the {len(ds)} training samples per epoch: use more "
+                         f"--train-images")
+
+    def run_step(b: dict) -> int:
+        images = b["image"].to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        step(images, b["mask"].to(device, non_blocking=True))
+        return int(images.shape[0])
+
+    for k, b in enumerate(loader):
+        run_step(b)
+        if k + 1 >= WARMUP_STEPS:
+            break
+    sampler.set_epoch(1)
+    n = 0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for b in loader:
+        n += run_step(b)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    del loader  # stops the persistent workers
+    return {"images_per_s": n / seconds, "seconds": seconds, "images": n, "steps": n // batch, "workers": workers}
+
+
 def bench_prototypes(cfg: Config, category: str, device: torch.device, backbone: Backbone):
     """(bank, wall seconds) of build_category_prototypes, after one untimed backbone call (device start-up)."""
     h, w = image_hw(cfg)
@@ -171,6 +220,8 @@ def make_config(args: argparse.Namespace, root: str, use_amp: bool, proto_dir: s
     cfg.train.batch_size = args.batch
     cfg.eval.batch_size = args.batch
     cfg.train.amp = use_amp
+    if args.channels_last is not None:
+        cfg.train.channels_last = args.channels_last
     validate(cfg)
     return cfg
 
@@ -182,20 +233,23 @@ def run(args: argparse.Namespace, workdir: str) -> dict:
     use_amp = device.type == "cuda" and (args.amp is None or args.amp)
     if args.amp and device.type != "cuda":
         log.warning("--amp: bf16 autocast is used on CUDA only (as in the trainer); timing fp32 on %s", device)
+    if args.fused_adamw and device.type != "cuda":
+        raise SystemExit("--fused-adamw: the fused AdamW runs on CUDA only")
     root = args.data or os.path.join(workdir, "data")
     cfg = make_config(args, root, use_amp, os.path.join(workdir, "prototypes"))
     if not args.data:
         t0 = time.perf_counter()
-        make_demo_category(root, args.category, seed=0, size=args.size, n_train=DEMO_TRAIN,
+        make_demo_category(root, args.category, seed=0, size=args.size, n_train=args.train_images,
                            n_test_good=DEMO_TEST_GOOD, n_test_bad=DEMO_TEST_BAD)
         log.info("demo category generated in %.1f s", time.perf_counter() - t0)
     h, w = image_hw(cfg)
     env = environment(device, use_amp)
     res: dict = {"environment": env, "settings": {
-        "data": args.data or f"generated demo ({DEMO_TRAIN} train images)", "category": args.category,
+        "data": args.data or f"generated demo ({args.train_images} train images)", "category": args.category,
         "dtd": args.dtd, "backbone": args.backbone, "weights": args.weights, "size": [h, w], "batch": args.batch,
         "head_widths": cfg.model.head_widths, "steps": args.steps, "warmup_steps": WARMUP_STEPS,
-        "channels_last": cfg.train.channels_last}}
+        "channels_last": cfg.train.channels_last, "compile": args.compile, "fused_adamw": args.fused_adamw,
+        "code": "previous (--old)" if args.old else "current"}}
 
     ds = build_train_dataset(cfg, args.category)
     log.info("synthesis: %d samples per kind, one thread", args.synth_samples)
@@ -209,22 +263,27 @@ def run(args: argparse.Namespace, workdir: str) -> dict:
                          "batch": cfg.prototypes.batch_size}
 
     torch.manual_seed(cfg.seed)
+    t_model = time.perf_counter()
     model = build_model(cfg, bank, backbone=backbone).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
-                                  weight_decay=cfg.train.weight_decay)
+                                  weight_decay=cfg.train.weight_decay, **({"fused": True} if args.fused_adamw else {}))
+    train_model = torch.compile(model) if args.compile else model
     criterion = PRNetLoss(cfg.loss)
     images, masks = fixed_batch(ds, args.batch, device, cfg.train.channels_last)
     res["settings"]["trainable_params_M"] = count_trainable(model) / 1e6
 
-    def train_step() -> None:
+    def step(x: torch.Tensor, m: torch.Tensor) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(images)
-        loss, _ = criterion(logits, masks)
+            logits = train_model(x)
+        loss, _ = criterion(logits, m)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+    def train_step() -> None:
+        step(images, masks)
 
     def backbone_forward() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -234,20 +293,29 @@ def run(args: argparse.Namespace, workdir: str) -> dict:
         predict_maps(model, images, topk=cfg.eval.topk, sigma=cfg.eval.sigma, amp=cfg.train.amp)
 
     n_img = args.steps * args.batch
-    log.info("training: %d steps of batch %d", args.steps, args.batch)
     model.train()
+    res["time_to_first_step_s"] = time.perf_counter() - t_model + _time_once(train_step, device)
+    log.info("training: %d steps of batch %d", args.steps, args.batch)
     t_train = timed_loop(train_step, args.steps, device)
     log.info("backbone forward: %d batches", args.steps)
     t_bb = timed_loop(backbone_forward, args.steps, device)
+    log.info("end to end: one epoch through a DataLoader with %d workers", args.workers)
+    model.train()
+    res["epoch"] = bench_epoch(ds, args.batch, args.workers, cfg.seed, device, step, cfg.train.channels_last)
     log.info("inference: %d batches", args.steps)
     model.eval()
     t_inf = timed_loop(inference, args.steps, device)
     res["train"] = {"images_per_s": n_img / t_train, "ms_per_step": 1e3 * t_train / args.steps}
     res["backbone_forward"] = {"images_per_s": n_img / t_bb, "ms_per_batch": 1e3 * t_bb / args.steps}
     res["step_over_backbone"] = t_train / t_bb
+    res["epoch_over_step"] = res["epoch"]["images_per_s"] / res["train"]["images_per_s"]
     res["inference"] = {"images_per_s": n_img / t_inf, "ms_per_batch": 1e3 * t_inf / args.steps}
     if device.type == "cuda":
-        res["cuda_max_memory_GiB"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        res["peak_memory_GiB"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        res["peak_memory_kind"] = "torch.cuda.max_memory_allocated"
+    else:
+        res["peak_memory_GiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+        res["peak_memory_kind"] = "peak RSS of the main process"
 
     log.info("AUPRO: 200 maps of 256x256")
     res["aupro"] = bench_aupro()
@@ -266,12 +334,20 @@ def table(res: dict) -> str:
         else:
             rows.append((f"synthesis: {kind} sample", f"{r['samples_per_s']:.1f}", "samples/s per worker",
                          f"median {r['median_ms']:.2f} ms, {r['samples']} samples, 1 thread"))
+    e = res["epoch"]
     rows += [
+        ("time to first step", f"{res['time_to_first_step_s']:.2f}", "s",
+         "model on the device to the end of its first training step" + (", compilation included"
+                                                                         if s["compile"] else "")),
         ("training step", f"{res['train']['images_per_s']:.1f}", "images/s",
          f"{res['train']['ms_per_step']:.1f} ms/step, batch {b}, fixed batch on device (data loading excluded)"),
         ("backbone forward", f"{res['backbone_forward']['images_per_s']:.1f}", "images/s",
          f"{res['backbone_forward']['ms_per_batch']:.1f} ms/batch, batch {b}"),
         ("step / backbone forward", f"{res['step_over_backbone']:.2f}", "x", "training step time / forward time"),
+        ("training, end to end", f"{e['images_per_s']:.1f}", "images/s",
+         f"one epoch of {e['images']} images ({e['steps']} steps) via DataLoader, {e['workers']} workers, synthesis "
+         f"included"),
+        ("end to end / step", f"{res['epoch_over_step']:.2f}", "x", "epoch images/s / fixed-batch step images/s"),
         ("inference (predict_maps)", f"{res['inference']['images_per_s']:.1f}", "images/s",
          f"{res['inference']['ms_per_batch']:.1f} ms/batch, batch {b}, forward + sigmoid + smoothing + top-k"),
         ("prototype building", f"{res['prototypes']['seconds']:.2f}", "s",
@@ -282,15 +358,15 @@ def table(res: dict) -> str:
         ("AUPRO (sort reference)", f"{res['aupro']['reference_s']:.3f}", "s",
          f"once; {res['aupro']['speedup']:.1f}x slower, abs diff {res['aupro']['abs_diff']:.1e}"),
     ]
+    rows.append(("peak memory", f"{res['peak_memory_GiB']:.2f}", "GiB", res["peak_memory_kind"]))
     h, w = s["size"]
-    head = (f"{env['device_name']} ({env['device']}, {env['torch_threads']} torch threads, "
+    head = (f"{s['code']} code; {env['device_name']} ({env['device']}, {env['torch_threads']} torch threads, "
             f"{env['cpu_count']} CPUs), torch {env['torch']}, {env['dtype']}; {s['backbone']} "
             f"(weights {s['weights']}), head widths {s['head_widths']} ({s['trainable_params_M']:.2f} M trainable), "
-            f"{h}x{w}, {s['steps']} timed steps after {s['warmup_steps']} warm-up; data: {s['data']}")
+            f"{h}x{w}, {s['steps']} timed steps after {s['warmup_steps']} warm-up; channels_last "
+            f"{s['channels_last']}, compile {s['compile']}, fused AdamW {s['fused_adamw']}; data: {s['data']}")
     lines = [head, "", "| measure | value | unit | notes |", "|---|---:|---|---|"]
     lines += [f"| {a} | {v} | {u} | {n} |" for a, v, u, n in rows]
-    if "cuda_max_memory_GiB" in res:
-        lines.append(f"\npeak CUDA memory: {res['cuda_max_memory_GiB']:.2f} GiB")
     return "\n".join(lines)
 
 
@@ -311,6 +387,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="timed steps/batches per measurement (default: 20 on CUDA, 5 on CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     p.add_argument("--synth-samples", type=int, default=60, help="synthetic samples timed per kind")
+    p.add_argument("--train-images", type=int, default=40, help="training images of the generated demo category")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers of the end-to-end epoch (default: min(8, CPUs), as the trainer)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last model and batches (default: train.channels_last)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for the training steps")
+    p.add_argument("--fused-adamw", action="store_true", help="fused AdamW (CUDA only)")
+    p.add_argument("--old", action="store_true",
+                   help="the previous synthesis and attention code (benchmarks/legacy.py), for before/after")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     if args.data and not args.category:
@@ -318,14 +403,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.category = args.category or "demo"
     if args.steps is None:
         args.steps = 20 if resolve_device(args.device).type == "cuda" else 5
-    if args.steps < 1 or args.batch < 1 or args.synth_samples < 1:
-        p.error("--steps, --batch and --synth-samples must be >= 1")
+    if args.workers is None:
+        args.workers = min(8, os.cpu_count() or 1)
+    if args.steps < 1 or args.batch < 1 or args.synth_samples < 1 or args.train_images < 2 or args.workers < 0:
+        p.error("--steps, --batch and --synth-samples must be >= 1, --train-images >= 2, --workers >= 0")
     setup_logging()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     workdir = tempfile.mkdtemp(prefix="prnet-bench-speed-")
     try:
-        res = run(args, workdir)
+        with old_paths(args.old):
+            res = run(args, workdir)
     except ConfigError as e:
         p.error(str(e))
     finally:

@@ -48,8 +48,8 @@ def build_grey_perlin(out: str, seed: int = 0, size: int = 256) -> tuple[str, st
     for k, name in enumerate(held):
         src = os.path.realpath(os.path.join(good, name))
         _link(src, os.path.join(cat, "test", "good", name))
-        image, mask = perlin_anomaly(load_rgb(src, (size, size)), textures, numpy_rng(seed, 0xBE41, k), grey=True,
-                                     texture_weight="beta")  # as build_proxy draws them
+        image, mask = perlin_anomaly(load_rgb(src, (size, size)), textures, numpy_rng(seed, 0xBE41, k),
+                                     grey=True)  # as build_proxy draws them
         _save_rgb(os.path.join(cat, "test", GREY, f"{k:04d}.png"), image)
         _save_mask(os.path.join(cat, "ground_truth", GREY, f"{k:04d}_mask.png"), mask)
     _link(src, os.path.join(cat, "train", "good", name))  # the layout wants a train split; nothing trains on it

@@ -167,9 +167,7 @@ def build_proxy(data: str, dtd: str, out: str, holdout: float, val_classes: int,
     for k, i in enumerate(held):
         image = load_rgb(normals[i].path, hw)
         stem = f"{k:04d}"
-        # texture weight β ∈ [0, 0.8) as when the README's validation figures were made (training now uses DRAEM's
-        # 1 − β); faint anomalies included, the same set for every run
-        img, mask = perlin_anomaly(image, textures, numpy_rng(seed, 0xBE41, k), texture_weight="beta")
+        img, mask = perlin_anomaly(image, textures, numpy_rng(seed, 0xBE41, k))
         _save_rgb(os.path.join(cat, "test", PERLIN, stem + ".png"), img)
         _save_mask(os.path.join(cat, "ground_truth", PERLIN, stem + "_mask.png"), mask)
         d_img, d_mask = defects[k % len(defects)]

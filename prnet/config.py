@@ -63,9 +63,6 @@ class SynthesisConfig:
     extended_match_context: bool = True
     foreground: bool = False  # restrict Perlin masks to the estimated object foreground
     beta_max: float = 0.8  # DRAEM's beta ~ U(0, beta_max): the original image's weight inside the Perlin mask
-    # the texture's weight there: 1-beta (DRAEM: opacity in (1 - beta_max, 1], every anomaly visible) | beta (our
-    # earlier, inverted reading: opacity in [0, beta_max), near-invisible anomalies labelled anomalous)
-    texture_weight: str = "1-beta"
     perlin_scale_max: int = 5  # Perlin scale 2^k per axis, k in 0..perlin_scale_max
     # colour of the Perlin textures: rgb (DRAEM) | grey (their luminance) | auto (grey when the category's normal
     # training images are all greyscale, e.g. MVTec grid/screw/zipper, Magnetic Tile; rgb otherwise)
@@ -320,9 +317,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config keys 'model.head_widths' and 'model.stages': expected one width per stage, "
             f"got {cfg.model.head_widths} for {cfg.model.stages}")
-    if cfg.synthesis.texture_weight not in ("1-beta", "beta"):
-        raise ConfigError(f"config key 'synthesis.texture_weight': expected 1-beta or beta, "
-                          f"got {cfg.synthesis.texture_weight!r}")
     for key in ("perlin_ratio", "extended_ratio"):
         if getattr(cfg.synthesis, key) < 0:
             raise ConfigError(f"config key 'synthesis.{key}': expected >= 0")

@@ -30,7 +30,7 @@ def test_yaml_then_overrides(tmp_path):
     ("train.amp=maybe", "'train.amp': expected true or false"),
     ("data.image_size=100", "multiple of 32"),
     ("prototypes.residual=cube", "squared or abs"),
-    ("synthesis.texture_weight=beta2", "'synthesis.texture_weight': expected 1-beta or beta"),
+    ("synthesis.texture_weight=beta", "unknown config key 'synthesis.texture_weight'"),
     ("synthesis.texture_colour=gray", "'synthesis.texture_colour': expected auto, rgb or grey"),
     ("train.epochs", "expected key=value"),
 ])

@@ -131,3 +131,62 @@ def test_onnx_export(tmp_path):
     out = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
     with torch.no_grad():
         assert abs(out - model(x).numpy()).max() < 1e-3
+
+
+def _reference_attention_forward(att: MultiSizeSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """MultiSizeSelfAttention.forward as first written (per-branch q/k/v reshapes, SDPA for every branch): the
+    reference the current forward must equal."""
+    def tokens(t, ph, pw):
+        n, c, h, w = t.shape
+        t = t.reshape(n, att.heads, c // att.heads, h // ph, ph, w // pw, pw).permute(0, 1, 3, 5, 2, 4, 6)
+        return t.reshape(n, att.heads, (h // ph) * (w // pw), (c // att.heads) * ph * pw)
+
+    def fold(t, c, h, w, ph, pw):
+        t = t.reshape(t.shape[0], att.heads, h // ph, w // pw, c // att.heads, ph, pw).permute(0, 1, 4, 2, 5, 3, 6)
+        return t.reshape(t.shape[0], c, h, w)
+
+    h, w = x.shape[-2:]
+    q, k, v = att.qkv(att.norm1(x)).chunk(3, dim=1)
+    outs = []
+    for b, d in enumerate(att.divisors):
+        sl = slice(b * att.branch_ch, (b + 1) * att.branch_ch)
+        ph, pw = patch_size(h, d), patch_size(w, d)
+        o = torch.nn.functional.scaled_dot_product_attention(*(tokens(t[:, sl], ph, pw) for t in (q, k, v)))
+        outs.append(fold(o, att.branch_ch, h, w, ph, pw))
+    x = x + att.proj(torch.cat(outs, dim=1))
+    return x + att.ffn(x)
+
+
+@pytest.mark.parametrize("channels, divisors, heads, hw", [
+    (16, (1, 2, 4, 8), 1, (16, 16)), (32, (1, 2, 4, 8), 2, (12, 20)), (24, (2, 3, 5), 1, (15, 10)),
+    (8, (1, 1), 2, (8, 8))])
+def test_attention_equals_the_reference_forward(channels, divisors, heads, hw):
+    torch.manual_seed(0)
+    att = MultiSizeSelfAttention(channels, divisors, heads=heads).train()
+    with torch.no_grad():
+        for p in att.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    x = torch.randn(3, channels, *hw, requires_grad=True)
+    for channels_last in (False, True):
+        xi = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        y, ref = att(xi), _reference_attention_forward(att, xi)
+        torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+        g, g_ref = torch.autograd.grad(y.square().sum(), [x] + list(att.parameters())), \
+            torch.autograd.grad(ref.square().sum(), [x] + list(att.parameters()))
+        for a, b in zip(g, g_ref):  # gradients in the hundreds: float32 noise relative to the largest
+            torch.testing.assert_close(a, b, atol=1e-6 * float(b.abs().max()), rtol=1e-5)
+
+
+def test_attention_onnx_export_keeps_the_batch_dynamic(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    att = MultiSizeSelfAttention(16, (1, 2, 4, 8), heads=2).eval()
+    path = str(tmp_path / "att.onnx")
+    torch.onnx.export(att, (torch.randn(1, 16, 16, 12),), path, opset_version=17, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+    onnx.checker.check_model(onnx.load(path))
+    x = torch.randn(3, 16, 16, 12)
+    out = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        assert abs(out - att(x).numpy()).max() < 1e-4

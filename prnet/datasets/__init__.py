@@ -66,7 +66,7 @@ class TrainDataset(Dataset):
     def __init__(self, normal: MVTEC, textures: TextureSource, seed: int, n_perlin: int,
                  anomalies: list[tuple[str, np.ndarray, np.ndarray]], n_extended: int, beta_max: float = 0.8,
                  scale_max: int = 5, foreground: bool = False, real_anomalies: Optional[list[str]] = None,
-                 grey_textures: bool = False, texture_weight: str = "1-beta", n_swap: int = 0,
+                 grey_textures: bool = False, n_swap: int = 0,
                  swap_area: tuple[float, float] = (0.05, 0.3), swap_beta_max: float = 0.0,
                  match_context: bool = False) -> None:
         self.normal = normal
@@ -84,7 +84,6 @@ class TrainDataset(Dataset):
         self.scale_max = scale_max
         self.foreground = foreground
         self.grey_textures = bool(grey_textures)
-        self.texture_weight = texture_weight
         self.real_anomalies: list[str] = list(real_anomalies or [])
         self.epoch = 0
         self._fg: dict[int, np.ndarray] = {}
@@ -125,8 +124,7 @@ class TrainDataset(Dataset):
             normal = self.normal.image(base)
             if kind == "perlin":
                 image, mask = perlin_anomaly(normal, self.textures, rng, self.beta_max, self.scale_max,
-                                             self._foreground(base, normal), grey=self.grey_textures,
-                                             texture_weight=self.texture_weight)
+                                             self._foreground(base, normal), grey=self.grey_textures)
             elif kind == "swap":
                 other = int(rng.integers(0, self.n_normal - 1))
                 other += other >= base  # any normal training image but the base one
@@ -242,7 +240,7 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
     grey = colour == "grey" or (colour == "auto" and greyscale_category(normal))
     ds = TrainDataset(normal, textures, cfg.seed, n_perlin, anomalies, n_extended, cfg.synthesis.beta_max,
                       cfg.synthesis.perlin_scale_max, cfg.synthesis.foreground, [s.name for s in shots], grey,
-                      cfg.synthesis.texture_weight, int(round(cfg.synthesis.swap_fraction * n_perlin)),
+                      int(round(cfg.synthesis.swap_fraction * n_perlin)),
                       tuple(cfg.synthesis.swap_area), cfg.synthesis.swap_beta_max,
                       cfg.synthesis.extended_match_context)
     log.info("%s: %d normal + %d perlin (%d of them region swaps) + %d extended training samples per epoch%s; "

@@ -2,19 +2,19 @@
 
 Everything works on RGB float32 images in [0, 1] (H×W×3) and float32 masks in {0, 1} (H×W); textures are RGB
 uint8 while they are augmented and become float [0, 1] before blending, so image and texture are in one space
-(GUIDE pitfall 2). Every random choice draws from the `numpy.random.Generator` passed in. Only numpy, OpenCV
-and torchvision.transforms.v2 are used.
+(GUIDE pitfall 2). Every random choice draws from the `numpy.random.Generator` passed in. numpy and OpenCV do
+the work, with torch for the small matrix products of the Perlin noise; everything runs on one thread per
+DataLoader worker.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional, Protocol
 
 import cv2
 import numpy as np
 import torch
-from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as TF
 
 
 class TextureProvider(Protocol):
@@ -26,34 +26,43 @@ def _fade(t: np.ndarray) -> np.ndarray:
     return t * t * t * (t * (t * 6.0 - 15.0) + 10.0)
 
 
+@functools.lru_cache(maxsize=64)
+def _lattice_weights(n: int, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interpolation matrices of one axis with `n` pixels and `cells` lattice cells, both n×(cells+1) float32:
+    `mix` holds the fade weights (1 − s, s) of the two lattice points around each pixel, `dist` the same weights
+    times the pixel's signed distance to each point (f, f − 1). Shared between calls: never modified."""
+    u = np.arange(n, dtype=np.float32) * np.float32(cells / n)
+    i0 = np.floor(u).astype(np.int64)
+    f = u - i0
+    s = _fade(f)
+    rows = np.arange(n)
+    mix = np.zeros((n, cells + 1), np.float32)
+    dist = np.zeros((n, cells + 1), np.float32)
+    mix[rows, i0], mix[rows, i0 + 1] = 1.0 - s, s
+    dist[rows, i0], dist[rows, i0 + 1] = (1.0 - s) * f, s * (f - 1.0)
+    return torch.from_numpy(mix), torch.from_numpy(dist)
+
+
 def perlin_noise(hw: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """2-D gradient (Perlin) noise of shape `hw` with `res` = (cells along y, cells along x); values ≈ [-1, 1].
 
-    Random unit gradients sit on the (res+1) lattice; each pixel mixes the dot products of its 4 corner
-    gradients with the quintic fade, scaled by √2 as in DRAEM. Any size works (no divisibility needed).
+    Random unit gradients (gy, gx) sit on the (res+1) lattice; each pixel mixes the dot products of its 4 corner
+    gradients with its offsets to them, weighted by the quintic fade, scaled by √2 as in DRAEM. The mix is
+    separable, so the whole field is two small matrix products:
+    noise = √2 · (Dy · gy · Mxᵀ + My · gx · Dxᵀ), with M the fade weights and D the weights times the offsets per
+    axis (`_lattice_weights`). Any size works (no divisibility needed).
     """
     h, w = hw
     ry, rx = max(1, int(res[0])), max(1, int(res[1]))
     angles = rng.uniform(0.0, 2.0 * math.pi, size=(ry + 1, rx + 1))
     gy = np.sin(angles).astype(np.float32)
     gx = np.cos(angles).astype(np.float32)
-    y = np.arange(h, dtype=np.float32) * np.float32(ry / h)
-    x = np.arange(w, dtype=np.float32) * np.float32(rx / w)
-    y0 = np.floor(y).astype(np.int64)
-    x0 = np.floor(x).astype(np.int64)
-    fy = (y - y0)[:, None]
-    fx = (x - x0)[None, :]
-
-    def corner(dy: int, dx: int) -> np.ndarray:
-        rows_y, rows_x = gy[y0 + dy], gx[y0 + dy]  # h × (rx+1)
-        return rows_y[:, x0 + dx] * (fy - dy) + rows_x[:, x0 + dx] * (fx - dx)
-
-    sy, sx = _fade(fy), _fade(fx)
-    n0 = corner(0, 0)
-    n0 += sx * (corner(0, 1) - n0)
-    n1 = corner(1, 0)
-    n1 += sx * (corner(1, 1) - n1)
-    return (math.sqrt(2.0) * (n0 + sy * (n1 - n0))).astype(np.float32)
+    my, dy = _lattice_weights(h, ry)
+    mx, dx = _lattice_weights(w, rx)
+    # torch matmul: it follows torch.set_num_threads (one thread in a DataLoader worker), numpy's BLAS does not
+    out = (dy @ torch.from_numpy(gy)) @ mx.T
+    out.addmm_(my @ torch.from_numpy(gx), dx.T)
+    return out.mul_(math.sqrt(2.0)).numpy()
 
 
 def _rotate(image: np.ndarray, angle: float, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
@@ -66,15 +75,16 @@ def _rotate(image: np.ndarray, angle: float, interpolation: int = cv2.INTER_LINE
 def perlin_mask(hw: tuple[int, int], rng: np.random.Generator, scale_max: int = 5, threshold: float = 0.5,
                 within: Optional[np.ndarray] = None, max_tries: int = 50) -> np.ndarray:
     """A non-empty float32 {0,1} mask: Perlin noise at scale 2^k per axis (k ∈ 0..scale_max, independent),
-    rotated by U(-90°, 90°), thresholded (> threshold). Redrawn while empty (inside `within` if given); after
-    `max_tries` the top 10 % of the last noise inside `within` is used so the result is never empty."""
+    rotated by U(-90°, 90°) (nearest-neighbour sampling: the threshold makes the mask pixel-exact anyway),
+    thresholded (> threshold). Redrawn while empty (inside `within` if given); after `max_tries` the top 10 % of
+    the last noise inside `within` is used so the result is never empty."""
     if within is not None and not within.any():
         within = None
     noise = None
     for _ in range(max_tries):
         ky, kx = rng.integers(0, scale_max + 1, size=2)
         noise = perlin_noise(hw, (2 ** int(ky), 2 ** int(kx)), rng)
-        noise = _rotate(noise, float(rng.uniform(-90.0, 90.0)))
+        noise = _rotate(noise, float(rng.uniform(-90.0, 90.0)), cv2.INTER_NEAREST)
         mask = noise > threshold
         if within is not None:
             mask &= within
@@ -109,10 +119,10 @@ def _op_sharpness(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _op_hue_saturation(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     hsv = cv2.cvtColor(t, cv2.COLOR_RGB2HSV)  # OpenCV hue is 0..179 (2° units)
-    hue = (hsv[..., 0].astype(np.int16) + int(rng.integers(-25, 26))) % 180
-    sat = np.clip(hsv[..., 1].astype(np.int16) + int(rng.integers(-50, 51)), 0, 255)
-    hsv[..., 0], hsv[..., 1] = hue.astype(np.uint8), sat.astype(np.uint8)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    hue = (np.arange(256) + int(rng.integers(-25, 26))) % 180  # hue shift, saturation shift, value kept:
+    sat = _RAMP + int(rng.integers(-50, 51))  # one table per channel
+    return cv2.cvtColor(cv2.LUT(hsv, _lut(np.stack([hue, sat, _RAMP], axis=1)).reshape(256, 1, 3)),
+                        cv2.COLOR_HSV2RGB)
 
 
 def _op_solarize(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -166,8 +176,8 @@ def blend(image: np.ndarray, texture: np.ndarray, mask: np.ndarray, beta: float)
     Pixels where m = 0 come out exactly unchanged."""
     m = mask[..., None] if mask.ndim == 2 else mask
     # x·(1−m) + (1−β)·x·m + β·t·m  ==  x + β·m·(t − x): the same blend in fewer passes; m = 0 gives x + 0 = x
-    out = texture.astype(np.float32) - image
-    out *= m.astype(np.float32) * np.float32(beta)
+    out = np.subtract(texture, image, dtype=np.float32)
+    out *= m * np.float32(beta)
     out += image
     return out.astype(np.float32, copy=False)
 
@@ -215,29 +225,22 @@ def is_greyscale(image: np.ndarray, tolerance: float = 3.0 / 255.0) -> bool:
 
 def perlin_anomaly(image: np.ndarray, textures: TextureProvider, rng: np.random.Generator, beta_max: float = 0.8,
                    scale_max: int = 5, foreground: Optional[np.ndarray] = None,
-                   grey: bool = False, texture_weight: str = "1-beta") -> tuple[np.ndarray, np.ndarray]:
+                   grey: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """A DRAEM-style anomaly on RGB float image H×W×3: (anomalous image, non-empty float32 mask H×W).
 
     Perlin mask (restricted to `foreground` if given), a random texture with 3 random ops (turned into its grey
     luminance if `grey`, for greyscale images: no colour cue that a real defect of such a category never has),
     β ~ U(0, beta_max), blended with `blend`. As in DRAEM, β is the weight of the *original* image inside the mask
-    and the texture gets 1 − β ∈ (1 − beta_max, 1] (`texture_weight="1-beta"`): every anomaly is visible.
-    `texture_weight="beta"` gives the texture β instead (our earlier, inverted reading: opacity in [0, beta_max),
-    near-invisible anomalies still labelled as anomalous). The random draws are the same for every option."""
+    and the texture gets 1 − β ∈ (1 − beta_max, 1]: every anomaly is visible."""
     hw = image.shape[:2]
     mask = perlin_mask(hw, rng, scale_max, within=foreground)
     texture = augment_texture(textures.sample_uint8(rng, hw), rng)
     if grey:
         texture = to_grey(texture)
-    texture = texture.astype(np.float32) / 255.0
     beta = float(rng.uniform(0.0, beta_max))
-    if texture_weight == "1-beta":
-        opacity = 1.0 - beta
-    elif texture_weight == "beta":
-        opacity = beta
-    else:
-        raise ValueError(f"perlin_anomaly: texture_weight must be '1-beta' or 'beta', got {texture_weight!r}")
-    return blend(image.astype(np.float32), texture, mask, opacity), mask
+    tex = texture.astype(np.float32)
+    tex *= np.float32(1.0 / 255.0)
+    return blend(image.astype(np.float32, copy=False), tex, mask, 1.0 - beta), mask
 
 
 def large_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, float] = (0.05, 0.3),
@@ -276,60 +279,12 @@ def swap_anomaly(image: np.ndarray, other: np.ndarray, rng: np.random.Generator,
     return blend(image.astype(np.float32), other.astype(np.float32), mask, opacity), mask
 
 
-def _elastic_displacement(hw: tuple[int, int], rng: np.random.Generator, amplitude: float,
-                          cell: int = 16) -> torch.Tensor:
-    """A smooth random displacement field 1×H×W×2 (normalised coordinates, as v2.functional.elastic takes):
-    uniform offsets of up to `amplitude` pixels on a grid of `cell`-pixel cells, upsampled bicubically."""
-    h, w = hw
-    coarse = rng.uniform(-amplitude, amplitude, size=(max(2, h // cell), max(2, w // cell), 2)).astype(np.float32)
-    d = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-    d[..., 0] *= 2.0 / w
-    d[..., 1] *= 2.0 / h
-    return torch.from_numpy(np.ascontiguousarray(d))[None]
-
-
-def _augment_defect(image: tv_tensors.Image, mask: tv_tensors.Mask, rng: np.random.Generator,
-                    extra: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
-    """Random flips, 90° turns, affine and elastic warp applied to image and mask together (v2 functional ops on
-    tv_tensors: the mask is warped with nearest neighbour); `extra`, another mask, takes the same warp and is
-    returned third. The random draws do not depend on `extra`."""
-    h, w = image.shape[-2:]
-    pair = [image, mask] + ([tv_tensors.Mask(extra)] if extra is not None else [])
-    if rng.random() < 0.5:
-        pair = [TF.horizontal_flip(x) for x in pair]
-    if rng.random() < 0.5:
-        pair = [TF.vertical_flip(x) for x in pair]
-    k = int(rng.integers(0, 4)) if h == w else 2 * int(rng.integers(0, 2))
-    if k:
-        pair = [tv_tensors.wrap(torch.rot90(x, k, dims=(-2, -1)), like=x) for x in pair]
-    angle = float(rng.uniform(-30.0, 30.0))
-    translate = [float(rng.uniform(-0.3, 0.3) * w), float(rng.uniform(-0.3, 0.3) * h)]
-    scale = float(rng.uniform(0.75, 1.25))
-    shear = [float(rng.uniform(-10.0, 10.0)), float(rng.uniform(-10.0, 10.0))]
-    pair = [TF.affine(x, angle=angle, translate=translate, scale=scale, shear=shear,
-                      interpolation=TF.InterpolationMode.BILINEAR) for x in pair]  # masks: nearest (v2 dispatch)
-    if rng.random() < 0.5:
-        s = min(h, w) / 256.0
-        disp = _elastic_displacement((h, w), rng, amplitude=float(rng.uniform(2.0, 6.0)) * s,
-                                     cell=max(4, int(round(16 * s))))
-        pair = [TF.elastic(x, disp) for x in pair]
-    return tuple(x.as_subclass(torch.Tensor) for x in pair)
-
-
-def _jitter_colour(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Brightness, contrast, saturation and hue jitter, then sometimes a slight blur (RGB float [0,1], OpenCV:
-    much faster on one core than the torch kernels)."""
-    img = np.clip(image * np.float32(rng.uniform(0.8, 1.2)), 0.0, 1.0)
-    c = np.float32(rng.uniform(0.8, 1.2))
-    grey_mean = np.float32(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).mean())
-    img = np.clip((img - grey_mean) * c + grey_mean, 0.0, 1.0)
-    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)  # float: H in [0, 360), S, V in [0, 1]
-    hsv[..., 0] = (hsv[..., 0] + np.float32(rng.uniform(-18.0, 18.0))) % 360.0
-    hsv[..., 1] = np.clip(hsv[..., 1] * np.float32(rng.uniform(0.8, 1.2)), 0.0, 1.0)
-    img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    if rng.random() < 0.3:
-        img = cv2.GaussianBlur(img, (3, 3), float(rng.uniform(0.1, 1.0)))
-    return np.clip(img, 0.0, 1.0)
+def _box(mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the bounding box of a non-empty mask grown by `margin` pixels, inside the image."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    return (max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin),
+            max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin))
 
 
 def context_offset(target: np.ndarray, source: np.ndarray, mask: np.ndarray, valid: Optional[np.ndarray] = None,
@@ -349,40 +304,134 @@ def context_offset(target: np.ndarray, source: np.ndarray, mask: np.ndarray, val
     return (target[ring].mean(0) - source[ring].mean(0)).astype(np.float32)
 
 
+def _elastic_displacement(hw: tuple[int, int], rng: np.random.Generator, amplitude: float,
+                          cell: int = 16) -> np.ndarray:
+    """A smooth random displacement field H×W×2 in pixels (x, y): uniform offsets of up to `amplitude` pixels on
+    a grid of `cell`-pixel cells, upsampled bicubically."""
+    h, w = hw
+    coarse = rng.uniform(-amplitude, amplitude, size=(max(2, h // cell), max(2, w // cell), 2)).astype(np.float32)
+    return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+class _Warp:
+    """A geometric augmentation as one inverse map: output pixel p reads the source at A⁻¹(p + d(p)), with A an
+    affine map of pixel coordinates (flips, 90° turns, rotation, scale, shear, translation about the centre) and
+    d an optional elastic displacement field (pixels). `sample` evaluates it on any window of the output grid, so
+    only the pixels needed are interpolated, in one pass (OpenCV remap, zero outside the source)."""
+
+    def __init__(self, inverse: np.ndarray, displacement: Optional[np.ndarray]) -> None:
+        self.inverse = inverse.astype(np.float32)  # 2×3: output pixel -> source pixel
+        self.displacement = displacement
+
+    def sample(self, src: np.ndarray, box: tuple[int, int, int, int], interpolation: int,
+               step: int = 1) -> np.ndarray:
+        """The warped `src` at output rows y0:y1:step, columns x0:x1:step of box (y0, y1, x0, x1)."""
+        y0, y1, x0, x1 = box
+        ys = np.arange(y0, y1, step, dtype=np.float32)[:, None]
+        xs = np.arange(x0, x1, step, dtype=np.float32)[None, :]
+        if self.displacement is None:
+            qx, qy = xs, ys
+        else:
+            d = self.displacement[y0:y1:step, x0:x1:step]
+            qx, qy = xs + d[..., 0], ys + d[..., 1]
+        (a, b, c), (d_, e, f) = self.inverse
+        map_x = a * qx + b * qy + c  # rows × columns (qx and qy broadcast)
+        map_y = d_ * qx + e * qy + f
+        return cv2.remap(src, map_x, map_y, interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _random_warp(hw: tuple[int, int], rng: np.random.Generator) -> _Warp:
+    """Random flips, 90° turns (180° only for a non-square image), affine (rotation U(±30°), translation U(±30 %),
+    scale U(0.75, 1.25), shear U(±10°) per axis) and, half of the time, an elastic warp, composed into one map."""
+    h, w = hw
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    centre, uncentre = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]]), np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1]])
+    fx = -1.0 if rng.random() < 0.5 else 1.0
+    fy = -1.0 if rng.random() < 0.5 else 1.0
+    k = int(rng.integers(0, 4)) if h == w else 2 * int(rng.integers(0, 2))
+    cos_k, sin_k = [(1, 0), (0, 1), (-1, 0), (0, -1)][k]
+    turn = np.array([[cos_k, -sin_k, 0], [sin_k, cos_k, 0], [0, 0, 1]]) @ np.diag([fx, fy, 1.0])
+    angle = math.radians(float(rng.uniform(-30.0, 30.0)))
+    tx, ty = float(rng.uniform(-0.3, 0.3) * w), float(rng.uniform(-0.3, 0.3) * h)
+    scale = float(rng.uniform(0.75, 1.25))
+    sx, sy = (math.radians(float(v)) for v in rng.uniform(-10.0, 10.0, size=2))
+    # rotation-scale-shear as torchvision's affine builds it
+    a = math.cos(angle - sy) / math.cos(sy)
+    b = -math.cos(angle - sy) * math.tan(sx) / math.cos(sy) - math.sin(angle)
+    c = math.sin(angle - sy) / math.cos(sy)
+    d = -math.sin(angle - sy) * math.tan(sx) / math.cos(sy) + math.cos(angle)
+    rss = np.array([[a * scale, b * scale, tx], [c * scale, d * scale, ty], [0, 0, 1]])
+    forward = uncentre @ rss @ turn @ centre  # source pixel -> output pixel
+    displacement = None
+    if rng.random() < 0.5:
+        s = min(h, w) / 256.0
+        displacement = _elastic_displacement((h, w), rng, amplitude=float(rng.uniform(2.0, 6.0)) * s,
+                                             cell=max(4, int(round(16 * s))))
+    return _Warp(np.linalg.inv(forward)[:2], displacement)
+
+
+def _jitter_colour(image: np.ndarray, rng: np.random.Generator, sample: Optional[np.ndarray] = None) -> np.ndarray:
+    """Brightness, contrast, saturation and hue jitter, then sometimes a slight blur (RGB float [0,1], OpenCV).
+    The contrast pivots on the mean grey level of `sample` (pixels of the whole picture that `image` is a window
+    of; default `image` itself) after the same brightness change."""
+    bright = np.float32(rng.uniform(0.8, 1.2))
+    img = np.clip(image * bright, 0.0, 1.0)
+    c = np.float32(rng.uniform(0.8, 1.2))
+    ref = img if sample is None else np.clip(sample * bright, 0.0, 1.0)
+    grey_mean = np.float32(cv2.cvtColor(ref, cv2.COLOR_RGB2GRAY).mean())
+    img -= grey_mean
+    img *= c
+    img += grey_mean
+    np.clip(img, 0.0, 1.0, out=img)
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)  # float: H in [0, 360), S, V in [0, 1]
+    hsv[..., 0] = (hsv[..., 0] + np.float32(rng.uniform(-18.0, 18.0))) % 360.0
+    hsv[..., 1] = np.clip(hsv[..., 1] * np.float32(rng.uniform(0.8, 1.2)), 0.0, 1.0)
+    img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if rng.random() < 0.3:
+        img = cv2.GaussianBlur(img, (3, 3), float(rng.uniform(0.1, 1.0)))
+    return np.clip(img, 0.0, 1.0, out=img)
+
+
 def extended_anomaly(normal: np.ndarray, defect_image: np.ndarray, defect_mask: np.ndarray,
                      rng: np.random.Generator, max_tries: int = 10,
                      match_context: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Cut the defect of a real anomaly (RGB float H×W×3 + mask H×W), augment image and mask together (flips,
-    90° turns, affine, elastic), jitter the colours and sometimes blur the image, and paste the defect pixels
-    onto the normal image (same size). With `match_context` the pasted pixels are first shifted by
-    `context_offset`, so the defect keeps its contrast to its *own* surroundings and sits at the level of the new
-    ones, as a real defect of that surface would, instead of carrying the brightness of the tile (and of the
-    jitter) it was cut from. Same random draws either way. Returns (image, non-empty float32 mask H×W)."""
+    90° turns, affine, elastic: one warp, bilinear for the image, nearest for the mask), jitter the colours and
+    sometimes blur the image, and paste the defect pixels onto the normal image (same size). With `match_context`
+    the pasted pixels are first shifted by `context_offset`, so the defect keeps its contrast to its *own*
+    surroundings and sits at the level of the new ones, as a real defect of that surface would, instead of
+    carrying the brightness of the tile (and of the jitter) it was cut from. Same random draws either way.
+    Only the window around the warped defect (its ring for `context_offset` and the blur's border included) is
+    warped and jittered; the contrast pivot is the mean grey of the whole warped image, read on a 4-pixel grid.
+    Returns (image, non-empty float32 mask H×W)."""
     if normal.shape != defect_image.shape or defect_mask.shape != defect_image.shape[:2]:
         raise ValueError(f"extended_anomaly: shapes differ: normal {normal.shape}, defect {defect_image.shape}, "
                          f"mask {defect_mask.shape}")
     if not (defect_mask > 0).any():
         raise ValueError("extended_anomaly: the real anomaly's mask is empty")
-    image_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(defect_image.transpose(2, 0, 1),
-                                                                       dtype=np.float32)))
-    mask_t = tv_tensors.Mask(torch.from_numpy((defect_mask > 0).astype(np.uint8))[None])
-    valid = np.ones(defect_mask.shape, bool)
-    with torch.no_grad():
-        for _ in range(max_tries):
-            # with match_context, an all-ones mask takes the same warp: 0 where the warp brought in fill
-            ones = torch.ones_like(mask_t) if match_context else None
-            img, msk, *warped = _augment_defect(image_t, mask_t, rng, ones)
-            m = (msk[0] > 0).numpy()
-            if m.any():
-                if warped:
-                    valid = (warped[0][0] > 0).numpy()
-                pasted = _jitter_colour(np.ascontiguousarray(img.clamp(0.0, 1.0).numpy().transpose(1, 2, 0)), rng)
-                break
-        else:  # augmentation kept pushing the defect out: paste it unaugmented
-            m = defect_mask > 0
-            pasted = defect_image
+    h, w = defect_mask.shape
+    full = (0, h, 0, w)
+    source = np.ascontiguousarray(defect_image, dtype=np.float32)
+    source_mask = (defect_mask > 0).astype(np.uint8)
+    margin = max(2, int(round(0.03 * min(h, w)))) + 2  # context_offset's ring width + the blur's border
+    for _ in range(max_tries):
+        warp = _random_warp((h, w), rng)
+        m = warp.sample(source_mask, full, cv2.INTER_NEAREST) > 0
+        if m.any():
+            box = _box(m, margin)
+            window = warp.sample(source, box, cv2.INTER_LINEAR)
+            pasted = _jitter_colour(window, rng, warp.sample(source, full, cv2.INTER_LINEAR, step=4))
+            # where the warp brought in fill (no source pixel), for context_offset
+            valid = warp.sample(np.ones_like(source_mask), box, cv2.INTER_NEAREST) > 0 if match_context else None
+            break
+    else:  # augmentation kept pushing the defect out: paste it unaugmented
+        m = source_mask > 0
+        box = _box(m, margin)
+        pasted, valid = source[box[0]:box[1], box[2]:box[3]], None
     out = np.array(normal, dtype=np.float32)  # a copy: pixels outside the mask stay exactly the normal ones
+    view = out[box[0]:box[1], box[2]:box[3]]
+    m_box = m[box[0]:box[1], box[2]:box[3]]
     if match_context:
-        pasted = np.clip(pasted + context_offset(out, pasted, m, valid), 0.0, 1.0)
-    out[m] = pasted[m]
+        pasted = np.clip(pasted + context_offset(view, pasted, m_box, valid, width=margin - 2), 0.0, 1.0)
+    view[m_box] = pasted[m_box]
     return out, m.astype(np.float32)

@@ -24,7 +24,8 @@ class MultiSizeSelfAttention(nn.Module):
 
     The channels are split into len(patch_divisors) branches (C/len each). Branch b cuts its q/k/v maps
     into non-overlapping p_h×p_w patches with p = side // d_b, flattens each patch into one token, runs
-    scaled_dot_product_attention across the tokens and folds the result back. Branch outputs are
+    scaled_dot_product_attention across the tokens and folds the result back (a branch whose patch is the whole
+    map has one token: its attention output is its v). Branch outputs are
     concatenated and projected by a 1×1 conv (residual), followed by a conv FFN (residual). Four patch
     sizes per scale, as in the public reimplementation (the paper does not fix them).
     """
@@ -49,30 +50,26 @@ class MultiSizeSelfAttention(nn.Module):
                                  nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden), nn.GELU(),
                                  nn.Conv2d(hidden, channels, 1))
 
-    def _tokens(self, t: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
-        """N×c×h×w -> N×heads×T×(c/heads·ph·pw)."""
-        n, c, h, w = t.shape
-        nh, nw = h // ph, w // pw
-        t = t.reshape(n, self.heads, c // self.heads, nh, ph, nw, pw)
-        t = t.permute(0, 1, 3, 5, 2, 4, 6)
-        return t.reshape(n, self.heads, nh * nw, (c // self.heads) * ph * pw)
-
-    def _fold(self, t: torch.Tensor, c: int, h: int, w: int, ph: int, pw: int) -> torch.Tensor:
-        n = t.shape[0]
-        nh, nw = h // ph, w // pw
-        t = t.reshape(n, self.heads, nh, nw, c // self.heads, ph, pw)
-        t = t.permute(0, 1, 4, 2, 5, 3, 6)
-        return t.reshape(n, c, h, w)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = int(x.shape[-2]), int(x.shape[-1])  # python ints: patch sizes are static (ONNX export)
-        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=1)
+        # python ints: static patch sizes; the batch stays -1 in every reshape (dynamic in an ONNX export)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        nb, bc, heads = len(self.divisors), self.branch_ch, self.heads
+        ch = bc // heads
+        # q | k | v, each nb branches of bc channels: one view per branch (unbind: its backward is one stack)
+        branches = self.qkv(self.norm1(x)).reshape(-1, 3, nb, bc, h, w).unbind(2)
         outs = []
-        for b, d in enumerate(self.divisors):
-            sl = slice(b * self.branch_ch, (b + 1) * self.branch_ch)
+        for qkv, d in zip(branches, self.divisors):
             ph, pw = patch_size(h, d), patch_size(w, d)
-            qt, kt, vt = (self._tokens(t[:, sl], ph, pw) for t in (q, k, v))
-            o = F.scaled_dot_product_attention(qt, kt, vt)
-            outs.append(self._fold(o, self.branch_ch, h, w, ph, pw))
+            if ph == h and pw == w:
+                # one token: the softmax over a single key is 1, attention returns v (exactly)
+                outs.append(qkv[:, 2])
+                continue
+            nh, nw = h // ph, w // pw
+            # q, k and v into tokens in one copy: 3 × N × heads × T × (ch·ph·pw)
+            t = qkv.reshape(-1, 3, heads, ch, nh, ph, nw, pw).permute(1, 0, 2, 4, 6, 3, 5, 7)
+            t = t.reshape(3, -1, heads, nh * nw, ch * ph * pw)
+            o = F.scaled_dot_product_attention(t[0], t[1], t[2])
+            o = o.reshape(-1, heads, nh, nw, ch, ph, pw).permute(0, 1, 4, 2, 5, 3, 6)
+            outs.append(o.reshape(-1, bc, h, w))
         x = x + self.proj(torch.cat(outs, dim=1))
         return x + self.ffn(x)
