@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
 def _run(cfg, ctx, device, locks: list) -> int:
     """Check everything cheap first (data, outputs, locks, backbone), then train each category."""
-    from prnet.datasets import ensure_data, few_shot_samples
+    from prnet.datasets import ensure_data, few_shot_samples, holdout_normal_names
     from prnet.datasets.checks import check_evaluable, check_samples
     from prnet.datasets.mvtec import DatasetError, MVTEC, format_args, resolve_classes
     from prnet.engine.prototypes import make_backbone
@@ -74,6 +74,7 @@ def _run(cfg, ctx, device, locks: list) -> int:
             test_set = MVTEC(cfg.data.root, category, "test", cfg.data.image_size, **format_args(cfg))
             check_evaluable(test_set.samples, cfg.data.num_anomalies, cfg.eval.require_defective)
             few_shot_samples(cfg, category)  # the real anomalies for training are among the test samples
+            holdout_normal_names(cfg, category)  # a share that leaves images on both sides
             check_samples(train_set.samples + test_set.samples, cfg.data.image_size)
         backbone = make_backbone(cfg)
         if ctx.is_main:  # one run per category folder at a time
@@ -101,7 +102,8 @@ def _run(cfg, ctx, device, locks: list) -> int:
             results = train_category(cfg, category, device, ctx, backbone=backbone)
             if ctx.is_main:
                 # a metric the test set cannot define (e.g. pixel metrics without masks) is None: n/a in the table
-                rows.append({"category": category, **{k: results["metrics"].get(k) for k in report.METRIC_KEYS}})
+                values = {**results["metrics"], **results["operating_point"]}
+                rows.append({"category": category, **{k: values.get(k) for k in report.TABLE_KEYS}})
                 table = report.write_results_tables(rows, out_root)
     except TrainingError as e:
         log.error("%s", e)

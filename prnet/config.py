@@ -51,6 +51,9 @@ class DataConfig:
     split_seed: int = 0  # seed of the few-shot draw
     few_shot: Optional[list[str]] = None  # explicit real anomalies '<defect>/<file>' instead of the draw (one class)
     generate_demo: bool = False  # write the procedural demo category under root if it is missing
+    # share of the normal training images held out of training and prototypes, to set the decision threshold
+    # (eval.threshold=holdout_fpr); drawn with split_seed
+    holdout_normal: float = 0.0
     cache_images: bool = True  # keep decoded, resized training images in memory
 
 
@@ -128,8 +131,10 @@ class EvalConfig:
     batch_size: int = 16
     examples: int = 12  # images in examples.png
     # the decision threshold stored with the model (predict.py, the Python API, ONNX metadata):
-    # train_max: the highest image score of the normal training images
+    # train_max: the highest image score of the normal training images; holdout_fpr: the lowest threshold that
+    # flags at most target_fpr of the normal images held out of training (data.holdout_normal > 0)
     threshold: str = "train_max"
+    target_fpr: float = 0.01
     # a test split without defective images is refused before training; false: a training-only run (no metrics)
     require_defective: bool = True
 
@@ -155,7 +160,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prototypes.residual": ("squared", "abs"),
     "synthesis.texture_colour": ("auto", "rgb", "grey"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
-    "eval.threshold": ("train_max",),
+    "eval.threshold": ("train_max", "holdout_fpr"),
 }
 OPEN_CHOICES: dict[str, Callable[[Any], bool]] = {
     "model.backbone_weights": lambda v: isinstance(v, str) and ("/" in v or "." in v),
@@ -306,6 +311,13 @@ def validate(cfg: Config) -> None:
         if folder.test_normal is None and not 0.0 < folder.test_fraction < 1.0:
             raise ConfigError(f"config key 'data.folder.test_fraction': expected a share in (0, 1) (or set "
                               f"data.folder.test_normal), got {folder.test_fraction}")
+    if not 0.0 <= cfg.data.holdout_normal < 1.0:
+        raise ConfigError(f"config key 'data.holdout_normal': expected a share in [0, 1), got {cfg.data.holdout_normal}")
+    if not 0.0 < cfg.eval.target_fpr < 1.0:
+        raise ConfigError(f"config key 'eval.target_fpr': expected a rate in (0, 1), got {cfg.eval.target_fpr}")
+    if cfg.eval.threshold == "holdout_fpr" and cfg.data.holdout_normal <= 0:
+        raise ConfigError("config key 'eval.threshold': holdout_fpr needs normal images held out of training: set "
+                          "data.holdout_normal, e.g. 0.1")
     if cfg.data.num_anomalies < 0:
         raise ConfigError("config key 'data.num_anomalies': expected >= 0")
     if cfg.data.few_shot is not None and len(cfg.data.few_shot) != cfg.data.num_anomalies:

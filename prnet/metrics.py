@@ -28,6 +28,8 @@ from scipy import ndimage
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
+# at the stored decision threshold (an image is anomalous when its score >= the threshold)
+DECISION_KEYS = ("defect_recall", "false_positive_rate")
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -249,4 +251,38 @@ def compute_metrics(scores: Any, labels: Any, maps: Any, masks: Any, fpr_limit: 
     out["pixel_auroc"] = _auroc_sorted(neg, pos_sorted)
     out["pixel_ap"] = _ap_sorted(neg, pos_sorted)
     out["aupro"] = _aupro_sorted(neg, pos, weights, n_regions, fpr_limit)
+    return out
+
+
+def decision_threshold(normal_scores: Any, rule: str, target_fpr: float = 0.01) -> float:
+    """The decision threshold on the image score, from the scores of normal images only.
+
+    train_max: the highest score (of the normal training images: no training image is missed as normal).
+    holdout_fpr: the lowest threshold at which at most `target_fpr` of these normal images (held out of training)
+    score >= it; when even one image is more than the target allows, just above the highest score."""
+    s = _float_values(_to_numpy(normal_scores, "normal_scores").reshape(-1), "normal_scores")
+    if s.size == 0:
+        raise ValueError("decision_threshold: no normal image scores")
+    if rule == "train_max":
+        return float(s.max())
+    if rule != "holdout_fpr":
+        raise ValueError(f"decision_threshold: unknown rule {rule!r} (expected train_max or holdout_fpr)")
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"decision_threshold: target_fpr must be in (0, 1), got {target_fpr}")
+    values = np.unique(s)  # ascending; the share of scores >= values[i] falls as i grows
+    share = (s.size - np.searchsorted(np.sort(s), values, side="left")) / s.size
+    ok = np.nonzero(share <= target_fpr)[0]
+    return float(values[ok[0]]) if ok.size else float(np.nextafter(s.max(), np.inf))
+
+
+def decision_metrics(scores: Any, labels: Any, threshold: float) -> dict[str, float]:
+    """Defect recall and false-positive rate of the decision score >= threshold; a rate without images to count
+    is left out."""
+    s, y = _scores_labels(scores, labels)
+    flagged = s >= threshold
+    out = {}
+    if y.any():
+        out["defect_recall"] = float(flagged[y].mean())
+    if (~y).any():
+        out["false_positive_rate"] = float(flagged[~y].mean())
     return out

@@ -16,17 +16,19 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
+from prnet.metrics import DECISION_KEYS, METRIC_KEYS
 from prnet.utils import atomic_write
 
 log = logging.getLogger(__name__)
 
-METRIC_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
+# the results table: the threshold-free metrics, then the rates at the stored decision threshold
+TABLE_KEYS = METRIC_KEYS + DECISION_KEYS
 PRED_COLOUR = (255, 255, 255)  # outline of the predicted region (map >= threshold): white, visible on jet
 GT_COLOUR = (0, 255, 0)  # outline of the ground truth
 
 
 # ---------------------------------------------------------------------------------------------- tables
-def write_results_tables(rows: list[dict], out_dir: str, metric_keys: Sequence[str] = METRIC_KEYS) -> str:
+def write_results_tables(rows: list[dict], out_dir: str, metric_keys: Sequence[str] = TABLE_KEYS) -> str:
     """Write out_dir/results.csv (full precision) and out_dir/results.md (3 decimals): one row per category
     and a final 'mean' row (mean over the categories; nan if a category's value is nan). A value None is a
     metric the category's test set cannot define (metrics.compute_metrics): an empty cell in the csv, 'n/a' in

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MVTEC", "DatasetError", "Sample", "TrainDataset", "EpochSampler", "TextureSource", "build_train_dataset",
            "build_test_dataset", "few_shot_names", "few_shot_samples", "ensure_data", "load_rgb", "load_mask",
-           "resolve_classes", "select_few_shot", "make_demo_category", "greyscale_category", "format_args"]
+           "resolve_classes", "select_few_shot", "make_demo_category", "greyscale_category", "format_args",
+           "holdout_normal_names", "normal_train_set"]
 
 KINDS = ("normal", "perlin", "swap", "extended")
 
@@ -196,6 +197,35 @@ def few_shot_names(cfg: Config, category: str) -> list[str]:
     return [s.name for s in few_shot_samples(cfg, category)]
 
 
+def holdout_normal_names(cfg: Config, category: str) -> list[str]:
+    """The normal training images held out of training and prototypes to set the decision threshold
+    (data.holdout_normal: a share of them, drawn with data.split_seed); [] when the share is 0."""
+    share = cfg.data.holdout_normal
+    if share <= 0:
+        return []
+    names = sorted(s.name for s in scan_split(cfg.data.root, category, "train", **format_args(cfg)))
+    n = int(round(share * len(names)))
+    if not 1 <= n < len(names):
+        raise DatasetError(f"data.holdout_normal={share} holds out {n} of the {len(names)} normal training images "
+                           f"of {category}: expected at least 1 held out and 1 left for training")
+    order = numpy_rng(cfg.data.split_seed, 0x401D).permutation(len(names))
+    return sorted(names[i] for i in order[:n])
+
+
+def normal_train_set(cfg: Config, category: str, cache: bool = False, held_out: bool = False) -> MVTEC:
+    """The normal images the model and its prototypes learn from (the training split minus the held-out ones),
+    or, with `held_out`, only the held-out ones (data.holdout_normal)."""
+    hold = holdout_normal_names(cfg, category)
+    exclude: list[str] = hold
+    if held_out:
+        if not hold:
+            raise DatasetError(f"no held-out normal images for {category}: set data.holdout_normal > 0")
+        keep = set(hold)
+        exclude = [s.name for s in scan_split(cfg.data.root, category, "train", **format_args(cfg))
+                   if s.name not in keep]
+    return MVTEC(cfg.data.root, category, "train", image_hw(cfg), exclude=exclude, cache=cache, **format_args(cfg))
+
+
 def build_test_dataset(cfg: Config, category: str) -> MVTEC:
     """The test split without the few-shot anomalies; `.excluded` lists their names."""
     return MVTEC(cfg.data.root, category, "test", image_hw(cfg), exclude=few_shot_names(cfg, category),
@@ -217,7 +247,7 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
     (resized, uint8) when `normal_hw_cache` and cfg.data.cache_images are both true."""
     hw = image_hw(cfg)
     cache = bool(normal_hw_cache and cfg.data.cache_images)
-    normal = MVTEC(cfg.data.root, category, "train", hw, cache=cache, **format_args(cfg))
+    normal = normal_train_set(cfg, category, cache=cache)
     normal.preload()  # no-op without cache; with it, workers share the decoded images
     shots = few_shot_samples(cfg, category)
     anomalies = []

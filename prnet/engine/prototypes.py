@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from prnet.config import Config, image_hw
-from prnet.datasets.mvtec import MVTEC, format_args
+from prnet.datasets import normal_train_set
 from prnet.models.kmeans import kmeans, num_prototypes
 from prnet.models.prototypes import PrototypeBank
 from prnet.utils import torch_generator, torch_save_atomic
@@ -162,7 +162,7 @@ def expected_meta(cfg: Config, category: str, samples: Optional[Sequence] = None
     """Every field that determines the bank of `category` under `cfg` (the cache key of its file).
     `samples`: the training samples in the order the bank's assignments refer to (default: scanned now)."""
     if samples is None:
-        samples = MVTEC(cfg.data.root, category, split="train", image_size=image_hw(cfg), **format_args(cfg)).samples
+        samples = normal_train_set(cfg, category).samples
     names = [s.name for s in samples]
     h, w = image_hw(cfg)
     return {"format": FORMAT_VERSION,
@@ -289,7 +289,7 @@ def build_category_prototypes(cfg: Config, category: str, device: torch.device |
                               backbone: Optional[nn.Module] = None) -> PrototypeBank:
     """Build the bank of `category` from its normal training images and save it at prototype_path (atomic)."""
     path = prototype_path(cfg, category)
-    dataset = MVTEC(cfg.data.root, category, split="train", image_size=image_hw(cfg), **format_args(cfg))
+    dataset = normal_train_set(cfg, category)
     if backbone is None:
         backbone = make_backbone(cfg)
     workers = cfg.train.workers if cfg.train.workers >= 0 else min(8, os.cpu_count() or 1)

@@ -29,13 +29,12 @@ from tqdm import tqdm
 
 from prnet import report
 from prnet.config import Config, config_to_dict, dump_config, image_hw
-from prnet.datasets import EpochSampler, build_test_dataset, build_train_dataset
-from prnet.datasets.mvtec import MVTEC, format_args
+from prnet.datasets import EpochSampler, build_test_dataset, build_train_dataset, normal_train_set
 from prnet.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from prnet.engine.evaluator import run_inference
 from prnet.engine.prototypes import ensure_prototypes, make_backbone
 from prnet.losses import PRNetLoss
-from prnet.metrics import compute_metrics
+from prnet.metrics import compute_metrics, decision_metrics, decision_threshold
 from prnet.models.backbone import Backbone
 from prnet.models.prnet import build_model
 from prnet.models.prototypes import PrototypeBank
@@ -153,15 +152,6 @@ def git_commit() -> Optional[str]:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def decision_threshold(scores: np.ndarray) -> float:
-    """eval.threshold=train_max: the highest image score of the normal training images.
-
-    The model has seen these images, so their scores are optimistic; taking their maximum (rather than a
-    quantile) keeps the false-positive rate on new normal images low. Test labels are never used.
-    """
-    return float(np.max(scores))
 
 
 # --------------------------------------------------------------------------------------- resuming a run
@@ -385,19 +375,21 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     figures. Returns the results (an empty dict on ranks other than 0)."""
     out_dir = os.path.join(output_root(cfg), category)
     fingerprints = _rank_fingerprints(run.model, ctx)  # a collective: every rank takes part
-    normal_train = MVTEC(cfg.data.root, category, "train", image_hw(cfg), **format_args(cfg))
-    normal_out = _gather_inference(run.model, normal_train, cfg, device, ctx)
+    held_out = cfg.eval.threshold == "holdout_fpr"
+    threshold_set = normal_train_set(cfg, category, held_out=held_out)  # normal images only, never test labels
+    normal_out = _gather_inference(run.model, threshold_set, cfg, device, ctx)
     t_eval = time.time()
     out = _gather_inference(run.model, test_set, cfg, device, ctx)
     timings["eval_s"] = time.time() - t_eval
     if not ctx.is_main:
         return {}
-    threshold = decision_threshold(normal_out["scores"])
+    threshold = decision_threshold(normal_out["scores"], cfg.eval.threshold, cfg.eval.target_fpr)
     save_checkpoint(os.path.join(out_dir, "last.pt"), model=run.model, epoch=cfg.train.epochs, cfg=cfg,
                     prototype_meta=bank.meta, optimizer=run.optimizer, scheduler=run.scheduler, threshold=threshold,
                     threshold_rule=cfg.eval.threshold, history=run.history)
     metrics = {k: float(v) for k, v in
                compute_metrics(out["scores"], out["labels"], out["maps"], out["masks"]).items()}
+    at_threshold = decision_metrics(out["scores"], out["labels"], threshold)
     timings["test_ms_per_image"] = 1000.0 * timings["eval_s"] / max(1, len(test_set))
     h, w = image_hw(cfg)
     results = {
@@ -409,6 +401,9 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
         "excluded_from_evaluation": list(test_set.excluded),
         "test_images": {"normal": int((out["labels"] == 0).sum()), "defective": int((out["labels"] == 1).sum())},
         "decision_threshold": threshold,
+        "operating_point": {"rule": cfg.eval.threshold, "threshold": threshold,
+                            "normal_images_used": len(threshold_set), "held_out_of_training": held_out,
+                            **({"target_fpr": cfg.eval.target_fpr} if held_out else {}), **at_threshold},
         "config": config_to_dict(cfg),
         "timings": timings,
         "versions": package_versions(),
@@ -427,7 +422,8 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     report.plot_loss(log_path, os.path.join(out_dir, "loss.png"))
     report.examples_grid(os.path.join(out_dir, "examples.png"), _ImageSource(test_set), out["masks"], out["maps"],
                          out["scores"], out["labels"], n=cfg.eval.examples, threshold=threshold)
-    log.info("%s: %s", category, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    log.info("%s: %s; at threshold %.4f (%s): %s", category, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
+             threshold, cfg.eval.threshold, ", ".join(f"{k} {v:.3f}" for k, v in at_threshold.items()))
     return results
 
 

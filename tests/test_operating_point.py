@@ -1,0 +1,78 @@
+"""The decision threshold a run stores (eval.threshold) and the rates it reports at that threshold."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import train as train_script
+from prnet.config import ConfigError, load_config
+from prnet.datasets import holdout_normal_names, normal_train_set
+from prnet.datasets.mvtec import DatasetError
+from prnet.metrics import decision_metrics, decision_threshold
+from test_train_e2e import tiny_data, tiny_overrides  # noqa: F401 (a fixture)
+
+
+def test_train_max_is_the_highest_normal_score():
+    assert decision_threshold(np.array([0.1, 0.7, 0.3]), "train_max") == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("target", [0.01, 0.05, 0.1, 0.25, 0.5])
+def test_holdout_fpr_is_the_lowest_threshold_within_the_target(target):
+    scores = np.random.default_rng(0).random(200).round(2)  # ties included
+    t = decision_threshold(scores, "holdout_fpr", target)
+    assert (scores >= t).mean() <= target
+    lower = scores[scores < t]
+    if lower.size:  # the next lower score would flag more than the target allows
+        assert (scores >= lower.max()).mean() > target
+
+
+def test_holdout_fpr_above_every_score_when_one_image_is_too_many():
+    scores = np.linspace(0, 1, 20)  # one image is 5 % of them
+    t = decision_threshold(scores, "holdout_fpr", 0.01)
+    assert t > scores.max() and (scores >= t).sum() == 0
+
+
+def test_decision_metrics_count_flagged_images():
+    m = decision_metrics([0.9, 0.2, 0.6, 0.4], [1, 1, 0, 0], threshold=0.5)
+    assert m == {"defect_recall": 0.5, "false_positive_rate": 0.5}
+    assert decision_metrics([0.9, 0.2], [1, 1], 0.5) == {"defect_recall": 0.5}
+
+
+def test_holdout_fpr_needs_held_out_normals():
+    with pytest.raises(ConfigError, match="data.holdout_normal"):
+        load_config(None, ["eval.threshold=holdout_fpr"])
+
+
+def test_held_out_normals_are_seeded_and_left_out_of_training(tiny_data):
+    cfg = load_config(None, [f"data.root={tiny_data}", "data.holdout_normal=0.25", "data.image_size=64"])
+    names = holdout_normal_names(cfg, "tiny")
+    assert len(names) == 6 and names == holdout_normal_names(cfg, "tiny")
+    other = load_config(None, [f"data.root={tiny_data}", "data.holdout_normal=0.25", "data.split_seed=1"])
+    assert holdout_normal_names(other, "tiny") != names
+    train = {s.name for s in normal_train_set(cfg, "tiny").samples}
+    held = {s.name for s in normal_train_set(cfg, "tiny", held_out=True).samples}
+    assert held == set(names) and not train & held and len(train) == 18
+    too_many = load_config(None, [f"data.root={tiny_data}", "data.holdout_normal=0.99"])
+    with pytest.raises(DatasetError, match="holdout_normal"):
+        holdout_normal_names(too_many, "tiny")
+
+
+def test_a_run_stores_and_reports_its_operating_point(tiny_data, tmp_path):
+    out = str(tmp_path / "out")
+    extra = ["data.holdout_normal=0.25", "eval.threshold=holdout_fpr", "eval.target_fpr=0.2"]
+    assert train_script.main(tiny_overrides(tiny_data, out, str(tmp_path / "protos"), epochs=1, extra=extra)) == 0
+    results = json.load(open(os.path.join(out, "tiny", "results.json")))
+    op = results["operating_point"]
+    assert op["rule"] == "holdout_fpr" and op["normal_images_used"] == 6 and op["held_out_of_training"]
+    assert op["threshold"] == results["decision_threshold"] and op["target_fpr"] == 0.2
+    assert 0.0 <= op["defect_recall"] <= 1.0 and 0.0 <= op["false_positive_rate"] <= 1.0
+    state = torch.load(os.path.join(out, "tiny", "last.pt"), weights_only=True)
+    assert state["threshold"] == pytest.approx(op["threshold"]) and state["threshold_rule"] == "holdout_fpr"
+    assert state["prototype_meta"]["num_train_images"] == 18  # the held-out normals built no prototype
+    with open(os.path.join(out, "results.csv")) as fh:
+        row = next(csv.DictReader(fh))
+    assert float(row["defect_recall"]) == pytest.approx(op["defect_recall"])
+    assert float(row["false_positive_rate"]) == pytest.approx(op["false_positive_rate"])
