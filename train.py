@@ -104,7 +104,7 @@ def _run(cfg, ctx, device, locks: list) -> int:
                 # a metric the test set cannot define (e.g. pixel metrics without masks) is None: n/a in the table
                 values = {**results["metrics"], **results["operating_point"]}
                 rows.append({"category": category, **{k: values.get(k) for k in report.TABLE_KEYS}})
-                table = report.write_results_tables(rows, out_root)
+                table = report.write_results_tables(rows, out_root, report.TABLE_KEYS)
     except TrainingError as e:
         log.error("%s", e)
         return 1

@@ -28,7 +28,7 @@ GT_COLOUR = (0, 255, 0)  # outline of the ground truth
 
 
 # ---------------------------------------------------------------------------------------------- tables
-def write_results_tables(rows: list[dict], out_dir: str, metric_keys: Sequence[str] = TABLE_KEYS) -> str:
+def write_results_tables(rows: list[dict], out_dir: str, metric_keys: Sequence[str] = METRIC_KEYS) -> str:
     """Write out_dir/results.csv (full precision) and out_dir/results.md (3 decimals): one row per category
     and a final 'mean' row (mean over the categories; nan if a category's value is nan). A value None is a
     metric the category's test set cannot define (metrics.compute_metrics): an empty cell in the csv, 'n/a' in
