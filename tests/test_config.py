@@ -49,3 +49,25 @@ def test_round_trip_through_plain_dict():
     cfg = load_config(None, ["train.epochs=5", "model.head_widths=[8, 16, 32]"])
     again = config_from_dict(config_to_dict(cfg))
     assert again == cfg
+
+
+def test_default_yaml_lists_every_key_of_the_schema_with_its_default():
+    """configs/default.yaml is the commented reference of every option: it holds every key, at the default."""
+    import os
+
+    import yaml
+
+    from prnet.config import Config
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.yaml")
+    with open(path) as fh:
+        listed = yaml.safe_load(fh)
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    assert sorted(flat(listed)) == sorted(flat(config_to_dict(Config())))
+    assert load_config(path) == Config()

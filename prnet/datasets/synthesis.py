@@ -2,7 +2,7 @@
 
 Everything works on RGB float32 images in [0, 1] (H×W×3) and float32 masks in {0, 1} (H×W); textures are RGB
 uint8 while they are augmented and become float [0, 1] before blending, so image and texture are in one space
-(GUIDE pitfall 2). Every random choice draws from the `numpy.random.Generator` passed in. numpy and OpenCV do
+(blending a [0, 1] texture into a [0, 255] image, or BGR into RGB, would make every anomaly a dark patch). Every random choice draws from the `numpy.random.Generator` passed in. numpy and OpenCV do
 the work, with torch for the small matrix products of the Perlin noise; everything runs on one thread per
 DataLoader worker.
 """
