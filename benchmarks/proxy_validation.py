@@ -171,7 +171,7 @@ def build_proxy(data: str, dtd: str, out: str, holdout: float, val_classes: int,
         _save_rgb(os.path.join(cat, "test", PERLIN, stem + ".png"), img)
         _save_mask(os.path.join(cat, "ground_truth", PERLIN, stem + "_mask.png"), mask)
         d_img, d_mask = defects[k % len(defects)]
-        img, mask = extended_anomaly(image, d_img, d_mask, numpy_rng(seed, 0xE47D, k))
+        img, mask = extended_anomaly(image, d_img, d_mask, numpy_rng(seed, 0xE47D, k), match_context=False)
         _save_rgb(os.path.join(cat, "test", EXTENDED, stem + ".png"), img)
         _save_mask(os.path.join(cat, "ground_truth", EXTENDED, stem + "_mask.png"), mask)
     info = {"made_from": made_from, "category": category, "seed": seed, "fit_normals": len(fit),

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..config import Config, image_hw
+from ..config import Config, SynthesisConfig, image_hw
 from ..utils import numpy_rng
 from .demo import make_demo_category
 from .mvtec import (MVTEC, DatasetError, Sample, format_args, load_mask, load_rgb, resolve_classes,
@@ -38,9 +38,6 @@ __all__ = ["MVTEC", "DatasetError", "Sample", "TrainDataset", "EpochSampler", "T
            "build_test_dataset", "few_shot_names", "few_shot_samples", "ensure_data", "load_rgb", "load_mask",
            "resolve_classes", "select_few_shot", "make_demo_category", "greyscale_category", "format_args",
            "holdout_normal_names", "normal_train_set"]
-
-KINDS = ("normal", "perlin", "swap", "extended")
-
 
 class _NormalPool:
     """rng -> a random normal training image (RGB uint8); the procedural texture fallback uses it."""
@@ -64,28 +61,23 @@ class TrainDataset(Dataset):
     turned grey (for a greyscale category, synthesis.texture_colour).
     """
 
-    def __init__(self, normal: MVTEC, textures: TextureSource, seed: int, n_perlin: int,
-                 anomalies: list[tuple[str, np.ndarray, np.ndarray]], n_extended: int, beta_max: float = 0.8,
-                 scale_max: int = 5, foreground: bool = False, real_anomalies: Optional[list[str]] = None,
-                 grey_textures: bool = False, n_swap: int = 0,
-                 swap_area: tuple[float, float] = (0.05, 0.3), swap_beta_max: float = 0.0,
-                 match_context: bool = False) -> None:
+    def __init__(self, normal: MVTEC, textures: TextureSource, *, seed: int, synthesis: SynthesisConfig,
+                 n_perlin: int, n_swap: int = 0, anomalies: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
+                 n_extended: int = 0, grey_textures: bool = False, real_anomalies: Optional[Sequence[str]] = None
+                 ) -> None:
         self.normal = normal
-        self.match_context = bool(match_context)
         self.textures = textures
         self.seed = int(seed)
+        self.synthesis = synthesis  # beta_max, perlin_scale_max, foreground, swap_area, swap_beta_max, ...
         self.n_normal = len(normal)
         self.n_perlin = int(n_perlin)
         self.n_swap = min(int(n_swap), self.n_perlin) if len(normal) > 1 else 0  # swaps need a second image
-        self.swap_area = (float(swap_area[0]), float(swap_area[1]))
-        self.swap_beta_max = float(swap_beta_max)
-        self.anomalies = anomalies  # (name, RGB uint8 H×W×3, uint8 {0,1} H×W) at the training size
-        self.n_extended = int(n_extended) if anomalies else 0
-        self.beta_max = beta_max
-        self.scale_max = scale_max
-        self.foreground = foreground
+        self.anomalies = list(anomalies)  # (name, RGB uint8 H×W×3, uint8 {0,1} H×W) at the training size
+        self.n_extended = int(n_extended) if self.anomalies else 0
         self.grey_textures = bool(grey_textures)
-        self.real_anomalies: list[str] = list(real_anomalies or [])
+        # the real anomalies drawn for training (and removed from evaluation), with those whose mask was empty
+        self.real_anomalies: list[str] = list(real_anomalies if real_anomalies is not None
+                                              else [name for name, _, _ in self.anomalies])
         self.epoch = 0
         self._fg: dict[int, np.ndarray] = {}
 
@@ -104,7 +96,7 @@ class TrainDataset(Dataset):
         return "swap" if index < self.n_normal + self.n_perlin else "extended"
 
     def _foreground(self, i: int, image: np.ndarray) -> Optional[np.ndarray]:
-        if not self.foreground:
+        if not self.synthesis.foreground:
             return None
         if i not in self._fg:
             self._fg[i] = estimate_foreground(image)
@@ -124,17 +116,18 @@ class TrainDataset(Dataset):
             base = int(rng.integers(0, self.n_normal))
             normal = self.normal.image(base)
             if kind == "perlin":
-                image, mask = perlin_anomaly(normal, self.textures, rng, self.beta_max, self.scale_max,
+                image, mask = perlin_anomaly(normal, self.textures, rng, self.synthesis.beta_max,
+                                             self.synthesis.perlin_scale_max,
                                              self._foreground(base, normal), grey=self.grey_textures)
             elif kind == "swap":
                 other = int(rng.integers(0, self.n_normal - 1))
                 other += other >= base  # any normal training image but the base one
-                image, mask = swap_anomaly(normal, self.normal.image(other), rng, self.swap_beta_max,
-                                           self.swap_area, self._foreground(base, normal))
+                image, mask = swap_anomaly(normal, self.normal.image(other), rng, self.synthesis.swap_beta_max,
+                                           tuple(self.synthesis.swap_area), self._foreground(base, normal))
             else:
                 _, a_img, a_mask = self.anomalies[int(rng.integers(0, len(self.anomalies)))]
                 image, mask = extended_anomaly(normal, a_img.astype(np.float32) / 255.0, a_mask, rng,
-                                               match_context=self.match_context)
+                                               match_context=self.synthesis.extended_match_context)
         return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
                 "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
                 "label": int(kind != "normal"), "kind": kind, "source": base}
@@ -268,14 +261,13 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
     textures = TextureSource(cfg.data.dtd_root, normal_images=_NormalPool(normal))
     colour = cfg.synthesis.texture_colour
     grey = colour == "grey" or (colour == "auto" and greyscale_category(normal))
-    ds = TrainDataset(normal, textures, cfg.seed, n_perlin, anomalies, n_extended, cfg.synthesis.beta_max,
-                      cfg.synthesis.perlin_scale_max, cfg.synthesis.foreground, [s.name for s in shots], grey,
-                      int(round(cfg.synthesis.swap_fraction * n_perlin)),
-                      tuple(cfg.synthesis.swap_area), cfg.synthesis.swap_beta_max,
-                      cfg.synthesis.extended_match_context)
+    ds = TrainDataset(normal, textures, seed=cfg.seed, synthesis=cfg.synthesis, n_perlin=n_perlin,
+                      n_swap=int(round(cfg.synthesis.swap_fraction * n_perlin)), anomalies=anomalies,
+                      n_extended=n_extended, grey_textures=grey, real_anomalies=[s.name for s in shots])
     log.info("%s: %d normal + %d perlin (%d of them region swaps) + %d extended training samples per epoch%s; "
              "Perlin textures %s%s; real anomalies: %s", category, n, ds.n_perlin, ds.n_swap, ds.n_extended,
-             " (pasted at the level of their new surroundings)" if ds.match_context and ds.n_extended else "",
+             " (pasted at the level of their new surroundings)" if cfg.synthesis.extended_match_context and ds.n_extended
+             else "",
              "grey" if grey else "in colour", " (greyscale category)" if colour == "auto" and grey else "",
              ", ".join(ds.real_anomalies) or "none")
     return ds

@@ -393,8 +393,8 @@ def _jitter_colour(image: np.ndarray, rng: np.random.Generator, sample: Optional
 
 
 def extended_anomaly(normal: np.ndarray, defect_image: np.ndarray, defect_mask: np.ndarray,
-                     rng: np.random.Generator, max_tries: int = 10,
-                     match_context: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                     rng: np.random.Generator, *, match_context: bool,
+                     max_tries: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Cut the defect of a real anomaly (RGB float H×W×3 + mask H×W), augment image and mask together (flips,
     90° turns, affine, elastic: one warp, bilinear for the image, nearest for the mask), jitter the colours and
     sometimes blur the image, and paste the defect pixels onto the normal image (same size). With `match_context`
