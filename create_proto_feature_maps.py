@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     setup_logging()
 
-    from prnet.datasets import ensure_data
+    from prnet.datasets import ensure_data, holdout_normal_names
     from prnet.datasets.checks import check_samples
     from prnet.datasets.mvtec import MVTEC, DatasetError, format_args, resolve_classes
     try:
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_data(cfg)
         classes = resolve_classes(cfg)
         for category in classes:  # check the data now, before any heavy work
+            holdout_normal_names(cfg, category)  # a share that leaves images on both sides
             check_samples(MVTEC(cfg.data.root, category, split="train", image_size=image_hw(cfg),
                                 **format_args(cfg)).samples, image_hw(cfg))
         device = resolve_device(cfg.train.device)
