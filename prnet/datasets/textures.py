@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
-from .mvtec import is_image_file, load_rgb
+from .mvtec import _decode, _resize, is_image_file, load_rgb
 from .synthesis import perlin_noise
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,15 @@ def colored_perlin(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
     tex = (c1 * (1.0 - a) + c2 * a) * (1.0 - 0.5 * b) + c3 * 0.5 * b
     tex = (np.clip(tex, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return cv2.resize(tex, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def load_rgb_uint8(path: str, hw: tuple[int, int]) -> np.ndarray:
+    """An image file as RGB uint8 H×W×3 at `hw`. An 8-bit colour file (every DTD JPEG) is resized in uint8, half
+    the work of load_rgb's float path; any other file goes through load_rgb."""
+    image = _decode(path)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        return (load_rgb(path, hw) * 255.0 + 0.5).astype(np.uint8)
+    return cv2.cvtColor(_resize(image, hw), cv2.COLOR_BGR2RGB)
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -106,7 +115,7 @@ class TextureSource:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        tex = (load_rgb(self.files[index], hw) * 255.0 + 0.5).astype(np.uint8)  # DatasetError names the file
+        tex = load_rgb_uint8(self.files[index], hw)  # DatasetError names the file
         self._cache[key] = tex
         self._cached_bytes += tex.nbytes
         while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
