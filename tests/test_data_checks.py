@@ -171,3 +171,23 @@ def test_no_defective_images_need_a_training_only_run(data, tmp_path, capsys, ca
     with caplog.at_level(logging.WARNING):
         check_evaluable(samples, 2, require_defective=False)
     assert "training only" in caplog.text
+
+
+def test_a_training_only_run_reports_no_metric_rather_than_nan(data, tmp_path):
+    """eval.require_defective=false on a test split of normal images: training runs, no image or pixel metric is
+    reported (n/a, never NaN), the false-positive rate at the stored threshold is."""
+    import json
+
+    for d in os.listdir(os.path.join(data, "test")):
+        if d != "good":
+            shutil.rmtree(os.path.join(data, "test", d))
+    shutil.rmtree(os.path.join(data, "ground_truth"))
+    out = str(tmp_path / "out")
+    args = _overrides(data, out, "data.num_anomalies=0", "eval.require_defective=false", "eval.topk=10")
+    assert train_script.main(args) == 0
+    results = json.load(open(os.path.join(out, "tiny", "results.json")))
+    assert results["metrics"] == {}
+    assert set(results["operating_point"]) >= {"false_positive_rate"} and "defect_recall" not in results["operating_point"]
+    with open(os.path.join(out, "results.md")) as fh:
+        table = fh.read()
+    assert "nan" not in table.lower() and "n/a" in table
