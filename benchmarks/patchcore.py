@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import time
 from typing import Any, Iterable, Optional, Sequence, Union

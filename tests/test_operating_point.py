@@ -12,7 +12,7 @@ from prnet.config import ConfigError, load_config
 from prnet.datasets import holdout_normal_names, normal_train_set
 from prnet.datasets.mvtec import DatasetError
 from prnet.metrics import decision_metrics, decision_threshold
-from test_train_e2e import tiny_data, tiny_overrides  # noqa: F401 (a fixture)
+from tiny_run import tiny_overrides
 
 
 def test_train_max_is_the_highest_normal_score():

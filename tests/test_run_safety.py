@@ -10,7 +10,7 @@ import torch
 import train as train_script
 from prnet.config import CHOICES, ConfigError, get_key, load_config
 from prnet.utils import RunLock
-from test_train_e2e import tiny_data, tiny_overrides  # noqa: F401 (a fixture)
+from tiny_run import tiny_overrides
 
 
 def _snapshot(folder):

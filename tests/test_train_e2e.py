@@ -16,26 +16,9 @@ import torch
 import export as export_script
 import predict as predict_script
 import train as train_script
-from prnet.datasets.demo import make_demo_category
+from tiny_run import tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_overrides(root, out, protos, epochs=2, extra=()):
-    return [
-        f"data.root={root}", "data.classes=[tiny]", "data.image_size=64", "data.dtd_root=null",
-        "data.num_anomalies=3", f"output_dir={out}", f"prototypes.dir={protos}",
-        "model.backbone=tf_efficientnet_lite0", "model.backbone_weights=package", "model.head_widths=[16, 32, 64]",
-        f"train.epochs={epochs}", "train.batch_size=8", "train.workers=0", "train.lr=0.003", "train.warmup_epochs=0",
-        "eval.topk=10", "eval.sigma=1.0", "eval.examples=4", "eval.batch_size=16", *extra,
-    ]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_demo_category(str(root), "tiny", seed=1, size=64, n_train=24, n_test_good=8, n_test_bad=12)
-    return str(root)
 
 
 @pytest.fixture(scope="module")
