@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -19,6 +20,19 @@ import yaml
 
 
 NULL_WORDS = ("none", "null", "~")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as safe_load reads it, except that a number written with leading zeros stays a string: category names
+    such as BTAD's 01, 02, 03 (safe_load would read 01 as the integer 1)."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.yaml_implicit_resolvers["0"].insert(0, ("tag:yaml.org,2002:str", re.compile(r"^0[0-9_]+$")))
+
+
+def _yaml(text: Any) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(ValueError):
@@ -264,7 +278,7 @@ def parse_override(text: str) -> dict:
     if not key:
         raise ConfigError(f"override '{text}': empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override '{text}': value is not valid YAML ({e})") from None
     out: dict = {}
@@ -284,7 +298,7 @@ def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()
             raise ConfigError(f"config file {path} does not exist")
         with open(path, encoding="utf-8") as fh:
             try:
-                values = yaml.safe_load(fh) or {}
+                values = _yaml(fh) or {}
             except yaml.YAMLError as e:
                 raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
         _merge(cfg, values)

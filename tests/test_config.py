@@ -71,3 +71,12 @@ def test_default_yaml_lists_every_key_of_the_schema_with_its_default():
 
     assert sorted(flat(listed)) == sorted(flat(config_to_dict(Config())))
     assert load_config(path) == Config()
+
+
+def test_category_names_with_leading_zeros_stay_names(tmp_path):
+    """BTAD's categories are 01, 02, 03: YAML would read 01 as the integer 1."""
+    assert load_config(None, ["data.classes=[01, 02]"]).data.classes == ["01", "02"]
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  classes: [03]\ntrain:\n  lr: 0.001\n  epochs: 10\n")
+    cfg = load_config(str(f))
+    assert cfg.data.classes == ["03"] and cfg.train.lr == 0.001 and cfg.train.epochs == 10
