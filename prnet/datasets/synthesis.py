@@ -234,18 +234,13 @@ def perlin_anomaly(image: np.ndarray, textures: TextureProvider, rng: np.random.
     and the texture gets 1 − β ∈ (1 − beta_max, 1]: every anomaly is visible."""
     hw = image.shape[:2]
     mask = perlin_mask(hw, rng, scale_max, within=foreground)
-    # only the mask's bounding box is textured: the texture is augmented and blended there alone (the ops are the
-    # same; the global ones, autocontrast and equalize, see the box's statistics)
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    texture = augment_texture(textures.sample_uint8(rng, hw)[box], rng)
+    texture = augment_texture(textures.sample_uint8(rng, hw), rng)
     if grey:
         texture = to_grey(texture)
     beta = float(rng.uniform(0.0, beta_max))
-    out = np.array(image, dtype=np.float32)  # a copy
-    region = out[box]  # x·(1−m) + β·x·m + (1−β)·t·m on the box, i.e. x + (1−β)·(t − x) where m = 1
-    inside = np.flatnonzero(mask[box])  # flat pixel indices: cheaper than a boolean selection
-    flat = region.reshape(-1, 3)  # a copy when the box is narrower than the image
+    out = np.array(image, dtype=np.float32)
+    flat = out.reshape(-1, 3)
+    inside = np.flatnonzero(mask)
     picked = flat[inside]
     d = texture.reshape(-1, 3)[inside].astype(np.float32)
     d *= np.float32(1.0 / 255.0)
@@ -253,7 +248,6 @@ def perlin_anomaly(image: np.ndarray, textures: TextureProvider, rng: np.random.
     d *= np.float32(1.0 - beta)
     d += picked
     flat[inside] = d
-    out[box] = flat.reshape(region.shape)
     return out, mask
 
 
