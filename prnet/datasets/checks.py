@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
-from prnet.datasets.mvtec import DatasetError, Sample, SizeLike, _resize, as_hw, load_mask, load_rgb
+from prnet.datasets.mvtec import DatasetError, Sample, SizeLike, _decode, _resize, as_hw, load_mask
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def check_samples(samples: Sequence[Sample], image_size: SizeLike, progress: Opt
     with_mask = 0
     show = len(samples) >= PROGRESS_MIN_FILES if progress is None else progress
     for s in tqdm(samples, desc="checking images", unit="img", disable=not show, leave=False):
-        h, w = load_rgb(s.path).shape[:2]
+        h, w = _decode(s.path).shape[:2]  # decoding is the check; no float conversion needed
         if s.mask_path is None:
             continue
         with_mask += 1
