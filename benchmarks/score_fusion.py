@@ -1,0 +1,150 @@
+"""Image scores that combine PRNet's learned map with its prototype residual, scored on a trained run.
+
+    python benchmarks/score_fusion.py --checkpoint RUN/<category>/last.pt [--data ROOT] [--out fusion.json]
+
+The checkpoint brings its config (data root, category, image size, few-shot draw) and its model: backbone,
+prototype bank and head. For the test split (minus the few-shot anomalies, as the evaluation) and for the normal
+training images it computes
+
+- the learned map p (sigmoid of the head, `eval.sigma` as trained) and its image score s_p (top-k mean, `eval.topk`);
+- the prototype residual r: per scale, the squared distance of each feature to its nearest prototype map summed
+  over channels, upsampled bilinearly to the image size and divided by that scale's mean over the normal training
+  images; the scales averaged. Training images get their held-out residual (`prototypes.leave_one_out`), so their
+  statistics are those of unseen normal images. Its image score s_r: the top-k mean of r.
+
+and scores these rules (no test label is used by any of them; the normal-image statistics are the training images'):
+
+- prnet: s_p (the released rule);  residual: s_r;
+- prod<a>: log s_p + a·log s_r, a in 0.5, 1, 2 (the product s_p · s_r^a: invariant to the scale of either);
+- zlog: the sum of log s_p and log s_r, each standardised by the mean and std over the normal training images;
+- map<a>: the top-k mean of the pixel-wise product p · r^a (a in 0.5, 1), also scored at pixel level.
+
+Prints image AUROC per rule (per test defect type too) and the five metrics of prnet, residual and map<a>;
+`--out` writes them as JSON. `--subsets` groups defect types as proxy_validation.py does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from prnet.datasets import build_test_dataset, normal_train_set
+from prnet.engine.checkpoint import model_from_checkpoint
+from prnet.engine.evaluator import gaussian_smooth
+from prnet.engine.prototypes import load_matching, prototype_path
+from prnet.metrics import compute_metrics, image_auroc
+from prnet.utils import atomic_write, resolve_device, setup_logging
+
+log = logging.getLogger("score_fusion")
+
+EPS = 1e-8
+
+
+@torch.no_grad()
+def maps_of(model, dataset, *, sigma: float, batch: int, device: torch.device, leave_one_out: bool,
+            desc: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(N×H×W learned maps, per scale the N×H×W residual maps) of a dataset; `leave_one_out`: the dataset is the
+    bank's training set in its order, each image gets its held-out residual."""
+    maps, res = [], [[] for _ in range(model.bank.num_scales)]
+    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0)
+    start = 0
+    for b in tqdm(loader, desc=desc, leave=False):
+        x = b["image"].to(device)
+        n = x.shape[0]
+        source = torch.arange(start, start + n) if leave_one_out else None
+        start += n
+        maps.append(gaussian_smooth(torch.sigmoid(model(x).float()), sigma)[:, 0].cpu().numpy())
+        feats, _ = model.backbone(x)
+        for i, r in enumerate(model.bank(feats, source)):
+            d = r.sum(1, keepdim=True) if model.bank.residual == "squared" else (r * r).sum(1, keepdim=True)
+            res[i].append(F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0].cpu().numpy())
+    return np.concatenate(maps), [np.concatenate(r) for r in res]
+
+
+def topk_mean(maps: np.ndarray, k: int) -> np.ndarray:
+    flat = torch.from_numpy(maps.reshape(len(maps), -1))
+    return flat.topk(max(1, min(k, flat.shape[1])), dim=1).values.mean(1).numpy()
+
+
+def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: np.ndarray, k: int) -> dict:
+    """Image scores of every rule for the test images (see the module docstring)."""
+    sp, sr = topk_mean(p_test, k), topk_mean(r_test, k)
+    tp, tr = np.log(topk_mean(p_train, k) + EPS), np.log(topk_mean(r_train, k) + EPS)
+    lp, lr = np.log(sp + EPS), np.log(sr + EPS)
+    out = {"prnet": sp, "residual": sr}
+    for a in (0.5, 1.0, 2.0):
+        out[f"prod{a:g}"] = lp + a * lr
+    out["zlog"] = (lp - tp.mean()) / (tp.std() + EPS) + (lr - tr.mean()) / (tr.std() + EPS)
+    for a in (0.5, 1.0):
+        out[f"map{a:g}"] = topk_mean(p_test * np.power(r_test, a), k)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", help="data.root to read instead of the checkpoint's")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--subsets", action="store_true",
+                   help="proxy category: 'all' = normals + perlin_unseen_textures + extended_unseen_defects")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    setup_logging()
+    device = resolve_device(args.device)
+    model, cfg, _ = model_from_checkpoint(args.checkpoint, device)
+    if args.data:
+        cfg.data.root = args.data
+    category = cfg.data.classes[0]
+    test, train = build_test_dataset(cfg, category), normal_train_set(cfg, category)
+    # the checkpoint holds the prototypes, the run's prototype file also each training image's cluster (held-out
+    # residuals need them); the file must be the one the checkpoint was trained with
+    bank = load_matching(cfg, category).to(device)
+    if any(a.shape != b.shape or not torch.equal(a, b) for a, b in zip(bank.prototypes, model.bank.prototypes)):
+        raise SystemExit(f"{prototype_path(cfg, category)}: not the prototypes of {args.checkpoint}")
+    model.bank = bank
+    kw = dict(sigma=cfg.eval.sigma, batch=args.batch, device=device)
+    p_train, r_train = maps_of(model, train, leave_one_out=True, desc="train normals", **kw)
+    p_test, r_test = maps_of(model, test, leave_one_out=False, desc="test", **kw)
+    scale = [r.mean() for r in r_train]
+    r_train = np.mean([r / s for r, s in zip(r_train, scale)], axis=0)
+    r_test = np.mean([r / s for r, s in zip(r_test, scale)], axis=0)
+    scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk)
+
+    labels = np.array([s.label for s in test.samples])
+    defects = np.array([s.defect for s in test.samples])
+    groups = {"all": np.ones(len(labels), bool)}
+    if args.subsets:
+        groups["all"] = np.isin(defects, ["good", "perlin_unseen_textures", "extended_unseen_defects"])
+    for d in sorted(set(defects) - {"good"}):
+        groups[d] = (defects == "good") | (defects == d)
+    result = {"checkpoint": args.checkpoint, "category": category, "image_auroc": {}, "metrics": {}}
+    for name, s in scores.items():
+        result["image_auroc"][name] = {g: float(image_auroc(s[sel], labels[sel])) for g, sel in groups.items()}
+    masks = np.stack([test.mask(i) for i in range(len(test))]).astype(np.uint8)
+    sel = groups["all"]
+    for name, m in (("prnet", p_test), ("residual", r_test), ("map0.5", p_test * np.sqrt(r_test)),
+                    ("map1", p_test * r_test)):
+        met = compute_metrics(scores[name][sel], labels[sel], m[sel], masks[sel])
+        result["metrics"][name] = {k: float(v) for k, v in met.items()}
+    names = list(groups)
+    print(f"{category}: image AUROC per rule; groups: {', '.join(names)}")
+    for name, row in result["image_auroc"].items():
+        print(f"  {name:<9} " + " ".join(f"{row[g]:.3f}" for g in names))
+    for name, met in result["metrics"].items():
+        print(f"  {name:<9} " + " ".join(f"{k} {v:.3f}" for k, v in met.items()))
+    if args.out:
+        atomic_write(args.out, lambda tmp: json.dump(result, open(tmp, "w", encoding="utf-8"), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
