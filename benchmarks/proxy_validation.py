@@ -24,6 +24,10 @@ The proxy category (written once under <out>/proxy, symlinks where possible):
   surroundings (`synthesis.extended_anomaly(..., match_context=True)`): the defect keeps its contrast to its own
   surface, as a real one in place does, where the plain paste carries the brightness of the tile it was cut from
   (dark cracks from a bright tile pasted bright on a dark one). Scored on its own, like the swaps.
+- test/small_unseen_spots (added to an existing proxy when missing): per held-out image, 1–3 ellipses covering
+  0.05–0.5 % of the image together (BSData's pits: median 0.17 %), filled with a validation texture (the classes
+  training never sees) at opacity U(0.5, 1). The synthetic Perlin blobs cover far more of the image; a proxy
+  where the head is at its ceiling on them can still rank tiny defects badly. Scored on its own.
 The few-shot anomalies are the ones the real benchmark trains on (same `select_few_shot` rule and seed), so the
 real test set is never read beyond them.
 
@@ -60,7 +64,8 @@ PERLIN = "perlin_unseen_textures"
 EXTENDED = "extended_unseen_defects"
 SWAP = "swap_unseen_shapes"
 IN_CONTEXT = "extended_in_context"
-APART = (SWAP, IN_CONTEXT)  # subsets added later: scored on their own, never part of "all"
+SMALL = "small_unseen_spots"
+APART = (SWAP, IN_CONTEXT, SMALL)  # subsets added later: scored on their own, never part of "all"
 SIGMAS = (0.0, 2.0, 4.0, 8.0)
 TOPKS = (1, 10, 100, 1000)
 
@@ -262,6 +267,50 @@ def add_in_context_subset(info: dict, data: str, seed: int, size) -> None:
     log.info("proxy: %d pastes at the level of their new surroundings in %s", len(held), IN_CONTEXT)
 
 
+def spots_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, float] = (0.0005, 0.005),
+               max_spots: int = 3) -> np.ndarray:
+    """float32 {0,1} H×W: 1–max_spots filled ellipses (axis ratio 1–3, any angle) that cover about a fraction
+    a ~ U(area) of the image together (at least one pixel each)."""
+    h, w = hw
+    n = int(rng.integers(1, max_spots + 1))
+    share = float(rng.uniform(*area)) * h * w / n  # pixels per spot
+    mask = np.zeros((h, w), np.uint8)
+    for _ in range(n):
+        ratio = float(rng.uniform(1.0, 3.0))
+        b = max(0.5, float(np.sqrt(share / (np.pi * ratio))))  # semi-axes b and ratio·b: area π·ratio·b²
+        a = ratio * b
+        cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+        cv2.ellipse(mask, (cx, cy), (max(1, int(round(a))), max(1, int(round(b)))), float(rng.uniform(0, 180)),
+                    0, 360, 1, thickness=-1)
+    return mask.astype(np.float32)
+
+
+def add_small_subset(info: dict, seed: int, size) -> None:
+    """Write test/small_unseen_spots into the proxy if it is missing (see the module docstring)."""
+    from prnet.datasets import TextureSource, load_rgb
+    from prnet.datasets.mvtec import as_hw
+    from prnet.datasets.synthesis import blend
+    from prnet.utils import numpy_rng
+
+    cat = os.path.join(info["root"], info["category"])
+    if os.path.isdir(os.path.join(cat, "test", SMALL)):
+        return
+    good = os.path.join(cat, "test", "good")
+    held = sorted(os.listdir(good))  # k = 0.. as build_proxy numbers the held-out images
+    hw = as_hw(size)
+    textures = TextureSource(os.path.join(info["root"], "dtd_val"))
+    tmp = os.path.join(cat, "test", SMALL + ".tmp"), os.path.join(cat, "ground_truth", SMALL + ".tmp")
+    for k, f in enumerate(held):
+        rng = numpy_rng(seed, 0x5B07, k)
+        mask = spots_mask(hw, rng)
+        img = blend(load_rgb(os.path.join(good, f), hw), textures.sample(rng, hw), mask, float(rng.uniform(0.5, 1.0)))
+        _save_rgb(os.path.join(tmp[0], f"{k:04d}.png"), img)
+        _save_mask(os.path.join(tmp[1], f"{k:04d}_mask.png"), mask)
+    os.replace(tmp[1], os.path.join(cat, "ground_truth", SMALL))  # the masks first: a test folder implies its masks
+    os.replace(tmp[0], os.path.join(cat, "test", SMALL))
+    log.info("proxy: %d images with small spots of unseen textures in %s", len(held), SMALL)
+
+
 def run_name(name: str, seed: int) -> str:
     """The folder of a variant's run under <out>/runs: the name for seed 0, <name>-seed<S> for other seeds."""
     return name if seed == 0 else f"{name}-seed{seed}"
@@ -455,6 +504,7 @@ def main(argv=None) -> int:
                        args.split_seed, args.proxy_seed, args.size)
     add_swap_subset(info, int(info.get("seed", args.proxy_seed)), args.size)  # the proxy's own seed
     add_in_context_subset(info, data, int(info.get("seed", args.proxy_seed)), args.size)
+    add_small_subset(info, int(info.get("seed", args.proxy_seed)), args.size)
     result_path = os.path.join(args.out, "proxy_validation.json")
     results = json.load(open(result_path)) if os.path.exists(result_path) else {"proxy": info, "rows": []}
     done = []
