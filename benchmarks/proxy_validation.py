@@ -204,6 +204,25 @@ def band_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, 
     return mask.astype(np.float32)
 
 
+def _write_subset(info: dict, name: str, make) -> bool:
+    """Write test/<name> and its masks into the proxy unless it exists: image k from make(k, held-out file names)
+    -> (RGB float image, {0,1} mask), both under .tmp folders renamed at the end (the masks first: a test folder
+    implies its masks). Returns whether it wrote the subset."""
+    cat = os.path.join(info["root"], info["category"])
+    if os.path.isdir(os.path.join(cat, "test", name)):
+        return False
+    held = sorted(os.listdir(os.path.join(cat, "test", "good")))  # k = 0.. as build_proxy numbers the held-out images
+    tmp = os.path.join(cat, "test", name + ".tmp"), os.path.join(cat, "ground_truth", name + ".tmp")
+    for k in range(len(held)):
+        img, mask = make(k, held)
+        _save_rgb(os.path.join(tmp[0], f"{k:04d}.png"), img)
+        _save_mask(os.path.join(tmp[1], f"{k:04d}_mask.png"), mask)
+    os.replace(tmp[1], os.path.join(cat, "ground_truth", name))
+    os.replace(tmp[0], os.path.join(cat, "test", name))
+    log.info("proxy: %d images in %s", len(held), name)
+    return True
+
+
 def add_swap_subset(info: dict, seed: int, size) -> None:
     """Write test/swap_unseen_shapes into the proxy if it is missing (see the module docstring)."""
     from prnet.datasets import load_rgb
@@ -211,27 +230,20 @@ def add_swap_subset(info: dict, seed: int, size) -> None:
     from prnet.datasets.synthesis import blend
     from prnet.utils import numpy_rng
 
-    cat = os.path.join(info["root"], info["category"])
-    if os.path.isdir(os.path.join(cat, "test", SWAP)):
-        return
-    good = os.path.join(cat, "test", "good")
-    held = sorted(os.listdir(good))  # k = 0.. as build_proxy numbers the held-out images
-    if len(held) < 2:
+    good = os.path.join(info["root"], info["category"], "test", "good")
+    if len(os.listdir(good)) < 2:
         raise SystemExit(f"{good}: region swaps need at least 2 held-out normal images")
     hw = as_hw(size)
-    tmp = os.path.join(cat, "test", SWAP + ".tmp"), os.path.join(cat, "ground_truth", SWAP + ".tmp")
-    for k, f in enumerate(held):
+
+    def make(k: int, held: list[str]):
         rng = numpy_rng(seed, 0x5A4B, k)
         j = int(rng.integers(0, len(held) - 1))
         j += j >= k  # another held-out image
-        image, other = load_rgb(os.path.join(good, f), hw), load_rgb(os.path.join(good, held[j]), hw)
+        image, other = load_rgb(os.path.join(good, held[k]), hw), load_rgb(os.path.join(good, held[j]), hw)
         mask = band_mask(hw, rng)
-        img = blend(image, other, mask, 1.0 - float(rng.uniform(0.0, 0.8)))
-        _save_rgb(os.path.join(tmp[0], f"{k:04d}.png"), img)
-        _save_mask(os.path.join(tmp[1], f"{k:04d}_mask.png"), mask)
-    os.replace(tmp[1], os.path.join(cat, "ground_truth", SWAP))  # the masks first: a test folder implies its masks
-    os.replace(tmp[0], os.path.join(cat, "test", SWAP))
-    log.info("proxy: %d region swaps (bands from other held-out images) in %s", len(held), SWAP)
+        return blend(image, other, mask, 1.0 - float(rng.uniform(0.0, 0.8))), mask
+
+    _write_subset(info, SWAP, make)
 
 
 def add_in_context_subset(info: dict, data: str, seed: int, size) -> None:
@@ -242,11 +254,9 @@ def add_in_context_subset(info: dict, data: str, seed: int, size) -> None:
     from prnet.datasets.synthesis import extended_anomaly
     from prnet.utils import numpy_rng
 
-    cat = os.path.join(info["root"], info["category"])
-    if os.path.isdir(os.path.join(cat, "test", IN_CONTEXT)):
+    if os.path.isdir(os.path.join(info["root"], info["category"], "test", IN_CONTEXT)):
         return
-    good = os.path.join(cat, "test", "good")
-    held = sorted(os.listdir(good))  # k = 0.. as build_proxy numbers the held-out images
+    good = os.path.join(info["root"], info["category"], "test", "good")
     hw = as_hw(size)
     root, category = os.path.split(os.path.abspath(data.rstrip("/")))
     found = {s.name: s for s in scan_split(root, category, "test")}
@@ -255,16 +265,13 @@ def add_in_context_subset(info: dict, data: str, seed: int, size) -> None:
         raise SystemExit(f"{data}: the proxy's validation anomalies {missing} are not in its test split")
     shots = [(load_rgb(found[n].path, hw), load_mask(found[n].path if found[n].mask_path is None
                                                       else found[n].mask_path, hw)) for n in info["val_shots"]]
-    tmp = os.path.join(cat, "test", IN_CONTEXT + ".tmp"), os.path.join(cat, "ground_truth", IN_CONTEXT + ".tmp")
-    for k, f in enumerate(held):
+
+    def make(k: int, held: list[str]):
         d_img, d_mask = shots[k % len(shots)]
-        img, mask = extended_anomaly(load_rgb(os.path.join(good, f), hw), d_img, d_mask, numpy_rng(seed, 0xE47D, k),
-                                     match_context=True)  # build_proxy's draws for extended image k
-        _save_rgb(os.path.join(tmp[0], f"{k:04d}.png"), img)
-        _save_mask(os.path.join(tmp[1], f"{k:04d}_mask.png"), mask)
-    os.replace(tmp[1], os.path.join(cat, "ground_truth", IN_CONTEXT))
-    os.replace(tmp[0], os.path.join(cat, "test", IN_CONTEXT))
-    log.info("proxy: %d pastes at the level of their new surroundings in %s", len(held), IN_CONTEXT)
+        return extended_anomaly(load_rgb(os.path.join(good, held[k]), hw), d_img, d_mask, numpy_rng(seed, 0xE47D, k),
+                                match_context=True)  # build_proxy's draws for extended image k
+
+    _write_subset(info, IN_CONTEXT, make)
 
 
 def spots_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, float] = (0.0005, 0.005),
@@ -292,23 +299,17 @@ def add_small_subset(info: dict, seed: int, size) -> None:
     from prnet.datasets.synthesis import blend
     from prnet.utils import numpy_rng
 
-    cat = os.path.join(info["root"], info["category"])
-    if os.path.isdir(os.path.join(cat, "test", SMALL)):
-        return
-    good = os.path.join(cat, "test", "good")
-    held = sorted(os.listdir(good))  # k = 0.. as build_proxy numbers the held-out images
+    good = os.path.join(info["root"], info["category"], "test", "good")
     hw = as_hw(size)
     textures = TextureSource(os.path.join(info["root"], "dtd_val"))
-    tmp = os.path.join(cat, "test", SMALL + ".tmp"), os.path.join(cat, "ground_truth", SMALL + ".tmp")
-    for k, f in enumerate(held):
+
+    def make(k: int, held: list[str]):
         rng = numpy_rng(seed, 0x5B07, k)
         mask = spots_mask(hw, rng)
-        img = blend(load_rgb(os.path.join(good, f), hw), textures.sample(rng, hw), mask, float(rng.uniform(0.5, 1.0)))
-        _save_rgb(os.path.join(tmp[0], f"{k:04d}.png"), img)
-        _save_mask(os.path.join(tmp[1], f"{k:04d}_mask.png"), mask)
-    os.replace(tmp[1], os.path.join(cat, "ground_truth", SMALL))  # the masks first: a test folder implies its masks
-    os.replace(tmp[0], os.path.join(cat, "test", SMALL))
-    log.info("proxy: %d images with small spots of unseen textures in %s", len(held), SMALL)
+        image = load_rgb(os.path.join(good, held[k]), hw)
+        return blend(image, textures.sample(rng, hw), mask, float(rng.uniform(0.5, 1.0))), mask
+
+    _write_subset(info, SMALL, make)
 
 
 def run_name(name: str, seed: int) -> str:
