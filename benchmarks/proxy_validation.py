@@ -204,14 +204,17 @@ def band_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, 
     return mask.astype(np.float32)
 
 
-def _write_subset(info: dict, name: str, make) -> bool:
+def _write_subset(info: dict, name: str, make, min_held: int = 1) -> bool:
     """Write test/<name> and its masks into the proxy unless it exists: image k from make(k, held-out file names)
     -> (RGB float image, {0,1} mask), both under .tmp folders renamed at the end (the masks first: a test folder
     implies its masks). Returns whether it wrote the subset."""
     cat = os.path.join(info["root"], info["category"])
     if os.path.isdir(os.path.join(cat, "test", name)):
         return False
-    held = sorted(os.listdir(os.path.join(cat, "test", "good")))  # k = 0.. as build_proxy numbers the held-out images
+    good = os.path.join(cat, "test", "good")
+    held = sorted(os.listdir(good))  # k = 0.. as build_proxy numbers the held-out images
+    if len(held) < min_held:
+        raise SystemExit(f"{good}: {name} needs at least {min_held} held-out normal images")
     tmp = os.path.join(cat, "test", name + ".tmp"), os.path.join(cat, "ground_truth", name + ".tmp")
     for k in range(len(held)):
         img, mask = make(k, held)
@@ -231,8 +234,6 @@ def add_swap_subset(info: dict, seed: int, size) -> None:
     from prnet.utils import numpy_rng
 
     good = os.path.join(info["root"], info["category"], "test", "good")
-    if len(os.listdir(good)) < 2:
-        raise SystemExit(f"{good}: region swaps need at least 2 held-out normal images")
     hw = as_hw(size)
 
     def make(k: int, held: list[str]):
@@ -243,7 +244,7 @@ def add_swap_subset(info: dict, seed: int, size) -> None:
         mask = band_mask(hw, rng)
         return blend(image, other, mask, 1.0 - float(rng.uniform(0.0, 0.8))), mask
 
-    _write_subset(info, SWAP, make)
+    _write_subset(info, SWAP, make, min_held=2)  # a region from another held-out image
 
 
 def add_in_context_subset(info: dict, data: str, seed: int, size) -> None:

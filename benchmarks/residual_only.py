@@ -35,14 +35,24 @@ log = logging.getLogger("residual_only")
 
 
 @torch.no_grad()
+def scale_distances(bank, feats, hw: tuple[int, int], source=None) -> list[np.ndarray]:
+    """Per scale, the N×H×W squared distance of each feature to its nearest prototype (the residual summed over
+    channels), upsampled bilinearly to `hw`; `source`: held-out residuals for training images (PrototypeBank)."""
+    out = []
+    for r in bank(feats, source):
+        d = r.sum(1, keepdim=True) if bank.residual == "squared" else (r * r).sum(1, keepdim=True)
+        out.append(F.interpolate(d, size=hw, mode="bilinear", align_corners=False)[:, 0].cpu().numpy())
+    return out
+
+
+@torch.no_grad()
 def residual_maps(backbone, bank, loader, hw: tuple[int, int], device: torch.device) -> list[np.ndarray]:
     """Per scale, the N×H×W squared distance of each image's features to its nearest prototype, at the image size."""
     per_scale: list[list[np.ndarray]] = [[] for _ in range(bank.num_scales)]
     for batch in loader:
         feats, _ = backbone(batch["image"].to(device))
-        for i, r in enumerate(bank(feats)):
-            d = r.sum(1, keepdim=True) if bank.residual == "squared" else (r * r).sum(1, keepdim=True)
-            per_scale[i].append(F.interpolate(d, size=hw, mode="bilinear", align_corners=False)[:, 0].cpu().numpy())
+        for i, d in enumerate(scale_distances(bank, feats, hw)):
+            per_scale[i].append(d)
     return [np.concatenate(s) for s in per_scale]
 
 

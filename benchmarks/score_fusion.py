@@ -32,7 +32,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -42,6 +41,8 @@ from prnet.engine.evaluator import gaussian_smooth
 from prnet.engine.prototypes import load_matching, prototype_path
 from prnet.metrics import compute_metrics, image_auroc
 from prnet.utils import atomic_write, resolve_device, setup_logging
+from proxy_validation import EXTENDED, PERLIN
+from residual_only import scale_distances
 
 log = logging.getLogger("score_fusion")
 
@@ -52,20 +53,25 @@ EPS = 1e-8
 def maps_of(model, dataset, *, sigma: float, batch: int, device: torch.device, leave_one_out: bool,
             desc: str) -> tuple[np.ndarray, list[np.ndarray]]:
     """(N×H×W learned maps, per scale the N×H×W residual maps) of a dataset; `leave_one_out`: the dataset is the
-    bank's training set in its order, each image gets its held-out residual."""
+    bank's training set in its order, each image gets its held-out residual. The backbone runs once per batch: its
+    features are kept by a hook for the residuals."""
     maps, res = [], [[] for _ in range(model.bank.num_scales)]
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0)
+    kept: list = []
+    hook = model.backbone.register_forward_hook(lambda _m, _i, out: kept.append(out[0]))
     start = 0
-    for b in tqdm(loader, desc=desc, leave=False):
-        x = b["image"].to(device)
-        n = x.shape[0]
-        source = torch.arange(start, start + n) if leave_one_out else None
-        start += n
-        maps.append(gaussian_smooth(torch.sigmoid(model(x).float()), sigma)[:, 0].cpu().numpy())
-        feats, _ = model.backbone(x)
-        for i, r in enumerate(model.bank(feats, source)):
-            d = r.sum(1, keepdim=True) if model.bank.residual == "squared" else (r * r).sum(1, keepdim=True)
-            res[i].append(F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0].cpu().numpy())
+    try:
+        for b in tqdm(loader, desc=desc, leave=False):
+            x = b["image"].to(device)
+            n = x.shape[0]
+            kept.clear()
+            maps.append(gaussian_smooth(torch.sigmoid(model(x).float()), sigma)[:, 0].cpu().numpy())
+            source = torch.arange(start, start + n) if leave_one_out else None
+            start += n
+            for i, d in enumerate(scale_distances(model.bank, kept[0], x.shape[-2:], source)):
+                res[i].append(d)
+    finally:
+        hook.remove()
     return np.concatenate(maps), [np.concatenate(r) for r in res]
 
 
@@ -74,8 +80,15 @@ def topk_mean(maps: np.ndarray, k: int) -> np.ndarray:
     return flat.topk(max(1, min(k, flat.shape[1])), dim=1).values.mean(1).numpy()
 
 
-def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: np.ndarray, k: int) -> dict:
-    """Image scores of every rule for the test images (see the module docstring)."""
+def fused_maps(p: np.ndarray, r: np.ndarray) -> dict:
+    """The map<a> rules' pixel-wise products p · r^a."""
+    return {"map0.5": p * np.sqrt(r), "map1": p * r}
+
+
+def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: np.ndarray, k: int,
+          fused: dict | None = None) -> dict:
+    """Image scores of every rule for the test images (see the module docstring); `fused`: fused_maps(p_test,
+    r_test) when the caller has them already."""
     sp, sr = topk_mean(p_test, k), topk_mean(r_test, k)
     tp, tr = np.log(topk_mean(p_train, k) + EPS), np.log(topk_mean(r_train, k) + EPS)
     lp, lr = np.log(sp + EPS), np.log(sr + EPS)
@@ -83,8 +96,8 @@ def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: 
     for a in (0.5, 1.0, 2.0):
         out[f"prod{a:g}"] = lp + a * lr
     out["zlog"] = (lp - tp.mean()) / (tp.std() + EPS) + (lr - tr.mean()) / (tr.std() + EPS)
-    for a in (0.5, 1.0):
-        out[f"map{a:g}"] = topk_mean(p_test * np.power(r_test, a), k)
+    for name, m in (fused if fused is not None else fused_maps(p_test, r_test)).items():
+        out[name] = topk_mean(m, k)
     return out
 
 
@@ -117,13 +130,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     scale = [r.mean() for r in r_train]
     r_train = np.mean([r / s for r, s in zip(r_train, scale)], axis=0)
     r_test = np.mean([r / s for r, s in zip(r_test, scale)], axis=0)
-    scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk)
+    fused = fused_maps(p_test, r_test)
+    scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk, fused)
 
     labels = np.array([s.label for s in test.samples])
     defects = np.array([s.defect for s in test.samples])
     groups = {"all": np.ones(len(labels), bool)}
     if args.subsets:
-        groups["all"] = np.isin(defects, ["good", "perlin_unseen_textures", "extended_unseen_defects"])
+        groups["all"] = np.isin(defects, ["good", PERLIN, EXTENDED])
     for d in sorted(set(defects) - {"good"}):
         groups[d] = (defects == "good") | (defects == d)
     result = {"checkpoint": args.checkpoint, "category": category, "image_auroc": {}, "metrics": {}}
@@ -131,8 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["image_auroc"][name] = {g: float(image_auroc(s[sel], labels[sel])) for g, sel in groups.items()}
     masks = np.stack([test.mask(i) for i in range(len(test))]).astype(np.uint8)
     sel = groups["all"]
-    for name, m in (("prnet", p_test), ("residual", r_test), ("map0.5", p_test * np.sqrt(r_test)),
-                    ("map1", p_test * r_test)):
+    for name, m in {"prnet": p_test, "residual": r_test, **fused}.items():
         met = compute_metrics(scores[name][sel], labels[sel], m[sel], masks[sel])
         result["metrics"][name] = {k: float(v) for k, v in met.items()}
     names = list(groups)
