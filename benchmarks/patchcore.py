@@ -137,13 +137,19 @@ def greedy_coreset(features: torch.Tensor, count: int, proj_dim: Optional[int] =
 
 
 def nearest_distances(queries: torch.Tensor, memory: torch.Tensor, memory_sq: Optional[torch.Tensor] = None,
-                      query_chunk: int = 2048, memory_chunk: int = 8192) -> torch.Tensor:
+                      query_chunk: int = 2048, memory_chunk: int = 8192,
+                      query_owner: Optional[torch.Tensor] = None,
+                      memory_owner: Optional[torch.Tensor] = None) -> torch.Tensor:
     """L2 distance of each row of `queries` (P×D) to its nearest row of `memory` (K×D), in blocks.
 
     Uses |q|² + |m|² − 2 q·m one query_chunk × memory_chunk block at a time (at most that many floats at once).
+    With `query_owner` (P) and `memory_owner` (K), a query never matches a memory row of its own owner (held-out
+    distances of training images: owner = the image's index).
     """
     if memory_sq is None:
         memory_sq = (memory * memory).sum(1)
+    if (query_owner is None) != (memory_owner is None):
+        raise ValueError("nearest_distances: give both query_owner and memory_owner, or neither")
     out = torch.empty(queries.shape[0], device=queries.device)
     for i in range(0, queries.shape[0], query_chunk):
         q = queries[i:i + query_chunk]
@@ -151,6 +157,9 @@ def nearest_distances(queries: torch.Tensor, memory: torch.Tensor, memory_sq: Op
         for j in range(0, memory.shape[0], memory_chunk):
             m = memory[j:j + memory_chunk]
             d = torch.addmm(memory_sq[j:j + memory_chunk], q, m.t(), beta=1.0, alpha=-2.0)
+            if query_owner is not None:
+                own = query_owner[i:i + query_chunk, None] == memory_owner[None, j:j + memory_chunk]
+                d = d.masked_fill(own, float("inf"))
             best = torch.minimum(best, d.min(dim=1).values)
         out[i:i + query_chunk] = (best + (q * q).sum(1)).clamp_min_(0.0).sqrt_()
     return out
@@ -199,6 +208,7 @@ class PatchCore:
         self.proj_dim, self.max_patches, self.batch_size, self.progress = proj_dim, max_patches, batch_size, progress
         self.memory: Optional[torch.Tensor] = None
         self.memory_sq: Optional[torch.Tensor] = None
+        self.memory_owner: Optional[torch.Tensor] = None  # per memory row, the index of its image in fit order
         self.num_patches_seen = 0
 
     @property
@@ -221,17 +231,20 @@ class PatchCore:
     def fit(self, batches: Iterable[Batch]) -> "PatchCore":
         """Build the memory from the patch features of every image in `batches` (tensors or dicts with 'image')."""
         t0 = time.perf_counter()
-        collected = []
+        collected, owners, images = [], [], 0
         for batch in tqdm(batches, desc="patchcore features", unit="batch", disable=not self.progress):
             f = self.embed(batch_images(batch))
             collected.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+            owners.append(torch.arange(images, images + f.shape[0]).repeat_interleave(f.shape[2] * f.shape[3]))
+            images += f.shape[0]
         if not collected:
             raise ValueError("PatchCore.fit: the training batches are empty")
-        feats = torch.cat(collected)
+        feats, owner = torch.cat(collected), torch.cat(owners).to(self.device)
         del collected
         n = self.num_patches_seen = feats.shape[0]
         if self.max_patches is not None and n > self.max_patches:
-            feats = feats[random_subset(n, self.max_patches, self.seed).to(feats.device)]
+            keep = random_subset(n, self.max_patches, self.seed).to(feats.device)
+            feats, owner = feats[keep], owner[keep]
             log.info("patchcore: %d patches capped to %d by a uniform draw", n, feats.shape[0])
         count = max(1, int(round(self.coreset_ratio * feats.shape[0])))
         t1 = time.perf_counter()
@@ -241,23 +254,33 @@ class PatchCore:
             idx = random_subset(feats.shape[0], count, self.seed).to(feats.device)
         self.memory = feats[idx].contiguous()
         self.memory_sq = (self.memory * self.memory).sum(1)
+        self.memory_owner = owner[idx]
         log.info("patchcore: memory %d × %d (%s of %d candidates, %d patches); features %.1f s, sampler %.1f s",
                  self.memory.shape[0], self.memory.shape[1], self.sampler, feats.shape[0], n, t1 - t0,
                  time.perf_counter() - t1)
         return self
 
     @torch.no_grad()
-    def predict(self, images: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """Anomaly maps (N×H×W float32, at the input size) and image scores (N, the maps' maxima)."""
+    def predict(self, images: Batch, held_out: Optional[Sequence[int]] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Anomaly maps (N×H×W float32, at the input size) and image scores (N, the maps' maxima).
+
+        `held_out`: the images are training images, these their indices in fit order; each is scored without the
+        memory rows taken from itself (the score of an unseen normal image, up to the memory's size)."""
         if self.memory is None:
             raise RuntimeError("PatchCore.predict before fit: no memory")
         images = batch_images(images)
+        if held_out is not None and len(held_out) != images.shape[0]:
+            raise ValueError(f"held_out: {len(held_out)} indices for {images.shape[0]} images")
         h, w = images.shape[-2:]
         maps = []
         for i in range(0, images.shape[0], self.batch_size):
             f = self.embed(images[i:i + self.batch_size])
             n, c, fh, fw = f.shape
-            d = nearest_distances(f.permute(0, 2, 3, 1).reshape(-1, c), self.memory, self.memory_sq)
+            own = {}
+            if held_out is not None:
+                ids = torch.as_tensor(list(held_out[i:i + n]), device=self.device)
+                own = dict(query_owner=ids.repeat_interleave(fh * fw), memory_owner=self.memory_owner)
+            d = nearest_distances(f.permute(0, 2, 3, 1).reshape(-1, c), self.memory, self.memory_sq, **own)
             m = F.interpolate(d.view(n, 1, fh, fw), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
             maps.append(gaussian_blur(m, self.sigma).cpu())
         out = torch.cat(maps).numpy().astype(np.float32)

@@ -12,12 +12,17 @@ training images it computes
   images; the scales averaged. Training images get their held-out residual (`prototypes.leave_one_out`), so their
   statistics are those of unseen normal images. Its image score s_r: the top-k mean of r.
 
+- the nearest-neighbour score s_knn: the image score of real_data.py's PatchCore-style baseline (its settings on the
+  run's backbone and seed), its memory made from the run's normal training images; each training image is scored without the
+  memory rows taken from itself (`PatchCore.predict(..., held_out=...)`), as an unseen normal image.
+
 and scores these rules (no test label is used by any of them; the normal-image statistics are the training images'):
 
-- prnet: s_p (the released rule);  residual: s_r;
+- prnet: s_p (the released rule);  top10: the top-10 mean of p;  residual: s_r;  knn: s_knn (the baseline's);
 - prod<a>: log s_p + a·log s_r, a in 0.5, 1, 2 (the product s_p · s_r^a: invariant to the scale of either);
 - zlog: the sum of log s_p and log s_r, each standardised by the mean and std over the normal training images;
-- map<a>: the top-k mean of the pixel-wise product p · r^a (a in 0.5, 1), also scored at pixel level.
+- map<a>: the top-k mean of the pixel-wise product p · r^a (a in 0.5, 1), also scored at pixel level;
+- zknn: the sum of log s_p and log s_knn, each standardised by the mean and std over the normal training images.
 
 Prints image AUROC per rule (per test defect type too) and the five metrics of prnet, residual and map<a>;
 `--out` writes them as JSON. `--subsets` groups defect types as proxy_validation.py does.
@@ -35,10 +40,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from prnet.config import image_hw
 from prnet.datasets import build_test_dataset, normal_train_set
-from prnet.engine.checkpoint import model_from_checkpoint
+from prnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from prnet.engine.evaluator import gaussian_smooth
-from prnet.engine.prototypes import load_matching, prototype_path
+from prnet.engine.prototypes import PrototypeMismatchError, expected_meta, load_prototypes, prototype_path
 from prnet.metrics import compute_metrics, image_auroc
 from prnet.utils import atomic_write, resolve_device, setup_logging
 from proxy_validation import EXTENDED, PERLIN
@@ -85,20 +91,64 @@ def fused_maps(p: np.ndarray, r: np.ndarray) -> dict:
     return {"map0.5": p * np.sqrt(r), "map1": p * r}
 
 
+def zsum(*pairs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Sum over (test scores, training-normal scores) pairs of log(test) standardised by the training logs."""
+    out = 0.0
+    for test, train in pairs:
+        lt, ln = np.log(test + EPS), np.log(train + EPS)
+        out = out + (lt - ln.mean()) / (ln.std() + EPS)
+    return out
+
+
 def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: np.ndarray, k: int,
-          fused: dict | None = None) -> dict:
+          fused: dict | None = None, knn: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Image scores of every rule for the test images (see the module docstring); `fused`: fused_maps(p_test,
-    r_test) when the caller has them already."""
+    r_test) when the caller has them already; `knn`: (test, held-out training) nearest-neighbour image scores."""
     sp, sr = topk_mean(p_test, k), topk_mean(r_test, k)
-    tp, tr = np.log(topk_mean(p_train, k) + EPS), np.log(topk_mean(r_train, k) + EPS)
+    tp, tr = topk_mean(p_train, k), topk_mean(r_train, k)
     lp, lr = np.log(sp + EPS), np.log(sr + EPS)
-    out = {"prnet": sp, "residual": sr}
+    out = {"prnet": sp, "top10": topk_mean(p_test, 10), "residual": sr}
     for a in (0.5, 1.0, 2.0):
         out[f"prod{a:g}"] = lp + a * lr
-    out["zlog"] = (lp - tp.mean()) / (tp.std() + EPS) + (lr - tr.mean()) / (tr.std() + EPS)
+    out["zlog"] = zsum((sp, tp), (sr, tr))
     for name, m in (fused if fused is not None else fused_maps(p_test, r_test)).items():
         out[name] = topk_mean(m, k)
+    if knn is not None:
+        out["knn"] = knn[0]
+        out["zknn"] = zsum((sp, tp), knn)
     return out
+
+
+def knn_scores(cfg, train, test, device: torch.device, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(test, held-out training) image scores of the PatchCore-style baseline fitted on `train` (the run's backbone
+    and seed)."""
+    from patchcore import PatchCore
+
+    model = PatchCore(cfg.model.backbone, cfg.model.backbone_weights, sigma=4.0, seed=cfg.seed, device=device)
+    model.fit(DataLoader(train, batch_size=batch, shuffle=False, num_workers=0))
+    scores_test, scores_train, start = [], [], 0
+    for b in tqdm(DataLoader(test, batch_size=batch, shuffle=False, num_workers=0), desc="knn test", leave=False):
+        scores_test.append(model.predict(b["image"])[1])
+    for b in tqdm(DataLoader(train, batch_size=batch, shuffle=False, num_workers=0), desc="knn train", leave=False):
+        n = b["image"].shape[0]
+        scores_train.append(model.predict(b["image"], held_out=range(start, start + n))[1])
+        start += n
+    return np.concatenate(scores_test), np.concatenate(scores_train)
+
+
+def run_prototypes(cfg, category: str):
+    """The run's prototype file, checked against the current training images. A copy of the data keeps the file
+    names but not always their modification times: if only those differ (the same names in the same order), the
+    file is used with a warning; the caller still compares its prototypes with the checkpoint's."""
+    path, expected = prototype_path(cfg, category), expected_meta(cfg, category)
+    try:
+        return load_prototypes(path, expected)
+    except PrototypeMismatchError as e:
+        if e.fields != ["train_files"]:
+            raise
+        log.warning("%s: the training files' sizes or modification times differ from when it was made (same names "
+                    "in the same order): using it", path)
+        return load_prototypes(path, {k: v for k, v in expected.items() if k != "train_files"})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -109,6 +159,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--subsets", action="store_true",
                    help="proxy category: 'all' = normals + perlin_unseen_textures + extended_unseen_defects")
+    p.add_argument("--test-as", metavar="CHECKPOINT",
+                   help="take the test images of this run's evaluation (the test split minus its few-shot "
+                        "anomalies), e.g. a 0-shot run on its 10-shot sibling's test set as real_data.py scores it")
+    p.add_argument("--no-knn", dest="knn", action="store_false",
+                   help="skip the nearest-neighbour rules (knn, zknn): no baseline memory is built")
+    p.add_argument("--rules", type=lambda t: [r for r in t.split(",") if r],
+                   help="score and report only these rules, e.g. prnet,map0.5 (a test split is scored with the rule "
+                        "chosen on validation data and the released one, no other)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     setup_logging()
@@ -117,10 +175,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.data:
         cfg.data.root = args.data
     category = cfg.data.classes[0]
-    test, train = build_test_dataset(cfg, category), normal_train_set(cfg, category)
+    test_cfg = cfg
+    if args.test_as:
+        test_cfg = load_checkpoint(args.test_as)["config_obj"]
+        if args.data:
+            test_cfg.data.root = args.data
+        if (test_cfg.data.root, test_cfg.data.classes[0], image_hw(test_cfg)) != (cfg.data.root, category,
+                                                                                  image_hw(cfg)):
+            raise SystemExit(f"--test-as {args.test_as}: another data set or image size than {args.checkpoint}")
+    test, train = build_test_dataset(test_cfg, category), normal_train_set(cfg, category)
     # the checkpoint holds the prototypes, the run's prototype file also each training image's cluster (held-out
     # residuals need them); the file must be the one the checkpoint was trained with
-    bank = load_matching(cfg, category).to(device)
+    bank = run_prototypes(cfg, category).to(device)
     if any(a.shape != b.shape or not torch.equal(a, b) for a, b in zip(bank.prototypes, model.bank.prototypes)):
         raise SystemExit(f"{prototype_path(cfg, category)}: not the prototypes of {args.checkpoint}")
     model.bank = bank
@@ -131,7 +197,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     r_train = np.mean([r / s for r, s in zip(r_train, scale)], axis=0)
     r_test = np.mean([r / s for r, s in zip(r_test, scale)], axis=0)
     fused = fused_maps(p_test, r_test)
-    scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk, fused)
+    knn = knn_scores(cfg, train, test, device, args.batch) if args.knn else None
+    scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk, fused, knn)
+    if args.rules:
+        unknown = sorted(set(args.rules) - set(scores))
+        if unknown:
+            raise SystemExit(f"--rules: unknown {', '.join(unknown)} (known: {', '.join(scores)})")
+        scores = {name: scores[name] for name in args.rules}
 
     labels = np.array([s.label for s in test.samples])
     defects = np.array([s.defect for s in test.samples])
@@ -140,12 +212,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         groups["all"] = np.isin(defects, ["good", PERLIN, EXTENDED])
     for d in sorted(set(defects) - {"good"}):
         groups[d] = (defects == "good") | (defects == d)
-    result = {"checkpoint": args.checkpoint, "category": category, "image_auroc": {}, "metrics": {}}
+    result = {"checkpoint": args.checkpoint, "category": category, "test_images": len(test), "image_auroc": {},
+              "metrics": {}}
     for name, s in scores.items():
         result["image_auroc"][name] = {g: float(image_auroc(s[sel], labels[sel])) for g, sel in groups.items()}
     masks = np.stack([test.mask(i) for i in range(len(test))]).astype(np.uint8)
     sel = groups["all"]
     for name, m in {"prnet": p_test, "residual": r_test, **fused}.items():
+        if name not in scores:
+            continue
         met = compute_metrics(scores[name][sel], labels[sel], m[sel], masks[sel])
         result["metrics"][name] = {k: float(v) for k, v in met.items()}
     names = list(groups)

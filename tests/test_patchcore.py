@@ -85,6 +85,40 @@ def test_nearest_distances_matches_cdist():
     assert torch.allclose(got.double(), want, atol=1e-4)
 
 
+def test_nearest_distances_skip_the_query_owner_rows():
+    g = torch.Generator().manual_seed(1)
+    q, m = torch.randn(200, 6, generator=g), torch.randn(500, 6, generator=g)
+    q_own, m_own = torch.randint(0, 4, (200,), generator=g), torch.randint(0, 4, (500,), generator=g)
+    got = nearest_distances(q, m, query_chunk=64, memory_chunk=128, query_owner=q_own, memory_owner=m_own)
+    d = torch.cdist(q.double(), m.double())
+    d[q_own[:, None] == m_own[None]] = float("inf")
+    assert torch.allclose(got.double(), d.min(dim=1).values, atol=1e-4)
+    assert (got >= nearest_distances(q, m) - 1e-5).all()
+    with pytest.raises(ValueError, match="both"):
+        nearest_distances(q, m, query_owner=q_own)
+
+
+def test_held_out_prediction_equals_a_memory_without_the_image():
+    """Whole memory (ratio 1, no cap): image i scored held out = scored by a model fitted on the other images."""
+    train = smooth_images(4, seed=5)
+    full = PatchCore(weights="none", coreset_ratio=1.0, sampler="random", max_patches=None, progress=False)
+    full.fit([train[:3], train[3:]])
+    assert full.memory_owner.tolist() == sorted(full.memory_owner.tolist())  # random_subset keeps the order
+    assert torch.bincount(full.memory_owner).tolist() == [64] * 4  # 64 px / stride 8: 8×8 patches per image
+    held_maps, held_scores = full.predict(train[1:3], held_out=[1, 2])
+    for k, i in enumerate((1, 2)):
+        others = PatchCore(weights="none", coreset_ratio=1.0, sampler="random", max_patches=None, progress=False)
+        others.backbone = full.backbone  # random weights: the same ones
+        others.fit([torch.cat([train[:i], train[i + 1:]])])
+        maps, scores = others.predict(train[i:i + 1])
+        np.testing.assert_allclose(held_maps[k], maps[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(held_scores[k], scores[0], rtol=1e-4, atol=1e-5)
+    seen_scores = full.predict(train[1:3])[1]
+    assert (seen_scores < 1e-2 * held_scores).all()  # in the memory: distance ~0 without the hold-out
+    with pytest.raises(ValueError, match="held_out"):
+        full.predict(train[:2], held_out=[0])
+
+
 def test_gaussian_blur_matches_scipy():
     maps = torch.rand(2, 40, 48, generator=torch.Generator().manual_seed(0))
     got = gaussian_blur(maps, 4.0).numpy()

@@ -46,3 +46,67 @@ def test_zlog_standardises_each_log_score_on_the_normal_training_images():
     tlp, tlr = np.log(topk_mean(tp, 3) + 1e-8), np.log(topk_mean(tr, 3) + 1e-8)
     want = (lp - tlp.mean()) / tlp.std() + (lr - tlr.mean()) / tlr.std()
     np.testing.assert_allclose(out["zlog"], want, rtol=1e-5)
+
+
+def test_top10_and_the_nearest_neighbour_rules():
+    p, r = _maps(6, n=5, hw=(10, 10))
+    tp, tr = _maps(7, n=9, hw=(10, 10))
+    assert "knn" not in rules(p, r, tp, tr, k=50)  # no nearest-neighbour scores given: no such rules
+    rng = np.random.default_rng(8)
+    knn_test, knn_train = rng.uniform(1.0, 5.0, 5), rng.uniform(1.0, 2.0, 9)
+    out = rules(p, r, tp, tr, k=50, knn=(knn_test, knn_train))
+    np.testing.assert_allclose(out["top10"], np.sort(p.reshape(5, -1), axis=1)[:, -10:].mean(1), rtol=1e-6)
+    np.testing.assert_array_equal(out["knn"], knn_test)
+    lp, tlp = np.log(topk_mean(p, 50) + 1e-8), np.log(topk_mean(tp, 50) + 1e-8)
+    lk, tlk = np.log(knn_test + 1e-8), np.log(knn_train + 1e-8)
+    want = (lp - tlp.mean()) / tlp.std() + (lk - tlk.mean()) / tlk.std()
+    np.testing.assert_allclose(out["zknn"], want, rtol=1e-5)
+    # the two parts weigh the same whatever the scale of the distances: scaling them changes no ranking
+    scaled = rules(p, r, tp, tr, k=50, knn=(knn_test * 40.0, knn_train * 40.0))
+    np.testing.assert_allclose(scaled["zknn"], out["zknn"], rtol=1e-5, atol=1e-6)
+
+
+def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path):
+    """A 1-epoch run on the tiny category, scored by every rule; a foreign prototype file is refused."""
+    import json
+    import os
+
+    import score_fusion
+    from tiny_run import tiny_overrides
+
+    import train as train_script
+
+    out, protos = str(tmp_path / "out"), str(tmp_path / "protos")
+    assert train_script.main(tiny_overrides(tiny_data, out, protos, epochs=1)) == 0
+    ckpt, result = os.path.join(out, "tiny", "last.pt"), str(tmp_path / "fusion.json")
+    assert score_fusion.main(["--checkpoint", ckpt, "--out", result]) == 0
+    got = json.load(open(result))
+    assert {"prnet", "top10", "residual", "prod1", "zlog", "map0.5", "knn", "zknn"} <= set(got["image_auroc"])
+    assert all(0.0 <= row["all"] <= 1.0 for row in got["image_auroc"].values())
+    assert got["metrics"]["prnet"]["image_auroc"] == pytest.approx(got["image_auroc"]["prnet"]["all"])
+    assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--out", result]) == 0
+    assert "zknn" not in json.load(open(result))["image_auroc"]
+    assert got["test_images"] == 20 - 3  # the tiny test split minus the run's 3 real anomalies
+    # a copy of the data with new modification times (same names): the run's prototype file is still used
+    good = os.path.join(tiny_data, "tiny", "train", "good")
+    first = os.path.join(good, sorted(os.listdir(good))[0])
+    stat = os.stat(first)
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    try:
+        assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--out", result]) == 0
+        assert json.load(open(result))["image_auroc"]["prnet"] == got["image_auroc"]["prnet"]
+    finally:
+        os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # another run with another prototype ratio rebuilds the prototype file in the same place: the first run's
+    # checkpoint no longer matches it, and is refused
+    other = str(tmp_path / "out2")
+    extra = ["prototypes.ratio=0.3", "data.num_anomalies=1"]
+    assert train_script.main(tiny_overrides(tiny_data, other, protos, epochs=1, extra=extra)) == 0
+    with pytest.raises(SystemExit, match="not the prototypes"):
+        score_fusion.main(["--checkpoint", ckpt, "--no-knn"])
+    # the other run scored on its own test images, then on the first run's (as real_data.py's common test set)
+    ckpt2 = os.path.join(other, "tiny", "last.pt")
+    assert score_fusion.main(["--checkpoint", ckpt2, "--no-knn", "--out", result]) == 0
+    assert json.load(open(result))["test_images"] == 20 - 1
+    assert score_fusion.main(["--checkpoint", ckpt2, "--no-knn", "--test-as", ckpt, "--out", result]) == 0
+    assert json.load(open(result))["test_images"] == 20 - 3
