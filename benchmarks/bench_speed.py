@@ -290,7 +290,8 @@ def run(args: argparse.Namespace, workdir: str) -> dict:
             model.backbone(images)
 
     def inference() -> None:
-        predict_maps(model, images, topk=cfg.eval.topk, sigma=cfg.eval.sigma, amp=cfg.train.amp)
+        predict_maps(model, images, topk=cfg.eval.topk, sigma=cfg.eval.sigma, amp=cfg.train.amp,
+                     image_score=cfg.eval.image_score)
 
     n_img = args.steps * args.batch
     model.train()

@@ -213,6 +213,7 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
     from prnet.config import load_config
     from prnet.engine.checkpoint import model_from_checkpoint
     from prnet.engine.evaluator import evaluate
+    from prnet.engine.prototypes import attach_residual_means
 
     method = f"prnet{shots}"
     settings = {"method": method, "data": ds._asdict(), "config": training_config(prnet_overrides(args, ds, shots,
@@ -229,10 +230,13 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
     else:
         model, cfg, _ = model_from_checkpoint(os.path.join(run_dir, ds.category, "last.pt"), device)
         cfg.eval = eval_cfg
+        if cfg.eval.image_score == "map_residual":
+            attach_residual_means(model, cfg, ds.category, device)  # a run trained before they were stored
         t1 = time.time()
         metrics, raw = evaluate(model, common_test, cfg, device)
         results = json.load(open(os.path.join(run_dir, ds.category, "results.json"), encoding="utf-8"))
         scored = {**metrics, "eval_sigma": cfg.eval.sigma, "eval_topk": cfg.eval.topk,
+                  "eval_image_score": cfg.eval.image_score,
                   "test_ms_per_image": 1000.0 * (time.time() - t1) / len(common_test),
                   "real_anomalies": results["real_anomalies_used_for_training"],
                   "per_defect": per_defect(raw["scores"], raw["labels"], raw["maps"], raw["masks"], common_test)}

@@ -140,7 +140,11 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    topk: int = 100  # image score = mean of the top-k map pixels
+    topk: int = 100  # image score = mean of the top-k pixels (of the map, or of map × sqrt(distance))
+    # map: the mean of the top-k map pixels (the paper's rule); map_residual: the top-k mean of the map times the
+    # square root of the prototype distance map (each scale's distance to its nearest prototype over the normal
+    # training images' mean, averaged; chosen on validation data, docs/experiments.md). The map is the head's.
+    image_score: str = "map_residual"
     sigma: float = 0.0  # Gaussian smoothing of the map before scoring (0: none; see configs/default.yaml)
     batch_size: int = 16
     examples: int = 12  # images in examples.png
@@ -175,6 +179,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "synthesis.texture_colour": ("auto", "rgb", "grey"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "eval.threshold": ("train_max", "holdout_fpr"),
+    "eval.image_score": ("map", "map_residual"),
 }
 OPEN_CHOICES: dict[str, Callable[[Any], bool]] = {
     "model.backbone_weights": lambda v: isinstance(v, str) and ("/" in v or "." in v),

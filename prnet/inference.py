@@ -101,6 +101,7 @@ class Detector:
         self.cfg = cfg
         self.image_size = image_hw(cfg)
         self.topk, self.sigma, self.amp = cfg.eval.topk, cfg.eval.sigma, cfg.train.amp
+        self.image_score = cfg.eval.image_score
         self.channels_last = cfg.train.channels_last
         self.batch_size = int(batch_size)
         self.category = state.get("prototype_meta", {}).get("category")
@@ -135,7 +136,8 @@ class Detector:
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        maps, scores = predict_maps(self.model, x, topk=self.topk, sigma=self.sigma, amp=self.amp)
+        maps, scores = predict_maps(self.model, x, topk=self.topk, sigma=self.sigma, amp=self.amp,
+                                    image_score=self.image_score)
         out = []
         for image, amap, score in zip(images, maps, scores):
             size = image.shape[:2]

@@ -12,8 +12,9 @@ import torch
 import create_proto_feature_maps as proto_script
 from prnet.config import Config, load_config
 from prnet.datasets.demo import make_demo_category
-from prnet.engine.prototypes import (PrototypeMismatchError, build_prototypes, ensure_prototypes, expected_meta,
-                                     load_prototypes, prototype_path, save_prototypes, weights_identity)
+from prnet.engine.prototypes import (FORMAT_VERSION, PrototypeMismatchError, build_prototypes, ensure_prototypes,
+                                     expected_meta, load_prototypes, make_backbone, prototype_path, save_prototypes,
+                                     weights_identity)
 from prnet.models.backbone import Backbone
 from prnet.models.prototypes import PrototypeBank
 
@@ -165,4 +166,35 @@ def test_a_file_of_the_earlier_format_is_stale(category, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         bank = ensure_prototypes(cfg, "tiny", "cpu")
     assert "format" in caplog.text and "data_root" in caplog.text
-    assert bank.meta["format"] == 3 and bank.num_sources == 8 and float(bank.proto_0.abs().sum()) > 0
+    assert bank.meta["format"] == FORMAT_VERSION == 4 and bank.num_sources == 8
+    assert float(bank.proto_0.abs().sum()) > 0 and bank.has_residual_mean
+
+
+def test_residual_means_are_the_held_out_distance_of_the_training_images(category, tmp_path):
+    """Each scale's stored mean = the mean over the training images, one at a time and held out of its own cluster,
+    of the squared distance to the nearest prototype at the image size; saved in the file and loaded back."""
+    import torch.nn.functional as F
+
+    from prnet.datasets import normal_train_set
+
+    cfg = load_config(None, _overrides(category, str(tmp_path / "protos")))
+    bank = ensure_prototypes(cfg, "tiny", "cpu")
+    backbone = make_backbone(cfg).eval()
+    want = torch.zeros(3, dtype=torch.float64)
+    train = normal_train_set(cfg, "tiny")
+    with torch.no_grad():
+        for i in range(len(train)):
+            feats, _ = backbone(train[i]["image"][None])
+            for s, r in enumerate(bank(feats, torch.tensor([i]))):
+                d = F.interpolate(r.sum(1, keepdim=True), size=(64, 64), mode="bilinear", align_corners=False)
+                want[s] += d.double().mean() / len(train)
+            if i == 0:  # held out: larger than the distance with the image in its cluster
+                assert all(float(a.sum()) > float(b.sum()) for a, b in zip(bank(feats, torch.tensor([0])), bank(feats)))
+    torch.testing.assert_close(bank.residual_mean.double(), want, rtol=1e-4, atol=0)
+    loaded = load_prototypes(prototype_path(cfg, "tiny"))
+    torch.testing.assert_close(loaded.residual_mean, bank.residual_mean.cpu())
+    # a normal training image's distance map averages about 1 (each scale divided by its normal mean)
+    with torch.no_grad():
+        feats, _ = backbone(torch.stack([train[i]["image"] for i in range(len(train))]))
+        dmap = bank.distance_map(bank(feats, torch.arange(len(train))), (64, 64))
+    assert dmap.shape == (len(train), 1, 64, 64) and abs(float(dmap.mean()) - 1.0) < 1e-4

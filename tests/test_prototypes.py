@@ -92,3 +92,40 @@ def test_per_position_matching_is_gone_from_the_schema():
     stored["prototypes"]["match"] = "position"
     with pytest.raises(ConfigError, match="prototypes.match"):
         config_from_dict(stored)
+
+
+def test_distance_map_divides_each_scale_by_its_mean_and_averages():
+    import math
+
+    g = torch.Generator().manual_seed(0)
+    protos = [torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 5, 2, 2, generator=g)]
+    bank = PrototypeBank(protos, residual_mean=[2.0, 0.5])
+    feats = [torch.randn(3, 3, 4, 4, generator=g), torch.randn(3, 5, 2, 2, generator=g)]
+    res = bank(feats)
+    want = sum(torch.nn.functional.interpolate(r.sum(1, keepdim=True), size=(8, 8), mode="bilinear",
+                                               align_corners=False) / m for r, m in zip(res, (2.0, 0.5))) / 2
+    torch.testing.assert_close(bank.distance_map(res, (8, 8)), want)
+    # abs residuals: the squared distance is the sum of their squares
+    bank_abs = PrototypeBank(protos, residual="abs", residual_mean=[2.0, 0.5])
+    torch.testing.assert_close(bank_abs.distance_map(bank_abs(feats), (8, 8)), want, rtol=1e-4, atol=1e-5)
+    # unknown means (a bank or checkpoint made before they were stored): refused, named
+    unknown = PrototypeBank(protos)
+    assert not unknown.has_residual_mean and math.isnan(float(unknown.residual_mean[0]))
+    with pytest.raises(RuntimeError, match="eval.image_score=map"):
+        unknown.distance_map(res, (8, 8))
+    with pytest.raises(ValueError, match="residual means"):
+        PrototypeBank(protos, residual_mean=[1.0])
+
+
+def test_residual_means_travel_in_the_state_dict_and_older_state_dicts_still_load():
+    g = torch.Generator().manual_seed(1)
+    protos = [torch.randn(2, 3, 4, 4, generator=g)]
+    state = PrototypeBank(protos, residual_mean=[3.0]).state_dict()
+    assert torch.equal(state["residual_mean"], torch.tensor([3.0]))
+    empty = PrototypeBank(None, num_scales=1)
+    empty.load_state_dict(state)
+    assert empty.has_residual_mean and float(empty.residual_mean[0]) == 3.0
+    older = {k: v for k, v in state.items() if k != "residual_mean"}
+    again = PrototypeBank(None, num_scales=1)
+    again.load_state_dict(older)  # strict: the missing means are not an error
+    assert not again.has_residual_mean and torch.equal(again.proto_0, protos[0])

@@ -68,10 +68,12 @@ def test_top10_and_the_nearest_neighbour_rules():
 
 def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path):
     """A 1-epoch run on the tiny category, scored by every rule; a foreign prototype file is refused."""
+    import glob
     import json
     import os
 
     import score_fusion
+    from prnet.engine.prototypes import PrototypeMismatchError, load_prototypes, save_prototypes
     from tiny_run import tiny_overrides
 
     import train as train_script
@@ -87,6 +89,7 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path):
     assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--out", result]) == 0
     assert "zknn" not in json.load(open(result))["image_auroc"]
     assert got["test_images"] == 20 - 3  # the tiny test split minus the run's 3 real anomalies
+    _library_score_is_the_validated_map05(ckpt)
     # a copy of the data with new modification times (same names): the run's prototype file is still used
     good = os.path.join(tiny_data, "tiny", "train", "good")
     first = os.path.join(good, sorted(os.listdir(good))[0])
@@ -102,7 +105,7 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path):
     other = str(tmp_path / "out2")
     extra = ["prototypes.ratio=0.3", "data.num_anomalies=1"]
     assert train_script.main(tiny_overrides(tiny_data, other, protos, epochs=1, extra=extra)) == 0
-    with pytest.raises(SystemExit, match="not the prototypes"):
+    with pytest.raises(PrototypeMismatchError, match="ratio"):
         score_fusion.main(["--checkpoint", ckpt, "--no-knn"])
     # the other run scored on its own test images, then on the first run's (as real_data.py's common test set)
     ckpt2 = os.path.join(other, "tiny", "last.pt")
@@ -110,3 +113,42 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path):
     assert json.load(open(result))["test_images"] == 20 - 1
     assert score_fusion.main(["--checkpoint", ckpt2, "--no-knn", "--test-as", ckpt, "--out", result]) == 0
     assert json.load(open(result))["test_images"] == 20 - 3
+    # a file with the same settings but other prototypes than the checkpoint's: refused
+    path = glob.glob(os.path.join(protos, "*", "tiny.pt"))[0]
+    bank = load_prototypes(path)
+    bank.proto_0.add_(1.0)
+    save_prototypes(bank, path)
+    with pytest.raises(SystemExit, match="not the prototypes"):
+        score_fusion.main(["--checkpoint", ckpt2, "--no-knn"])
+
+
+def _library_score_is_the_validated_map05(ckpt):
+    """eval.image_score=map_residual (the library) gives map0.5's scores (score_fusion, the rule validated), and a
+    checkpoint without residual means gets the same ones back from its prototype file."""
+    import torch
+
+    from prnet.datasets import build_test_dataset, normal_train_set
+    from prnet.engine.checkpoint import model_from_checkpoint
+    from prnet.engine.evaluator import run_inference
+    from prnet.engine.prototypes import attach_residual_means
+    from score_fusion import fused_maps, maps_of, run_prototypes
+
+    device = torch.device("cpu")
+    model, cfg, _ = model_from_checkpoint(ckpt, device)
+    assert cfg.eval.image_score == "map_residual" and model.bank.has_residual_mean
+    test = build_test_dataset(cfg, "tiny")
+    library = run_inference(model, test, cfg, device, progress=False)["scores"]
+    kw = dict(sigma=cfg.eval.sigma, batch=8, device=device)
+    validated = model_from_checkpoint(ckpt, device)[0]
+    validated.bank = run_prototypes(cfg, "tiny")
+    _, r_train = maps_of(validated, normal_train_set(cfg, "tiny"), leave_one_out=True, desc="train", **kw)
+    p_test, r_test = maps_of(validated, test, leave_one_out=False, desc="test", **kw)
+    r_test = np.mean([r / t.mean() for r, t in zip(r_test, r_train)], axis=0)
+    np.testing.assert_allclose(library, topk_mean(fused_maps(p_test, r_test)["map0.5"], cfg.eval.topk), rtol=1e-4)
+    stored = model.bank.residual_mean.clone()
+    model.bank.residual_mean.fill_(float("nan"))
+    assert attach_residual_means(model, cfg, "tiny", device) and not attach_residual_means(model, cfg, "tiny", device)
+    np.testing.assert_allclose(model.bank.residual_mean.numpy(), stored.numpy(), rtol=1e-5)
+    cfg.eval.image_score = "map"
+    plain = run_inference(model, test, cfg, device, progress=False)
+    np.testing.assert_allclose(plain["scores"], topk_mean(plain["maps"], cfg.eval.topk), rtol=1e-5)

@@ -88,6 +88,9 @@ def model_from_checkpoint(path: str, device: torch.device) -> tuple[torch.nn.Mod
 
     state = load_checkpoint(path)
     cfg: Config = state["config_obj"]
+    if "image_score" not in state["config"].get("eval", {}):
+        # saved before eval.image_score existed: scored (and its threshold set) with the map's top-k mean
+        cfg.eval.image_score = "map"
     build_cfg = config_from_dict(state["config"])
     build_cfg.model.backbone_weights = "checkpoint"  # the checkpoint carries the backbone's weights
     model = build_model(build_cfg, None)  # an empty prototype bank takes its shapes from the state dict

@@ -1,8 +1,10 @@
 """Anomaly maps → image scores → metrics.
 
 The model gives logits at the input resolution (`data.image_size`); maps are the sigmoid of the logits at that
-resolution ("evaluation resolution"), optionally smoothed with a Gaussian (`eval.sigma`), and the image score is
-the mean of the top-k map pixels (`eval.topk`). Pixel metrics are computed on the same smoothed maps, every pixel.
+resolution ("evaluation resolution"), optionally smoothed with a Gaussian (`eval.sigma`). The image score
+(`eval.image_score`) is the mean of the top-k (`eval.topk`) pixels of the map (`map`) or of the map times the square
+root of the prototype distance map (`map_residual`, PrototypeBank.distance_map). Pixel metrics are computed on the
+same smoothed maps, every pixel.
 """
 from __future__ import annotations
 
@@ -45,18 +47,42 @@ def image_scores(maps: torch.Tensor, topk: int) -> torch.Tensor:
     return flat.topk(k, dim=1).values.mean(dim=1)
 
 
+def _outputs(model: torch.nn.Module, images: torch.Tensor, image_score: str):
+    """(logits, distance map or None) of the model for `image_score`."""
+    if image_score == "map":
+        return model(images), None
+    if image_score != "map_residual":
+        raise ValueError(f"image_score: expected map or map_residual, got {image_score!r}")
+    return model(images, with_distance=True)
+
+
+def _maps_scores(logits: torch.Tensor, distance: Optional[torch.Tensor], topk: int,
+                 sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    maps = gaussian_smooth(torch.sigmoid(logits.float()), sigma)
+    if distance is None:
+        return maps, image_scores(maps, topk)
+    return maps, image_scores(maps * distance.float().clamp_min(0).sqrt(), topk)
+
+
+def maps_and_scores(model: torch.nn.Module, images: torch.Tensor, *, topk: int, sigma: float,
+                    image_score: str = "map") -> tuple[torch.Tensor, torch.Tensor]:
+    """Smoothed maps and image scores (module docstring): the scoring path of evaluation, prediction and the ONNX
+    graph. `model`: a PRNet, or a module with the same call."""
+    return _maps_scores(*_outputs(model, images, image_score), topk, sigma)
+
+
 @torch.no_grad()
 def predict_maps(model: torch.nn.Module, images: torch.Tensor, *, topk: int, sigma: float,
-                 amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 amp: bool = False, image_score: str = "map") -> tuple[torch.Tensor, torch.Tensor]:
     """Smoothed anomaly maps (N×1×H×W, float32 in [0,1]) and image scores for a batch of [0,1] images.
 
-    topk, sigma: eval.topk and eval.sigma; amp: train.amp (bf16 autocast, used on CUDA only)."""
+    topk, sigma, image_score: eval.topk, eval.sigma, eval.image_score; amp: train.amp (bf16 autocast for the
+    model, used on CUDA only; smoothing and scoring run in float32)."""
     device = images.device
     use_amp = amp and device.type == "cuda"
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-        logits = model(images)
-    maps = gaussian_smooth(torch.sigmoid(logits.float()), sigma)
-    return maps, image_scores(maps, topk)
+        logits, distance = _outputs(model, images, image_score)
+    return _maps_scores(logits, distance, topk, sigma)
 
 
 @torch.no_grad()
@@ -72,7 +98,8 @@ def run_inference(model: torch.nn.Module, dataset: Dataset, cfg: Config, device:
         images = batch["image"].to(device, non_blocking=True)
         if cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        m, s = predict_maps(model, images, topk=cfg.eval.topk, sigma=cfg.eval.sigma, amp=cfg.train.amp)
+        m, s = predict_maps(model, images, topk=cfg.eval.topk, sigma=cfg.eval.sigma, amp=cfg.train.amp,
+                            image_score=cfg.eval.image_score)
         maps.append(m[:, 0].cpu().numpy())
         scores.append(s.cpu().numpy())
         labels.append(batch["label"].numpy())

@@ -28,7 +28,7 @@ from prnet.utils import torch_generator, torch_save_atomic
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # files of earlier formats lack the identity fields and count as stale
+FORMAT_VERSION = 4  # files of earlier formats lack the identity fields or the residual means and count as stale
 
 
 class PrototypeMismatchError(ValueError):
@@ -122,6 +122,53 @@ def build_prototypes(backbone: nn.Module, images: Iterable, device: torch.device
     info.update({"num_images": n, "k": [k] * len(protos), "residual": residual,
                  "date": datetime.datetime.now().isoformat(timespec="seconds"), "format": FORMAT_VERSION})
     return PrototypeBank(protos, info, residual=residual, assignments=assignments)
+
+
+@torch.no_grad()
+def residual_means(backbone: nn.Module, bank: PrototypeBank, images: Iterable, hw: tuple[int, int],
+                   device: torch.device | str) -> torch.Tensor:
+    """Per scale, the mean of PrototypeBank.distances over the bank's training images, `images` in the bank's
+    build order, each image with its held-out residual (the level of an unseen normal image)."""
+    device = torch.device(device)
+    bank = bank.to(device)
+    sums = torch.zeros(bank.num_scales, dtype=torch.float64)
+    n = 0
+    for x in tqdm(_batches(images, 16), desc="residual means", unit="batch", leave=False):
+        feats, _ = backbone(x.to(device).float())
+        source = torch.arange(n, n + x.shape[0])
+        for i, d in enumerate(bank.distances(bank(feats, source), hw)):
+            sums[i] += d.double().mean(dim=(1, 2, 3)).sum().cpu()
+        n += x.shape[0]
+    if n != bank.num_sources:
+        raise ValueError(f"residual_means: {n} images for a bank of {bank.num_sources} training images")
+    return (sums / n).float()
+
+
+def attach_residual_means(model: nn.Module, cfg: Config, category: str, device: torch.device | str) -> bool:
+    """Give a model loaded from a checkpoint saved before residual means were stored (PRNet.bank without them)
+    its residual means, computed as build_category_prototypes does: from the run's prototype file (its cluster
+    assignments hold the training images out) and the current normal training images. The file must hold the
+    checkpoint's prototypes and name the same training images in the same order (PrototypeMismatchError
+    otherwise); its format and the files' modification times are not checked. Returns whether it computed them
+    (False: the model had them)."""
+    if model.bank.has_residual_mean:
+        return False
+    path = prototype_path(cfg, category)
+    stored = load_prototypes(path)
+    if any(a.shape != b.shape or not torch.equal(a.cpu(), b.cpu()) for a, b in zip(stored.prototypes,
+                                                                                    model.bank.prototypes)):
+        raise PrototypeMismatchError(f"prototype file {path}: not the prototypes of this checkpoint", ["prototypes"])
+    dataset = normal_train_set(cfg, category)
+    names = [s.name for s in dataset.samples]
+    if stored.meta.get("train_images") != names or stored.num_sources != len(names):
+        raise PrototypeMismatchError(f"prototype file {path}: made from other training images than "
+                                     f"{cfg.data.root}/{category} holds now", ["train_images"])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.prototypes.batch_size, shuffle=False,
+                                         num_workers=0)
+    means = residual_means(model.backbone, stored, loader, image_hw(cfg), device)
+    model.bank.residual_mean.copy_(means.to(model.bank.residual_mean.device))
+    log.info("residual means for %s computed from %s: %s", category, path, [round(float(m), 4) for m in means])
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ identity
@@ -220,7 +267,7 @@ def save_prototypes(bank: PrototypeBank, path: str) -> None:
     assignments = bank.assignments
     payload = {"format": FORMAT_VERSION, "prototypes": [p.detach().cpu().contiguous() for p in bank.prototypes],
                "assign": None if assignments is None else [a.cpu().contiguous() for a in assignments],
-               "meta": _plain(bank.meta)}
+               "residual_mean": bank.residual_mean.detach().cpu().clone(), "meta": _plain(bank.meta)}
     torch_save_atomic(payload, path)
 
 
@@ -240,7 +287,7 @@ def load_prototypes(path: str, expected: Optional[dict] = None) -> PrototypeBank
     if expected:
         check_meta(meta, expected, path)
     bank = PrototypeBank(payload["prototypes"], meta, residual=meta.get("residual", "squared"),
-                         assignments=payload.get("assign"))
+                         assignments=payload.get("assign"), residual_mean=payload.get("residual_mean"))
     if expected and "train_images" in expected and bank.num_sources != len(expected["train_images"]):
         raise PrototypeMismatchError(f"prototype file {path} lacks the k-means cluster of each of its "
                                      f"{len(expected['train_images'])} training images (held-out residuals need them)",
@@ -300,6 +347,7 @@ def build_category_prototypes(cfg: Config, category: str, device: torch.device |
                             kmeans_iters=cfg.prototypes.kmeans_iters, seed=cfg.seed,
                             residual=cfg.prototypes.residual, batch_size=cfg.prototypes.batch_size,
                             meta=meta, num_images=len(dataset))
+    bank.residual_mean.copy_(residual_means(backbone, bank, loader, image_hw(cfg), device))
     save_prototypes(bank, path)
     log.info("prototypes for %s: %d images, K=%s, saved to %s", category, bank.meta["num_images"],
              bank.meta["k"], path)

@@ -2,6 +2,7 @@
 self-attention and a U-Net-like decoder to a per-pixel anomaly logit map."""
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -20,7 +21,7 @@ def _proj(cin: int, cout: int) -> nn.Sequential:
 
 
 class PRNet(nn.Module):
-    """forward(x in [0,1], N×3×H×W) -> anomaly logits N×1×H×W.
+    """forward(x in [0,1], N×3×H×W) -> anomaly logits N×1×H×W (and the prototype distance map on request).
 
     The backbone and the prototype bank are part of the module (buffers), so a checkpoint or an ONNX
     export carries them. With `bank=None` the bank is empty and takes its prototypes from the first
@@ -53,11 +54,18 @@ class PRNet(nn.Module):
         self.out_fusion = MultiScaleFusion(widths, self.backbone.strides)
         self.decoder = Decoder(widths, self.backbone.bottleneck_channels)
 
-    def forward(self, x: torch.Tensor, source: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, source: Optional[torch.Tensor] = None,
+                with_distance: bool = False):
         """`source`: for training only, the normal training image each input was made from (held-out residuals,
-        PrototypeBank.forward); None at test time."""
+        PrototypeBank.forward); None at test time. `with_distance`: return (logits, the prototype distance map
+        N×1×H×W, PrototypeBank.distance_map) for the image score eval.image_score=map_residual."""
         feats, bottleneck = self.backbone(x)
         residuals = self.bank(feats, source)
+        distance = None
+        if with_distance:  # float32, like the residuals (the bank turns autocast off for them)
+            autocast_on = x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type)
+            with torch.autocast(x.device.type, enabled=False) if autocast_on else contextlib.nullcontext():
+                distance = self.bank.distance_map(residuals, (x.shape[-2], x.shape[-1]))
         dtype = self.feat_proj[0][0].weight.dtype if not torch.is_autocast_enabled(x.device.type) else None
         if dtype is not None:
             feats = [f.to(dtype) for f in feats]
@@ -68,7 +76,8 @@ class PRNet(nn.Module):
         z = [m(torch.cat([a, b], dim=1)) for m, a, b in zip(self.merge, f, r)]
         z = [att(t) for att, t in zip(self.attention, z)]
         z = self.out_fusion(z)
-        return self.decoder(bottleneck, z, (x.shape[-2], x.shape[-1]))
+        logits = self.decoder(bottleneck, z, (x.shape[-2], x.shape[-1]))
+        return (logits, distance) if with_distance else logits
 
     def head_parameters(self) -> list[nn.Parameter]:
         """The trainable parameters (everything but the frozen backbone)."""

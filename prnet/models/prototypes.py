@@ -12,14 +12,21 @@ image's cluster (`assign`) and, given the training image a sample was made from 
 against that cluster's mean without the image, (n·c − f)/(n − 1), whose difference to f is n/(n − 1)·(f − c);
 a cluster of one is left out. Test images (no source) use the bank as it is.
 
+Distance maps (`distance_map`, for the image score eval.image_score=map_residual): per scale, the residual summed
+over channels (the squared distance to the nearest prototype per feature position), upsampled bilinearly to the
+image size and divided by `residual_mean` (that scale's mean over the normal training images, each with its
+held-out residual; stored with the prototypes), the scales averaged. A normal image's map is about 1 everywhere.
+
 k-means lives in prnet.models.kmeans; building, storing and checking prototype files in prnet.engine.prototypes.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -33,7 +40,8 @@ class PrototypeBank(nn.Module):
 
     def __init__(self, prototypes: Optional[Sequence[torch.Tensor]] = None, meta: Optional[dict] = None,
                  residual: str = "squared", num_scales: Optional[int] = None,
-                 assignments: Optional[Sequence[torch.Tensor]] = None) -> None:
+                 assignments: Optional[Sequence[torch.Tensor]] = None,
+                 residual_mean: Optional[Sequence[float]] = None) -> None:
         super().__init__()
         if residual not in ("squared", "abs"):
             raise ValueError(f"residual: expected squared or abs, got {residual!r}")
@@ -59,6 +67,13 @@ class PrototypeBank(nn.Module):
             self.register_buffer(f"assign_{i}", a, persistent=False)
             self.register_buffer(f"count_{i}", torch.bincount(a, minlength=k) if a.numel() else a.clone(),
                                  persistent=False)
+        # per scale, the mean distance of the normal training images (held out); NaN: not known (a bank or a
+        # checkpoint made before it was stored), distance maps refused
+        mean = torch.full((self.num_scales,), math.nan) if residual_mean is None else \
+            torch.as_tensor(residual_mean, dtype=torch.float32).reshape(-1)
+        if mean.numel() != self.num_scales:
+            raise ValueError(f"PrototypeBank: {mean.numel()} residual means for {self.num_scales} scales")
+        self.register_buffer("residual_mean", mean.clone())
         self.meta: dict = dict(meta or {})
         self.meta.setdefault("residual", residual)
         self.residual = self.meta["residual"]
@@ -83,6 +98,28 @@ class PrototypeBank(nn.Module):
     def is_empty(self) -> bool:
         return any(p.numel() == 0 for p in self.prototypes)
 
+    @property
+    def has_residual_mean(self) -> bool:
+        return bool(torch.isfinite(self.residual_mean).all()) and bool((self.residual_mean > 0).all())
+
+    def distances(self, residuals: Sequence[torch.Tensor], hw: tuple[int, int]) -> list[torch.Tensor]:
+        """Per scale, the N×1×H×W squared distance of each feature to its prototype (forward's residuals summed
+        over channels), upsampled bilinearly to `hw`."""
+        out = []
+        for r in residuals:
+            d = r.float().sum(1, keepdim=True) if self.residual == "squared" else (r.float() ** 2).sum(1, keepdim=True)
+            out.append(F.interpolate(d, size=hw, mode="bilinear", align_corners=False))
+        return out
+
+    def distance_map(self, residuals: Sequence[torch.Tensor], hw: tuple[int, int]) -> torch.Tensor:
+        """N×1×H×W: each scale's distance divided by its normal-image mean, averaged over the scales (module
+        docstring). Needs `residual_mean` (RuntimeError otherwise)."""
+        if not torch.jit.is_tracing() and not self.has_residual_mean:  # (export checks it before tracing)
+            raise RuntimeError("PrototypeBank: no residual means (prototypes or checkpoint made before they were "
+                               "stored): rebuild the prototypes, or score with eval.image_score=map")
+        maps = self.distances(residuals, hw)
+        return sum(m / self.residual_mean[i] for i, m in enumerate(maps)) / len(maps)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):  # type: ignore[override]
         # Adopt the stored prototype shapes (K and map size are only known once prototypes exist).
@@ -96,8 +133,12 @@ class PrototypeBank(nn.Module):
                     # assignments refer to the old prototypes: drop them
                     for name in (f"assign_{i}", f"count_{i}"):
                         setattr(self, name, torch.zeros(0, dtype=torch.long, device=mine.device))
+        mean_key = f"{prefix}residual_mean"
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        if mean_key not in state_dict and mean_key in missing_keys:  # older checkpoints: not known
+            missing_keys.remove(mean_key)
+            self.residual_mean.fill_(math.nan)
 
     def _flat(self, f: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
         """N×D features and K×D prototypes of `scale`; ValueError if their shapes disagree."""
