@@ -25,7 +25,9 @@ def make_tiny_checkpoint(path: str, threshold=None, seed: int = 0) -> str:
     torch.manual_seed(seed)
     backbone = Backbone(cfg.model.backbone, "none", cfg.model.stages, cfg.model.bottleneck_stage)
     protos = [torch.rand(2, c, SIZE // s, SIZE // s) for c, s in zip(backbone.channels, backbone.strides)]
-    bank = PrototypeBank(protos, {"category": "tiny"}, residual=cfg.prototypes.residual)
+    # residual means of 1: the distance map is the raw distance (random prototypes have no normal level)
+    bank = PrototypeBank(protos, {"category": "tiny"}, residual=cfg.prototypes.residual,
+                         residual_mean=[1.0] * len(protos))
     model = build_model(cfg, bank, backbone=backbone).eval()
     save_checkpoint(path, model=model, epoch=1, cfg=cfg, prototype_meta={"category": "tiny"}, threshold=threshold)
     return path
