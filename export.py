@@ -23,7 +23,7 @@ log = logging.getLogger("export")
 class ExportModule(torch.nn.Module):
     """The whole inference path of a PRNet model as one module: image → (smoothed map, image score)."""
 
-    def __init__(self, model: torch.nn.Module, sigma: float, topk: int, image_score: str = "map"):
+    def __init__(self, model: torch.nn.Module, sigma: float, topk: int, image_score: str):
         super().__init__()
         self.model, self.sigma, self.topk, self.image_score = model, sigma, topk, image_score
 

@@ -53,7 +53,8 @@ def files(tmp_path_factory):
 def _reference(detector, path):
     """Score and training-size map computed directly: load_rgb at the training size, then predict_maps."""
     x = torch.from_numpy(load_rgb(path, SIZE)).permute(2, 0, 1)[None].contiguous()
-    maps, scores = predict_maps(detector.model, x, topk=detector.topk, sigma=detector.sigma)
+    maps, scores = predict_maps(detector.model, x, topk=detector.topk, sigma=detector.sigma,
+                                image_score=detector.image_score)
     return float(scores[0]), maps
 
 

@@ -179,7 +179,8 @@ def test_onnx_export_matches_pytorch(trained, tmp_path):
     assert export_script.main(["--checkpoint", ckpt, "--out", onnx_path]) == 0
     model, cfg, _ = model_from_checkpoint(ckpt, torch.device("cpu"))
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # batch 3: the axis is dynamic
-    maps, scores = predict_maps(model, x, topk=cfg.eval.topk, sigma=cfg.eval.sigma)
+    maps, scores = predict_maps(model, x, topk=cfg.eval.topk, sigma=cfg.eval.sigma, image_score=cfg.eval.image_score)
+    assert cfg.eval.image_score == "map_residual"  # the default, with the distance map inside the graph
     session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     onnx_maps, onnx_scores = session.run(None, {"image": x.numpy()})
     assert onnx_maps.shape == (3, 1, 64, 64)

@@ -65,7 +65,7 @@ def _maps_scores(logits: torch.Tensor, distance: Optional[torch.Tensor], topk: i
 
 
 def maps_and_scores(model: torch.nn.Module, images: torch.Tensor, *, topk: int, sigma: float,
-                    image_score: str = "map") -> tuple[torch.Tensor, torch.Tensor]:
+                    image_score: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Smoothed maps and image scores (module docstring): the scoring path of evaluation, prediction and the ONNX
     graph. `model`: a PRNet, or a module with the same call."""
     return _maps_scores(*_outputs(model, images, image_score), topk, sigma)
@@ -73,7 +73,7 @@ def maps_and_scores(model: torch.nn.Module, images: torch.Tensor, *, topk: int, 
 
 @torch.no_grad()
 def predict_maps(model: torch.nn.Module, images: torch.Tensor, *, topk: int, sigma: float,
-                 amp: bool = False, image_score: str = "map") -> tuple[torch.Tensor, torch.Tensor]:
+                 image_score: str, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Smoothed anomaly maps (N×1×H×W, float32 in [0,1]) and image scores for a batch of [0,1] images.
 
     topk, sigma, image_score: eval.topk, eval.sigma, eval.image_score; amp: train.amp (bf16 autocast for the
