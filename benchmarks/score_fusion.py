@@ -13,8 +13,8 @@ training images it computes
   statistics are those of unseen normal images. Its image score s_r: the top-k mean of r.
 
 - the nearest-neighbour score s_knn: the image score of real_data.py's PatchCore-style baseline (its settings on the
-  run's backbone and seed), its memory made from the run's normal training images; each training image is scored without the
-  memory rows taken from itself (`PatchCore.predict(..., held_out=...)`), as an unseen normal image.
+  run's backbone and seed), its memory made from the run's normal training images; each training image is scored
+  without the memory rows taken from itself (`PatchCore.predict(..., held_out=...)`), as an unseen normal image.
 
 and scores these rules (no test label is used by any of them; the normal-image statistics are the training images'):
 
