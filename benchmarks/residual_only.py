@@ -21,7 +21,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from prnet.config import image_hw, load_config
@@ -38,11 +37,7 @@ log = logging.getLogger("residual_only")
 def scale_distances(bank, feats, hw: tuple[int, int], source=None) -> list[np.ndarray]:
     """Per scale, the N×H×W squared distance of each feature to its nearest prototype (the residual summed over
     channels), upsampled bilinearly to `hw`; `source`: held-out residuals for training images (PrototypeBank)."""
-    out = []
-    for r in bank(feats, source):
-        d = r.sum(1, keepdim=True) if bank.residual == "squared" else (r * r).sum(1, keepdim=True)
-        out.append(F.interpolate(d, size=hw, mode="bilinear", align_corners=False)[:, 0].cpu().numpy())
-    return out
+    return [d[:, 0].cpu().numpy() for d in bank.distances(bank(feats, source), hw)]
 
 
 @torch.no_grad()

@@ -100,7 +100,7 @@ class PrototypeBank(nn.Module):
 
     @property
     def has_residual_mean(self) -> bool:
-        return bool(torch.isfinite(self.residual_mean).all()) and bool((self.residual_mean > 0).all())
+        return bool((torch.isfinite(self.residual_mean) & (self.residual_mean > 0)).all())
 
     def distances(self, residuals: Sequence[torch.Tensor], hw: tuple[int, int]) -> list[torch.Tensor]:
         """Per scale, the N×1×H×W squared distance of each feature to its prototype (forward's residuals summed
