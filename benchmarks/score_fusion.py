@@ -22,9 +22,12 @@ and scores these rules (no test label is used by any of them; the normal-image s
 - prod<a>: log s_p + a·log s_r, a in 0.5, 1, 2 (the product s_p · s_r^a: invariant to the scale of either);
 - zlog: the sum of log s_p and log s_r, each standardised by the mean and std over the normal training images;
 - map<a>: the top-k mean of the pixel-wise product p · r^a (a in 0.5, 1), also scored at pixel level;
-- zknn: the sum of log s_p and log s_knn, each standardised by the mean and std over the normal training images.
+- zknn: the sum of log s_p and log s_knn, each standardised by the mean and std over the normal training images;
+- with --flips, flip2 / flip4: the head run on its inputs mirrored left-right (flip2) or also up-down and both
+  (flip4), each map mirrored back and the probabilities averaged (p̄), scored as map0.5 (top-k mean of p̄ · r^0.5);
+  their pixel metrics are p̄'s. The backbone and the prototype match run once (PRNet.encode), the head per mirror.
 
-Prints image AUROC per rule (per test defect type too) and the five metrics of prnet, residual and map<a>;
+Prints image AUROC per rule (per test defect type too) and the five metrics of prnet, residual, map<a> and flip*;
 `--out` writes them as JSON. `--subsets` groups defect types as proxy_validation.py does.
 """
 from __future__ import annotations
@@ -55,30 +58,58 @@ log = logging.getLogger("score_fusion")
 EPS = 1e-8
 
 
+# --flips: the head run on its inputs (features, residuals, bottleneck) mirrored along these dims, each map mirrored
+# back, the probabilities averaged; the backbone and the prototype match run once
+FLIPS = {"flip2": [(), (-1,)], "flip4": [(), (-1,), (-2,), (-2, -1)]}
+
+
+def head_probability(model, feats, residuals, bottleneck, hw, dims: tuple) -> torch.Tensor:
+    """sigmoid of the head on encode's outputs mirrored along `dims`, mirrored back (dims=(): the plain head)."""
+    if not dims:
+        return torch.sigmoid(model.head(feats, residuals, bottleneck, hw).float())
+    flip = lambda t: torch.flip(t, dims)  # noqa: E731
+    logits = model.head([flip(f) for f in feats], [flip(r) for r in residuals], flip(bottleneck), hw)
+    return torch.flip(torch.sigmoid(logits.float()), dims)
+
+
+def flip_averages(model, feats, residuals, bottleneck, hw, names: Sequence[str]) -> dict:
+    """{name: N×1×H×W head probability} for "plain" (the head as it is) and the FLIPS rules (the head's mirrored
+    maps averaged); each mirrored run is made once for all rules."""
+    by_dims: dict = {}
+    out = {}
+    for name in names:
+        group = [()] if name == "plain" else FLIPS[name]
+        for dims in group:
+            if dims not in by_dims:
+                by_dims[dims] = head_probability(model, feats, residuals, bottleneck, hw, dims)
+        out[name] = torch.stack([by_dims[d] for d in group]).mean(0)
+    return out
+
+
 @torch.no_grad()
 def maps_of(model, dataset, *, sigma: float, batch: int, device: torch.device, leave_one_out: bool,
-            desc: str) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(N×H×W learned maps, per scale the N×H×W residual maps) of a dataset; `leave_one_out`: the dataset is the
-    bank's training set in its order, each image gets its held-out residual. The backbone runs once per batch: its
-    features are kept by a hook for the residuals."""
+            desc: str, flips: Sequence[str] = ()) -> tuple[np.ndarray, list[np.ndarray], dict]:
+    """(N×H×W learned maps, per scale the N×H×W residual maps, {flip rule: N×H×W averaged maps}) of a dataset;
+    `leave_one_out`: the dataset is the bank's training set in its order, each image gets its held-out residual (the
+    learned map is the plain forward pass's). The backbone runs once per batch."""
     maps, res = [], [[] for _ in range(model.bank.num_scales)]
+    flipped = {name: [] for name in flips}
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0)
-    kept: list = []
-    hook = model.backbone.register_forward_hook(lambda _m, _i, out: kept.append(out[0]))
     start = 0
-    try:
-        for b in tqdm(loader, desc=desc, leave=False):
-            x = b["image"].to(device)
-            n = x.shape[0]
-            kept.clear()
-            maps.append(gaussian_smooth(torch.sigmoid(model(x).float()), sigma)[:, 0].cpu().numpy())
-            source = torch.arange(start, start + n) if leave_one_out else None
-            start += n
-            for i, d in enumerate(scale_distances(model.bank, kept[0], x.shape[-2:], source)):
-                res[i].append(d)
-    finally:
-        hook.remove()
-    return np.concatenate(maps), [np.concatenate(r) for r in res]
+    for b in tqdm(loader, desc=desc, leave=False):
+        x = b["image"].to(device)
+        n, hw = x.shape[0], (x.shape[-2], x.shape[-1])
+        feats, residuals, bottleneck = model.encode(x)
+        probs = flip_averages(model, feats, residuals, bottleneck, hw, ["plain", *flips])
+        maps.append(gaussian_smooth(probs["plain"], sigma)[:, 0].cpu().numpy())
+        for name in flips:
+            flipped[name].append(gaussian_smooth(probs[name], sigma)[:, 0].cpu().numpy())
+        source = torch.arange(start, start + n) if leave_one_out else None
+        start += n
+        for i, d in enumerate(scale_distances(model.bank, feats, x.shape[-2:], source)):
+            res[i].append(d)
+    return (np.concatenate(maps), [np.concatenate(r) for r in res],
+            {name: np.concatenate(m) for name, m in flipped.items()})
 
 
 def topk_mean(maps: np.ndarray, k: int) -> np.ndarray:
@@ -167,6 +198,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rules", type=lambda t: [r for r in t.split(",") if r],
                    help="score and report only these rules, e.g. prnet,map0.5 (a test split is scored with the rule "
                         "chosen on validation data and the released one, no other)")
+    p.add_argument("--flips", action="store_true",
+                   help="add the rules flip2 and flip4: the head's map averaged over mirrored inputs (see FLIPS), "
+                        "scored as map0.5; their pixel metrics are the averaged map's")
     p.add_argument("--out")
     args = p.parse_args(argv)
     setup_logging()
@@ -191,14 +225,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"{prototype_path(cfg, category)}: not the prototypes of {args.checkpoint}")
     model.bank = bank
     kw = dict(sigma=cfg.eval.sigma, batch=args.batch, device=device)
-    p_train, r_train = maps_of(model, train, leave_one_out=True, desc="train normals", **kw)
-    p_test, r_test = maps_of(model, test, leave_one_out=False, desc="test", **kw)
+    p_train, r_train, _ = maps_of(model, train, leave_one_out=True, desc="train normals", **kw)
+    p_test, r_test, flipped = maps_of(model, test, leave_one_out=False, desc="test",
+                                      flips=list(FLIPS) if args.flips else [], **kw)
     scale = [r.mean() for r in r_train]
     r_train = np.mean([r / s for r, s in zip(r_train, scale)], axis=0)
     r_test = np.mean([r / s for r, s in zip(r_test, scale)], axis=0)
     fused = fused_maps(p_test, r_test)
     knn = knn_scores(cfg, train, test, device, args.batch) if args.knn else None
     scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk, fused, knn)
+    for name, m in flipped.items():  # the averaged map, scored as the library's default (map0.5)
+        scores[name] = topk_mean(fused_maps(m, r_test)["map0.5"], cfg.eval.topk)
     if args.rules:
         unknown = sorted(set(args.rules) - set(scores))
         if unknown:
@@ -218,7 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["image_auroc"][name] = {g: float(image_auroc(s[sel], labels[sel])) for g, sel in groups.items()}
     masks = np.stack([test.mask(i) for i in range(len(test))]).astype(np.uint8)
     sel = groups["all"]
-    for name, m in {"prnet": p_test, "residual": r_test, **fused}.items():
+    for name, m in {"prnet": p_test, "residual": r_test, **fused, **flipped}.items():
         if name not in scores:
             continue
         met = compute_metrics(scores[name][sel], labels[sel], m[sel], masks[sel])

@@ -90,6 +90,7 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path):
     assert "zknn" not in json.load(open(result))["image_auroc"]
     assert got["test_images"] == 20 - 3  # the tiny test split minus the run's 3 real anomalies
     _library_score_is_the_validated_map05(ckpt)
+    _flip_rules(ckpt, result)
     # a copy of the data with new modification times (same names): the run's prototype file is still used
     good = os.path.join(tiny_data, "tiny", "train", "good")
     first = os.path.join(good, sorted(os.listdir(good))[0])
@@ -141,8 +142,8 @@ def _library_score_is_the_validated_map05(ckpt):
     kw = dict(sigma=cfg.eval.sigma, batch=8, device=device)
     validated = model_from_checkpoint(ckpt, device)[0]
     validated.bank = run_prototypes(cfg, "tiny")
-    _, r_train = maps_of(validated, normal_train_set(cfg, "tiny"), leave_one_out=True, desc="train", **kw)
-    p_test, r_test = maps_of(validated, test, leave_one_out=False, desc="test", **kw)
+    _, r_train, _ = maps_of(validated, normal_train_set(cfg, "tiny"), leave_one_out=True, desc="train", **kw)
+    p_test, r_test, _ = maps_of(validated, test, leave_one_out=False, desc="test", **kw)
     r_test = np.mean([r / t.mean() for r, t in zip(r_test, r_train)], axis=0)
     np.testing.assert_allclose(library, topk_mean(fused_maps(p_test, r_test)["map0.5"], cfg.eval.topk), rtol=1e-4)
     stored = model.bank.residual_mean.clone()
@@ -152,3 +153,40 @@ def _library_score_is_the_validated_map05(ckpt):
     cfg.eval.image_score = "map"
     plain = run_inference(model, test, cfg, device, progress=False)
     np.testing.assert_allclose(plain["scores"], topk_mean(plain["maps"], cfg.eval.topk), rtol=1e-5)
+
+
+def _flip_rules(ckpt, result):
+    """--flips: flip2 / flip4 are scored; the flip4 average is equivariant under every mirror (the plain head and
+    the left-right average are not under an up-down mirror); the plain map is unchanged by --flips."""
+    import json
+
+    import torch
+
+    import score_fusion
+    from prnet.datasets import build_test_dataset
+    from prnet.engine.checkpoint import model_from_checkpoint
+
+    assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--flips", "--out", result]) == 0
+    got = json.load(open(result))
+    assert {"flip2", "flip4"} <= set(got["image_auroc"]) and {"flip2", "flip4"} <= set(got["metrics"])
+    model, cfg, _ = model_from_checkpoint(ckpt, torch.device("cpu"))
+    test = build_test_dataset(cfg, "tiny")
+    x = torch.stack([test[i]["image"] for i in range(3)])
+    hw = (x.shape[-2], x.shape[-1])
+    with torch.no_grad():
+        feats, residuals, bottleneck = model.encode(x)
+        names = ["plain", "flip2", "flip4"]
+        base = score_fusion.flip_averages(model, feats, residuals, bottleneck, hw, names)
+        np.testing.assert_allclose(base["plain"].numpy(), torch.sigmoid(model(x)).numpy(), rtol=1e-5, atol=1e-6)
+        for dims in ((-1,), (-2,), (-2, -1)):
+            flip = lambda t: torch.flip(t, dims)  # noqa: E731
+            mirrored = score_fusion.flip_averages(model, [flip(f) for f in feats], [flip(r) for r in residuals],
+                                                  flip(bottleneck), hw, names)
+            np.testing.assert_allclose(mirrored["flip4"].numpy(), flip(base["flip4"]).numpy(), rtol=1e-4,
+                                       atol=1e-5)
+            if dims == (-1,):
+                np.testing.assert_allclose(mirrored["flip2"].numpy(), flip(base["flip2"]).numpy(), rtol=1e-4,
+                                           atol=1e-5)
+            else:
+                assert not np.allclose(mirrored["flip2"].numpy(), flip(base["flip2"]).numpy(), atol=1e-4)
+            assert not np.allclose(mirrored["plain"].numpy(), flip(base["plain"]).numpy(), atol=1e-4)

@@ -59,15 +59,25 @@ class PRNet(nn.Module):
         """`source`: for training only, the normal training image each input was made from (held-out residuals,
         PrototypeBank.forward); None at test time. `with_distance`: return (logits, the prototype distance map
         N×1×H×W, PrototypeBank.distance_map) for the image score eval.image_score=map_residual."""
-        feats, bottleneck = self.backbone(x)
-        residuals = self.bank(feats, source)
+        feats, residuals, bottleneck = self.encode(x, source)
         distance = None
         if with_distance:  # float32, like the residuals (the bank turns autocast off for them)
             autocast_on = x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type)
             with torch.autocast(x.device.type, enabled=False) if autocast_on else contextlib.nullcontext():
                 distance = self.bank.distance_map(residuals, (x.shape[-2], x.shape[-1]))
-        dtype = self.feat_proj[0][0].weight.dtype if not torch.is_autocast_enabled(x.device.type) else None
-        if dtype is not None:
+        logits = self.head(feats, residuals, bottleneck, (x.shape[-2], x.shape[-1]))
+        return (logits, distance) if with_distance else logits
+
+    def encode(self, x: torch.Tensor, source: Optional[torch.Tensor] = None):
+        """The frozen part: (per-scale features, per-scale prototype residuals, bottleneck feature) of images x."""
+        feats, bottleneck = self.backbone(x)
+        return feats, self.bank(feats, source), bottleneck
+
+    def head(self, feats: list[torch.Tensor], residuals: list[torch.Tensor], bottleneck: torch.Tensor,
+             hw: tuple[int, int]) -> torch.Tensor:
+        """The trained part: anomaly logits N×1×H×W (H×W = hw) from encode's outputs."""
+        if not torch.is_autocast_enabled(bottleneck.device.type):
+            dtype = self.feat_proj[0][0].weight.dtype
             feats = [f.to(dtype) for f in feats]
             residuals = [r.to(dtype) for r in residuals]
             bottleneck = bottleneck.to(dtype)
@@ -76,8 +86,7 @@ class PRNet(nn.Module):
         z = [m(torch.cat([a, b], dim=1)) for m, a, b in zip(self.merge, f, r)]
         z = [att(t) for att, t in zip(self.attention, z)]
         z = self.out_fusion(z)
-        logits = self.decoder(bottleneck, z, (x.shape[-2], x.shape[-1]))
-        return (logits, distance) if with_distance else logits
+        return self.decoder(bottleneck, z, hw)
 
     def head_parameters(self) -> list[nn.Parameter]:
         """The trainable parameters (everything but the frozen backbone)."""
