@@ -28,7 +28,8 @@ and scores these rules (no test label is used by any of them; the normal-image s
   their pixel metrics are p̄'s. The backbone and the prototype match run once (PRNet.encode), the head per mirror.
 
 Prints image AUROC per rule (per test defect type too) and the five metrics of prnet, residual, map<a> and flip*;
-`--out` writes them as JSON. `--subsets` groups defect types as proxy_validation.py does.
+`--out` writes them as JSON (`--per-image`: with every test image's scores). `--subsets` groups defect types as
+proxy_validation.py does.
 """
 from __future__ import annotations
 
@@ -170,16 +171,20 @@ def knn_scores(cfg, train, test, device: torch.device, batch: int) -> tuple[np.n
 def run_prototypes(cfg, category: str):
     """The run's prototype file, checked against the current training images. A copy of the data keeps the file
     names but not always their modification times: if only those differ (the same names in the same order), the
-    file is used with a warning; the caller still compares its prototypes with the checkpoint's."""
+    file is used with a warning. So is a file of an earlier format: its prototypes and clusters are what they were,
+    and the residual means it lacks are computed here from the training images. The caller still compares its
+    prototypes with the checkpoint's."""
     path, expected = prototype_path(cfg, category), expected_meta(cfg, category)
+    tolerated = {"train_files": "the training files' sizes or modification times differ from when it was made "
+                                "(same names in the same order)",
+                 "format": "an earlier prototype file format"}
     try:
         return load_prototypes(path, expected)
     except PrototypeMismatchError as e:
-        if e.fields != ["train_files"]:
+        if not e.fields or set(e.fields) - set(tolerated):
             raise
-        log.warning("%s: the training files' sizes or modification times differ from when it was made (same names "
-                    "in the same order): using it", path)
-        return load_prototypes(path, {k: v for k, v in expected.items() if k != "train_files"})
+        log.warning("%s: %s: using it", path, "; ".join(tolerated[f] for f in e.fields))
+        return load_prototypes(path, {k: v for k, v in expected.items() if k not in tolerated})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -201,6 +206,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--flips", action="store_true",
                    help="add the rules flip2 and flip4: the head's map averaged over mirrored inputs (see FLIPS), "
                         "scored as map0.5; their pixel metrics are the averaged map's")
+    p.add_argument("--per-image", action="store_true",
+                   help="also write every test image's name, defect type, label and score under each rule to --out")
     p.add_argument("--out")
     args = p.parse_args(argv)
     setup_logging()
@@ -266,6 +273,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"  {name:<9} " + " ".join(f"{row[g]:.3f}" for g in names))
     for name, met in result["metrics"].items():
         print(f"  {name:<9} " + " ".join(f"{k} {v:.3f}" for k, v in met.items()))
+    if args.per_image:
+        result["images"] = [{"name": smp.name, "defect": smp.defect, "label": int(smp.label),
+                             "scores": {name: float(s[i]) for name, s in scores.items()}}
+                            for i, smp in enumerate(test.samples)]
     if args.out:
         atomic_write(args.out, lambda tmp: json.dump(result, open(tmp, "w", encoding="utf-8"), indent=2))
     return 0

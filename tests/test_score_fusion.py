@@ -166,9 +166,17 @@ def _flip_rules(ckpt, result):
     from prnet.datasets import build_test_dataset
     from prnet.engine.checkpoint import model_from_checkpoint
 
-    assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--flips", "--out", result]) == 0
+    assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--flips", "--per-image", "--out", result]) == 0
     got = json.load(open(result))
     assert {"flip2", "flip4"} <= set(got["image_auroc"]) and {"flip2", "flip4"} <= set(got["metrics"])
+    # --per-image: the reported AUROCs are those of the written scores
+    images = got["images"]
+    assert len(images) == got["test_images"] and len({im["name"] for im in images}) == len(images)
+    labels = np.array([im["label"] for im in images])
+    for rule in ("prnet", "map0.5", "flip2", "flip4"):
+        scores = np.array([im["scores"][rule] for im in images])
+        assert image_auroc(scores, labels) == pytest.approx(got["image_auroc"][rule]["all"])
+    assert not np.allclose([im["scores"]["flip4"] for im in images], [im["scores"]["map0.5"] for im in images])
     model, cfg, _ = model_from_checkpoint(ckpt, torch.device("cpu"))
     test = build_test_dataset(cfg, "tiny")
     x = torch.stack([test[i]["image"] for i in range(3)])
