@@ -101,6 +101,20 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path):
         assert json.load(open(result))["image_auroc"]["prnet"] == got["image_auroc"]["prnet"]
     finally:
         os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # a prototype file of the earlier format 3 (no residual means): its prototypes and clusters are used as well
+    import torch
+
+    path = glob.glob(os.path.join(protos, "*", "tiny.pt"))[0]
+    original = open(path, "rb").read()
+    payload = torch.load(path, weights_only=True)
+    payload["format"] = payload["meta"]["format"] = 3
+    del payload["residual_mean"]
+    torch.save(payload, path)
+    try:
+        assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--out", result]) == 0
+        assert json.load(open(result))["image_auroc"]["prnet"] == got["image_auroc"]["prnet"]
+    finally:
+        open(path, "wb").write(original)
     # another run with another prototype ratio rebuilds the prototype file in the same place: the first run's
     # checkpoint no longer matches it, and is refused
     other = str(tmp_path / "out2")
