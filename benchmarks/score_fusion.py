@@ -52,7 +52,6 @@ from prnet.engine.prototypes import PrototypeMismatchError, expected_meta, load_
 from prnet.metrics import compute_metrics, image_auroc
 from prnet.utils import atomic_write, resolve_device, setup_logging
 from proxy_validation import EXTENDED, PERLIN
-from residual_only import scale_distances
 
 log = logging.getLogger("score_fusion")
 
@@ -83,7 +82,7 @@ def flip_averages(model, feats, residuals, bottleneck, hw, names: Sequence[str])
         for dims in group:
             if dims not in by_dims:
                 by_dims[dims] = head_probability(model, feats, residuals, bottleneck, hw, dims)
-        out[name] = torch.stack([by_dims[d] for d in group]).mean(0)
+        out[name] = by_dims[()] if len(group) == 1 else torch.stack([by_dims[d] for d in group]).mean(0)
     return out
 
 
@@ -92,7 +91,8 @@ def maps_of(model, dataset, *, sigma: float, batch: int, device: torch.device, l
             desc: str, flips: Sequence[str] = ()) -> tuple[np.ndarray, list[np.ndarray], dict]:
     """(N×H×W learned maps, per scale the N×H×W residual maps, {flip rule: N×H×W averaged maps}) of a dataset;
     `leave_one_out`: the dataset is the bank's training set in its order, each image gets its held-out residual (the
-    learned map is the plain forward pass's). The backbone runs once per batch."""
+    learned map is the plain forward pass's). The backbone and the prototype match run once per batch (the match
+    twice for held-out residuals)."""
     maps, res = [], [[] for _ in range(model.bank.num_scales)]
     flipped = {name: [] for name in flips}
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0)
@@ -105,10 +105,11 @@ def maps_of(model, dataset, *, sigma: float, batch: int, device: torch.device, l
         maps.append(gaussian_smooth(probs["plain"], sigma)[:, 0].cpu().numpy())
         for name in flips:
             flipped[name].append(gaussian_smooth(probs[name], sigma)[:, 0].cpu().numpy())
-        source = torch.arange(start, start + n) if leave_one_out else None
+        if leave_one_out:  # the held-out residuals; a test image's are the ones the head was given
+            residuals = model.bank(feats, torch.arange(start, start + n))
         start += n
-        for i, d in enumerate(scale_distances(model.bank, feats, x.shape[-2:], source)):
-            res[i].append(d)
+        for i, d in enumerate(model.bank.distances(residuals, hw)):
+            res[i].append(d[:, 0].cpu().numpy())
     return (np.concatenate(maps), [np.concatenate(r) for r in res],
             {name: np.concatenate(m) for name, m in flipped.items()})
 
