@@ -89,11 +89,6 @@ class SynthesisConfig:
     swap_fraction: float = 0.0
     swap_area: list[float] = field(default_factory=lambda: [0.05, 0.3])  # a minority of the image
     swap_beta_max: float = 0.0  # the swapped region's opacity is 1 - U(0, swap_beta_max): 0 replaces it fully
-    # share of the Perlin samples that are feature-space anomalies instead: the normal image unchanged, Gaussian
-    # noise added to its backbone features inside a Perlin mask (PRNet.encode), feature_noise = [min, max] of its
-    # standard deviation in units of each channel's standard deviation over the batch; 0: image-space anomalies only
-    feature_fraction: float = 0.0
-    feature_noise: list[float] = field(default_factory=lambda: [0.5, 1.5])
 
 
 @dataclass
@@ -359,13 +354,6 @@ def validate(cfg: Config) -> None:
     if not 0.0 <= cfg.synthesis.swap_fraction <= 1.0:
         raise ConfigError(f"config key 'synthesis.swap_fraction': expected a share in [0, 1], "
                           f"got {cfg.synthesis.swap_fraction}")
-    if not 0.0 <= cfg.synthesis.feature_fraction <= 1.0 - cfg.synthesis.swap_fraction:
-        raise ConfigError(f"config key 'synthesis.feature_fraction': expected a share in [0, 1 - swap_fraction] "
-                          f"(both are shares of the Perlin samples), got {cfg.synthesis.feature_fraction} with "
-                          f"swap_fraction {cfg.synthesis.swap_fraction}")
-    noise = cfg.synthesis.feature_noise
-    if len(noise) != 2 or not 0.0 < noise[0] <= noise[1]:
-        raise ConfigError(f"config key 'synthesis.feature_noise': expected [min, max] with 0 < min <= max, got {noise}")
     if not 0.0 <= cfg.synthesis.swap_beta_max < 1.0:
         raise ConfigError(f"config key 'synthesis.swap_beta_max': expected a value in [0, 1), "
                           f"got {cfg.synthesis.swap_beta_max}")

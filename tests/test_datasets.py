@@ -269,33 +269,6 @@ def test_region_swaps_are_the_last_perlin_samples_and_come_from_another_normal_i
         cfg_for(tmp_path, **{"synthesis.swap_area": "[0.5, 0.2]"})
 
 
-def test_feature_space_samples_are_unchanged_normal_images_with_a_mask_and_a_noise_level(tmp_path):
-    make_category(tmp_path, n_train=6)
-    over = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34,
-            "synthesis.swap_fraction": 0.34}
-    plain = build_train_dataset(cfg_for(tmp_path, **over), "cat")
-    ds = build_train_dataset(cfg_for(tmp_path, **over, **{"synthesis.feature_fraction": 0.5,
-                                                          "synthesis.feature_noise": "[0.2, 0.4]"}), "cat")
-    assert (ds.n_perlin, ds.n_feature, ds.n_swap, ds.n_extended) == (6, 3, 2, 2) and len(ds) == len(plain)
-    assert [ds.kind(i) for i in range(len(ds))] == (["normal"] * 6 + ["perlin"] * 1 + ["feature"] * 3 + ["swap"] * 2
-                                                    + ["extended"] * 2)
-    normal = MVTEC(str(tmp_path), "cat", "train", 32)
-    for i in range(len(ds)):
-        item = ds[i]
-        if item["kind"] == "feature":
-            assert item["label"] == 1 and item["mask"].sum() > 0 and 0.2 <= item["noise"] <= 0.4
-            assert torch.allclose(item["image"], normal[item["source"]]["image"], atol=1 / 255)
-        else:
-            assert item["noise"] == 0.0
-            if item["kind"] != "perlin":  # every other sample keeps its draw
-                assert torch.equal(item["image"], plain[i]["image"]) and torch.equal(item["mask"], plain[i]["mask"])
-    from prnet.config import ConfigError
-    with pytest.raises(ConfigError, match="feature_fraction"):
-        cfg_for(tmp_path, **{"synthesis.feature_fraction": 0.8, "synthesis.swap_fraction": 0.3})
-    with pytest.raises(ConfigError, match="feature_noise"):
-        cfg_for(tmp_path, **{"synthesis.feature_noise": "[0.0, 1.0]"})
-
-
 def _has_colour(item):
     img = item["image"]
     return float((img.max(0).values - img.min(0).values).max()) > 2 / 255

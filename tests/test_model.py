@@ -62,38 +62,6 @@ def test_backbone_frozen_while_training_and_every_head_param_gets_grad():
         assert torch.equal(a, b)
 
 
-def test_feature_noise_is_confined_to_the_mask_and_scaled_per_image():
-    from prnet.models.prnet import add_feature_noise
-
-    torch.manual_seed(0)
-    feats = [torch.randn(3, 4, 16, 16) * 5.0, torch.randn(3, 8, 8, 8)]
-    mask = torch.zeros(3, 1, 64, 64)
-    mask[:, :, :32, :32] = 1.0  # the top-left quarter
-    out = add_feature_noise(feats, mask, torch.tensor([0.0, 0.5, 2.0]))
-    for f, g in zip(feats, out):
-        h = f.shape[-1] // 2
-        assert torch.equal(g[0], f[0])  # level 0: exactly unchanged
-        assert torch.equal(g[1:, :, h:, :], f[1:, :, h:, :]) and torch.equal(g[1:, :, :, h:], f[1:, :, :, h:])
-        d = (g - f)[:, :, :h, :h]
-        std = f.std(dim=(0, 2, 3))
-        rel = (d / std.view(1, -1, 1, 1)).std(dim=(1, 2, 3))  # the noise in channel-std units, per image
-        assert 0.35 < float(rel[1]) < 0.65 and 1.5 < float(rel[2]) < 2.5
-    # the model: levels 0 change nothing; noise raises the residuals inside the mask
-    model, _ = _model()
-    model.eval()
-    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    m = torch.zeros(2, 1, 64, 64)
-    m[:, :, 16:48, 16:48] = 1.0
-    with torch.no_grad():
-        assert torch.equal(model(x, feature_noise=(m, torch.zeros(2))), model(x))
-        _, plain, _ = model.encode(x)
-        _, noisy, _ = model.encode(x, feature_noise=(m, torch.full((2,), 2.0)))
-    for a, b in zip(plain, noisy):
-        h = a.shape[-1]
-        inside = (slice(None), slice(None), slice(h // 4, 3 * h // 4), slice(h // 4, 3 * h // 4))
-        assert b[inside].sum() > 2 * a[inside].sum()
-
-
 def test_overfits_one_batch():
     torch.manual_seed(0)
     model, cfg = _model("resnet18")

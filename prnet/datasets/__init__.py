@@ -5,8 +5,7 @@
     test = build_test_dataset(cfg, "bottle")  # test split minus the few-shot anomalies (test.excluded)
 
 Training indices: [0, N) the N normal training images (no augmentation), then round(perlin_ratio·N) Perlin
-samples (the last round(swap_fraction·that) of them region swaps, kind 'swap', and the round(feature_fraction·that)
-before those feature-space anomalies, kind 'feature'), then round(extended_ratio·N)
+samples (the last round(swap_fraction·that) of them region swaps, kind 'swap'), then round(extended_ratio·N)
 extended samples (only with real anomalies). Sample `index` of epoch
 `epoch` depends only on (cfg.seed, epoch, index), whatever the DataLoader workers.
 
@@ -30,7 +29,7 @@ from ..utils import numpy_rng
 from .demo import make_demo_category
 from .mvtec import (MVTEC, DatasetError, Sample, format_args, load_mask, load_rgb, resolve_classes,
                     scan_split, select_few_shot)
-from .synthesis import estimate_foreground, extended_anomaly, is_greyscale, perlin_anomaly, perlin_mask, swap_anomaly
+from .synthesis import estimate_foreground, extended_anomaly, is_greyscale, perlin_anomaly, swap_anomaly
 from .textures import TextureSource
 
 log = logging.getLogger(__name__)
@@ -51,24 +50,21 @@ class _NormalPool:
 
 
 class TrainDataset(Dataset):
-    """Normal training images, Perlin anomalies (some of them region swaps or feature-space anomalies) and extended
-    (real cut-and-paste) anomalies.
+    """Normal training images, Perlin anomalies (some of them region swaps) and extended (real cut-and-paste)
+    anomalies.
 
     Items: image 3×H×W float32 [0,1], mask 1×H×W float32 {0,1}, label (0 normal, 1 synthetic), kind
-    ('normal' | 'perlin' | 'feature' | 'swap' | 'extended'), source (the index of the normal training image it was
-    made from), noise (a 'feature' sample's noise level σ, synthesis.feature_noise; 0.0 for every other kind).
+    ('normal' | 'perlin' | 'swap' | 'extended'), source (the index of the normal training image it was made from).
     `n_swap` of the `n_perlin` Perlin samples (the last ones) are region swaps (synthesis.swap_anomaly: a large
-    region from another normal training image), the `n_feature` before them feature-space anomalies: the normal
-    image unchanged and a Perlin mask, where the model adds noise of level σ to the image's backbone features
-    (PRNet.encode's feature_noise).
+    region from another normal training image).
     Index with an int (epoch from `set_epoch`) or a tuple (epoch, index). `grey_textures`: Perlin textures are
     turned grey (for a greyscale category, synthesis.texture_colour).
     """
 
     def __init__(self, normal: MVTEC, textures: TextureSource, *, seed: int, synthesis: SynthesisConfig,
                  n_perlin: int, n_swap: int = 0, anomalies: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
-                 n_extended: int = 0, grey_textures: bool = False, real_anomalies: Optional[Sequence[str]] = None,
-                 n_feature: int = 0) -> None:
+                 n_extended: int = 0, grey_textures: bool = False, real_anomalies: Optional[Sequence[str]] = None
+                 ) -> None:
         self.normal = normal
         self.textures = textures
         self.seed = int(seed)
@@ -76,7 +72,6 @@ class TrainDataset(Dataset):
         self.n_normal = len(normal)
         self.n_perlin = int(n_perlin)
         self.n_swap = min(int(n_swap), self.n_perlin) if len(normal) > 1 else 0  # swaps need a second image
-        self.n_feature = min(int(n_feature), self.n_perlin - self.n_swap)
         self.anomalies = list(anomalies)  # (name, RGB uint8 H×W×3, uint8 {0,1} H×W) at the training size
         self.n_extended = int(n_extended) if self.anomalies else 0
         self.grey_textures = bool(grey_textures)
@@ -96,10 +91,8 @@ class TrainDataset(Dataset):
     def kind(self, index: int) -> str:
         if index < self.n_normal:
             return "normal"
-        if index < self.n_normal + self.n_perlin - self.n_swap - self.n_feature:
-            return "perlin"
         if index < self.n_normal + self.n_perlin - self.n_swap:
-            return "feature"
+            return "perlin"
         return "swap" if index < self.n_normal + self.n_perlin else "extended"
 
     def _foreground(self, i: int, image: np.ndarray) -> Optional[np.ndarray]:
@@ -115,7 +108,6 @@ class TrainDataset(Dataset):
             raise IndexError(f"index {index} out of range for a training set of {len(self)}")
         rng = numpy_rng(self.seed, epoch, index)
         kind = self.kind(index)
-        noise = 0.0
         if kind == "normal":
             base = index
             image = self.normal.image(index)
@@ -127,11 +119,6 @@ class TrainDataset(Dataset):
                 image, mask = perlin_anomaly(normal, self.textures, rng, self.synthesis.beta_max,
                                              self.synthesis.perlin_scale_max,
                                              self._foreground(base, normal), grey=self.grey_textures)
-            elif kind == "feature":
-                image = normal
-                mask = perlin_mask(normal.shape[:2], rng, self.synthesis.perlin_scale_max,
-                                   within=self._foreground(base, normal))
-                noise = float(rng.uniform(*self.synthesis.feature_noise))
             elif kind == "swap":
                 other = int(rng.integers(0, self.n_normal - 1))
                 other += other >= base  # any normal training image but the base one
@@ -143,7 +130,7 @@ class TrainDataset(Dataset):
                                                match_context=self.synthesis.extended_match_context)
         return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
                 "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
-                "label": int(kind != "normal"), "kind": kind, "source": base, "noise": noise}
+                "label": int(kind != "normal"), "kind": kind, "source": base}
 
 
 class EpochSampler(Sampler):
@@ -276,11 +263,9 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
     grey = colour == "grey" or (colour == "auto" and greyscale_category(normal))
     ds = TrainDataset(normal, textures, seed=cfg.seed, synthesis=cfg.synthesis, n_perlin=n_perlin,
                       n_swap=int(round(cfg.synthesis.swap_fraction * n_perlin)), anomalies=anomalies,
-                      n_extended=n_extended, grey_textures=grey, real_anomalies=[s.name for s in shots],
-                      n_feature=int(round(cfg.synthesis.feature_fraction * n_perlin)))
-    log.info("%s: %d normal + %d perlin (%d of them region swaps, %d feature-space) + %d extended training samples "
-             "per epoch%s; Perlin textures %s%s; real anomalies: %s", category, n, ds.n_perlin, ds.n_swap,
-             ds.n_feature, ds.n_extended,
+                      n_extended=n_extended, grey_textures=grey, real_anomalies=[s.name for s in shots])
+    log.info("%s: %d normal + %d perlin (%d of them region swaps) + %d extended training samples per epoch%s; "
+             "Perlin textures %s%s; real anomalies: %s", category, n, ds.n_perlin, ds.n_swap, ds.n_extended,
              " (pasted at the level of their new surroundings)" if cfg.synthesis.extended_match_context and ds.n_extended
              else "",
              "grey" if grey else "in colour", " (greyscale category)" if colour == "auto" and grey else "",

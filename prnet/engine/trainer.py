@@ -327,11 +327,8 @@ def train_one_epoch(cfg: Config, run: RunState, train_set, epoch: int, device: t
         if cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         source = batch["source"] if cfg.prototypes.leave_one_out else None  # on the CPU: checked there
-        noise = None
-        if cfg.synthesis.feature_fraction > 0:  # feature-space anomalies: their masks and noise levels
-            noise = (masks, batch["noise"].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = run.train_model(images, source, feature_noise=noise)
+            logits = run.train_model(images, source)
         loss, terms = run.criterion(logits, masks)
         pending.append(torch.stack([loss.detach(), terms["focal"].detach(), terms["smooth_l1"].detach()]))
         # one host sync per few steps: check finiteness and refresh the progress bar

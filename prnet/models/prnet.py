@@ -16,20 +16,6 @@ from prnet.models.fusion import MultiScaleFusion
 from prnet.models.prototypes import PrototypeBank
 
 
-def add_feature_noise(feats: list[torch.Tensor], mask: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
-    """Feature-space anomalies (synthesis.feature_fraction): per scale, Gaussian noise of standard deviation
-    sigma[n] times each channel's standard deviation (over the batch and positions) added to image n's features,
-    weighted by the share of each feature cell that `mask` (N×1×H×W, the anomaly's image-size mask) covers. Images
-    with sigma 0 keep their features exactly."""
-    out = []
-    scale = sigma.to(feats[0].dtype).view(-1, 1, 1, 1)
-    for f in feats:
-        weight = nn.functional.interpolate(mask.to(f.dtype), size=f.shape[-2:], mode="area")
-        std = f.detach().std(dim=(0, 2, 3), keepdim=True)
-        out.append(f + torch.randn_like(f) * std * scale * weight)
-    return out
-
-
 def _proj(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
@@ -69,12 +55,11 @@ class PRNet(nn.Module):
         self.decoder = Decoder(widths, self.backbone.bottleneck_channels)
 
     def forward(self, x: torch.Tensor, source: Optional[torch.Tensor] = None,
-                with_distance: bool = False, feature_noise: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
+                with_distance: bool = False):
         """`source`: for training only, the normal training image each input was made from (held-out residuals,
         PrototypeBank.forward); None at test time. `with_distance`: return (logits, the prototype distance map
-        N×1×H×W, PrototypeBank.distance_map) for the image score eval.image_score=map_residual. `feature_noise`:
-        for training only, (masks N×1×H×W, levels N) of feature-space anomalies (add_feature_noise)."""
-        feats, residuals, bottleneck = self.encode(x, source, feature_noise)
+        N×1×H×W, PrototypeBank.distance_map) for the image score eval.image_score=map_residual."""
+        feats, residuals, bottleneck = self.encode(x, source)
         distance = None
         if with_distance:  # float32, like the residuals (the bank turns autocast off for them)
             autocast_on = x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type)
@@ -83,13 +68,9 @@ class PRNet(nn.Module):
         logits = self.head(feats, residuals, bottleneck, (x.shape[-2], x.shape[-1]))
         return (logits, distance) if with_distance else logits
 
-    def encode(self, x: torch.Tensor, source: Optional[torch.Tensor] = None,
-               feature_noise: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
-        """The frozen part: (per-scale features, per-scale prototype residuals, bottleneck feature) of images x;
-        with `feature_noise` (masks, levels) the features get feature-space anomalies before the prototype match."""
+    def encode(self, x: torch.Tensor, source: Optional[torch.Tensor] = None):
+        """The frozen part: (per-scale features, per-scale prototype residuals, bottleneck feature) of images x."""
         feats, bottleneck = self.backbone(x)
-        if feature_noise is not None:
-            feats = add_feature_noise(feats, *feature_noise)
         return feats, self.bank(feats, source), bottleneck
 
     def head(self, feats: list[torch.Tensor], residuals: list[torch.Tensor], bottleneck: torch.Tensor,
