@@ -89,6 +89,9 @@ class SynthesisConfig:
     swap_fraction: float = 0.0
     swap_area: list[float] = field(default_factory=lambda: [0.05, 0.3])  # a minority of the image
     swap_beta_max: float = 0.0  # the swapped region's opacity is 1 - U(0, swap_beta_max): 0 replaces it fully
+    # share of the Perlin samples that are thin curves instead (scratches, cracks: synthesis.scratch_anomaly), filled
+    # with DTD textures like the Perlin blobs; 0: none
+    scratch_fraction: float = 0.0
 
 
 @dataclass
@@ -354,6 +357,10 @@ def validate(cfg: Config) -> None:
     if not 0.0 <= cfg.synthesis.swap_fraction <= 1.0:
         raise ConfigError(f"config key 'synthesis.swap_fraction': expected a share in [0, 1], "
                           f"got {cfg.synthesis.swap_fraction}")
+    if not 0.0 <= cfg.synthesis.scratch_fraction <= 1.0 - cfg.synthesis.swap_fraction:
+        raise ConfigError(f"config key 'synthesis.scratch_fraction': expected a share in [0, 1 - swap_fraction] "
+                          f"(both are shares of the Perlin samples), got {cfg.synthesis.scratch_fraction} with "
+                          f"swap_fraction {cfg.synthesis.swap_fraction}")
     if not 0.0 <= cfg.synthesis.swap_beta_max < 1.0:
         raise ConfigError(f"config key 'synthesis.swap_beta_max': expected a value in [0, 1), "
                           f"got {cfg.synthesis.swap_beta_max}")

@@ -269,6 +269,29 @@ def test_region_swaps_are_the_last_perlin_samples_and_come_from_another_normal_i
         cfg_for(tmp_path, **{"synthesis.swap_area": "[0.5, 0.2]"})
 
 
+def test_thin_curve_samples_come_before_the_other_kinds_and_leave_their_draws(tmp_path):
+    make_category(tmp_path, n_train=6)
+    over = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34,
+            "synthesis.swap_fraction": 0.34}
+    plain = build_train_dataset(cfg_for(tmp_path, **over), "cat")
+    ds = build_train_dataset(cfg_for(tmp_path, **over, **{"synthesis.scratch_fraction": 0.34}), "cat")
+    assert (ds.n_perlin, ds.n_scratch, ds.n_swap, ds.n_extended) == (6, 2, 2, 2) and len(ds) == len(plain)
+    assert [ds.kind(i) for i in range(len(ds))] == (["normal"] * 6 + ["perlin"] * 2 + ["scratch"] * 2 + ["swap"] * 2
+                                                    + ["extended"] * 2)
+    normal = MVTEC(str(tmp_path), "cat", "train", 32)
+    for i in range(len(ds)):
+        item = ds[i]
+        if item["kind"] == "scratch":
+            m = item["mask"][0] > 0
+            assert item["label"] == 1 and 0 < m.float().mean() < 0.5
+            assert torch.allclose(item["image"][:, ~m], normal[item["source"]]["image"][:, ~m], atol=1 / 255)
+        else:  # every other sample keeps its draw
+            assert torch.equal(item["image"], plain[i]["image"]) and torch.equal(item["mask"], plain[i]["mask"])
+    from prnet.config import ConfigError
+    with pytest.raises(ConfigError, match="scratch_fraction"):
+        cfg_for(tmp_path, **{"synthesis.scratch_fraction": 0.8, "synthesis.swap_fraction": 0.3})
+
+
 def _has_colour(item):
     img = item["image"]
     return float((img.max(0).values - img.min(0).values).max()) > 2 / 255

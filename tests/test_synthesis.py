@@ -7,7 +7,7 @@ import pytest
 
 from prnet.datasets.synthesis import (TEXTURE_OPS, augment_texture, blend, context_offset, estimate_foreground,
                                       extended_anomaly, is_greyscale, large_mask, perlin_anomaly, perlin_mask,
-                                      perlin_noise, swap_anomaly, to_grey)
+                                      perlin_noise, scratch_anomaly, scratch_mask, swap_anomaly, to_grey)
 from prnet.datasets import synthesis
 from prnet.datasets.textures import TextureSource
 
@@ -68,6 +68,35 @@ def test_perlin_anomaly_changes_only_the_mask_and_stays_in_range():
         assert m.any() and out.shape == x.shape and out.dtype == np.float32
         assert np.array_equal(out[m == 0], x[m == 0])
         assert 0 <= out.min() and out.max() <= 1
+
+
+def test_scratch_masks_are_thin_curves_seeded_and_inside_the_region():
+    kernel = np.ones((9, 9), np.uint8)  # wider than any stroke at 256² (2–6 px)
+    for k in range(20):
+        m = scratch_mask((256, 256), rng(k))
+        assert m.dtype == np.float32 and set(np.unique(m)) <= {0.0, 1.0} and m.any()
+        assert np.array_equal(m, scratch_mask((256, 256), rng(k)))
+        assert m.mean() < 0.08  # a few thin curves, not a blob
+        # thin: a 9×9 square fits inside at crossings and sharp turns only
+        assert cv2.erode(m.astype(np.uint8), kernel).sum() <= 0.05 * m.sum()
+        # long: the curves reach at least 10 % of the diagonal
+        ys, xs = np.nonzero(m)
+        assert np.hypot(np.ptp(ys), np.ptp(xs)) >= 0.1 * np.hypot(256, 256) - 6
+    wide = [scratch_mask((512, 512), rng(k)).sum() / scratch_mask((256, 256), rng(k)).sum() for k in range(10)]
+    assert 2.5 < np.median(wide) < 6  # stroke width and length both scale with the image (about 4× the pixels)
+    region = np.zeros((64, 64), bool)
+    region[40:, :20] = True
+    for k in range(10):
+        m = scratch_mask((64, 64), rng(k), within=region)
+        assert m.any() and not m[~region].any()
+
+
+def test_scratch_anomaly_changes_only_its_mask():
+    x = rng(5).random((64, 64, 3), dtype=np.float32) * 0.5 + 0.25
+    for k in range(5):
+        out, m = scratch_anomaly(x, _Flat(0), rng(k), beta_max=0.5)
+        assert m.any() and np.array_equal(out[m == 0], x[m == 0])
+        assert (np.abs(out - x)[m > 0] > 0.1).all()  # texture 0 at opacity >= 0.5 over values >= 0.25
 
 
 def test_texture_ops_keep_rgb_uint8_and_texture_is_not_bgr():

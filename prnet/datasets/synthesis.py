@@ -232,8 +232,15 @@ def perlin_anomaly(image: np.ndarray, textures: TextureProvider, rng: np.random.
     luminance if `grey`, for greyscale images: no colour cue that a real defect of such a category never has),
     β ~ U(0, beta_max), blended with `blend`. As in DRAEM, β is the weight of the *original* image inside the mask
     and the texture gets 1 − β ∈ (1 − beta_max, 1]: every anomaly is visible."""
+    mask = perlin_mask(image.shape[:2], rng, scale_max, within=foreground)
+    return texture_fill(image, mask, textures, rng, beta_max, grey), mask
+
+
+def texture_fill(image: np.ndarray, mask: np.ndarray, textures: TextureProvider, rng: np.random.Generator,
+                 beta_max: float = 0.8, grey: bool = False) -> np.ndarray:
+    """`image` (RGB float H×W×3) with a random texture (3 random ops; its grey luminance if `grey`) blended in at
+    opacity 1 − β, β ~ U(0, beta_max), where `mask` (H×W {0,1}) is set; pixels outside it are unchanged."""
     hw = image.shape[:2]
-    mask = perlin_mask(hw, rng, scale_max, within=foreground)
     texture = augment_texture(textures.sample_uint8(rng, hw), rng)
     if grey:
         texture = to_grey(texture)
@@ -248,7 +255,50 @@ def perlin_anomaly(image: np.ndarray, textures: TextureProvider, rng: np.random.
     d *= np.float32(1.0 - beta)
     d += picked
     flat[inside] = d
-    return out, mask
+    return out
+
+
+def scratch_mask(hw: tuple[int, int], rng: np.random.Generator, max_count: int = 3,
+                 width: tuple[float, float] = (2.0, 6.0), length: tuple[float, float] = (0.1, 0.5),
+                 within: Optional[np.ndarray] = None, max_tries: int = 50) -> np.ndarray:
+    """A non-empty float32 {0,1} mask of 1–max_count thin curves (scratches, cracks). Each is a walk of 8–24 equal
+    steps from a random point whose heading turns by N(0, 20°) per step, of total length U(length) times the
+    image diagonal, drawn as a polyline of U(width) pixels at 256² (scaled with the shorter side, at least 1
+    pixel). Restricted to `within` if given (redrawn while empty there; after `max_tries` one pixel of `within`)."""
+    h, w = hw
+    if within is not None and not within.any():
+        within = None
+    scale = min(h, w) / 256.0
+    diagonal = float(np.hypot(h, w))
+    for _ in range(max_tries):
+        canvas = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(1, max_count + 1))):
+            steps = int(rng.integers(8, 25))
+            step = float(rng.uniform(*length)) * diagonal / steps
+            heading = float(rng.uniform(0.0, 2.0 * np.pi)) + np.cumsum(rng.normal(0.0, np.deg2rad(20.0), steps))
+            start = np.array([rng.uniform(0, w), rng.uniform(0, h)])
+            path = start + np.cumsum(np.stack([np.cos(heading), np.sin(heading)], 1) * step, axis=0)
+            points = np.round(np.vstack([start, path])).astype(np.int32)
+            thickness = max(1, int(round(float(rng.uniform(*width)) * scale)))
+            cv2.polylines(canvas, [points.reshape(-1, 1, 2)], False, 1, thickness=thickness)
+        mask = canvas.astype(bool)
+        if within is not None:
+            mask &= within
+        if mask.any():
+            return mask.astype(np.float32)
+    mask = np.zeros((h, w), bool)
+    ys, xs = np.nonzero(within)
+    k = int(rng.integers(0, len(ys)))
+    mask[ys[k], xs[k]] = True
+    return mask.astype(np.float32)
+
+
+def scratch_anomaly(image: np.ndarray, textures: TextureProvider, rng: np.random.Generator, beta_max: float = 0.8,
+                    foreground: Optional[np.ndarray] = None, grey: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A thin-curve anomaly (a scratch or crack of unseen appearance): `scratch_mask` (inside `foreground` if
+    given) filled like a Perlin anomaly (`texture_fill`). Returns (anomalous image, non-empty float32 mask H×W)."""
+    mask = scratch_mask(image.shape[:2], rng, within=foreground)
+    return texture_fill(image, mask, textures, rng, beta_max, grey), mask
 
 
 def large_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, float] = (0.05, 0.3),
