@@ -89,6 +89,9 @@ def test_scratch_masks_are_thin_curves_seeded_and_inside_the_region():
     for k in range(10):
         m = scratch_mask((64, 64), rng(k), within=region)
         assert m.any() and not m[~region].any()
+    dot = np.zeros((64, 64), bool)
+    dot[3, 60] = True  # a one-pixel region: hit by a curve or picked by the fallback, never empty
+    assert np.array_equal(scratch_mask((64, 64), rng(0), within=dot, max_tries=2), dot.astype(np.float32))
 
 
 def test_scratch_anomaly_changes_only_its_mask():

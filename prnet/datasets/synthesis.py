@@ -287,7 +287,7 @@ def scratch_mask(hw: tuple[int, int], rng: np.random.Generator, max_count: int =
         if mask.any():
             return mask.astype(np.float32)
     mask = np.zeros((h, w), bool)
-    ys, xs = np.nonzero(within)
+    ys, xs = np.nonzero(within if within is not None else np.ones((h, w), bool))
     k = int(rng.integers(0, len(ys)))
     mask[ys[k], xs[k]] = True
     return mask.astype(np.float32)
