@@ -91,7 +91,7 @@ class SynthesisConfig:
     swap_beta_max: float = 0.0  # the swapped region's opacity is 1 - U(0, swap_beta_max): 0 replaces it fully
     # share of the Perlin samples that are thin curves instead (scratches, cracks: synthesis.scratch_anomaly), filled
     # with DTD textures like the Perlin blobs; 0: none
-    scratch_fraction: float = 0.0
+    scratch_fraction: float = 0.25
 
 
 @dataclass

@@ -214,9 +214,9 @@ def test_train_dataset_layout_and_labels(tmp_path):
     cfg = cfg_for(tmp_path, **{"data.num_anomalies": 2, "synthesis.perlin_ratio": 0.5,
                                "synthesis.extended_ratio": 0.34})
     ds = build_train_dataset(cfg, "cat")
-    assert (ds.n_normal, ds.n_perlin, ds.n_extended) == (6, 3, 2) and len(ds) == 11
-    kinds = [ds[i]["kind"] for i in range(len(ds))]
-    assert kinds == ["normal"] * 6 + ["perlin"] * 3 + ["extended"] * 2
+    assert (ds.n_normal, ds.n_perlin, ds.n_scratch, ds.n_extended) == (6, 3, 1, 2) and len(ds) == 11
+    kinds = [ds[i]["kind"] for i in range(len(ds))]  # by default a quarter of the Perlin samples are thin curves
+    assert kinds == ["normal"] * 6 + ["perlin"] * 2 + ["scratch"] + ["extended"] * 2
     for i in range(len(ds)):
         item = ds[i]
         assert item["image"].shape == (3, 32, 32) and item["mask"].shape == (1, 32, 32)
@@ -236,7 +236,8 @@ def test_train_dataset_layout_and_labels(tmp_path):
 
 def test_region_swaps_are_the_last_perlin_samples_and_come_from_another_normal_image(tmp_path):
     make_category(tmp_path, n_train=6)
-    over = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34}
+    over = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34,
+            "synthesis.scratch_fraction": 0}
     plain = build_train_dataset(cfg_for(tmp_path, **over), "cat")
     ds = build_train_dataset(cfg_for(tmp_path, **over, **{"synthesis.swap_fraction": 0.5}), "cat")
     assert (ds.n_perlin, ds.n_swap, ds.n_extended) == (6, 3, 2) and len(ds) == len(plain) == 14
@@ -273,7 +274,7 @@ def test_thin_curve_samples_come_before_the_other_kinds_and_leave_their_draws(tm
     make_category(tmp_path, n_train=6)
     over = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34,
             "synthesis.swap_fraction": 0.34}
-    plain = build_train_dataset(cfg_for(tmp_path, **over), "cat")
+    plain = build_train_dataset(cfg_for(tmp_path, **over, **{"synthesis.scratch_fraction": 0}), "cat")
     ds = build_train_dataset(cfg_for(tmp_path, **over, **{"synthesis.scratch_fraction": 0.34}), "cat")
     assert (ds.n_perlin, ds.n_scratch, ds.n_swap, ds.n_extended) == (6, 2, 2, 2) and len(ds) == len(plain)
     assert [ds.kind(i) for i in range(len(ds))] == (["normal"] * 6 + ["perlin"] * 2 + ["scratch"] * 2 + ["swap"] * 2
@@ -305,8 +306,8 @@ def test_perlin_textures_are_grey_for_a_greyscale_category(tmp_path):
     over["synthesis.texture_colour"] = "auto"
     grey_auto = build_train_dataset(cfg_for(tmp_path / "g", **over), "cat")  # procedural textures
     assert grey_auto.grey_textures
-    perlin = [i for i in range(len(grey_auto)) if grey_auto.kind(i) == "perlin"]
-    assert len(perlin) == 12
+    perlin = [i for i in range(len(grey_auto)) if grey_auto.kind(i) in ("perlin", "scratch")]  # both textured
+    assert len(perlin) == 12 and grey_auto.n_scratch == 3
     assert not any(_has_colour(grey_auto[i]) for i in range(len(grey_auto)))  # normal, Perlin and extended
     forced_rgb = build_train_dataset(cfg_for(tmp_path / "g", **{**over, "synthesis.texture_colour": "rgb"}), "cat")
     assert not forced_rgb.grey_textures
