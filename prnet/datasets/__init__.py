@@ -30,7 +30,8 @@ from ..utils import numpy_rng
 from .demo import make_demo_category
 from .mvtec import (MVTEC, DatasetError, Sample, format_args, load_mask, load_rgb, resolve_classes,
                     scan_split, select_few_shot)
-from .synthesis import estimate_foreground, extended_anomaly, is_greyscale, perlin_anomaly, scratch_anomaly, swap_anomaly
+from .synthesis import (estimate_foreground, extended_anomaly, is_greyscale, perlin_anomaly, scratch_anomaly,
+                        swap_anomaly)
 from .textures import TextureSource
 
 log = logging.getLogger(__name__)
