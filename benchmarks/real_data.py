@@ -195,6 +195,9 @@ def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> di
     if os.path.exists(done) and os.path.exists(ckpt):
         log.info("reusing the finished run %s", run_dir)
         return json.load(open(done, encoding="utf-8"))
+    if rescore and os.path.exists(done):
+        raise SystemExit(f"--rescore: {ckpt} is missing (a kept record of a run holds only its evaluations); "
+                         "train it again without --rescore")
     if rescore:
         raise SystemExit(f"--rescore: no finished run in {run_dir} (run without --rescore first)")
     resume = os.path.exists(ckpt)
@@ -221,13 +224,17 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
     run_dir = run_dir_for(args, ds, method, seed, settings)
     claim_run_dir(run_dir, settings)
     ov = prnet_overrides(args, ds, shots, seed, run_dir)
-    trained = train_prnet(ov, run_dir, ds.category, args.rescore)
     eval_cfg = load_config(None, ov).eval  # the evaluation settings asked for now
     eval_key = short_hash({"eval": dataclasses.asdict(eval_cfg), "test": test_key(common_test)})
     eval_path = os.path.join(run_dir, f"eval-{eval_key}.json")
-    if os.path.exists(eval_path):
+    done = os.path.join(run_dir, "train.json")
+    if os.path.exists(done) and os.path.exists(eval_path):
+        # finished and scored with these settings before: no checkpoint needed (a kept record has only the JSONs)
+        log.info("reusing the stored evaluation of the finished run %s", run_dir)
+        trained = json.load(open(done, encoding="utf-8"))
         scored = json.load(open(eval_path, encoding="utf-8"))
     else:
+        trained = train_prnet(ov, run_dir, ds.category, args.rescore)
         model, cfg, _ = model_from_checkpoint(os.path.join(run_dir, ds.category, "last.pt"), device)
         cfg.eval = eval_cfg
         if cfg.eval.image_score == "map_residual":
@@ -262,7 +269,7 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
     row_path = os.path.join(run_dir, f"eval-{short_hash(test_key(common_test))}.json")
     if os.path.exists(row_path):
         log.info("reusing the baseline's scores in %s", row_path)
-        return json.load(open(row_path, encoding="utf-8"))
+        return {**json.load(open(row_path, encoding="utf-8")), "run": run_dir}  # where it lies now
     # the same reader as PRNet's runs (data.format and its options from --set)
     reader = format_args(load_config(None, prnet_overrides(args, ds, 0, seed)))
     train = MVTEC(ds.root, ds.category, "train", args.size, **reader)

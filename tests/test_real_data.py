@@ -1,7 +1,9 @@
 """benchmarks/real_data.py: per-defect-type metrics, several data sets and seeds in one table, reuse of runs."""
 import argparse
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -152,4 +154,26 @@ def test_rescore_evaluates_again_without_training(bench):
     # a run never made is refused, not trained
     argv[argv.index("--epochs") + 1] = "2"
     with pytest.raises(SystemExit, match="no finished run"):
+        real_data.main([*argv, "--rescore"])
+
+
+def test_a_record_of_the_json_files_rebuilds_the_table_without_checkpoints(bench, tmp_path):
+    """The per-run JSON files (settings, train, evaluations) copied to another --out: the same table, nothing
+    trained or fitted; --rescore there names the missing checkpoint."""
+    out = bench["out"]
+    record = str(tmp_path / "record")
+    for path in glob.glob(os.path.join(out, "runs", "*", "*", "*.json")):
+        dest = os.path.join(record, os.path.relpath(path, out))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy(path, dest)
+    argv = list(bench["argv"])
+    argv[argv.index("--out") + 1] = record
+    assert real_data.main(argv) == 0
+    again = json.load(open(os.path.join(record, "real_data.json")))
+    assert [r["run"] for r in again["rows"]] == [r["run"].replace(out, record) for r in bench["result"]["rows"]]
+    for e, before in zip(again["summary"], bench["result"]["summary"]):
+        assert all(e[k] == before[k] for k in real_data.COLUMNS) and e["method"] == before["method"]
+    assert not glob.glob(os.path.join(record, "**", "*.pt"), recursive=True)
+    argv[argv.index("eval.topk=10")] = "eval.topk=7"  # an evaluation never made: needs the checkpoint
+    with pytest.raises(SystemExit, match="last.pt is missing"):
         real_data.main([*argv, "--rescore"])
