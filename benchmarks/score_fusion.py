@@ -23,6 +23,9 @@ and scores these rules (no test label is used by any of them; the normal-image s
 - zlog: the sum of log s_p and log s_r, each standardised by the mean and std over the normal training images;
 - map<a>: the top-k mean of the pixel-wise product p · r^a (a in 0.5, 1), also scored at pixel level;
 - zknn: the sum of log s_p and log s_knn, each standardised by the mean and std over the normal training images;
+- zsum / zmax: the same standardisation applied to the released score (s_m, the top-k mean of map0.5's p · r^0.5)
+  and to s_knn, then summed (zsum) or the larger of the two taken (zmax: an image is as anomalous as the detector
+  that finds it most unusual);
 - with --flips, flip2 / flip4: the head run on its inputs mirrored left-right (flip2) or also up-down and both
   (flip4), each map mirrored back and the probabilities averaged (p̄), scored as map0.5 (top-k mean of p̄ · r^0.5);
   their pixel metrics are p̄'s. The backbone and the prototype match run once (PRNet.encode), the head per mirror.
@@ -126,11 +129,13 @@ def fused_maps(p: np.ndarray, r: np.ndarray) -> dict:
 
 def zsum(*pairs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Sum over (test scores, training-normal scores) pairs of log(test) standardised by the training logs."""
-    out = 0.0
-    for test, train in pairs:
-        lt, ln = np.log(test + EPS), np.log(train + EPS)
-        out = out + (lt - ln.mean()) / (ln.std() + EPS)
-    return out
+    return sum(zscores(test, train) for test, train in pairs)
+
+
+def zscores(test: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """log(test) standardised by the mean and std of log(train) (the normal training images' scores)."""
+    lt, ln = np.log(test + EPS), np.log(train + EPS)
+    return (lt - ln.mean()) / (ln.std() + EPS)
 
 
 def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: np.ndarray, k: int,
@@ -149,6 +154,8 @@ def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: 
     if knn is not None:
         out["knn"] = knn[0]
         out["zknn"] = zsum((sp, tp), knn)
+        zm, zk = zscores(out["map0.5"], topk_mean(p_train * np.sqrt(r_train), k)), zscores(*knn)
+        out["zsum"], out["zmax"] = zm + zk, np.maximum(zm, zk)
     return out
 
 
@@ -200,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="take the test images of this run's evaluation (the test split minus its few-shot "
                         "anomalies), e.g. a 0-shot run on its 10-shot sibling's test set as real_data.py scores it")
     p.add_argument("--no-knn", dest="knn", action="store_false",
-                   help="skip the nearest-neighbour rules (knn, zknn): no baseline memory is built")
+                   help="skip the nearest-neighbour rules (knn, zknn, zsum, zmax): no baseline memory is built")
     p.add_argument("--rules", type=lambda t: [r for r in t.split(",") if r],
                    help="score and report only these rules, e.g. prnet,map0.5 (a test split is scored with the rule "
                         "chosen on validation data and the released one, no other)")

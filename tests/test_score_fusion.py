@@ -66,6 +66,28 @@ def test_top10_and_the_nearest_neighbour_rules():
     np.testing.assert_allclose(scaled["zknn"], out["zknn"], rtol=1e-5, atol=1e-6)
 
 
+def test_the_released_score_fused_with_the_nearest_neighbour_distance():
+    p, r = _maps(9, n=5, hw=(10, 10))
+    tp, tr = _maps(10, n=9, hw=(10, 10))
+    rng = np.random.default_rng(11)
+    knn_test, knn_train = rng.uniform(1.0, 5.0, 5), rng.uniform(1.0, 2.0, 9)
+    out = rules(p, r, tp, tr, k=20, knn=(knn_test, knn_train))
+
+    def z(test, train):
+        return (np.log(test + 1e-8) - np.log(train + 1e-8).mean()) / np.log(train + 1e-8).std()
+
+    zm = z(topk_mean(p * np.sqrt(r), 20), topk_mean(tp * np.sqrt(tr), 20))
+    zk = z(knn_test, knn_train)
+    np.testing.assert_allclose(out["zsum"], zm + zk, rtol=1e-5)
+    np.testing.assert_allclose(out["zmax"], np.maximum(zm, zk), rtol=1e-5)
+    # zmax follows whichever detector finds an image more unusual: raising one image's distance far above every
+    # training image's lifts it to the top under zmax, whatever its map says
+    knn_test2 = knn_test.copy()
+    knn_test2[np.argmin(out["zmax"])] = 1e3
+    lifted = rules(p, r, tp, tr, k=20, knn=(knn_test2, knn_train))
+    assert np.argmax(lifted["zmax"]) == np.argmin(out["zmax"])
+
+
 def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path):
     """A 1-epoch run on the tiny category, scored by every rule; a foreign prototype file is refused."""
     import glob
@@ -83,7 +105,7 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path):
     ckpt, result = os.path.join(out, "tiny", "last.pt"), str(tmp_path / "fusion.json")
     assert score_fusion.main(["--checkpoint", ckpt, "--out", result]) == 0
     got = json.load(open(result))
-    assert {"prnet", "top10", "residual", "prod1", "zlog", "map0.5", "knn", "zknn"} <= set(got["image_auroc"])
+    assert {"prnet", "top10", "residual", "prod1", "zlog", "map0.5", "knn", "zknn", "zsum", "zmax"} <= set(got["image_auroc"])
     assert all(0.0 <= row["all"] <= 1.0 for row in got["image_auroc"].values())
     assert got["metrics"]["prnet"]["image_auroc"] == pytest.approx(got["image_auroc"]["prnet"]["all"])
     assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--out", result]) == 0
