@@ -30,7 +30,8 @@ and scores these rules (no test label is used by any of them; the normal-image s
   (flip4), each map mirrored back and the probabilities averaged (p̄), scored as map0.5 (top-k mean of p̄ · r^0.5);
   their pixel metrics are p̄'s. The backbone and the prototype match run once (PRNet.encode), the head per mirror.
 
-Prints image AUROC per rule (per test defect type too) and the five metrics of prnet, residual, map<a> and flip*;
+Prints image AUROC per rule (per test defect type too) and the five metrics of prnet, residual, map<a>, flip* and
+knn (the baseline's own map); `--pixel-groups` adds every map's pixel AUROC and AUPRO per group;
 `--out` writes them as JSON (`--per-image`: with every test image's scores). `--subsets` groups defect types as
 proxy_validation.py does.
 """
@@ -159,21 +160,24 @@ def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: 
     return out
 
 
-def knn_scores(cfg, train, test, device: torch.device, batch: int) -> tuple[np.ndarray, np.ndarray]:
+def knn_scores(cfg, train, test, device: torch.device,
+               batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(test, held-out training) image scores of the PatchCore-style baseline fitted on `train` (the run's backbone
-    and seed)."""
+    and seed), and its N×H×W anomaly maps of the test images."""
     from patchcore import PatchCore
 
     model = PatchCore(cfg.model.backbone, cfg.model.backbone_weights, sigma=4.0, seed=cfg.seed, device=device)
     model.fit(DataLoader(train, batch_size=batch, shuffle=False, num_workers=0))
-    scores_test, scores_train, start = [], [], 0
+    maps_test, scores_test, scores_train, start = [], [], [], 0
     for b in tqdm(DataLoader(test, batch_size=batch, shuffle=False, num_workers=0), desc="knn test", leave=False):
-        scores_test.append(model.predict(b["image"])[1])
+        m, sc = model.predict(b["image"])
+        maps_test.append(m)
+        scores_test.append(sc)
     for b in tqdm(DataLoader(train, batch_size=batch, shuffle=False, num_workers=0), desc="knn train", leave=False):
         n = b["image"].shape[0]
         scores_train.append(model.predict(b["image"], held_out=range(start, start + n))[1])
         start += n
-    return np.concatenate(scores_test), np.concatenate(scores_train)
+    return np.concatenate(scores_test), np.concatenate(scores_train), np.concatenate(maps_test)
 
 
 def run_prototypes(cfg, category: str):
@@ -214,6 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--flips", action="store_true",
                    help="add the rules flip2 and flip4: the head's map averaged over mirrored inputs (see FLIPS), "
                         "scored as map0.5; their pixel metrics are the averaged map's")
+    p.add_argument("--pixel-groups", action="store_true",
+                   help="also compute every map's pixel AUROC and AUPRO per group (defect type or proxy subset)")
     p.add_argument("--per-image", action="store_true",
                    help="also write every test image's name, defect type, label and score under each rule to --out")
     p.add_argument("--out")
@@ -247,7 +253,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     r_train = np.mean([r / s for r, s in zip(r_train, scale)], axis=0)
     r_test = np.mean([r / s for r, s in zip(r_test, scale)], axis=0)
     fused = fused_maps(p_test, r_test)
-    knn = knn_scores(cfg, train, test, device, args.batch) if args.knn else None
+    knn, knn_map = None, {}
+    if args.knn:
+        knn_test, knn_train, knn_map["knn"] = knn_scores(cfg, train, test, device, args.batch)
+        knn = (knn_test, knn_train)
     scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk, fused, knn)
     for name, m in flipped.items():  # the averaged map, scored as the library's default (map0.5)
         scores[name] = topk_mean(fused_maps(m, r_test)["map0.5"], cfg.eval.topk)
@@ -270,11 +279,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["image_auroc"][name] = {g: float(image_auroc(s[sel], labels[sel])) for g, sel in groups.items()}
     masks = np.stack([test.mask(i) for i in range(len(test))]).astype(np.uint8)
     sel = groups["all"]
-    for name, m in {"prnet": p_test, "residual": r_test, **fused, **flipped}.items():
-        if name not in scores:
-            continue
+    pixel_maps = {name: m for name, m in {"prnet": p_test, "residual": r_test, **fused, **flipped, **knn_map}.items()
+                  if name in scores}
+    for name, m in pixel_maps.items():
         met = compute_metrics(scores[name][sel], labels[sel], m[sel], masks[sel])
         result["metrics"][name] = {k: float(v) for k, v in met.items()}
+    if args.pixel_groups:  # the maps' pixel AUROC and AUPRO on every group, not only "all"
+        result["pixel_by_group"] = {
+            name: {g: {k: float(v) for k, v in compute_metrics(scores[name][gs], labels[gs], m[gs], masks[gs]).items()
+                       if k in ("pixel_auroc", "aupro")} for g, gs in groups.items()}
+            for name, m in pixel_maps.items()}
     names = list(groups)
     print(f"{category}: image AUROC per rule; groups: {', '.join(names)}")
     for name, row in result["image_auroc"].items():

@@ -103,8 +103,15 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path):
     out, protos = str(tmp_path / "out"), str(tmp_path / "protos")
     assert train_script.main(tiny_overrides(tiny_data, out, protos, epochs=1)) == 0
     ckpt, result = os.path.join(out, "tiny", "last.pt"), str(tmp_path / "fusion.json")
-    assert score_fusion.main(["--checkpoint", ckpt, "--out", result]) == 0
+    assert score_fusion.main(["--checkpoint", ckpt, "--pixel-groups", "--out", result]) == 0
     got = json.load(open(result))
+    # the baseline's own map is scored at pixel level next to the head's; --pixel-groups repeats "all" per group
+    assert 0.0 <= got["metrics"]["knn"]["pixel_auroc"] <= 1.0
+    assert got["metrics"]["knn"]["image_auroc"] == pytest.approx(got["image_auroc"]["knn"]["all"])
+    by_group = got["pixel_by_group"]
+    assert set(by_group) == set(got["metrics"]) and set(by_group["prnet"]) == set(got["image_auroc"]["prnet"])
+    for name in by_group:
+        assert by_group[name]["all"] == pytest.approx({k: got["metrics"][name][k] for k in ("pixel_auroc", "aupro")})
     assert {"prnet", "top10", "residual", "prod1", "zlog", "map0.5", "knn", "zknn", "zsum", "zmax"} <= set(got["image_auroc"])
     assert all(0.0 <= row["all"] <= 1.0 for row in got["image_auroc"].values())
     assert got["metrics"]["prnet"]["image_auroc"] == pytest.approx(got["image_auroc"]["prnet"]["all"])
