@@ -284,11 +284,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, m in pixel_maps.items():
         met = compute_metrics(scores[name][sel], labels[sel], m[sel], masks[sel])
         result["metrics"][name] = {k: float(v) for k, v in met.items()}
-    if args.pixel_groups:  # the maps' pixel AUROC and AUPRO on every group, not only "all"
-        result["pixel_by_group"] = {
-            name: {g: {k: float(v) for k, v in compute_metrics(scores[name][gs], labels[gs], m[gs], masks[gs]).items()
-                       if k in ("pixel_auroc", "aupro")} for g, gs in groups.items()}
-            for name, m in pixel_maps.items()}
+    if args.pixel_groups:  # the maps' pixel AUROC and AUPRO on every group ("all" is computed above)
+        pixel = ("pixel_auroc", "aupro")
+        result["pixel_by_group"] = {}
+        for name, m in pixel_maps.items():
+            row = result["pixel_by_group"][name] = {}
+            for g, gs in groups.items():
+                met = result["metrics"][name] if g == "all" else compute_metrics(scores[name][gs], labels[gs], m[gs],
+                                                                                 masks[gs])
+                row[g] = {k: float(met[k]) for k in pixel if k in met}
     names = list(groups)
     print(f"{category}: image AUROC per rule; groups: {', '.join(names)}")
     for name, row in result["image_auroc"].items():

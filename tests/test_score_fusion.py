@@ -112,7 +112,8 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path):
     assert set(by_group) == set(got["metrics"]) and set(by_group["prnet"]) == set(got["image_auroc"]["prnet"])
     for name in by_group:
         assert by_group[name]["all"] == pytest.approx({k: got["metrics"][name][k] for k in ("pixel_auroc", "aupro")})
-    assert {"prnet", "top10", "residual", "prod1", "zlog", "map0.5", "knn", "zknn", "zsum", "zmax"} <= set(got["image_auroc"])
+    assert {"prnet", "top10", "residual", "prod1", "zlog", "map0.5", "knn", "zknn", "zsum",
+            "zmax"} <= set(got["image_auroc"])
     assert all(0.0 <= row["all"] <= 1.0 for row in got["image_auroc"].values())
     assert got["metrics"]["prnet"]["image_auroc"] == pytest.approx(got["image_auroc"]["prnet"]["all"])
     assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--out", result]) == 0
