@@ -9,7 +9,10 @@ of each scale (the nearest prototype map per image, as in PRNet) is summed over 
 distance to the prototype per feature position, upsampled bilinearly to the image size and divided by that scale's
 mean over the normal training images; the scales are averaged, smoothed with a Gaussian (σ = `--sigma`, as the
 PatchCore-style baseline) and the image score is the map's maximum. Every test image is scored (no few-shot draw).
-Prints the five metrics and writes them as JSON with `--out`.
+Prints the five metrics and writes them as JSON with `--out`. `--topk K` scores an image by the mean of its K highest
+map pixels instead (PRNet's form, `eval.topk`); `--groups` adds image AUROC, pixel AUROC and AUPRO per defect type
+(each type against the normal test images), and on a proxy_validation.py category its "all" (normals, Perlin and
+pasted defects) as the proxy defines it.
 """
 from __future__ import annotations
 
@@ -51,7 +54,29 @@ def residual_maps(backbone, bank, loader, hw: tuple[int, int], device: torch.dev
     return [np.concatenate(s) for s in per_scale]
 
 
-def evaluate(cfg, category: str, device: torch.device, sigma: float, batch: int) -> dict:
+def image_scores(maps: np.ndarray, topk: int) -> np.ndarray:
+    """Each map's maximum (topk 0) or the mean of its `topk` highest pixels."""
+    flat = maps.reshape(len(maps), -1)
+    if topk <= 0:
+        return flat.max(1)
+    return torch.from_numpy(flat).topk(min(topk, flat.shape[1]), dim=1).values.mean(1).numpy()
+
+
+def group_selections(defects: np.ndarray) -> dict:
+    """{group: boolean selection}: each defect type with the normal images; "all" as proxy_validation.py scores it
+    when the category is a proxy (it has its Perlin and pasted-defect folders), else every image."""
+    from proxy_validation import EXTENDED, PERLIN
+
+    groups = {"all": np.ones(len(defects), bool)}
+    if PERLIN in defects and EXTENDED in defects:
+        groups["all"] = np.isin(defects, ["good", PERLIN, EXTENDED])
+    for d in sorted(set(defects) - {"good"}):
+        groups[d] = (defects == "good") | (defects == d)
+    return groups
+
+
+def evaluate(cfg, category: str, device: torch.device, sigma: float, batch: int, topk: int = 0,
+             groups: bool = False) -> dict:
     backbone = make_backbone(cfg).to(device)
     bank = ensure_prototypes(cfg, category, device, backbone=backbone).to(device)
     hw = image_hw(cfg)
@@ -63,9 +88,19 @@ def evaluate(cfg, category: str, device: torch.device, sigma: float, batch: int)
     maps = gaussian_smooth(torch.from_numpy(maps)[:, None].float(), sigma)[:, 0].numpy()
     labels = np.array([s.label for s in test_set.samples])
     masks = np.stack([test_set.mask(i) for i in range(len(test_set))]).astype(np.uint8)
-    metrics = compute_metrics(maps.reshape(len(maps), -1).max(1), labels, maps, masks)
-    return {"category": category, "test_images": len(test_set), "sigma": sigma,
-            "metrics": {k: float(v) for k, v in metrics.items()}}
+    scores = image_scores(maps, topk)
+    metrics = compute_metrics(scores, labels, maps, masks)
+    result = {"category": category, "test_images": len(test_set), "sigma": sigma, "topk": topk,
+              "metrics": {k: float(v) for k, v in metrics.items()}}
+    if groups:
+        defects = np.array([s.defect for s in test_set.samples])
+        result["groups"] = {}
+        for g, sel in group_selections(defects).items():
+            if labels[sel].min() == labels[sel].max():
+                continue  # one class only (e.g. a type with no normal images to compare with)
+            met = compute_metrics(scores[sel], labels[sel], maps[sel], masks[sel])
+            result["groups"][g] = {k: float(met[k]) for k in ("image_auroc", "pixel_auroc", "aupro") if k in met}
+    return result
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -80,6 +115,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
+    p.add_argument("--topk", type=int, default=0, help="image score: mean of the K highest pixels (0: the maximum)")
+    p.add_argument("--groups", action="store_true", help="also the metrics per defect type (and a proxy's 'all')")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     setup_logging()
@@ -87,8 +124,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"data.image_size={args.size}", "data.num_anomalies=0", f"model.backbone={args.backbone}",
                              f"model.backbone_weights={args.weights}", f"prototypes.dir={args.prototypes}",
                              "train.workers=0", *args.set])
-    result = evaluate(cfg, args.category, resolve_device(args.device), args.sigma, args.batch)
+    result = evaluate(cfg, args.category, resolve_device(args.device), args.sigma, args.batch, args.topk, args.groups)
     print(" ".join(f"{k} {v:.3f}" for k, v in result["metrics"].items()))
+    for g, met in result.get("groups", {}).items():
+        print(f"  {g:<24} " + " ".join(f"{k} {v:.4f}" for k, v in met.items()))
     if args.out:
         atomic_write(args.out, lambda tmp: json.dump(result, open(tmp, "w", encoding="utf-8"), indent=2))
     return 0
