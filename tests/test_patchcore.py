@@ -215,3 +215,29 @@ def test_residual_only_scores_the_test_set_from_the_prototypes_alone(tmp_path):
         "image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro"}
     # the demo's defects are strong: the residual alone must find them far above chance
     assert result["metrics"]["image_auroc"] > 0.8 and result["metrics"]["pixel_auroc"] > 0.8
+    # --topk and --groups: the top-k mean as the image score, and the metrics per defect type ("all": every image
+    # on a category that is not a proxy); the prototypes built above are reused
+    out2 = tmp_path / "res_groups.json"
+    assert residual_only.main(["--data", str(tmp_path / "data"), "--category", "tiny", "--size", "64",
+                               "--prototypes", str(tmp_path / "protos"), "--topk", "5", "--groups",
+                               "--out", str(out2)]) == 0
+    grouped = json.loads(out2.read_text())
+    assert grouped["topk"] == 5 and grouped["groups"]["all"]["pixel_auroc"] == result["metrics"]["pixel_auroc"]
+    defect_types = {p.name for p in (tmp_path / "data" / "tiny" / "test").iterdir()} - {"good"}
+    assert set(grouped["groups"]) == {"all"} | defect_types
+
+
+def test_residual_only_image_scores_and_proxy_groups():
+    import numpy as np
+
+    import residual_only
+    from proxy_validation import EXTENDED, PERLIN
+
+    maps = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    assert residual_only.image_scores(maps, 0).tolist() == [11.0, 23.0]
+    assert residual_only.image_scores(maps, 3).tolist() == [10.0, 22.0]  # mean of 9, 10, 11 and of 21, 22, 23
+    defects = np.array(["good", PERLIN, EXTENDED, "swap_unseen_shapes", "good"])
+    groups = residual_only.group_selections(defects)
+    assert groups["all"].tolist() == [True, True, True, False, True]  # a proxy's "all" leaves the swaps out
+    assert groups["swap_unseen_shapes"].tolist() == [True, False, False, True, True]
+    assert residual_only.group_selections(np.array(["good", "crack"]))["all"].tolist() == [True, True]
