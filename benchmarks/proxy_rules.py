@@ -1,0 +1,115 @@
+"""Apply a validation round's decision rules to score_fusion.py results: a candidate against a reference, paired by seed.
+
+    python benchmarks/proxy_rules.py --candidate F_cand_s0.json F_cand_s1.json \
+        --reference F_ref_s0.json F_ref_s1.json [--rule map0.5] [--gain 0.003] [--harm 0.005] [--pixel-harm 0.003]
+
+Each file is the `--out` of `score_fusion.py --subsets` on one trained run; the i-th candidate file is compared with
+the i-th reference file (the same training seed), and every figure is the mean over the seeds. The rules the rounds
+in docs/experiments.md write before their runs:
+
+1. gain: image AUROC of `--rule` on the `--gain-group` ("all") at least `--gain` above the reference
+   (`--gain 0` leaves rule 1 out, as for a second proxy that only has to show no harm);
+2. no harm: no proxy subset (`--subsets`, the groups proxy_validation.py makes) below the reference by more than
+   `--harm` image AUROC, and the rule's pixel AUROC and AUPRO on all test images within `--pixel-harm`.
+
+Prints one row per figure (candidate per seed, reference per seed, mean difference, and what breaks a rule) and
+the verdict; exits 0 if the candidate passes, 1 if it fails, 2 on unusable input. `--out` writes the same as JSON.
+Reading the reference from files, not from a table typed by hand, keeps the comparison exact; proxy runs are
+deterministic, so a reference's run scored again gives the same file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+SUBSETS = ("perlin_unseen_textures", "extended_unseen_defects", "swap_unseen_shapes", "extended_in_context",
+           "small_unseen_spots")
+PIXEL = ("pixel_auroc", "aupro")
+
+
+def figures(path: str, rule: str, groups: Sequence[str]) -> dict:
+    """{group: image AUROC, 'pixel_auroc': ..., 'aupro': ...} of `rule` in one score_fusion.py JSON file."""
+    try:
+        with open(path) as f:
+            result = json.load(f)
+        image, metrics = result["image_auroc"][rule], result["metrics"][rule]
+    except OSError as e:
+        raise SystemExit(f"proxy_rules: cannot read {path}: {e}")
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"proxy_rules: {path} is not score_fusion.py output with rule {rule!r} "
+                         f"(run it with --rules {rule} and --subsets): {e!r}")
+    missing = [g for g in groups if g not in image]
+    if missing:
+        raise SystemExit(f"proxy_rules: {path} has no image AUROC for {missing} (score it with --subsets on a "
+                         f"proxy; groups present: {sorted(image)})")
+    out = {g: float(image[g]) for g in groups}
+    out.update({k: float(metrics[k]) for k in PIXEL})
+    return out
+
+
+def decide(candidate: Sequence[dict], reference: Sequence[dict], *, gain_group: str, gain: float, harm: float,
+           pixel_harm: float, subsets: Sequence[str]) -> dict:
+    """Rows {figure: (candidate values, reference values, mean difference, broken rule or '')} and the verdict."""
+    if len(candidate) != len(reference) or not candidate:
+        raise ValueError(f"give as many reference files as candidate files (paired by seed), got "
+                         f"{len(candidate)} and {len(reference)}")
+    rows, failures = {}, []
+    for key in [gain_group, *subsets, *PIXEL]:
+        c = [r[key] for r in candidate]
+        ref = [r[key] for r in reference]
+        diff = sum(c) / len(c) - sum(ref) / len(ref)
+        broken = ""
+        if key == gain_group and gain > 0 and diff < gain:
+            broken = f"rule 1: gain {diff:+.4f} < +{gain}"
+        elif key in PIXEL and diff < -pixel_harm:
+            broken = f"rule 2: {key} {diff:+.4f} < -{pixel_harm}"
+        elif key in subsets and diff < -harm:
+            broken = f"rule 2: {key} {diff:+.4f} < -{harm}"
+        if broken:
+            failures.append(broken)
+        rows[key] = {"candidate": c, "reference": ref, "diff": diff, "broken": broken}
+    return {"rows": rows, "failures": failures, "passes": not failures}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--candidate", nargs="+", required=True, help="score_fusion.py JSON per seed")
+    p.add_argument("--reference", nargs="+", required=True, help="score_fusion.py JSON per seed, same order")
+    p.add_argument("--rule", default="map0.5", help="the image score decided on (default map0.5, the released)")
+    p.add_argument("--gain-group", default="all")
+    p.add_argument("--gain", type=float, default=0.003, help="rule 1's gain; 0 leaves rule 1 out")
+    p.add_argument("--harm", type=float, default=0.005, help="rule 2's limit per proxy subset (image AUROC)")
+    p.add_argument("--pixel-harm", type=float, default=0.003, help="rule 2's limit on pixel AUROC and AUPRO")
+    p.add_argument("--subsets", type=lambda t: [s for s in t.split(",") if s], default=list(SUBSETS))
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    groups = [args.gain_group, *[s for s in args.subsets if s != args.gain_group]]
+    try:
+        result = decide([figures(f, args.rule, groups) for f in args.candidate],
+                        [figures(f, args.rule, groups) for f in args.reference],
+                        gain_group=args.gain_group, gain=args.gain, harm=args.harm, pixel_harm=args.pixel_harm,
+                        subsets=[s for s in args.subsets if s != args.gain_group])
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"proxy_rules: {e}", file=sys.stderr)
+        return 2
+    print(f"{'figure':<26} {'candidate per seed':<28} {'reference per seed':<28} diff")
+    for key, row in result["rows"].items():
+        cand = " / ".join(f"{v:.4f}" for v in row["candidate"])
+        ref = " / ".join(f"{v:.4f}" for v in row["reference"])
+        print(f"{key:<26} {cand:<28} {ref:<28} {row['diff']:+.4f}  {row['broken']}")
+    print("verdict:", "passes" if result["passes"] else "fails (" + "; ".join(result["failures"]) + ")")
+    if args.out:
+        result.update(candidate_files=list(args.candidate), reference_files=list(args.reference), rule=args.rule,
+                      gain=args.gain, harm=args.harm, pixel_harm=args.pixel_harm)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0 if result["passes"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""benchmarks/proxy_rules.py: a round's decision rules applied to score_fusion.py files, paired by seed."""
+import json
+
+import proxy_rules
+
+SUBSETS = proxy_rules.SUBSETS
+
+
+def _write(path, all_, subset=0.98, pixel=0.998, aupro=0.97, extra_subset=None):
+    image = {"all": all_, **{s: subset for s in SUBSETS}, "crack": 0.5}
+    if extra_subset:
+        image.update(extra_subset)
+    path.write_text(json.dumps({"image_auroc": {"map0.5": image},
+                                "metrics": {"map0.5": {"image_auroc": all_, "pixel_auroc": pixel, "aupro": aupro}}}))
+    return str(path)
+
+
+def test_gain_and_no_harm_pass_and_each_rule_can_fail(tmp_path, capsys):
+    ref = [_write(tmp_path / "r0.json", 0.990), _write(tmp_path / "r1.json", 0.986)]
+    good = [_write(tmp_path / "c0.json", 0.994), _write(tmp_path / "c1.json", 0.989)]  # mean +0.0035
+    assert proxy_rules.main(["--candidate", *good, "--reference", *ref, "--out", str(tmp_path / "d.json")]) == 0
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert d["passes"] and abs(d["rows"]["all"]["diff"] - 0.0035) < 1e-9
+    assert d["rows"]["swap_unseen_shapes"]["diff"] == 0.0 and "verdict: passes" in capsys.readouterr().out
+
+    # rule 1: +0.0025 is short of +0.003 (the pairing is by position: the files' order is the seeds' order)
+    short = [_write(tmp_path / "s0.json", 0.993), _write(tmp_path / "s1.json", 0.988)]
+    assert proxy_rules.main(["--candidate", *short, "--reference", *ref]) == 1
+    assert "rule 1" in capsys.readouterr().out
+    # ... which a second proxy, asked only for no harm, does not apply
+    assert proxy_rules.main(["--candidate", *short, "--reference", *ref, "--gain", "0"]) == 0
+
+    # rule 2: one subset 0.006 below, or AUPRO 0.0035 below, fails even with the gain
+    swap = [_write(tmp_path / f"w{i}.json", a, extra_subset={"swap_unseen_shapes": 0.974})
+            for i, a in enumerate((0.994, 0.989))]
+    assert proxy_rules.main(["--candidate", *swap, "--reference", *ref]) == 1
+    assert "rule 2: swap_unseen_shapes -0.0060" in capsys.readouterr().out
+    pro = [_write(tmp_path / f"p{i}.json", a, aupro=0.9665) for i, a in enumerate((0.994, 0.989))]
+    assert proxy_rules.main(["--candidate", *pro, "--reference", *ref]) == 1
+    assert "rule 2: aupro -0.0035" in capsys.readouterr().out
+
+
+def test_unusable_input_is_refused_with_the_reason(tmp_path, capsys):
+    ref = _write(tmp_path / "r0.json", 0.99)
+    assert proxy_rules.main(["--candidate", ref, ref, "--reference", ref]) == 2  # unpaired
+    assert "as many reference files" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text(json.dumps({"image_auroc": {"prnet": {"all": 0.9}}}))
+    assert proxy_rules.main(["--candidate", str(tmp_path / "bad.json"), "--reference", ref]) == 2
+    assert "bad.json" in capsys.readouterr().err
+    # a test split scored without --subsets has no proxy groups
+    (tmp_path / "plain.json").write_text(json.dumps({"image_auroc": {"map0.5": {"all": 0.9}},
+                                                     "metrics": {"map0.5": {"pixel_auroc": 0.9, "aupro": 0.8}}}))
+    assert proxy_rules.main(["--candidate", str(tmp_path / "plain.json"), "--reference", ref]) == 2
+    assert "--subsets" in capsys.readouterr().err
