@@ -32,6 +32,7 @@ from prnet.engine.evaluator import gaussian_smooth
 from prnet.engine.prototypes import ensure_prototypes, make_backbone
 from prnet.metrics import compute_metrics
 from prnet.utils import atomic_write, resolve_device, setup_logging
+from real_data import parse_size
 
 log = logging.getLogger("residual_only")
 
@@ -107,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="the data set's root (data.root)")
     p.add_argument("--category", required=True)
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=parse_size, default=256, help="256 or H,W (multiples of 32)")
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--weights", default="package")
     p.add_argument("--sigma", type=float, default=4.0)
@@ -121,7 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     cfg = load_config(None, [f"data.root={args.data}", f"data.classes=[{args.category}]",
-                             f"data.image_size={args.size}", "data.num_anomalies=0", f"model.backbone={args.backbone}",
+                             f"data.image_size={json.dumps(args.size)}", "data.num_anomalies=0", f"model.backbone={args.backbone}",
                              f"model.backbone_weights={args.weights}", f"prototypes.dir={args.prototypes}",
                              "train.workers=0", *args.set])
     result = evaluate(cfg, args.category, resolve_device(args.device), args.sigma, args.batch, args.topk, args.groups)

@@ -225,6 +225,10 @@ def test_residual_only_scores_the_test_set_from_the_prototypes_alone(tmp_path):
     assert grouped["topk"] == 5 and grouped["groups"]["all"]["pixel_auroc"] == result["metrics"]["pixel_auroc"]
     defect_types = {p.name for p in (tmp_path / "data" / "tiny" / "test").iterdir()} - {"good"}
     assert set(grouped["groups"]) == {"all"} | defect_types
+    # --size H,W: a non-square input size reaches the config (its prototypes are built for it)
+    assert residual_only.main(["--data", str(tmp_path / "data"), "--category", "tiny", "--size", "64,96",
+                               "--prototypes", str(tmp_path / "protos"), "--out", str(tmp_path / "res_hw.json")]) == 0
+    assert any(d.name.endswith("_64x96") for d in (tmp_path / "protos").iterdir())
 
 
 def test_residual_only_image_scores_and_proxy_groups():
