@@ -24,8 +24,9 @@ import json
 import sys
 from typing import Optional, Sequence
 
-SUBSETS = ("perlin_unseen_textures", "extended_unseen_defects", "swap_unseen_shapes", "extended_in_context",
-           "small_unseen_spots")
+from proxy_validation import APART, EXTENDED, PERLIN
+
+SUBSETS = (PERLIN, EXTENDED, *APART)  # every subset proxy_validation.py makes
 PIXEL = ("pixel_auroc", "aupro")
 
 
@@ -85,12 +86,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--subsets", type=lambda t: [s for s in t.split(",") if s], default=list(SUBSETS))
     p.add_argument("--out")
     args = p.parse_args(argv)
-    groups = [args.gain_group, *[s for s in args.subsets if s != args.gain_group]]
+    subsets = [s for s in args.subsets if s != args.gain_group]
+    groups = [args.gain_group, *subsets]
     try:
         result = decide([figures(f, args.rule, groups) for f in args.candidate],
                         [figures(f, args.rule, groups) for f in args.reference],
                         gain_group=args.gain_group, gain=args.gain, harm=args.harm, pixel_harm=args.pixel_harm,
-                        subsets=[s for s in args.subsets if s != args.gain_group])
+                        subsets=subsets)
     except SystemExit as e:
         print(e, file=sys.stderr)
         return 2

@@ -122,7 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     cfg = load_config(None, [f"data.root={args.data}", f"data.classes=[{args.category}]",
-                             f"data.image_size={json.dumps(args.size)}", "data.num_anomalies=0", f"model.backbone={args.backbone}",
+                             f"data.image_size={json.dumps(args.size)}", "data.num_anomalies=0",
+                             f"model.backbone={args.backbone}",
                              f"model.backbone_weights={args.weights}", f"prototypes.dir={args.prototypes}",
                              "train.workers=0", *args.set])
     result = evaluate(cfg, args.category, resolve_device(args.device), args.sigma, args.batch, args.topk, args.groups)
