@@ -11,7 +11,7 @@ map's maximum.
 
 Subsampling (`sampler`): "greedy" (the default) is PatchCore's k-center greedy coreset, computed on a seeded
 random projection of the features to `proj_dim` (128) dimensions; "random" draws a seeded uniform subset.
-Greedy is exact but runs in batched passes (see `greedy_coreset`); its cost grows with N·M (200k → 20k
+Greedy is exact but runs in batched passes (see `prnet.models.patch_memory.greedy_coreset`); its cost grows with N·M (200k → 20k
 candidates took 25 s on 2 shared CPU cores; one centre per pass would take about 20 min). Before either
 sampler the patches are subsampled uniformly at random to at most `max_patches` (default 200 000; None: no
 cap), and the memory holds round(coreset_ratio × the candidates left): 762 images at 256 px give 780k patches
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -33,7 +32,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from prnet.models.backbone import Backbone
-from prnet.utils import atomic_write, resolve_device, setup_logging, torch_generator
+from prnet.models.patch_memory import greedy_coreset, nearest_distances, patch_embedding, random_subset
+from prnet.utils import atomic_write, resolve_device, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -59,110 +59,6 @@ def batch_images(batch: Batch) -> torch.Tensor:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be N×3×H×W in [0, 1], got shape {tuple(images.shape)}")
     return images
-
-
-def random_projection(dim_in: int, dim_out: int, seed: int) -> torch.Tensor:
-    """A seeded dim_in×dim_out Gaussian matrix scaled by 1/sqrt(dim_out) (distances roughly preserved)."""
-    g = torch_generator(seed, 1)
-    return torch.randn(dim_in, dim_out, generator=g) / math.sqrt(dim_out)
-
-
-def random_subset(n: int, count: int, seed: int) -> torch.Tensor:
-    """`count` distinct indices of range(n), drawn uniformly with `seed`, in increasing order."""
-    if not 0 < count <= n:
-        raise ValueError(f"cannot draw {count} of {n} items (need 0 < count <= n)")
-    return torch.randperm(n, generator=torch_generator(seed, 2))[:count].sort().values
-
-
-def greedy_coreset(features: torch.Tensor, count: int, proj_dim: Optional[int] = 128, seed: int = 0,
-                   pool: int = 512, chunk: int = 65536, progress: bool = True) -> torch.Tensor:
-    """Indices of `count` distinct rows of `features` (N×D) chosen by k-center greedy, in the order chosen.
-
-    k-center greedy: start at one seeded random row, then repeatedly add the row farthest (L2) from the rows
-    chosen so far. Runs on a seeded random projection to `proj_dim` dimensions when D is larger (None: on the
-    features themselves). Exact, but in passes: each pass takes the `pool` rows farthest from the chosen set,
-    runs the greedy among them (their pairwise distances only) while the best of them stays strictly farther
-    than every row outside the pool (those distances only shrink, so no outside row could be chosen yet), then
-    lowers every row's distance with all the new centres in one matrix product, `chunk` rows at a time. Same
-    picks as the one-centre-per-pass loop up to float rounding, O(N·count) flops in all but far fewer passes
-    over memory; never an N×N or N×count matrix.
-    """
-    n = features.shape[0]
-    if not 0 < count <= n:
-        raise ValueError(f"greedy coreset: cannot choose {count} of {n} features (need 0 < count <= n)")
-    device = features.device
-    if proj_dim is not None and features.shape[1] > proj_dim:
-        proj = random_projection(features.shape[1], proj_dim, seed).to(device, torch.float32)
-        x = torch.cat([features[i:i + chunk].float() @ proj for i in range(0, n, chunk)])
-    else:
-        x = features.float().contiguous()
-    sq = (x * x).sum(1)
-    min_d = torch.full((n,), float("inf"), device=device)  # squared distance to the chosen set; -1 once chosen
-    chosen: list[torch.Tensor] = []
-    new = torch.randint(n, (1,), generator=torch_generator(seed, 3)).to(device)
-    done = 0
-    bar = tqdm(total=count, desc="greedy coreset", unit="pt", disable=not progress, mininterval=2.0)
-    while True:
-        chosen.append(new)
-        done += new.numel()
-        bar.update(new.numel())
-        centres, centres_sq = x[new], sq[new]
-        rows = max(1, min(chunk, (1 << 23) // new.numel()))  # at most 8M distances at once
-        for i in range(0, n, rows):  # lower every distance with the new centres
-            d = torch.addmm(centres_sq[None], x[i:i + rows], centres.t(), beta=1.0, alpha=-2.0)
-            d = (d.min(dim=1).values + sq[i:i + rows]).clamp_min_(0.0)
-            torch.minimum(min_d[i:i + rows], d, out=min_d[i:i + rows])
-        min_d[new] = -1.0
-        if done >= count:
-            break
-        take = min(pool, n)
-        top_d, top = torch.topk(min_d, min(take + 1, n))
-        outside = float(top_d[take]) if take < n else -math.inf  # the farthest row outside the pool
-        top_d, top = top_d[:take], top[:take]
-        px = x[top]
-        pair = (sq[top][:, None] + sq[top][None] - 2.0 * (px @ px.t())).clamp_min_(0.0)
-        vals = top_d.clone()
-        picks = []
-        while len(picks) < count - done:
-            best = int(vals.argmax())
-            v = float(vals[best])
-            if picks and not (v > outside and v >= 0.0):  # the first is the global farthest: always taken
-                break
-            picks.append(best)
-            torch.minimum(vals, pair[best], out=vals)
-            vals[best] = -1.0
-        new = top[torch.tensor(picks, device=device)]
-    bar.close()
-    return torch.cat(chosen)[:count]
-
-
-def nearest_distances(queries: torch.Tensor, memory: torch.Tensor, memory_sq: Optional[torch.Tensor] = None,
-                      query_chunk: int = 2048, memory_chunk: int = 8192,
-                      query_owner: Optional[torch.Tensor] = None,
-                      memory_owner: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """L2 distance of each row of `queries` (P×D) to its nearest row of `memory` (K×D), in blocks.
-
-    Uses |q|² + |m|² − 2 q·m one query_chunk × memory_chunk block at a time (at most that many floats at once).
-    With `query_owner` (P) and `memory_owner` (K), a query never matches a memory row of its own owner (held-out
-    distances of training images: owner = the image's index).
-    """
-    if memory_sq is None:
-        memory_sq = (memory * memory).sum(1)
-    if (query_owner is None) != (memory_owner is None):
-        raise ValueError("nearest_distances: give both query_owner and memory_owner, or neither")
-    out = torch.empty(queries.shape[0], device=queries.device)
-    for i in range(0, queries.shape[0], query_chunk):
-        q = queries[i:i + query_chunk]
-        best = torch.full((q.shape[0],), float("inf"), device=queries.device)
-        for j in range(0, memory.shape[0], memory_chunk):
-            m = memory[j:j + memory_chunk]
-            d = torch.addmm(memory_sq[j:j + memory_chunk], q, m.t(), beta=1.0, alpha=-2.0)
-            if query_owner is not None:
-                own = query_owner[i:i + query_chunk, None] == memory_owner[None, j:j + memory_chunk]
-                d = d.masked_fill(own, float("inf"))
-            best = torch.minimum(best, d.min(dim=1).values)
-        out[i:i + query_chunk] = (best + (q * q).sum(1)).clamp_min_(0.0).sqrt_()
-    return out
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
@@ -218,14 +114,7 @@ class PatchCore:
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch features N×C×h×w (C = sum of the stages' channels, at the first stage's stride)."""
         feats, _ = self.backbone(images.to(self.device, torch.float32))
-        size = feats[0].shape[-2:]
-        out = []
-        for f in feats:
-            f = F.avg_pool2d(f.float(), kernel_size=3, stride=1, padding=1)
-            if f.shape[-2:] != size:
-                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-            out.append(f)
-        return torch.cat(out, dim=1)
+        return patch_embedding(feats)
 
     @torch.no_grad()
     def fit(self, batches: Iterable[Batch]) -> "PatchCore":

@@ -8,7 +8,9 @@ the i-th reference file (the same training seed), and every figure is the mean o
 in docs/experiments.md write before their runs:
 
 1. gain: image AUROC of `--rule` on the `--gain-group` ("all") at least `--gain` above the reference
-   (`--gain 0` leaves rule 1 out, as for a second proxy that only has to show no harm);
+   (`--gain 0` leaves that out, as for a second proxy that only has to show no harm); and each `--require
+   GROUP:MIN` (repeatable) asks the mean difference on GROUP to be at least MIN (round 12: "all" not below the
+   reference and the region swaps +0.01: `--gain 0 --require all:0 --require swap_unseen_shapes:0.01`);
 2. no harm: no proxy subset (`--subsets`, the groups proxy_validation.py makes) below the reference by more than
    `--harm` image AUROC, and the rule's pixel AUROC and AUPRO on all test images within `--pixel-harm`.
 
@@ -28,6 +30,17 @@ from proxy_validation import APART, EXTENDED, PERLIN
 
 SUBSETS = (PERLIN, EXTENDED, *APART)  # every subset proxy_validation.py makes
 PIXEL = ("pixel_auroc", "aupro")
+
+
+def requirement(text: str) -> tuple[str, float]:
+    """'GROUP:MIN' -> (GROUP, MIN) for --require."""
+    group, sep, least = text.rpartition(":")
+    try:
+        if not sep or not group:
+            raise ValueError
+        return group, float(least)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GROUP:MIN (e.g. swap_unseen_shapes:0.01), got {text!r}")
 
 
 def figures(path: str, rule: str, groups: Sequence[str]) -> dict:
@@ -51,26 +64,29 @@ def figures(path: str, rule: str, groups: Sequence[str]) -> dict:
 
 
 def decide(candidate: Sequence[dict], reference: Sequence[dict], *, gain_group: str, gain: float, harm: float,
-           pixel_harm: float, subsets: Sequence[str]) -> dict:
-    """Rows {figure: (candidate values, reference values, mean difference, broken rule or '')} and the verdict."""
+           pixel_harm: float, subsets: Sequence[str], require: Optional[dict] = None) -> dict:
+    """Rows {figure: (candidate values, reference values, mean difference, broken rules or '')} and the verdict.
+    `require`: {group: least mean difference}, more conditions of rule 1."""
     if len(candidate) != len(reference) or not candidate:
         raise ValueError(f"give as many reference files as candidate files (paired by seed), got "
                          f"{len(candidate)} and {len(reference)}")
+    require = dict(require or {})
     rows, failures = {}, []
-    for key in [gain_group, *subsets, *PIXEL]:
+    for key in dict.fromkeys([gain_group, *require, *subsets, *PIXEL]):
         c = [r[key] for r in candidate]
         ref = [r[key] for r in reference]
         diff = sum(c) / len(c) - sum(ref) / len(ref)
-        broken = ""
+        broken = []
         if key == gain_group and gain > 0 and diff < gain:
-            broken = f"rule 1: gain {diff:+.4f} < +{gain}"
-        elif key in PIXEL and diff < -pixel_harm:
-            broken = f"rule 2: {key} {diff:+.4f} < -{pixel_harm}"
+            broken.append(f"rule 1: gain {diff:+.4f} < +{gain}")
+        if key in require and diff < require[key]:
+            broken.append(f"rule 1: {key} {diff:+.4f} < {require[key]:+}")
+        if key in PIXEL and diff < -pixel_harm:
+            broken.append(f"rule 2: {key} {diff:+.4f} < -{pixel_harm}")
         elif key in subsets and diff < -harm:
-            broken = f"rule 2: {key} {diff:+.4f} < -{harm}"
-        if broken:
-            failures.append(broken)
-        rows[key] = {"candidate": c, "reference": ref, "diff": diff, "broken": broken}
+            broken.append(f"rule 2: {key} {diff:+.4f} < -{harm}")
+        failures.extend(broken)
+        rows[key] = {"candidate": c, "reference": ref, "diff": diff, "broken": "; ".join(broken)}
     return {"rows": rows, "failures": failures, "passes": not failures}
 
 
@@ -83,16 +99,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--gain", type=float, default=0.003, help="rule 1's gain; 0 leaves rule 1 out")
     p.add_argument("--harm", type=float, default=0.005, help="rule 2's limit per proxy subset (image AUROC)")
     p.add_argument("--pixel-harm", type=float, default=0.003, help="rule 2's limit on pixel AUROC and AUPRO")
+    p.add_argument("--require", action="append", type=requirement, default=[], metavar="GROUP:MIN",
+                   help="rule 1 also asks the mean difference on GROUP to be at least MIN (repeatable)")
     p.add_argument("--subsets", type=lambda t: [s for s in t.split(",") if s], default=list(SUBSETS))
     p.add_argument("--out")
     args = p.parse_args(argv)
     subsets = [s for s in args.subsets if s != args.gain_group]
-    groups = [args.gain_group, *subsets]
+    require = dict(args.require)
+    groups = list(dict.fromkeys([args.gain_group, *require, *subsets]))
     try:
         result = decide([figures(f, args.rule, groups) for f in args.candidate],
                         [figures(f, args.rule, groups) for f in args.reference],
                         gain_group=args.gain_group, gain=args.gain, harm=args.harm, pixel_harm=args.pixel_harm,
-                        subsets=subsets)
+                        subsets=subsets, require=require)
     except SystemExit as e:
         print(e, file=sys.stderr)
         return 2
@@ -107,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("verdict:", "passes" if result["passes"] else "fails (" + "; ".join(result["failures"]) + ")")
     if args.out:
         result.update(candidate_files=list(args.candidate), reference_files=list(args.reference), rule=args.rule,
-                      gain=args.gain, harm=args.harm, pixel_harm=args.pixel_harm)
+                      gain=args.gain, require=require, harm=args.harm, pixel_harm=args.pixel_harm)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
     return 0 if result["passes"] else 1

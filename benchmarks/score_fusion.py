@@ -62,21 +62,22 @@ log = logging.getLogger("score_fusion")
 EPS = 1e-8
 
 
-# --flips: the head run on its inputs (features, residuals, bottleneck) mirrored along these dims, each map mirrored
-# back, the probabilities averaged; the backbone and the prototype match run once
+# --flips: the head run on its inputs (features, residuals, bottleneck, patch distance) mirrored along these dims, each
+# map mirrored back, the probabilities averaged; the backbone and the prototype match run once
 FLIPS = {"flip2": [(), (-1,)], "flip4": [(), (-1,), (-2,), (-2, -1)]}
 
 
-def head_probability(model, feats, residuals, bottleneck, hw, dims: tuple) -> torch.Tensor:
+def head_probability(model, feats, residuals, bottleneck, hw, dims: tuple, patch=None) -> torch.Tensor:
     """sigmoid of the head on encode's outputs mirrored along `dims`, mirrored back (dims=(): the plain head)."""
     if not dims:
-        return torch.sigmoid(model.head(feats, residuals, bottleneck, hw).float())
+        return torch.sigmoid(model.head(feats, residuals, bottleneck, hw, patch).float())
     flip = lambda t: torch.flip(t, dims)  # noqa: E731
-    logits = model.head([flip(f) for f in feats], [flip(r) for r in residuals], flip(bottleneck), hw)
+    logits = model.head([flip(f) for f in feats], [flip(r) for r in residuals], flip(bottleneck), hw,
+                        None if patch is None else flip(patch))
     return torch.flip(torch.sigmoid(logits.float()), dims)
 
 
-def flip_averages(model, feats, residuals, bottleneck, hw, names: Sequence[str]) -> dict:
+def flip_averages(model, feats, residuals, bottleneck, hw, names: Sequence[str], patch=None) -> dict:
     """{name: N×1×H×W head probability} for "plain" (the head as it is) and the FLIPS rules (the head's mirrored
     maps averaged); each mirrored run is made once for all rules."""
     by_dims: dict = {}
@@ -85,7 +86,7 @@ def flip_averages(model, feats, residuals, bottleneck, hw, names: Sequence[str])
         group = [()] if name == "plain" else FLIPS[name]
         for dims in group:
             if dims not in by_dims:
-                by_dims[dims] = head_probability(model, feats, residuals, bottleneck, hw, dims)
+                by_dims[dims] = head_probability(model, feats, residuals, bottleneck, hw, dims, patch)
         out[name] = by_dims[()] if len(group) == 1 else torch.stack([by_dims[d] for d in group]).mean(0)
     return out
 
@@ -104,8 +105,8 @@ def maps_of(model, dataset, *, sigma: float, batch: int, device: torch.device, l
     for b in tqdm(loader, desc=desc, leave=False):
         x = b["image"].to(device)
         n, hw = x.shape[0], (x.shape[-2], x.shape[-1])
-        feats, residuals, bottleneck = model.encode(x)
-        probs = flip_averages(model, feats, residuals, bottleneck, hw, ["plain", *flips])
+        feats, residuals, bottleneck, patch = model.encode(x)
+        probs = flip_averages(model, feats, residuals, bottleneck, hw, ["plain", *flips], patch)
         maps.append(gaussian_smooth(probs["plain"], sigma)[:, 0].cpu().numpy())
         for name in flips:
             flipped[name].append(gaussian_smooth(probs[name], sigma)[:, 0].cpu().numpy())

@@ -115,6 +115,9 @@ class PrototypeConfig:
     # as a test image's would be; false: against the bank as it is (the image is part of its own prototype)
     leave_one_out: bool = True
     batch_size: int = 16  # feature-extraction batch
+    # > 0: also keep a memory of this many normal training patches (greedy coreset) and give the head each patch's
+    # distance to the nearest of them as one more input channel (prnet.models.patch_memory); 0: off
+    patch_memory: int = 0
 
 
 @dataclass
@@ -347,6 +350,9 @@ def validate(cfg: Config) -> None:
                           f"data.num_anomalies is {cfg.data.num_anomalies}: expected the same count")
     if not 0 < cfg.prototypes.ratio <= 1:
         raise ConfigError("config key 'prototypes.ratio': expected 0 < ratio <= 1")
+    if cfg.prototypes.patch_memory < 0:
+        raise ConfigError(f"config key 'prototypes.patch_memory': expected 0 (off) or a number of memory patches, "
+                          f"got {cfg.prototypes.patch_memory}")
     if len(cfg.model.head_widths) != len(cfg.model.stages):
         raise ConfigError(
             f"config keys 'model.head_widths' and 'model.stages': expected one width per stage, "

@@ -1,12 +1,13 @@
-"""PatchCore baseline (benchmarks/patchcore.py): coreset sampling, nearest distances, smoothing, maps."""
+"""PatchCore baseline (benchmarks/patchcore.py) and the coreset and nearest distances it takes from
+prnet/models/patch_memory.py: coreset sampling, nearest distances, smoothing, maps."""
 
 import numpy as np
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from patchcore import (PatchCore, gaussian_blur, greedy_coreset, nearest_distances,
-                       random_projection, random_subset)
+from patchcore import PatchCore, gaussian_blur
+from prnet.models.patch_memory import greedy_coreset, nearest_distances, random_projection, random_subset
 from prnet.utils import torch_generator
 
 

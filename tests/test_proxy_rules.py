@@ -52,3 +52,27 @@ def test_unusable_input_is_refused_with_the_reason(tmp_path, capsys):
                                                      "metrics": {"map0.5": {"pixel_auroc": 0.9, "aupro": 0.8}}}))
     assert proxy_rules.main(["--candidate", str(tmp_path / "plain.json"), "--reference", ref]) == 2
     assert "--subsets" in capsys.readouterr().err
+
+
+def test_required_groups_are_part_of_rule_1(tmp_path, capsys):
+    """Round 12's rule 1: --gain 0 --require all:0 --require swap_unseen_shapes:0.01."""
+    ref = [_write(tmp_path / "r0.json", 0.990), _write(tmp_path / "r1.json", 0.986)]
+    args = ["--gain", "0", "--require", "all:0", "--require", "swap_unseen_shapes:0.01"]
+    swaps_up = {"swap_unseen_shapes": 0.992}  # +0.012 on the swaps
+    good = [_write(tmp_path / f"g{i}.json", a, extra_subset=swaps_up) for i, a in enumerate((0.990, 0.987))]
+    assert proxy_rules.main(["--candidate", *good, "--reference", *ref, *args]) == 0
+    capsys.readouterr()
+    # "all" 0.0005 below the reference: within rule 2's harm limit, but rule 1 asks for no loss
+    low = [_write(tmp_path / f"l{i}.json", a, extra_subset=swaps_up) for i, a in enumerate((0.990, 0.985))]
+    assert proxy_rules.main(["--candidate", *low, "--reference", *ref, *args]) == 1
+    assert "rule 1: all -0.0005 < +0.0" in capsys.readouterr().out
+    # the swaps up by only +0.008
+    few = [_write(tmp_path / f"f{i}.json", a, extra_subset={"swap_unseen_shapes": 0.988})
+           for i, a in enumerate((0.990, 0.987))]
+    assert proxy_rules.main(["--candidate", *few, "--reference", *ref, *args]) == 1
+    assert "rule 1: swap_unseen_shapes +0.0080 < +0.01" in capsys.readouterr().out
+    # a malformed requirement is an argument error
+    import pytest
+
+    with pytest.raises(SystemExit):
+        proxy_rules.main(["--candidate", *good, "--reference", *ref, "--require", "swaps"])

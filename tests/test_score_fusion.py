@@ -226,7 +226,8 @@ def _flip_rules(ckpt, result):
     x = torch.stack([test[i]["image"] for i in range(3)])
     hw = (x.shape[-2], x.shape[-1])
     with torch.no_grad():
-        feats, residuals, bottleneck = model.encode(x)
+        feats, residuals, bottleneck, patch = model.encode(x)
+        assert patch is None  # no patch memory in this run
         names = ["plain", "flip2", "flip4"]
         base = score_fusion.flip_averages(model, feats, residuals, bottleneck, hw, names)
         np.testing.assert_allclose(base["plain"].numpy(), torch.sigmoid(model(x)).numpy(), rtol=1e-5, atol=1e-6)

@@ -23,6 +23,8 @@ from tqdm import tqdm
 from prnet.config import Config, image_hw
 from prnet.datasets import normal_train_set
 from prnet.models.kmeans import kmeans, num_prototypes
+from prnet.models.patch_memory import (MAX_CANDIDATES, PatchMemory, greedy_coreset, memory_inputs, patch_embedding,
+                                       random_subset)
 from prnet.models.prototypes import PrototypeBank
 from prnet.utils import torch_generator, torch_save_atomic
 
@@ -144,6 +146,52 @@ def residual_means(backbone: nn.Module, bank: PrototypeBank, images: Iterable, h
     return (sums / n).float()
 
 
+@torch.no_grad()
+def build_patch_memory(backbone: nn.Module, images: Iterable, device: torch.device | str, count: int, *,
+                       seed: int = 0, max_candidates: Optional[int] = MAX_CANDIDATES,
+                       batch_size: int = 16) -> PatchMemory:
+    """A PatchMemory of `count` patches of `images` (the bank's training images, in its build order).
+
+    The patch features (patch_embedding of memory_inputs) of every image; at most `max_candidates` of them drawn
+    uniformly with `seed` (None: all); then `count` chosen by greedy_coreset (seeded). Each row remembers its image.
+    Then every image is matched against the memory without its own rows, and the mean of those held-out distances
+    becomes the memory's `mean`: the level of an unseen normal image.
+    """
+    device = torch.device(device)
+    collected, owners, n = [], [], 0
+    for x in tqdm(_batches(images, batch_size), desc="patch features", unit="batch", leave=False):
+        feats, _ = backbone(x.to(device).float())
+        e = patch_embedding(memory_inputs(feats))
+        collected.append(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]))
+        owners.append(torch.arange(n, n + e.shape[0], device=device).repeat_interleave(e.shape[2] * e.shape[3]))
+        n += e.shape[0]
+    if n == 0:
+        raise ValueError("build_patch_memory: no images")
+    feats_all, owner = torch.cat(collected), torch.cat(owners)
+    del collected
+    if max_candidates is not None and feats_all.shape[0] > max_candidates:
+        keep = random_subset(feats_all.shape[0], max_candidates, seed).to(device)
+        feats_all, owner = feats_all[keep], owner[keep]
+    if count > feats_all.shape[0]:
+        raise ValueError(f"prototypes.patch_memory {count}: more than the {feats_all.shape[0]} candidate patches of "
+                         f"{n} training images")
+    idx = greedy_coreset(feats_all, count, seed=seed, progress=False)
+    memory = PatchMemory(feats_all[idx].cpu(), owner[idx].cpu())
+    del feats_all, owner
+    memory = memory.to(device)
+    total, pixels, start = 0.0, 0, 0
+    for x in tqdm(_batches(images, batch_size), desc="patch distances", unit="batch", leave=False):
+        feats, _ = backbone(x.to(device).float())
+        d = memory.raw_distances(memory_inputs(feats), torch.arange(start, start + x.shape[0]))
+        total += float(d.double().sum())
+        pixels += d.numel()
+        start += x.shape[0]
+    memory.mean.fill_(total / pixels)
+    log.info("patch memory: %d of %d training images' patches, mean held-out distance %.4f", count, n,
+             float(memory.mean))
+    return memory.cpu()
+
+
 def attach_residual_means(model: nn.Module, cfg: Config, category: str, device: torch.device | str) -> bool:
     """Give a model loaded from a checkpoint saved before residual means were stored (PRNet.bank without them)
     its residual means, computed as build_category_prototypes does: from the run's prototype file (its cluster
@@ -226,7 +274,9 @@ def expected_meta(cfg: Config, category: str, samples: Optional[Sequence] = None
             "residual": cfg.prototypes.residual,
             "seed": int(cfg.seed),
             "kmeans_iters": int(cfg.prototypes.kmeans_iters),
-            "train_images": names}
+            "train_images": names,
+            # only when on, so that files made before the option existed stay valid without it
+            **({"patch_memory": int(cfg.prototypes.patch_memory)} if cfg.prototypes.patch_memory > 0 else {})}
 
 
 def _plain(value: Any) -> Any:
@@ -268,6 +318,11 @@ def save_prototypes(bank: PrototypeBank, path: str) -> None:
     payload = {"format": FORMAT_VERSION, "prototypes": [p.detach().cpu().contiguous() for p in bank.prototypes],
                "assign": None if assignments is None else [a.cpu().contiguous() for a in assignments],
                "residual_mean": bank.residual_mean.detach().cpu().clone(), "meta": _plain(bank.meta)}
+    memory = bank.patch_memory
+    if memory is not None:
+        payload["patch_memory"] = {"memory": memory.memory.detach().cpu().contiguous(),
+                                   "source": memory.source.detach().cpu().contiguous(),
+                                   "mean": float(memory.mean)}
     torch_save_atomic(payload, path)
 
 
@@ -286,8 +341,17 @@ def load_prototypes(path: str, expected: Optional[dict] = None) -> PrototypeBank
     meta = payload["meta"]
     if expected:
         check_meta(meta, expected, path)
+    stored = payload.get("patch_memory")
+    if expected and "patch_memory" in expected and not isinstance(stored, dict):
+        raise PrototypeMismatchError(f"prototype file {path} has no patch memory", ["patch_memory"])
+    memory = None if not isinstance(stored, dict) else PatchMemory(stored["memory"], stored["source"],
+                                                                   stored["mean"])
+    if expected and memory is not None and "patch_memory" not in expected:
+        raise PrototypeMismatchError(f"prototype file {path} has a patch memory the settings do not ask for "
+                                     f"(prototypes.patch_memory: 0)", ["patch_memory"])
     bank = PrototypeBank(payload["prototypes"], meta, residual=meta.get("residual", "squared"),
-                         assignments=payload.get("assign"), residual_mean=payload.get("residual_mean"))
+                         assignments=payload.get("assign"), residual_mean=payload.get("residual_mean"),
+                         patch_memory=memory)
     if expected and "train_images" in expected and bank.num_sources != len(expected["train_images"]):
         raise PrototypeMismatchError(f"prototype file {path} lacks the k-means cluster of each of its "
                                      f"{len(expected['train_images'])} training images (held-out residuals need them)",
@@ -348,6 +412,9 @@ def build_category_prototypes(cfg: Config, category: str, device: torch.device |
                             residual=cfg.prototypes.residual, batch_size=cfg.prototypes.batch_size,
                             meta=meta, num_images=len(dataset))
     bank.residual_mean.copy_(residual_means(backbone, bank, loader, image_hw(cfg), device))
+    if cfg.prototypes.patch_memory > 0:
+        bank.patch_memory = build_patch_memory(backbone, loader, device, cfg.prototypes.patch_memory,
+                                               seed=cfg.seed, batch_size=cfg.prototypes.batch_size)
     save_prototypes(bank, path)
     log.info("prototypes for %s: %d images, K=%s, saved to %s", category, bank.meta["num_images"],
              bank.meta["k"], path)

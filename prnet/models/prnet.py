@@ -6,6 +6,7 @@ import contextlib
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prnet.config import Config, ModelConfig
@@ -13,6 +14,7 @@ from prnet.models.attention import MultiSizeSelfAttention
 from prnet.models.backbone import Backbone
 from prnet.models.decoder import Decoder
 from prnet.models.fusion import MultiScaleFusion
+from prnet.models.patch_memory import PatchMemory
 from prnet.models.prototypes import PrototypeBank
 
 
@@ -26,25 +28,35 @@ class PRNet(nn.Module):
     The backbone and the prototype bank are part of the module (buffers), so a checkpoint or an ONNX
     export carries them. With `bank=None` the bank is empty and takes its prototypes from the first
     checkpoint loaded (load_state_dict); a forward pass before that raises.
+
+    `patch_memory` (prototypes.patch_memory > 0): the bank also holds a PatchMemory, and its distance map (one
+    channel, resized to each scale) joins each scale's residual at the input of the residual projection.
     """
 
     def __init__(self, model_cfg: ModelConfig, bank: Optional[PrototypeBank] = None, residual: str = "squared",
-                 backbone: Optional[Backbone] = None) -> None:
+                 backbone: Optional[Backbone] = None, patch_memory: bool = False) -> None:
         super().__init__()
         self.backbone = backbone if backbone is not None else Backbone(
             model_cfg.backbone, model_cfg.backbone_weights, model_cfg.stages, model_cfg.bottleneck_stage)
         n = len(model_cfg.stages)
         if bank is None:
-            bank = PrototypeBank(None, {"residual": residual}, residual=residual, num_scales=n)
+            bank = PrototypeBank(None, {"residual": residual}, residual=residual, num_scales=n,
+                                 patch_memory=PatchMemory() if patch_memory else None)
         if bank.num_scales != n:
             raise ValueError(f"PRNet: prototype bank has {bank.num_scales} scales, model.stages has {n}")
+        if (bank.patch_memory is not None) != patch_memory:
+            raise ValueError(f"PRNet: the prototype bank {'has' if bank.patch_memory is not None else 'lacks'} a "
+                             f"patch memory, the config's prototypes.patch_memory says "
+                             f"{'on' if patch_memory else 'off'}: rebuild the prototypes")
+        self.patch_memory = patch_memory
         self.bank = bank
         widths = [int(w) for w in model_cfg.head_widths]
         if len(widths) != n:
             raise ValueError(f"PRNet: model.head_widths {widths} needs one width per stage {model_cfg.stages}")
         chans = self.backbone.channels
         self.feat_proj = nn.ModuleList(_proj(c, w) for c, w in zip(chans, widths))
-        self.res_proj = nn.ModuleList(_proj(c, w) for c, w in zip(chans, widths))
+        extra = 1 if patch_memory else 0  # the patch distance channel
+        self.res_proj = nn.ModuleList(_proj(c + extra, w) for c, w in zip(chans, widths))
         self.feat_fusion = MultiScaleFusion(widths, self.backbone.strides)
         self.res_fusion = MultiScaleFusion(widths, self.backbone.strides)
         self.merge = nn.ModuleList(_proj(2 * w, w) for w in widths)
@@ -59,23 +71,32 @@ class PRNet(nn.Module):
         """`source`: for training only, the normal training image each input was made from (held-out residuals,
         PrototypeBank.forward); None at test time. `with_distance`: return (logits, the prototype distance map
         N×1×H×W, PrototypeBank.distance_map) for the image score eval.image_score=map_residual."""
-        feats, residuals, bottleneck = self.encode(x, source)
+        feats, residuals, bottleneck, patch = self.encode(x, source)
         distance = None
         if with_distance:  # float32, like the residuals (the bank turns autocast off for them)
             autocast_on = x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type)
             with torch.autocast(x.device.type, enabled=False) if autocast_on else contextlib.nullcontext():
                 distance = self.bank.distance_map(residuals, (x.shape[-2], x.shape[-1]))
-        logits = self.head(feats, residuals, bottleneck, (x.shape[-2], x.shape[-1]))
+        logits = self.head(feats, residuals, bottleneck, (x.shape[-2], x.shape[-1]), patch)
         return (logits, distance) if with_distance else logits
 
     def encode(self, x: torch.Tensor, source: Optional[torch.Tensor] = None):
-        """The frozen part: (per-scale features, per-scale prototype residuals, bottleneck feature) of images x."""
+        """The frozen part: (per-scale features, per-scale prototype residuals, bottleneck feature, patch
+        distance map N×1×h×w or None without a patch memory) of images x."""
         feats, bottleneck = self.backbone(x)
-        return feats, self.bank(feats, source), bottleneck
+        patch = self.bank.patch_memory(feats, source) if self.patch_memory else None
+        return feats, self.bank(feats, source), bottleneck, patch
 
     def head(self, feats: list[torch.Tensor], residuals: list[torch.Tensor], bottleneck: torch.Tensor,
-             hw: tuple[int, int]) -> torch.Tensor:
+             hw: tuple[int, int], patch: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The trained part: anomaly logits N×1×H×W (H×W = hw) from encode's outputs."""
+        if (patch is not None) != self.patch_memory:
+            raise ValueError("PRNet.head: the patch distance map is " +
+                             ("missing (the model has a patch memory)" if self.patch_memory else
+                              "given to a model without a patch memory"))
+        if patch is not None:
+            residuals = [torch.cat([r, F.interpolate(patch.to(r.dtype), size=r.shape[-2:], mode="bilinear",
+                                                     align_corners=False)], dim=1) for r in residuals]
         if not torch.is_autocast_enabled(bottleneck.device.type):
             dtype = self.feat_proj[0][0].weight.dtype
             feats = [f.to(dtype) for f in feats]
@@ -100,4 +121,5 @@ def count_trainable(model: nn.Module) -> int:
 
 def build_model(cfg: Config, bank: Optional[PrototypeBank] = None, backbone: Optional[Backbone] = None) -> PRNet:
     """PRNet from a full Config and a prototype bank (None: filled by a checkpoint)."""
-    return PRNet(cfg.model, bank, residual=cfg.prototypes.residual, backbone=backbone)
+    return PRNet(cfg.model, bank, residual=cfg.prototypes.residual, backbone=backbone,
+                 patch_memory=cfg.prototypes.patch_memory > 0)

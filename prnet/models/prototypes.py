@@ -17,6 +17,9 @@ over channels (the squared distance to the nearest prototype per feature positio
 image size and divided by `residual_mean` (that scale's mean over the normal training images, each with its
 held-out residual; stored with the prototypes), the scales averaged. A normal image's map is about 1 everywhere.
 
+Patch memory (optional, `patch_memory`): the bank can also hold a PatchMemory (prnet.models.patch_memory), the
+normal training patches' features, whose distance map is a second input of the head.
+
 k-means lives in prnet.models.kmeans; building, storing and checking prototype files in prnet.engine.prototypes.
 """
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from prnet.models.patch_memory import PatchMemory
 
 
 class PrototypeBank(nn.Module):
@@ -41,7 +46,8 @@ class PrototypeBank(nn.Module):
     def __init__(self, prototypes: Optional[Sequence[torch.Tensor]] = None, meta: Optional[dict] = None,
                  residual: str = "squared", num_scales: Optional[int] = None,
                  assignments: Optional[Sequence[torch.Tensor]] = None,
-                 residual_mean: Optional[Sequence[float]] = None) -> None:
+                 residual_mean: Optional[Sequence[float]] = None,
+                 patch_memory: Optional[PatchMemory] = None) -> None:
         super().__init__()
         if residual not in ("squared", "abs"):
             raise ValueError(f"residual: expected squared or abs, got {residual!r}")
@@ -74,6 +80,8 @@ class PrototypeBank(nn.Module):
         if mean.numel() != self.num_scales:
             raise ValueError(f"PrototypeBank: {mean.numel()} residual means for {self.num_scales} scales")
         self.register_buffer("residual_mean", mean.clone())
+        # optional: the nearest-neighbour distance to normal training patches, a second input of the head
+        self.patch_memory = patch_memory
         self.meta: dict = dict(meta or {})
         self.meta.setdefault("residual", residual)
         self.residual = self.meta["residual"]
