@@ -3,7 +3,9 @@
     python benchmarks/proxy_rules.py --candidate F_cand_s0.json F_cand_s1.json \
         --reference F_ref_s0.json F_ref_s1.json [--rule map0.5] [--gain 0.003] [--harm 0.005] [--pixel-harm 0.003]
 
-Each file is the `--out` of `score_fusion.py --subsets` on one trained run; the i-th candidate file is compared with
+Each file is the `--out` of `score_fusion.py --subsets --rules prnet,map0.5` on one trained run (image AUROC of
+`--rule`, the released image score; pixel AUROC and AUPRO of `--pixel-rule`'s map, by default `prnet`, the head's
+map, which is the library's anomaly map); the i-th candidate file is compared with
 the i-th reference file (the same training seed), and every figure is the mean over the seeds. The rules the rounds
 in docs/experiments.md write before their runs:
 
@@ -12,7 +14,7 @@ in docs/experiments.md write before their runs:
    GROUP:MIN` (repeatable) asks the mean difference on GROUP to be at least MIN (round 12: "all" not below the
    reference and the region swaps +0.01: `--gain 0 --require all:0 --require swap_unseen_shapes:0.01`);
 2. no harm: no proxy subset (`--subsets`, the groups proxy_validation.py makes) below the reference by more than
-   `--harm` image AUROC, and the rule's pixel AUROC and AUPRO on all test images within `--pixel-harm`.
+   `--harm` image AUROC, and the map's pixel AUROC and AUPRO on "all" within `--pixel-harm`.
 
 Prints one row per figure (candidate per seed, reference per seed, mean difference, and what breaks a rule) and
 the verdict; exits 0 if the candidate passes, 1 if it fails, 2 on unusable input. `--out` writes the same as JSON.
@@ -43,17 +45,18 @@ def requirement(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected GROUP:MIN (e.g. swap_unseen_shapes:0.01), got {text!r}")
 
 
-def figures(path: str, rule: str, groups: Sequence[str]) -> dict:
-    """{group: image AUROC, 'pixel_auroc': ..., 'aupro': ...} of `rule` in one score_fusion.py JSON file."""
+def figures(path: str, rule: str, groups: Sequence[str], pixel_rule: str = "prnet") -> dict:
+    """{group: image AUROC of `rule`, 'pixel_auroc': ..., 'aupro': ... of `pixel_rule`'s map} in one score_fusion.py
+    JSON file."""
     try:
         with open(path) as f:
             result = json.load(f)
-        image, metrics = result["image_auroc"][rule], result["metrics"][rule]
+        image, metrics = result["image_auroc"][rule], result["metrics"][pixel_rule]
     except OSError as e:
         raise SystemExit(f"proxy_rules: cannot read {path}: {e}")
     except (ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"proxy_rules: {path} is not score_fusion.py output with rule {rule!r} "
-                         f"(run it with --rules {rule} and --subsets): {e!r}")
+        raise SystemExit(f"proxy_rules: {path} is not score_fusion.py output with the image score {rule!r} and the "
+                         f"map {pixel_rule!r} (run it with --rules {pixel_rule},{rule} and --subsets): {e!r}")
     missing = [g for g in groups if g not in image]
     if missing:
         raise SystemExit(f"proxy_rules: {path} has no image AUROC for {missing} (score it with --subsets on a "
@@ -95,6 +98,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--candidate", nargs="+", required=True, help="score_fusion.py JSON per seed")
     p.add_argument("--reference", nargs="+", required=True, help="score_fusion.py JSON per seed, same order")
     p.add_argument("--rule", default="map0.5", help="the image score decided on (default map0.5, the released)")
+    p.add_argument("--pixel-rule", default="prnet",
+                   help="the map whose pixel AUROC and AUPRO rule 2 reads (default prnet: the head's map, the "
+                        "library's anomaly map; map0.5's p·r^0.5 map is only its image score's)")
     p.add_argument("--gain-group", default="all")
     p.add_argument("--gain", type=float, default=0.003, help="rule 1's gain; 0 leaves rule 1 out")
     p.add_argument("--harm", type=float, default=0.005, help="rule 2's limit per proxy subset (image AUROC)")
@@ -108,8 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     require = dict(args.require)
     groups = list(dict.fromkeys([args.gain_group, *require, *subsets]))
     try:
-        result = decide([figures(f, args.rule, groups) for f in args.candidate],
-                        [figures(f, args.rule, groups) for f in args.reference],
+        result = decide([figures(f, args.rule, groups, args.pixel_rule) for f in args.candidate],
+                        [figures(f, args.rule, groups, args.pixel_rule) for f in args.reference],
                         gain_group=args.gain_group, gain=args.gain, harm=args.harm, pixel_harm=args.pixel_harm,
                         subsets=subsets, require=require)
     except SystemExit as e:
@@ -126,6 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("verdict:", "passes" if result["passes"] else "fails (" + "; ".join(result["failures"]) + ")")
     if args.out:
         result.update(candidate_files=list(args.candidate), reference_files=list(args.reference), rule=args.rule,
+                      pixel_rule=args.pixel_rule,
                       gain=args.gain, require=require, harm=args.harm, pixel_harm=args.pixel_harm)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -10,8 +10,10 @@ def _write(path, all_, subset=0.98, pixel=0.998, aupro=0.97, extra_subset=None):
     image = {"all": all_, **{s: subset for s in SUBSETS}, "crack": 0.5}
     if extra_subset:
         image.update(extra_subset)
-    path.write_text(json.dumps({"image_auroc": {"map0.5": image},
-                                "metrics": {"map0.5": {"image_auroc": all_, "pixel_auroc": pixel, "aupro": aupro}}}))
+    # the fused map0.5 map's pixel figures are far off: rule 2 must read the head's map (prnet)
+    path.write_text(json.dumps({"image_auroc": {"map0.5": image, "prnet": image},
+                                "metrics": {"prnet": {"image_auroc": all_, "pixel_auroc": pixel, "aupro": aupro},
+                                            "map0.5": {"image_auroc": all_, "pixel_auroc": 0.5, "aupro": 0.1}}}))
     return str(path)
 
 
@@ -47,6 +49,11 @@ def test_unusable_input_is_refused_with_the_reason(tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps({"image_auroc": {"prnet": {"all": 0.9}}}))
     assert proxy_rules.main(["--candidate", str(tmp_path / "bad.json"), "--reference", ref]) == 2
     assert "bad.json" in capsys.readouterr().err
+    # scored with --rules map0.5 alone: no head map to read the pixel figures from
+    (tmp_path / "nohead.json").write_text(json.dumps({"image_auroc": {"map0.5": {"all": 0.9}},
+                                                      "metrics": {"map0.5": {"pixel_auroc": 0.9, "aupro": 0.8}}}))
+    assert proxy_rules.main(["--candidate", str(tmp_path / "nohead.json"), "--reference", ref]) == 2
+    assert "--rules prnet,map0.5" in capsys.readouterr().err
     # a test split scored without --subsets has no proxy groups
     (tmp_path / "plain.json").write_text(json.dumps({"image_auroc": {"map0.5": {"all": 0.9}},
                                                      "metrics": {"map0.5": {"pixel_auroc": 0.9, "aupro": 0.8}}}))
