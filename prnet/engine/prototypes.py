@@ -23,8 +23,8 @@ from tqdm import tqdm
 from prnet.config import Config, image_hw
 from prnet.datasets import normal_train_set
 from prnet.models.kmeans import kmeans, num_prototypes
-from prnet.models.patch_memory import (MAX_CANDIDATES, PatchMemory, greedy_coreset, memory_inputs, patch_embedding,
-                                       random_subset)
+from prnet.models.patch_memory import (MAX_CANDIDATES, PatchMemory, greedy_coreset, memory_inputs,
+                                       nearest_distances, patch_embedding, random_subset)
 from prnet.models.prototypes import PrototypeBank
 from prnet.utils import torch_generator, torch_save_atomic
 
@@ -154,8 +154,9 @@ def build_patch_memory(backbone: nn.Module, images: Iterable, device: torch.devi
 
     The patch features (patch_embedding of memory_inputs) of every image; at most `max_candidates` of them drawn
     uniformly with `seed` (None: all); then `count` chosen by greedy_coreset (seeded). Each row remembers its image.
-    Then every image is matched against the memory without its own rows, and the mean of those held-out distances
-    becomes the memory's `mean`: the level of an unseen normal image.
+    Then every patch of every image is matched against the memory without its image's rows (the features of the
+    first pass, not extracted again), and the mean of those held-out distances becomes the memory's `mean`: the
+    level of an unseen normal image.
     """
     device = torch.device(device)
     collected, owners, n = [], [], 0
@@ -169,24 +170,19 @@ def build_patch_memory(backbone: nn.Module, images: Iterable, device: torch.devi
         raise ValueError("build_patch_memory: no images")
     feats_all, owner = torch.cat(collected), torch.cat(owners)
     del collected
+    candidates, cand_owner = feats_all, owner
     if max_candidates is not None and feats_all.shape[0] > max_candidates:
         keep = random_subset(feats_all.shape[0], max_candidates, seed).to(device)
-        feats_all, owner = feats_all[keep], owner[keep]
-    if count > feats_all.shape[0]:
-        raise ValueError(f"prototypes.patch_memory {count}: more than the {feats_all.shape[0]} candidate patches of "
+        candidates, cand_owner = feats_all[keep], owner[keep]
+    if count > candidates.shape[0]:
+        raise ValueError(f"prototypes.patch_memory {count}: more than the {candidates.shape[0]} candidate patches of "
                          f"{n} training images")
-    idx = greedy_coreset(feats_all, count, seed=seed, progress=False)
-    memory = PatchMemory(feats_all[idx].cpu(), owner[idx].cpu())
+    idx = greedy_coreset(candidates, count, seed=seed, progress=False)
+    memory = PatchMemory(candidates[idx], cand_owner[idx])
+    del candidates, cand_owner
+    held_out = nearest_distances(feats_all, memory.memory, query_owner=owner, memory_owner=memory.source)
+    memory.mean.fill_(float(held_out.double().mean()))
     del feats_all, owner
-    memory = memory.to(device)
-    total, pixels, start = 0.0, 0, 0
-    for x in tqdm(_batches(images, batch_size), desc="patch distances", unit="batch", leave=False):
-        feats, _ = backbone(x.to(device).float())
-        d = memory.raw_distances(memory_inputs(feats), torch.arange(start, start + x.shape[0]))
-        total += float(d.double().sum())
-        pixels += d.numel()
-        start += x.shape[0]
-    memory.mean.fill_(total / pixels)
     log.info("patch memory: %d of %d training images' patches, mean held-out distance %.4f", count, n,
              float(memory.mean))
     return memory.cpu()

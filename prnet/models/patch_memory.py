@@ -212,7 +212,7 @@ class PatchMemory(nn.Module):
             if self.source.numel() != self.memory.shape[0]:
                 raise RuntimeError("PatchMemory: held-out distances (source=...) need the memory's source images "
                                    "(stored in the prototype file, not in a checkpoint)")
-            source = torch.as_tensor(source, device=e.device).long().reshape(-1)
+            source = torch.as_tensor(source).long().reshape(-1).to(e.device, non_blocking=True)
             if source.numel() != n:
                 raise ValueError(f"PatchMemory: {source.numel()} source indices for {n} inputs")
             own = dict(query_owner=source.repeat_interleave(h * w), memory_owner=self.source)
