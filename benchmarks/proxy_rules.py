@@ -5,7 +5,9 @@
 
 Each file is the `--out` of `score_fusion.py --subsets --rules prnet,map0.5` on one trained run (image AUROC of
 `--rule`, the released image score; pixel AUROC and AUPRO of `--pixel-rule`'s map, by default `prnet`, the head's
-map, which is the library's anomaly map); the i-th candidate file is compared with
+map, which is the library's anomaly map). A candidate image score on the same runs (round 13) is read from the
+candidate files with `--candidate-rule`: `--candidate F_s0.json F_s1.json --reference F_s0.json F_s1.json
+--candidate-rule zsum0.5`. The i-th candidate file is compared with
 the i-th reference file (the same training seed), and every figure is the mean over the seeds. The rules the rounds
 in docs/experiments.md write before their runs:
 
@@ -98,6 +100,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--candidate", nargs="+", required=True, help="score_fusion.py JSON per seed")
     p.add_argument("--reference", nargs="+", required=True, help="score_fusion.py JSON per seed, same order")
     p.add_argument("--rule", default="map0.5", help="the image score decided on (default map0.5, the released)")
+    p.add_argument("--candidate-rule",
+                   help="the candidate files' image score, when it is another rule than --rule's (default: --rule)")
     p.add_argument("--pixel-rule", default="prnet",
                    help="the map whose pixel AUROC and AUPRO rule 2 reads (default prnet: the head's map, the "
                         "library's anomaly map; map0.5's p·r^0.5 map is only its image score's)")
@@ -114,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     require = dict(args.require)
     groups = list(dict.fromkeys([args.gain_group, *require, *subsets]))
     try:
-        result = decide([figures(f, args.rule, groups, args.pixel_rule) for f in args.candidate],
+        result = decide([figures(f, args.candidate_rule or args.rule, groups, args.pixel_rule) for f in args.candidate],
                         [figures(f, args.rule, groups, args.pixel_rule) for f in args.reference],
                         gain_group=args.gain_group, gain=args.gain, harm=args.harm, pixel_harm=args.pixel_harm,
                         subsets=subsets, require=require)
@@ -132,7 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("verdict:", "passes" if result["passes"] else "fails (" + "; ".join(result["failures"]) + ")")
     if args.out:
         result.update(candidate_files=list(args.candidate), reference_files=list(args.reference), rule=args.rule,
-                      pixel_rule=args.pixel_rule,
+                      candidate_rule=args.candidate_rule or args.rule, pixel_rule=args.pixel_rule,
                       gain=args.gain, require=require, harm=args.harm, pixel_harm=args.pixel_harm)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -25,7 +25,8 @@ and scores these rules (no test label is used by any of them; the normal-image s
 - zknn: the sum of log s_p and log s_knn, each standardised by the mean and std over the normal training images;
 - zsum / zmax: the same standardisation applied to the released score (s_m, the top-k mean of map0.5's p · r^0.5)
   and to s_knn, then summed (zsum) or the larger of the two taken (zmax: an image is as anomalous as the detector
-  that finds it most unusual);
+  that finds it most unusual); zsum<w> (w in KNN_WEIGHTS): z(log s_m) + w·z(log s_knn), the distance's part
+  weighed down;
 - with --flips, flip2 / flip4: the head run on its inputs mirrored left-right (flip2) or also up-down and both
   (flip4), each map mirrored back and the probabilities averaged (p̄), scored as map0.5 (top-k mean of p̄ · r^0.5);
   their pixel metrics are p̄'s. The backbone and the prototype match run once (PRNet.encode), the head per mirror.
@@ -60,6 +61,7 @@ from proxy_validation import EXTENDED, PERLIN
 log = logging.getLogger("score_fusion")
 
 EPS = 1e-8
+KNN_WEIGHTS = (0.25, 0.5)  # the zsum<w> rules: the released score's z plus w times the distance's z
 
 
 # --flips: the head run on its inputs (features, residuals, bottleneck, patch distance) mirrored along these dims, each
@@ -158,6 +160,8 @@ def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: 
         out["zknn"] = zsum((sp, tp), knn)
         zm, zk = zscores(out["map0.5"], topk_mean(p_train * np.sqrt(r_train), k)), zscores(*knn)
         out["zsum"], out["zmax"] = zm + zk, np.maximum(zm, zk)
+        for w in KNN_WEIGHTS:
+            out[f"zsum{w:g}"] = zm + w * zk
     return out
 
 

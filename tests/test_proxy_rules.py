@@ -83,3 +83,26 @@ def test_required_groups_are_part_of_rule_1(tmp_path, capsys):
 
     with pytest.raises(SystemExit):
         proxy_rules.main(["--candidate", *good, "--reference", *ref, "--require", "swaps"])
+
+
+def test_a_candidate_image_score_on_the_same_runs(tmp_path, capsys):
+    """Round 13: the candidate is another image score in the same files (--candidate-rule)."""
+    image = {"all": 0.990, **{s: 0.980 for s in SUBSETS}}
+    fused = {**image, "all": 0.991, "swap_unseen_shapes": 0.995, "small_unseen_spots": 0.974}
+    files = []
+    for i in range(2):
+        path = tmp_path / f"s{i}.json"
+        path.write_text(json.dumps({"image_auroc": {"map0.5": image, "prnet": image, "zsum0.5": fused},
+                                    "metrics": {"prnet": {"pixel_auroc": 0.998, "aupro": 0.97}}}))
+        files.append(str(path))
+    args = ["--candidate", *files, "--reference", *files, "--gain", "0", "--out", str(tmp_path / "d.json")]
+    # without --candidate-rule both sides read map0.5: no difference anywhere
+    assert proxy_rules.main(args) == 0
+    assert json.loads((tmp_path / "d.json").read_text())["rows"]["all"]["diff"] == 0.0
+    # the fused score: "all" +0.001, swaps +0.015, but the small spots 0.006 below
+    assert proxy_rules.main([*args, "--candidate-rule", "zsum0.5"]) == 1
+    out = capsys.readouterr().out
+    assert "rule 2: small_unseen_spots -0.0060" in out
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert d["candidate_rule"] == "zsum0.5" and d["rule"] == "map0.5"
+    assert abs(d["rows"]["swap_unseen_shapes"]["diff"] - 0.015) < 1e-9

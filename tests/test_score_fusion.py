@@ -80,6 +80,8 @@ def test_the_released_score_fused_with_the_nearest_neighbour_distance():
     zk = z(knn_test, knn_train)
     np.testing.assert_allclose(out["zsum"], zm + zk, rtol=1e-5)
     np.testing.assert_allclose(out["zmax"], np.maximum(zm, zk), rtol=1e-5)
+    np.testing.assert_allclose(out["zsum0.25"], zm + 0.25 * zk, rtol=1e-5)
+    np.testing.assert_allclose(out["zsum0.5"], zm + 0.5 * zk, rtol=1e-5)
     # zmax follows whichever detector finds an image more unusual: raising one image's distance far above every
     # training image's lifts it to the top under zmax, whatever its map says
     knn_test2 = knn_test.copy()
@@ -113,7 +115,7 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path):
     for name in by_group:
         assert by_group[name]["all"] == pytest.approx({k: got["metrics"][name][k] for k in ("pixel_auroc", "aupro")})
     assert {"prnet", "top10", "residual", "prod1", "zlog", "map0.5", "knn", "zknn", "zsum",
-            "zmax"} <= set(got["image_auroc"])
+            "zmax", "zsum0.25", "zsum0.5"} <= set(got["image_auroc"])
     assert all(0.0 <= row["all"] <= 1.0 for row in got["image_auroc"].values())
     assert got["metrics"]["prnet"]["image_auroc"] == pytest.approx(got["image_auroc"]["prnet"]["all"])
     assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--out", result]) == 0
