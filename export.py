@@ -5,7 +5,8 @@
 Input `image`: N×3×H×W float32 RGB in [0, 1] at the training size (normalisation is inside the graph).
 Outputs `anomaly_map`: N×1×H×W in [0, 1] (smoothed as in evaluation), `score`: N image scores. The batch axis is
 dynamic. The model's metadata_props record, as JSON text, `threshold` (null if the checkpoint stores none),
-`threshold_rule`, `image_size` ([h, w]), `topk`, `image_score`, `sigma`, `category`, `backbone` and `epoch`: a
+`threshold_rule`, `image_size` ([h, w]), `topk`, `image_score`, `knn_weight`, `sigma`, `category`, `backbone` and
+`epoch`: a
 decision is `score >= threshold`, as in predict.py. Exit codes: 0 written, 2 bad checkpoint.
 """
 from __future__ import annotations
@@ -23,14 +24,16 @@ log = logging.getLogger("export")
 class ExportModule(torch.nn.Module):
     """The whole inference path of a PRNet model as one module: image → (smoothed map, image score)."""
 
-    def __init__(self, model: torch.nn.Module, sigma: float, topk: int, image_score: str):
+    def __init__(self, model: torch.nn.Module, sigma: float, topk: int, image_score: str, knn_weight: float):
         super().__init__()
         self.model, self.sigma, self.topk, self.image_score = model, sigma, topk, image_score
+        self.knn_weight = knn_weight
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from prnet.engine.evaluator import maps_and_scores
 
-        return maps_and_scores(self.model, image, topk=self.topk, sigma=self.sigma, image_score=self.image_score)
+        return maps_and_scores(self.model, image, topk=self.topk, sigma=self.sigma, image_score=self.image_score,
+                               knn_weight=self.knn_weight)
 
 
 def onnx_metadata(cfg, state: dict) -> dict[str, str]:
@@ -46,6 +49,7 @@ def onnx_metadata(cfg, state: dict) -> dict[str, str]:
         "image_size": list(image_hw(cfg)),
         "topk": int(cfg.eval.topk),
         "image_score": cfg.eval.image_score,
+        "knn_weight": float(cfg.eval.knn_weight),
         "sigma": float(cfg.eval.sigma),
         "category": state.get("prototype_meta", {}).get("category"),
         "backbone": cfg.model.backbone,
@@ -62,10 +66,13 @@ def export_onnx(checkpoint: str, out: str, opset: int = 17) -> None:
     from prnet.utils import atomic_write
 
     model, cfg, state = model_from_checkpoint(checkpoint, torch.device("cpu"))
-    if cfg.eval.image_score == "map_residual" and not model.bank.has_residual_mean:
-        raise CheckpointError(f"checkpoint {checkpoint}: eval.image_score=map_residual but its prototypes have no "
-                              f"residual means (made before they were stored)")
-    module = ExportModule(model, cfg.eval.sigma, cfg.eval.topk, cfg.eval.image_score).eval()
+    if cfg.eval.image_score != "map" and not model.bank.has_residual_mean:
+        raise CheckpointError(f"checkpoint {checkpoint}: eval.image_score={cfg.eval.image_score} but its prototypes "
+                              f"have no residual means (made before they were stored)")
+    if cfg.eval.image_score == "map_residual_knn" and not model.knn.is_calibrated:
+        raise CheckpointError(f"checkpoint {checkpoint}: eval.image_score=map_residual_knn but its nearest-neighbour "
+                              f"score is not calibrated (a checkpoint saved before training finished)")
+    module = ExportModule(model, cfg.eval.sigma, cfg.eval.topk, cfg.eval.image_score, cfg.eval.knn_weight).eval()
     h, w = image_hw(cfg)
     example = torch.rand(2, 3, h, w)
     metadata = onnx_metadata(cfg, state)

@@ -291,7 +291,7 @@ def run(args: argparse.Namespace, workdir: str) -> dict:
 
     def inference() -> None:
         predict_maps(model, images, topk=cfg.eval.topk, sigma=cfg.eval.sigma, amp=cfg.train.amp,
-                     image_score=cfg.eval.image_score)
+                     image_score=cfg.eval.image_score, knn_weight=cfg.eval.knn_weight)
 
     n_img = args.steps * args.batch
     model.train()

@@ -117,8 +117,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     subsets = [s for s in args.subsets if s != args.gain_group]
     require = dict(args.require)
     groups = list(dict.fromkeys([args.gain_group, *require, *subsets]))
+    candidate_rule = args.candidate_rule or args.rule
     try:
-        result = decide([figures(f, args.candidate_rule or args.rule, groups, args.pixel_rule) for f in args.candidate],
+        result = decide([figures(f, candidate_rule, groups, args.pixel_rule) for f in args.candidate],
                         [figures(f, args.rule, groups, args.pixel_rule) for f in args.reference],
                         gain_group=args.gain_group, gain=args.gain, harm=args.harm, pixel_harm=args.pixel_harm,
                         subsets=subsets, require=require)
@@ -136,7 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("verdict:", "passes" if result["passes"] else "fails (" + "; ".join(result["failures"]) + ")")
     if args.out:
         result.update(candidate_files=list(args.candidate), reference_files=list(args.reference), rule=args.rule,
-                      candidate_rule=args.candidate_rule or args.rule, pixel_rule=args.pixel_rule,
+                      candidate_rule=candidate_rule, pixel_rule=args.pixel_rule,
                       gain=args.gain, require=require, harm=args.harm, pixel_harm=args.pixel_harm)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

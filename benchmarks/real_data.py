@@ -216,6 +216,7 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
     from prnet.config import load_config
     from prnet.engine.checkpoint import model_from_checkpoint
     from prnet.engine.evaluator import evaluate
+    from prnet.engine.knn_calibration import attach_knn_score
     from prnet.engine.prototypes import attach_residual_means
 
     method = f"prnet{shots}"
@@ -237,8 +238,10 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
         trained = train_prnet(ov, run_dir, ds.category, args.rescore)
         model, cfg, _ = model_from_checkpoint(os.path.join(run_dir, ds.category, "last.pt"), device)
         cfg.eval = eval_cfg
-        if cfg.eval.image_score == "map_residual":
+        if cfg.eval.image_score != "map":
             attach_residual_means(model, cfg, ds.category, device)  # a run trained before they were stored
+        if cfg.eval.image_score == "map_residual_knn":
+            attach_knn_score(model, cfg, ds.category, device)  # a run trained with another image score
         t1 = time.time()
         metrics, raw = evaluate(model, common_test, cfg, device)
         results = json.load(open(os.path.join(run_dir, ds.category, "results.json"), encoding="utf-8"))

@@ -10,6 +10,7 @@ Python types (checkpoints store it that way).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -150,7 +151,11 @@ class EvalConfig:
     # map: the mean of the top-k map pixels (the paper's rule); map_residual: the top-k mean of the map times the
     # square root of the prototype distance map (each scale's distance to its nearest prototype over the normal
     # training images' mean, averaged; chosen on validation data, docs/experiments.md). The map is the head's.
+    # map_residual_knn: map_residual's score combined with the baseline's nearest-neighbour distance to the normal
+    # training patches, z(log s_m) + knn_weight · z(log s_knn), each standardised on the normal training images
+    # (prnet.models.knn_score; its memory and statistics are made after training and stored in the checkpoint)
     image_score: str = "map_residual"
+    knn_weight: float = 0.25  # map_residual_knn: the distance's weight (chosen on validation data, round 13)
     sigma: float = 0.0  # Gaussian smoothing of the map before scoring (0: none; see configs/default.yaml)
     batch_size: int = 16
     examples: int = 12  # images in examples.png
@@ -185,7 +190,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "synthesis.texture_colour": ("auto", "rgb", "grey"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "eval.threshold": ("train_max", "holdout_fpr"),
-    "eval.image_score": ("map", "map_residual"),
+    "eval.image_score": ("map", "map_residual", "map_residual_knn"),
 }
 OPEN_CHOICES: dict[str, Callable[[Any], bool]] = {
     "model.backbone_weights": lambda v: isinstance(v, str) and ("/" in v or "." in v),
@@ -340,6 +345,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.holdout_normal': expected a share in [0, 1), got {cfg.data.holdout_normal}")
     if not 0.0 < cfg.eval.target_fpr < 1.0:
         raise ConfigError(f"config key 'eval.target_fpr': expected a rate in (0, 1), got {cfg.eval.target_fpr}")
+    if not (cfg.eval.knn_weight >= 0.0 and math.isfinite(cfg.eval.knn_weight)):
+        raise ConfigError(f"config key 'eval.knn_weight': expected a finite weight >= 0, got {cfg.eval.knn_weight}")
     if cfg.eval.threshold == "holdout_fpr" and cfg.data.holdout_normal <= 0:
         raise ConfigError("config key 'eval.threshold': holdout_fpr needs normal images held out of training: set "
                           "data.holdout_normal, e.g. 0.1")

@@ -151,6 +151,15 @@ def test_rescore_evaluates_again_without_training(bench):
     assert rescored["rows"][1] == _row(rows, "b/part", "PatchCore-style baseline", 0)  # stored, not fitted again
     assert _row(rescored["rows"], "b/part", "PRNet, 2 real anomalies", 0)["run"] == run
     assert os.path.getmtime(os.path.join(run, "part", "last.pt")) == mtime
+    # the fused image score on a run trained without it: made from the run's prototype file, the checkpoint kept
+    knn = list(argv)
+    knn.insert(knn.index("eval.topk=5") + 1, "eval.image_score=map_residual_knn")
+    assert real_data.main([*knn, "--rescore"]) == 0
+    fused = _row(json.load(open(os.path.join(out, "real_data_rescore.json")))["rows"], "b/part",
+                 "PRNet, 2 real anomalies", 0)
+    assert fused["eval_image_score"] == "map_residual_knn" and 0.0 <= fused["image_auroc"] <= 1.0
+    assert fused["pixel_auroc"] == rescored["rows"][0]["pixel_auroc"]  # the same maps, another image score
+    assert os.path.getmtime(os.path.join(run, "part", "last.pt")) == mtime
     # a run never made is refused, not trained
     argv[argv.index("--epochs") + 1] = "2"
     with pytest.raises(SystemExit, match="no finished run"):

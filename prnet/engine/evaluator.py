@@ -3,8 +3,9 @@
 The model gives logits at the input resolution (`data.image_size`); maps are the sigmoid of the logits at that
 resolution ("evaluation resolution"), optionally smoothed with a Gaussian (`eval.sigma`). The image score
 (`eval.image_score`) is the mean of the top-k (`eval.topk`) pixels of the map (`map`) or of the map times the square
-root of the prototype distance map (`map_residual`, PrototypeBank.distance_map). Pixel metrics are computed on the
-same smoothed maps, every pixel.
+root of the prototype distance map (`map_residual`, PrototypeBank.distance_map), or that score combined with the
+nearest-neighbour distance to the normal training patches (`map_residual_knn`: z(log s_m) + eval.knn_weight ·
+z(log s_knn), prnet.models.knn_score). Pixel metrics are computed on the same smoothed maps, every pixel.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from prnet.config import Config
 from prnet.metrics import compute_metrics
+from prnet.models.knn_score import KNN_SIGMA
 
 log = logging.getLogger(__name__)
 
@@ -47,42 +49,60 @@ def image_scores(maps: torch.Tensor, topk: int) -> torch.Tensor:
     return flat.topk(k, dim=1).values.mean(dim=1)
 
 
+def knn_image_scores(raw: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """N nearest-neighbour image scores from KnnScore's N×1×h×w raw distance maps: upsampled bilinearly to `hw`,
+    smoothed with σ = KNN_SIGMA, the maximum (the baseline's image score)."""
+    up = F.interpolate(raw.float(), size=hw, mode="bilinear", align_corners=False)
+    return gaussian_smooth(up, KNN_SIGMA).flatten(1).amax(dim=1)
+
+
+IMAGE_SCORES = ("map", "map_residual", "map_residual_knn")
+
+
 def _outputs(model: torch.nn.Module, images: torch.Tensor, image_score: str):
-    """(logits, distance map or None) of the model for `image_score`."""
+    """(logits, distance map or None, raw nearest-neighbour map or None) of the model for `image_score`."""
+    if image_score not in IMAGE_SCORES:
+        raise ValueError(f"image_score: expected one of {', '.join(IMAGE_SCORES)}, got {image_score!r}")
     if image_score == "map":
-        return model(images), None
-    if image_score != "map_residual":
-        raise ValueError(f"image_score: expected map or map_residual, got {image_score!r}")
-    return model(images, with_distance=True)
+        return model(images), None, None
+    if image_score == "map_residual":
+        return (*model(images, with_distance=True), None)
+    return model(images, with_distance=True, with_knn=True)
 
 
-def _maps_scores(logits: torch.Tensor, distance: Optional[torch.Tensor], topk: int,
-                 sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _maps_scores(model: torch.nn.Module, logits: torch.Tensor, distance: Optional[torch.Tensor],
+                 knn: Optional[torch.Tensor], topk: int, sigma: float,
+                 knn_weight: Optional[float]) -> tuple[torch.Tensor, torch.Tensor]:
     maps = gaussian_smooth(torch.sigmoid(logits.float()), sigma)
     if distance is None:
         return maps, image_scores(maps, topk)
-    return maps, image_scores(maps * distance.float().clamp_min(0).sqrt(), topk)
+    scores = image_scores(maps * distance.float().clamp_min(0).sqrt(), topk)
+    if knn is None:
+        return maps, scores
+    if knn_weight is None:
+        raise ValueError("image_score map_residual_knn: give knn_weight (eval.knn_weight)")
+    return maps, model.knn.fuse(scores, knn_image_scores(knn, (maps.shape[-2], maps.shape[-1])), knn_weight)
 
 
 def maps_and_scores(model: torch.nn.Module, images: torch.Tensor, *, topk: int, sigma: float,
-                    image_score: str) -> tuple[torch.Tensor, torch.Tensor]:
+                    image_score: str, knn_weight: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Smoothed maps and image scores (module docstring): the scoring path of evaluation, prediction and the ONNX
     graph. `model`: a PRNet, or a module with the same call."""
-    return _maps_scores(*_outputs(model, images, image_score), topk, sigma)
+    return _maps_scores(model, *_outputs(model, images, image_score), topk, sigma, knn_weight)
 
 
 @torch.no_grad()
 def predict_maps(model: torch.nn.Module, images: torch.Tensor, *, topk: int, sigma: float,
-                 image_score: str, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 image_score: str, knn_weight: Optional[float] = None, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Smoothed anomaly maps (N×1×H×W, float32 in [0,1]) and image scores for a batch of [0,1] images.
 
-    topk, sigma, image_score: eval.topk, eval.sigma, eval.image_score; amp: train.amp (bf16 autocast for the
-    model, used on CUDA only; smoothing and scoring run in float32)."""
+    topk, sigma, image_score, knn_weight: eval.topk, eval.sigma, eval.image_score, eval.knn_weight; amp: train.amp
+    (bf16 autocast for the model, used on CUDA only; smoothing and scoring run in float32)."""
     device = images.device
     use_amp = amp and device.type == "cuda"
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-        logits, distance = _outputs(model, images, image_score)
-    return _maps_scores(logits, distance, topk, sigma)
+        outputs = _outputs(model, images, image_score)
+    return _maps_scores(model, *outputs, topk, sigma, knn_weight)
 
 
 @torch.no_grad()
@@ -99,7 +119,7 @@ def run_inference(model: torch.nn.Module, dataset: Dataset, cfg: Config, device:
         if cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         m, s = predict_maps(model, images, topk=cfg.eval.topk, sigma=cfg.eval.sigma, amp=cfg.train.amp,
-                            image_score=cfg.eval.image_score)
+                            image_score=cfg.eval.image_score, knn_weight=cfg.eval.knn_weight)
         maps.append(m[:, 0].cpu().numpy())
         scores.append(s.cpu().numpy())
         labels.append(batch["label"].numpy())

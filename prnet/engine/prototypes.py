@@ -147,17 +147,10 @@ def residual_means(backbone: nn.Module, bank: PrototypeBank, images: Iterable, h
 
 
 @torch.no_grad()
-def build_patch_memory(backbone: nn.Module, images: Iterable, device: torch.device | str, count: int, *,
-                       seed: int = 0, max_candidates: Optional[int] = MAX_CANDIDATES,
-                       batch_size: int = 16) -> PatchMemory:
-    """A PatchMemory of `count` patches of `images` (the bank's training images, in its build order).
-
-    The patch features (patch_embedding of memory_inputs) of every image; at most `max_candidates` of them drawn
-    uniformly with `seed` (None: all); then `count` chosen by greedy_coreset (seeded). Each row remembers its image.
-    Then every patch of every image is matched against the memory without its image's rows (the features of the
-    first pass, not extracted again), and the mean of those held-out distances becomes the memory's `mean`: the
-    level of an unseen normal image.
-    """
+def patch_features(backbone: nn.Module, images: Iterable, device: torch.device | str,
+                   batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(P×D patch features of `images` (patch_embedding of memory_inputs), in image order; P owners: each patch's
+    image index; the number of images)."""
     device = torch.device(device)
     collected, owners, n = [], [], 0
     for x in tqdm(_batches(images, batch_size), desc="patch features", unit="batch", leave=False):
@@ -167,19 +160,42 @@ def build_patch_memory(backbone: nn.Module, images: Iterable, device: torch.devi
         owners.append(torch.arange(n, n + e.shape[0], device=device).repeat_interleave(e.shape[2] * e.shape[3]))
         n += e.shape[0]
     if n == 0:
-        raise ValueError("build_patch_memory: no images")
-    feats_all, owner = torch.cat(collected), torch.cat(owners)
-    del collected
-    candidates, cand_owner = feats_all, owner
-    if max_candidates is not None and feats_all.shape[0] > max_candidates:
-        keep = random_subset(feats_all.shape[0], max_candidates, seed).to(device)
-        candidates, cand_owner = feats_all[keep], owner[keep]
+        raise ValueError("patch features: no images")
+    return torch.cat(collected), torch.cat(owners), n
+
+
+def coreset_memory(features: torch.Tensor, owner: torch.Tensor, count: Optional[int], *, seed: int = 0,
+                   max_candidates: Optional[int] = MAX_CANDIDATES, ratio: float = 0.1) -> PatchMemory:
+    """A PatchMemory of patch features: at most `max_candidates` rows drawn uniformly with `seed` (None: all), then
+    `count` of them (None: round(ratio × the candidates), at least 1) chosen by greedy_coreset (seeded, on a
+    128-dimensional projection). Each row remembers its owner. The baseline of benchmarks/patchcore.py makes the
+    same memory from the same features and seed."""
+    candidates, cand_owner = features, owner
+    if max_candidates is not None and features.shape[0] > max_candidates:
+        keep = random_subset(features.shape[0], max_candidates, seed).to(features.device)
+        candidates, cand_owner = features[keep], owner[keep]
+    if count is None:
+        count = max(1, int(round(ratio * candidates.shape[0])))
     if count > candidates.shape[0]:
-        raise ValueError(f"prototypes.patch_memory {count}: more than the {candidates.shape[0]} candidate patches of "
-                         f"{n} training images")
+        raise ValueError(f"patch memory of {count}: more than the {candidates.shape[0]} candidate patches")
     idx = greedy_coreset(candidates, count, seed=seed, progress=False)
-    memory = PatchMemory(candidates[idx], cand_owner[idx])
-    del candidates, cand_owner
+    return PatchMemory(candidates[idx], cand_owner[idx])
+
+
+@torch.no_grad()
+def build_patch_memory(backbone: nn.Module, images: Iterable, device: torch.device | str, count: int, *,
+                       seed: int = 0, max_candidates: Optional[int] = MAX_CANDIDATES,
+                       batch_size: int = 16) -> PatchMemory:
+    """A PatchMemory of `count` patches of `images` (the bank's training images, in its build order): patch_features
+    then coreset_memory. Then every patch of every image is matched against the memory without its image's rows
+    (the features of the first pass, not extracted again), and the mean of those held-out distances becomes the
+    memory's `mean`: the level of an unseen normal image.
+    """
+    feats_all, owner, n = patch_features(backbone, images, device, batch_size)
+    try:
+        memory = coreset_memory(feats_all, owner, count, seed=seed, max_candidates=max_candidates)
+    except ValueError as e:
+        raise ValueError(f"prototypes.patch_memory {count}: {e} of {n} training images") from None
     held_out = nearest_distances(feats_all, memory.memory, query_owner=owner, memory_owner=memory.source)
     memory.mean.fill_(float(held_out.double().mean()))
     del feats_all, owner
@@ -188,15 +204,11 @@ def build_patch_memory(backbone: nn.Module, images: Iterable, device: torch.devi
     return memory.cpu()
 
 
-def attach_residual_means(model: nn.Module, cfg: Config, category: str, device: torch.device | str) -> bool:
-    """Give a model loaded from a checkpoint saved before residual means were stored (PRNet.bank without them)
-    its residual means, computed as build_category_prototypes does: from the run's prototype file (its cluster
-    assignments hold the training images out) and the current normal training images. The file must hold the
-    checkpoint's prototypes and name the same training images in the same order (PrototypeMismatchError
-    otherwise); its format and the files' modification times are not checked. Returns whether it computed them
-    (False: the model had them)."""
-    if model.bank.has_residual_mean:
-        return False
+def run_prototype_file(model: nn.Module, cfg: Config, category: str) -> tuple[PrototypeBank, Any]:
+    """(the run's prototype file as a bank, with its training images' cluster assignments; the normal training set
+    in the bank's build order), for work on a model loaded from a checkpoint that needs held-out residuals. The file
+    must hold the checkpoint's prototypes and name the same training images in the same order
+    (PrototypeMismatchError otherwise); its format and the files' modification times are not checked."""
     path = prototype_path(cfg, category)
     stored = load_prototypes(path)
     if any(a.shape != b.shape or not torch.equal(a.cpu(), b.cpu()) for a, b in zip(stored.prototypes,
@@ -207,11 +219,23 @@ def attach_residual_means(model: nn.Module, cfg: Config, category: str, device: 
     if stored.meta.get("train_images") != names or stored.num_sources != len(names):
         raise PrototypeMismatchError(f"prototype file {path}: made from other training images than "
                                      f"{cfg.data.root}/{category} holds now", ["train_images"])
+    return stored, dataset
+
+
+def attach_residual_means(model: nn.Module, cfg: Config, category: str, device: torch.device | str) -> bool:
+    """Give a model loaded from a checkpoint saved before residual means were stored (PRNet.bank without them)
+    its residual means, computed as build_category_prototypes does: from the run's prototype file (its cluster
+    assignments hold the training images out; run_prototype_file) and the current normal training images. Returns
+    whether it computed them (False: the model had them)."""
+    if model.bank.has_residual_mean:
+        return False
+    stored, dataset = run_prototype_file(model, cfg, category)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.prototypes.batch_size, shuffle=False,
                                          num_workers=0)
     means = residual_means(model.backbone, stored, loader, image_hw(cfg), device)
     model.bank.residual_mean.copy_(means.to(model.bank.residual_mean.device))
-    log.info("residual means for %s computed from %s: %s", category, path, [round(float(m), 4) for m in means])
+    log.info("residual means for %s computed from %s: %s", category, prototype_path(cfg, category),
+             [round(float(m), 4) for m in means])
     return True
 
 

@@ -32,6 +32,7 @@ from prnet.config import Config, config_to_dict, dump_config, image_hw
 from prnet.datasets import EpochSampler, build_test_dataset, build_train_dataset, normal_train_set
 from prnet.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from prnet.engine.evaluator import run_inference
+from prnet.engine.knn_calibration import calibrate_knn_score
 from prnet.engine.prototypes import ensure_prototypes, make_backbone
 from prnet.losses import PRNetLoss
 from prnet.metrics import compute_metrics, decision_metrics, decision_threshold
@@ -375,6 +376,8 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     figures. Returns the results (an empty dict on ranks other than 0)."""
     out_dir = os.path.join(output_root(cfg), category)
     fingerprints = _rank_fingerprints(run.model, ctx)  # a collective: every rank takes part
+    if cfg.eval.image_score == "map_residual_knn":  # every rank makes the same (deterministic, seeded)
+        calibrate_knn_score(run.model, bank, normal_train_set(cfg, category), cfg, device)
     held_out = cfg.eval.threshold == "holdout_fpr"
     threshold_set = normal_train_set(cfg, category, held_out=held_out)  # normal images only, never test labels
     normal_out = _gather_inference(run.model, threshold_set, cfg, device, ctx)
@@ -473,9 +476,10 @@ class _ImageSource:
 
 
 def _head_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
-    """Buffers that training changes (the head's BatchNorm statistics), not the frozen backbone's or the bank's."""
+    """Buffers that training changes (the head's BatchNorm statistics), not the frozen backbone's, the bank's or the
+    nearest-neighbour score's (made after training)."""
     return [b for name, b in model.named_buffers()
-            if not name.startswith(("backbone.", "bank.")) and b.dtype.is_floating_point]
+            if not name.startswith(("backbone.", "bank.", "knn.")) and b.dtype.is_floating_point]
 
 
 def _broadcast_head_buffers(model: torch.nn.Module) -> None:

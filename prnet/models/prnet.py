@@ -14,6 +14,7 @@ from prnet.models.attention import MultiSizeSelfAttention
 from prnet.models.backbone import Backbone
 from prnet.models.decoder import Decoder
 from prnet.models.fusion import MultiScaleFusion
+from prnet.models.knn_score import KnnScore
 from prnet.models.patch_memory import PatchMemory
 from prnet.models.prototypes import PrototypeBank
 
@@ -31,10 +32,13 @@ class PRNet(nn.Module):
 
     `patch_memory` (prototypes.patch_memory > 0): the bank also holds a PatchMemory, and its distance map (one
     channel, resized to each scale) joins each scale's residual at the input of the residual projection.
+
+    `knn` (eval.image_score=map_residual_knn): the model also holds a KnnScore (prnet.models.knn_score), the
+    nearest-neighbour distance that the image score combines with the map; calibrated after training.
     """
 
     def __init__(self, model_cfg: ModelConfig, bank: Optional[PrototypeBank] = None, residual: str = "squared",
-                 backbone: Optional[Backbone] = None, patch_memory: bool = False) -> None:
+                 backbone: Optional[Backbone] = None, patch_memory: bool = False, knn: bool = False) -> None:
         super().__init__()
         self.backbone = backbone if backbone is not None else Backbone(
             model_cfg.backbone, model_cfg.backbone_weights, model_cfg.stages, model_cfg.bottleneck_stage)
@@ -65,12 +69,18 @@ class PRNet(nn.Module):
                             for _ in range(model_cfg.attn_blocks)]) for w in widths)
         self.out_fusion = MultiScaleFusion(widths, self.backbone.strides)
         self.decoder = Decoder(widths, self.backbone.bottleneck_channels)
+        self.knn = KnnScore() if knn else None
 
     def forward(self, x: torch.Tensor, source: Optional[torch.Tensor] = None,
-                with_distance: bool = False):
+                with_distance: bool = False, with_knn: bool = False):
         """`source`: for training only, the normal training image each input was made from (held-out residuals,
         PrototypeBank.forward); None at test time. `with_distance`: return (logits, the prototype distance map
-        N×1×H×W, PrototypeBank.distance_map) for the image score eval.image_score=map_residual."""
+        N×1×H×W, PrototypeBank.distance_map) for the image score eval.image_score=map_residual; `with_knn` (with
+        with_distance): (logits, distance map, the raw nearest-neighbour distance map N×1×h×w of KnnScore) for
+        map_residual_knn."""
+        if with_knn and (not with_distance or self.knn is None):
+            raise ValueError("PRNet.forward: with_knn needs with_distance and a model built with a KnnScore "
+                             "(eval.image_score=map_residual_knn)")
         feats, residuals, bottleneck, patch = self.encode(x, source)
         distance = None
         if with_distance:  # float32, like the residuals (the bank turns autocast off for them)
@@ -78,6 +88,8 @@ class PRNet(nn.Module):
             with torch.autocast(x.device.type, enabled=False) if autocast_on else contextlib.nullcontext():
                 distance = self.bank.distance_map(residuals, (x.shape[-2], x.shape[-1]))
         logits = self.head(feats, residuals, bottleneck, (x.shape[-2], x.shape[-1]), patch)
+        if with_knn:
+            return logits, distance, self.knn(feats)
         return (logits, distance) if with_distance else logits
 
     def encode(self, x: torch.Tensor, source: Optional[torch.Tensor] = None):
@@ -122,4 +134,4 @@ def count_trainable(model: nn.Module) -> int:
 def build_model(cfg: Config, bank: Optional[PrototypeBank] = None, backbone: Optional[Backbone] = None) -> PRNet:
     """PRNet from a full Config and a prototype bank (None: filled by a checkpoint)."""
     return PRNet(cfg.model, bank, residual=cfg.prototypes.residual, backbone=backbone,
-                 patch_memory=cfg.prototypes.patch_memory > 0)
+                 patch_memory=cfg.prototypes.patch_memory > 0, knn=cfg.eval.image_score == "map_residual_knn")

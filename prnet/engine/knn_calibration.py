@@ -1,0 +1,82 @@
+"""Make the nearest-neighbour part of eval.image_score=map_residual_knn after training (prnet.models.knn_score).
+
+`calibrate_knn_score` builds the memory from the normal training images (patch_features and coreset_memory of
+prnet.engine.prototypes: the baseline's features, patch cap, coreset size and seed) and computes the statistics that
+put the two scores on one scale, over the same images, each scored as an unseen normal image would be:
+
+- s_m: the released score map_residual, the head's map of the plain forward pass (as a test image gets it) times the
+  square root of the image's held-out prototype distance map (its own image left out of its cluster);
+- s_knn: the nearest-neighbour image score without the memory rows taken from the image itself.
+
+`attach_knn_score` does the same for a model loaded from a checkpoint that lacks it, from the run's prototype file.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from prnet.config import Config
+from prnet.engine.evaluator import gaussian_smooth, image_scores, knn_image_scores
+from prnet.engine.prototypes import coreset_memory, patch_features, run_prototype_file
+from prnet.models.knn_score import EPS, KnnScore
+from prnet.models.prototypes import PrototypeBank
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def calibrate_knn_score(model: torch.nn.Module, bank: PrototypeBank, dataset, cfg: Config,
+                        device: torch.device) -> KnnScore:
+    """Build model.knn (replacing any) from `dataset`, the normal training images in `bank`'s build order; `bank`:
+    the model's prototypes with those images' cluster assignments. Returns it."""
+    if bank.num_sources != len(dataset):
+        raise ValueError(f"calibrate_knn_score: a prototype bank of {bank.num_sources} training images, "
+                         f"{len(dataset)} images given")
+    t0 = time.time()
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=0)
+    feats_all, owner, _ = patch_features(model.backbone, loader, device, cfg.eval.batch_size)
+    memory = coreset_memory(feats_all, owner, None, seed=cfg.seed)
+    del feats_all, owner
+    knn = KnnScore(memory).to(device)
+    s_m, s_knn, start = [], [], 0
+    use_amp = cfg.train.amp and device.type == "cuda"
+    for batch in tqdm(loader, desc="knn calibration", leave=False):
+        x = batch["image"].to(device)
+        if cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        n, hw = x.shape[0], (x.shape[-2], x.shape[-1])
+        source = torch.arange(start, start + n, device=device)
+        start += n
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            feats, residuals, bottleneck, patch = model.encode(x)
+            logits = model.head(feats, residuals, bottleneck, hw, patch)
+        p = gaussian_smooth(torch.sigmoid(logits.float()), cfg.eval.sigma)
+        distance = model.bank.distance_map(bank(feats, source), hw)
+        s_m.append(image_scores(p * distance.float().clamp_min(0).sqrt(), cfg.eval.topk).cpu())
+        s_knn.append(knn_image_scores(knn(feats, source), hw).cpu())
+    logs = [np.log(torch.cat(s).double().numpy() + EPS) for s in (s_m, s_knn)]
+    knn.stats.copy_(torch.tensor([logs[0].mean(), logs[0].std(), logs[1].mean(), logs[1].std()]))
+    model.knn = knn
+    model.train(was_training)
+    log.info("nearest-neighbour score: memory %d × %d from %d training images; log-score mean/std %s (%.1f s)",
+             memory.memory.shape[0], memory.memory.shape[1], len(dataset),
+             [round(float(v), 4) for v in knn.stats], time.time() - t0)
+    return knn
+
+
+def attach_knn_score(model: torch.nn.Module, cfg: Config, category: str, device: torch.device) -> bool:
+    """Give a model loaded from a checkpoint its nearest-neighbour score if it has none calibrated (a run trained
+    with another eval.image_score, rescored with map_residual_knn): from the run's prototype file
+    (run_prototype_file) and the current normal training images. Returns whether it made one."""
+    if getattr(model, "knn", None) is not None and model.knn.is_calibrated:
+        return False
+    stored, dataset = run_prototype_file(model, cfg, category)
+    calibrate_knn_score(model, stored.to(device), dataset, cfg, device)
+    return True

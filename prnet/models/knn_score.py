@@ -1,0 +1,60 @@
+"""The nearest-neighbour part of the image score eval.image_score=map_residual_knn.
+
+The image score map_residual (s_m: the top-k mean of the head's map times the square root of the prototype distance
+map) is combined with a training-free distance to normal, the PatchCore-style one of benchmarks/patchcore.py
+(s_knn): each patch's L2 distance to its nearest normal training patch in a coreset memory, the distance map
+upsampled bilinearly to the image size, smoothed with a Gaussian of σ = KNN_SIGMA, its maximum. The two are put on
+one scale by the normal training images: score = z(log s_m) + w · z(log s_knn), each log standardised by the mean and
+standard deviation of its values over the normal training images (`stats`), w = eval.knn_weight. Chosen on
+validation data (docs/experiments.md, round 13); the memory and its settings are the baseline's.
+
+`KnnScore` holds the memory (a PatchMemory of the last two feature scales, prnet.models.patch_memory) and the four
+statistics; both are buffers, so a checkpoint and an ONNX export carry them. Built empty, it takes its memory's shape
+from the first state dict loaded into it; its statistics stay NaN (`is_calibrated` False) until
+prnet.engine.knn_calibration fills them, after training.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from prnet.models.patch_memory import PatchMemory, memory_inputs
+
+KNN_SIGMA = 4.0  # the baseline's smoothing of the distance map before its maximum is taken
+EPS = 1e-8  # inside the logarithms and under the standard deviations
+
+
+class KnnScore(nn.Module):
+    """forward(feature maps of all scales, source=None) -> N×1×h×w raw L2 distance to the nearest memory patch.
+
+    Buffers: `memory` (a PatchMemory; its `mean` is not used), `stats` (mean and std of log s_m, then of log s_knn,
+    over the normal training images; NaN until calibrated)."""
+
+    def __init__(self, memory: Optional[PatchMemory] = None) -> None:
+        super().__init__()
+        self.memory = memory if memory is not None else PatchMemory()
+        self.register_buffer("stats", torch.full((4,), math.nan))
+
+    @property
+    def is_calibrated(self) -> bool:
+        return bool(not self.memory.is_empty and torch.isfinite(self.stats).all() and (self.stats[[1, 3]] > 0).all())
+
+    def forward(self, feats: Sequence[torch.Tensor], source: Optional[torch.Tensor] = None) -> torch.Tensor:
+        device_type = feats[0].device.type
+        autocast_on = torch.is_autocast_enabled(device_type) if device_type in ("cuda", "cpu", "mps") else False
+        with torch.autocast(device_type, enabled=False) if autocast_on else contextlib.nullcontext():
+            return self.memory.raw_distances(memory_inputs(feats), source)
+
+    def fuse(self, s_m: torch.Tensor, s_knn: torch.Tensor, weight: float) -> torch.Tensor:
+        """z(log s_m) + weight · z(log s_knn) with the stored statistics."""
+        if not torch.jit.is_tracing() and not self.is_calibrated:
+            raise RuntimeError("KnnScore: not calibrated (a checkpoint saved before training finished, or the "
+                               "memory is missing): finish the run, or score with eval.image_score=map_residual")
+        st = self.stats
+        z_m = (torch.log(s_m.float() + EPS) - st[0]) / (st[1] + EPS)
+        z_k = (torch.log(s_knn.float() + EPS) - st[2]) / (st[3] + EPS)
+        return z_m + weight * z_k

@@ -1,0 +1,133 @@
+"""eval.image_score=map_residual_knn: the library's fused image score is the rule chosen on validation data
+(benchmarks/score_fusion.py zsum0.25), its memory is the baseline's, and it travels with the checkpoint."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from prnet.config import ConfigError, load_config
+from prnet.datasets import build_test_dataset, normal_train_set
+from prnet.engine.checkpoint import model_from_checkpoint
+from prnet.engine.evaluator import predict_maps, run_inference
+from prnet.engine.knn_calibration import attach_knn_score
+from prnet.engine.prototypes import coreset_memory, patch_features
+from prnet.metrics import image_auroc
+from prnet.models.prnet import build_model
+from tiny_run import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def knn_run(tiny_data, tmp_path_factory):
+    """A 1-epoch tiny run trained and scored with map_residual_knn: (checkpoint path, results.json)."""
+    import train as train_script
+
+    tmp = tmp_path_factory.mktemp("knn")
+    out, protos = str(tmp / "out"), str(tmp / "protos")
+    assert train_script.main(tiny_overrides(tiny_data, out, protos, epochs=1,
+                                            extra=["eval.image_score=map_residual_knn"])) == 0
+    ckpt = os.path.join(out, "tiny", "last.pt")
+    return ckpt, json.load(open(os.path.join(out, "tiny", "results.json")))
+
+
+def test_the_memory_is_the_baselines(tiny_data):
+    """Same images, backbone and seed: the library's memory holds the PatchCore-style baseline's rows."""
+    from patchcore import PatchCore
+
+    cfg = load_config(None, tiny_overrides(tiny_data, "unused", "unused", extra=["seed=3"]))
+    train = normal_train_set(cfg, "tiny")
+    baseline = PatchCore(cfg.model.backbone, cfg.model.backbone_weights, seed=3, progress=False)
+    baseline.fit(DataLoader(train, batch_size=8, shuffle=False))
+    model = build_model(cfg, None)
+    feats, owner, n = patch_features(model.backbone, DataLoader(train, batch_size=8, shuffle=False), "cpu")
+    memory = coreset_memory(feats, owner, None, seed=3)
+    assert n == len(train) == 24 and feats.shape[0] == 24 * 8 * 8  # 64 px, stride 8
+    assert memory.memory.shape == baseline.memory.shape == (round(0.1 * 24 * 64), feats.shape[1])
+    assert torch.allclose(memory.memory, baseline.memory, atol=1e-5)
+    assert torch.equal(memory.source, baseline.memory_owner)
+    other = coreset_memory(feats, owner, None, seed=4)  # the seed picks the rows
+    assert not torch.equal(other.memory, memory.memory)
+
+
+def test_the_trained_run_scores_with_the_validated_rule(knn_run):
+    """Evaluation, the stored threshold and results.json use z(log s_m) + 0.25·z(log s_knn), as score_fusion's
+    zsum0.25 computes it independently (its own baseline memory, its own normal-image statistics)."""
+    import score_fusion
+
+    ckpt, results = knn_run
+    model, cfg, state = model_from_checkpoint(ckpt, torch.device("cpu"))
+    assert model.knn is not None and model.knn.is_calibrated and cfg.eval.knn_weight == 0.25
+    test = build_test_dataset(cfg, "tiny")
+    out = run_inference(model, test, cfg, torch.device("cpu"), progress=False)
+    fusion = os.path.join(os.path.dirname(ckpt), "fusion.json")
+    assert score_fusion.main(["--checkpoint", ckpt, "--rules", "map0.5,zsum0.25", "--per-image",
+                              "--out", fusion]) == 0
+    got = json.load(open(fusion))
+    assert [im["name"] for im in got["images"]] == [s.name for s in test.samples]
+    want = np.array([im["scores"]["zsum0.25"] for im in got["images"]])
+    np.testing.assert_allclose(out["scores"], want, rtol=1e-4, atol=1e-4)
+    assert results["metrics"]["image_auroc"] == pytest.approx(got["image_auroc"]["zsum0.25"]["all"])
+    # the threshold: the highest score of the normal training images, on the same scale
+    train = normal_train_set(cfg, "tiny")
+    normal = run_inference(model, train, cfg, torch.device("cpu"), progress=False)["scores"]
+    assert state["threshold"] == pytest.approx(float(normal.max()), rel=1e-5)
+    # weight 0: the fused score is a monotone function of map_residual's, the same ranking
+    cfg.eval.knn_weight = 0.0
+    zero = run_inference(model, test, cfg, torch.device("cpu"), progress=False)["scores"]
+    cfg.eval.image_score = "map_residual"
+    released = run_inference(model, test, cfg, torch.device("cpu"), progress=False)["scores"]
+    np.testing.assert_array_equal(np.argsort(zero, kind="stable"), np.argsort(released, kind="stable"))
+    assert image_auroc(zero, out["labels"]) == pytest.approx(image_auroc(released, out["labels"]))
+
+
+def test_a_checkpoint_without_it_gets_the_same_score_from_its_prototype_file(knn_run):
+    """attach_knn_score (real_data.py --rescore): a model without the score gets the one training made."""
+    ckpt, _ = knn_run
+    model, cfg, _ = model_from_checkpoint(ckpt, torch.device("cpu"))
+    stored_stats, stored_memory = model.knn.stats.clone(), model.knn.memory.memory.clone()
+    assert not attach_knn_score(model, cfg, "tiny", torch.device("cpu"))  # calibrated: left as it is
+    model.knn = None
+    assert attach_knn_score(model, cfg, "tiny", torch.device("cpu"))
+    assert torch.equal(model.knn.memory.memory, stored_memory)
+    torch.testing.assert_close(model.knn.stats, stored_stats)
+
+
+def test_an_uncalibrated_score_is_refused_and_the_weight_is_checked(tiny_data):
+    cfg = load_config(None, tiny_overrides(tiny_data, "unused", "unused", extra=["eval.image_score=map_residual_knn"]))
+    model = build_model(cfg, None)
+    assert model.knn is not None and not model.knn.is_calibrated
+    with pytest.raises(ValueError, match="with_knn"):
+        build_model(load_config(None, tiny_overrides(tiny_data, "u", "u")), None)(
+            torch.zeros(1, 3, 64, 64), with_knn=True)
+    with pytest.raises(ConfigError, match="knn_weight"):
+        load_config(None, ["eval.knn_weight=-1"])
+    assert load_config(None, ["eval.knn_weight=0.5"]).eval.knn_weight == 0.5
+
+
+def test_prediction_and_onnx_give_the_evaluations_scores(knn_run, tmp_path):
+    """The Python API and the exported graph (memory and statistics inside it) score as evaluation does."""
+    import prnet
+    from prnet.datasets.mvtec import load_rgb
+
+    import export as export_script
+
+    ckpt, _ = knn_run
+    detector = prnet.load_detector(ckpt, device="cpu")
+    test = build_test_dataset(detector.cfg, "tiny")
+    paths = [s.path for s in test.samples[:5]]
+    got = np.array([r.score for r in detector.predict(paths)])
+    x = torch.from_numpy(np.stack([load_rgb(p, detector.image_size) for p in paths])).permute(0, 3, 1, 2)
+    _, want = predict_maps(detector.model, x, topk=detector.topk, sigma=detector.sigma,
+                           image_score="map_residual_knn", knn_weight=0.25)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="knn_weight"):
+        predict_maps(detector.model, x, topk=detector.topk, sigma=detector.sigma, image_score="map_residual_knn")
+    ort = pytest.importorskip("onnxruntime")
+    out = str(tmp_path / "m.onnx")
+    assert export_script.main(["--checkpoint", ckpt, "--out", out]) == 0
+    session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    amap, score = session.run(None, {"image": x.numpy()})  # a batch of 5, traced with 2
+    np.testing.assert_allclose(score, want.numpy(), rtol=1e-4, atol=1e-4)
+    assert amap.shape == (5, 1, 64, 64)
