@@ -83,7 +83,8 @@ def test_the_trained_run_scores_with_the_validated_rule(knn_run):
 
 
 def test_a_checkpoint_without_it_gets_the_same_score_from_its_prototype_file(knn_run):
-    """attach_knn_score (real_data.py --rescore): a model without the score gets the one training made."""
+    """attach_knn_score (real_data.py --rescore): a model without the score gets the one training made; one made
+    for another eval.topk is made again."""
     ckpt, _ = knn_run
     model, cfg, _ = model_from_checkpoint(ckpt, torch.device("cpu"))
     stored_stats, stored_memory = model.knn.stats.clone(), model.knn.memory.memory.clone()
@@ -92,6 +93,16 @@ def test_a_checkpoint_without_it_gets_the_same_score_from_its_prototype_file(knn
     assert attach_knn_score(model, cfg, "tiny", torch.device("cpu"))
     assert torch.equal(model.knn.memory.memory, stored_memory)
     torch.testing.assert_close(model.knn.stats, stored_stats)
+    # statistics made for other evaluation settings are refused, then made again for the new ones
+    test = build_test_dataset(cfg, "tiny")
+    cfg.eval.topk = 5
+    with pytest.raises(RuntimeError, match="eval.topk=10"):
+        run_inference(model, test, cfg, torch.device("cpu"), progress=False)
+    assert attach_knn_score(model, cfg, "tiny", torch.device("cpu"))
+    assert model.knn.made_for(5, cfg.eval.sigma) and not torch.allclose(model.knn.stats[:2], stored_stats[:2])
+    torch.testing.assert_close(model.knn.stats[2:], stored_stats[2:])  # the distance's part is the same
+    scores = run_inference(model, test, cfg, torch.device("cpu"), progress=False)["scores"]
+    assert np.isfinite(scores).all()
 
 
 def test_an_uncalibrated_score_is_refused_and_the_weight_is_checked(tiny_data):

@@ -81,7 +81,8 @@ def _maps_scores(model: torch.nn.Module, logits: torch.Tensor, distance: Optiona
         return maps, scores
     if knn_weight is None:
         raise ValueError("image_score map_residual_knn: give knn_weight (eval.knn_weight)")
-    return maps, model.knn.fuse(scores, knn_image_scores(knn, (maps.shape[-2], maps.shape[-1])), knn_weight)
+    s_knn = knn_image_scores(knn, (maps.shape[-2], maps.shape[-1]))
+    return maps, model.knn.fuse(scores, s_knn, knn_weight, topk, sigma)
 
 
 def maps_and_scores(model: torch.nn.Module, images: torch.Tensor, *, topk: int, sigma: float,

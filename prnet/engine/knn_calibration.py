@@ -63,6 +63,7 @@ def calibrate_knn_score(model: torch.nn.Module, bank: PrototypeBank, dataset, cf
         s_knn.append(knn_image_scores(knn(feats, source), hw).cpu())
     logs = [np.log(torch.cat(s).double().numpy() + EPS) for s in (s_m, s_knn)]
     knn.stats.copy_(torch.tensor([logs[0].mean(), logs[0].std(), logs[1].mean(), logs[1].std()]))
+    knn.settings.copy_(torch.tensor([float(cfg.eval.topk), float(cfg.eval.sigma)]))
     model.knn = knn
     model.train(was_training)
     log.info("nearest-neighbour score: memory %d × %d from %d training images; log-score mean/std %s (%.1f s)",
@@ -72,10 +73,12 @@ def calibrate_knn_score(model: torch.nn.Module, bank: PrototypeBank, dataset, cf
 
 
 def attach_knn_score(model: torch.nn.Module, cfg: Config, category: str, device: torch.device) -> bool:
-    """Give a model loaded from a checkpoint its nearest-neighbour score if it has none calibrated (a run trained
-    with another eval.image_score, rescored with map_residual_knn): from the run's prototype file
-    (run_prototype_file) and the current normal training images. Returns whether it made one."""
-    if getattr(model, "knn", None) is not None and model.knn.is_calibrated:
+    """Give a model loaded from a checkpoint its nearest-neighbour score if it has none calibrated for cfg's
+    eval.topk and eval.sigma (a run trained with another image score or rescored with other evaluation settings):
+    from the run's prototype file (run_prototype_file) and the current normal training images. Returns whether it
+    made one."""
+    knn = getattr(model, "knn", None)
+    if knn is not None and knn.is_calibrated and knn.made_for(cfg.eval.topk, cfg.eval.sigma):
         return False
     stored, dataset = run_prototype_file(model, cfg, category)
     calibrate_knn_score(model, stored.to(device), dataset, cfg, device)

@@ -5,7 +5,9 @@ map) is combined with a training-free distance to normal, the PatchCore-style on
 (s_knn): each patch's L2 distance to its nearest normal training patch in a coreset memory, the distance map
 upsampled bilinearly to the image size, smoothed with a Gaussian of σ = KNN_SIGMA, its maximum. The two are put on
 one scale by the normal training images: score = z(log s_m) + w · z(log s_knn), each log standardised by the mean and
-standard deviation of its values over the normal training images (`stats`), w = eval.knn_weight. Chosen on
+standard deviation of its values over the normal training images (`stats`), w = eval.knn_weight. s_m depends on
+eval.topk and eval.sigma, so the statistics hold for the values they were made with (`settings`); scoring with
+others is refused. Chosen on
 validation data (docs/experiments.md, round 13); the memory and its settings are the baseline's.
 
 `KnnScore` holds the memory (a PatchMemory of the last two feature scales, prnet.models.patch_memory) and the four
@@ -32,16 +34,22 @@ class KnnScore(nn.Module):
     """forward(feature maps of all scales, source=None) -> N×1×h×w raw L2 distance to the nearest memory patch.
 
     Buffers: `memory` (a PatchMemory; its `mean` is not used), `stats` (mean and std of log s_m, then of log s_knn,
-    over the normal training images; NaN until calibrated)."""
+    over the normal training images; NaN until calibrated), `settings` (the eval.topk and eval.sigma of s_m when
+    they were made)."""
 
     def __init__(self, memory: Optional[PatchMemory] = None) -> None:
         super().__init__()
         self.memory = memory if memory is not None else PatchMemory()
         self.register_buffer("stats", torch.full((4,), math.nan))
+        self.register_buffer("settings", torch.full((2,), math.nan))
 
     @property
     def is_calibrated(self) -> bool:
         return bool(not self.memory.is_empty and torch.isfinite(self.stats).all() and (self.stats[[1, 3]] > 0).all())
+
+    def made_for(self, topk: int, sigma: float) -> bool:
+        """Whether the statistics were made with these eval.topk and eval.sigma."""
+        return bool(self.settings[0] == float(topk) and torch.isclose(self.settings[1], torch.tensor(float(sigma))))
 
     def forward(self, feats: Sequence[torch.Tensor], source: Optional[torch.Tensor] = None) -> torch.Tensor:
         device_type = feats[0].device.type
@@ -49,11 +57,17 @@ class KnnScore(nn.Module):
         with torch.autocast(device_type, enabled=False) if autocast_on else contextlib.nullcontext():
             return self.memory.raw_distances(memory_inputs(feats), source)
 
-    def fuse(self, s_m: torch.Tensor, s_knn: torch.Tensor, weight: float) -> torch.Tensor:
-        """z(log s_m) + weight · z(log s_knn) with the stored statistics."""
-        if not torch.jit.is_tracing() and not self.is_calibrated:
-            raise RuntimeError("KnnScore: not calibrated (a checkpoint saved before training finished, or the "
-                               "memory is missing): finish the run, or score with eval.image_score=map_residual")
+    def fuse(self, s_m: torch.Tensor, s_knn: torch.Tensor, weight: float, topk: int, sigma: float) -> torch.Tensor:
+        """z(log s_m) + weight · z(log s_knn) with the stored statistics; s_m scored with eval.topk `topk` and
+        eval.sigma `sigma`, the values the statistics were made with (RuntimeError otherwise)."""
+        if not torch.jit.is_tracing():
+            if not self.is_calibrated:
+                raise RuntimeError("KnnScore: not calibrated (a checkpoint saved before training finished, or the "
+                                   "memory is missing): finish the run, or score with eval.image_score=map_residual")
+            if not self.made_for(topk, sigma):
+                raise RuntimeError(f"KnnScore: its statistics were made with eval.topk={self.settings[0]:g}, "
+                                   f"eval.sigma={self.settings[1]:g}, scored now with {topk}, {sigma:g}: make them "
+                                   f"again (prnet.engine.knn_calibration.attach_knn_score)")
         st = self.stats
         z_m = (torch.log(s_m.float() + EPS) - st[0]) / (st[1] + EPS)
         z_k = (torch.log(s_knn.float() + EPS) - st[2]) / (st[3] + EPS)
