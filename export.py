@@ -6,8 +6,7 @@ Input `image`: N×3×H×W float32 RGB in [0, 1] at the training size (normalisat
 Outputs `anomaly_map`: N×1×H×W in [0, 1] (smoothed as in evaluation), `score`: N image scores. The batch axis is
 dynamic. The model's metadata_props record, as JSON text, `threshold` (null if the checkpoint stores none),
 `threshold_rule`, `image_size` ([h, w]), `topk`, `image_score`, `knn_weight`, `sigma`, `category`, `backbone` and
-`epoch`: a
-decision is `score >= threshold`, as in predict.py. Exit codes: 0 written, 2 bad checkpoint.
+`epoch`: a decision is `score >= threshold`, as in predict.py. Exit codes: 0 written, 2 bad checkpoint.
 """
 from __future__ import annotations
 

@@ -94,7 +94,8 @@ def maps_and_scores(model: torch.nn.Module, images: torch.Tensor, *, topk: int, 
 
 @torch.no_grad()
 def predict_maps(model: torch.nn.Module, images: torch.Tensor, *, topk: int, sigma: float,
-                 image_score: str, knn_weight: Optional[float] = None, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 image_score: str, knn_weight: Optional[float] = None,
+                 amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Smoothed anomaly maps (N×1×H×W, float32 in [0,1]) and image scores for a batch of [0,1] images.
 
     topk, sigma, image_score, knn_weight: eval.topk, eval.sigma, eval.image_score, eval.knn_weight; amp: train.amp
