@@ -6,7 +6,7 @@ writes the figures as JSON.
         [--weights package|none|hub|PATH] [--size 256] [--batch 8] [--device auto|cpu|cuda] [--amp/--no-amp]
         [--widths "[64,128,256]"] [--steps 20 (CUDA) / 5 (CPU)] [--threads N] [--synth-samples 60]
         [--train-images 40] [--workers N] [--channels-last/--no-channels-last] [--compile] [--fused-adamw]
-        [--old] [--json OUT]
+        [--image-score map|map_residual|map_residual_knn] [--old] [--json OUT]
 
 Without --data a small demo category (--train-images training images) is generated in a temporary folder;
 without --dtd textures are procedural. What is measured:
@@ -21,7 +21,9 @@ without --dtd textures are procedural. What is measured:
 5. end to end: one whole training epoch (epoch 1) through a real DataLoader (the trainer's settings: EpochSampler,
    --workers workers, persistent, prefetch 4, pinned memory on CUDA) with synthesis, after 3 warm-up steps of
    epoch 0; images/s and its ratio to the fixed-batch step;
-6. inference: predict_maps (forward, sigmoid, Gaussian smoothing, top-k score) at eval batch --batch;
+6. inference: predict_maps (forward, sigmoid, Gaussian smoothing, image score) at eval batch --batch, with
+   --image-score (default: the config's); for map_residual_knn also its calibration (knn_calibration: memory and
+   statistics from the training images, as after training; here on the untrained head), wall seconds;
 7. prototypes: build_category_prototypes (reads the training images, extracts features, k-means), wall seconds;
 8. AUPRO of 200 maps of 256x256 (prnet.metrics.aupro, best of 3) next to the plain sort-based reference (once);
 9. peak memory: torch.cuda.max_memory_allocated on CUDA, the peak RSS of this process on the CPU.
@@ -58,8 +60,9 @@ from bench_model import _time_once
 from bench_synthesis import timeit
 from legacy import old_paths
 from prnet.config import Config, ConfigError, image_hw, validate
-from prnet.datasets import EpochSampler, TrainDataset, build_train_dataset, make_demo_category
-from prnet.engine.evaluator import predict_maps
+from prnet.datasets import EpochSampler, TrainDataset, build_train_dataset, make_demo_category, normal_train_set
+from prnet.engine.evaluator import IMAGE_SCORES, predict_maps
+from prnet.engine.knn_calibration import calibrate_knn_score
 from prnet.losses import PRNetLoss
 from prnet.metrics import aupro
 from prnet.models.backbone import Backbone
@@ -219,6 +222,8 @@ def make_config(args: argparse.Namespace, root: str, use_amp: bool, proto_dir: s
     cfg.prototypes.dir = proto_dir
     cfg.train.batch_size = args.batch
     cfg.eval.batch_size = args.batch
+    if args.image_score is not None:
+        cfg.eval.image_score = args.image_score
     cfg.train.amp = use_amp
     if args.channels_last is not None:
         cfg.train.channels_last = args.channels_last
@@ -249,6 +254,7 @@ def run(args: argparse.Namespace, workdir: str) -> dict:
         "dtd": args.dtd, "backbone": args.backbone, "weights": args.weights, "size": [h, w], "batch": args.batch,
         "head_widths": cfg.model.head_widths, "steps": args.steps, "warmup_steps": WARMUP_STEPS,
         "channels_last": cfg.train.channels_last, "compile": args.compile, "fused_adamw": args.fused_adamw,
+        "image_score": cfg.eval.image_score,
         "code": "previous (--old)" if args.old else "current"}}
 
     ds = build_train_dataset(cfg, args.category)
@@ -293,6 +299,12 @@ def run(args: argparse.Namespace, workdir: str) -> dict:
         predict_maps(model, images, topk=cfg.eval.topk, sigma=cfg.eval.sigma, amp=cfg.train.amp,
                      image_score=cfg.eval.image_score, knn_weight=cfg.eval.knn_weight)
 
+    if cfg.eval.image_score == "map_residual_knn":
+        log.info("nearest-neighbour score: memory and statistics of the training images")
+        t_knn = _time_once(lambda: calibrate_knn_score(model, bank, normal_train_set(cfg, args.category), cfg,
+                                                       device), device)
+        res["knn_calibration"] = {"seconds": t_knn, "images": int(bank.meta["num_images"]),
+                                  "memory": int(model.knn.memory.memory.shape[0])}
     n_img = args.steps * args.batch
     model.train()
     res["time_to_first_step_s"] = time.perf_counter() - t_model + _time_once(train_step, device)
@@ -350,9 +362,13 @@ def table(res: dict) -> str:
          f"included"),
         ("end to end / step", f"{res['epoch_over_step']:.2f}", "x", "epoch images/s / fixed-batch step images/s"),
         ("inference (predict_maps)", f"{res['inference']['images_per_s']:.1f}", "images/s",
-         f"{res['inference']['ms_per_batch']:.1f} ms/batch, batch {b}, forward + sigmoid + smoothing + top-k"),
+         f"{res['inference']['ms_per_batch']:.1f} ms/batch, batch {b}, forward + sigmoid + smoothing + image score "
+         f"{s.get('image_score', 'map_residual')}"),
         ("prototype building", f"{res['prototypes']['seconds']:.2f}", "s",
          f"{res['prototypes']['images']} images, K={res['prototypes']['k'][0]}, read + features + k-means"),
+        *([("nearest-neighbour calibration", f"{res['knn_calibration']['seconds']:.2f}", "s",
+            f"{res['knn_calibration']['images']} images, memory {res['knn_calibration']['memory']}, read + features "
+            f"+ coreset + statistics")] if "knn_calibration" in res else []),
         ("AUPRO (prnet.metrics)", f"{res['aupro']['aupro_s']:.3f}", "s",
          f"{res['aupro']['maps']} maps {res['aupro']['size']}x{res['aupro']['size']}, best of "
          f"{res['aupro']['aupro_repeats']}"),
@@ -395,6 +411,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="channels_last model and batches (default: train.channels_last)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for the training steps")
     p.add_argument("--fused-adamw", action="store_true", help="fused AdamW (CUDA only)")
+    p.add_argument("--image-score", choices=IMAGE_SCORES, default=None,
+                   help="eval.image_score of the inference timing (default: the config's)")
     p.add_argument("--old", action="store_true",
                    help="the previous synthesis and attention code (benchmarks/legacy.py), for before/after")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
