@@ -69,10 +69,19 @@ def test_the_trained_run_scores_with_the_validated_rule(knn_run):
     want = np.array([im["scores"]["zsum0.25"] for im in got["images"]])
     np.testing.assert_allclose(out["scores"], want, rtol=1e-4, atol=1e-4)
     assert results["metrics"]["image_auroc"] == pytest.approx(got["image_auroc"]["zsum0.25"]["all"])
-    # the threshold: the highest score of the normal training images, on the same scale
+    # the threshold (train_max): the highest fused score of the normal training images, each scored as an unseen
+    # image (held-out prototype distance, its own memory rows left out), computed here with score_fusion's parts
     train = normal_train_set(cfg, "tiny")
-    normal = run_inference(model, train, cfg, torch.device("cpu"), progress=False)["scores"]
-    assert state["threshold"] == pytest.approx(float(normal.max()), rel=1e-5)
+    model.bank = score_fusion.run_prototypes(cfg, "tiny")  # with the training images' clusters
+    p_train, r_train, _ = score_fusion.maps_of(model, train, sigma=cfg.eval.sigma, batch=16,
+                                               device=torch.device("cpu"), leave_one_out=True, desc="train")
+    r_train = np.mean([r / r.mean() for r in r_train], axis=0)
+    _, knn_train, _ = score_fusion.knn_scores(cfg, train, test, torch.device("cpu"), 16)
+    s_m = score_fusion.topk_mean(p_train * np.sqrt(r_train), cfg.eval.topk)
+    held_out = score_fusion.zscores(s_m, s_m) + 0.25 * score_fusion.zscores(knn_train, knn_train)
+    assert state["threshold"] == pytest.approx(float(held_out.max()), rel=1e-4, abs=1e-4)
+    seen = run_inference(model, train, cfg, torch.device("cpu"), progress=False)["scores"]
+    assert seen.max() < state["threshold"]  # scored as test images are, training images sit lower
     # weight 0: the fused score is a monotone function of map_residual's, the same ranking
     cfg.eval.knn_weight = 0.0
     zero = run_inference(model, test, cfg, torch.device("cpu"), progress=False)["scores"]

@@ -8,7 +8,10 @@ put the two scores on one scale, over the same images, each scored as an unseen 
   square root of the image's held-out prototype distance map (its own image left out of its cluster);
 - s_knn: the nearest-neighbour image score without the memory rows taken from the image itself.
 
-`attach_knn_score` does the same for a model loaded from a checkpoint that lacks it, from the run's prototype file.
+The same held-out scores, fused, are what eval.threshold=train_max takes the highest of (`calibrate_knn_score`
+returns them): the training images' own patches are part of the memory, so scored as test images are they would sit
+far below any unseen normal image. `attach_knn_score` does the same for a model loaded from a checkpoint that lacks
+it, from the run's prototype file.
 """
 from __future__ import annotations
 
@@ -31,9 +34,10 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def calibrate_knn_score(model: torch.nn.Module, bank: PrototypeBank, dataset, cfg: Config,
-                        device: torch.device) -> KnnScore:
+                        device: torch.device) -> np.ndarray:
     """Build model.knn (replacing any) from `dataset`, the normal training images in `bank`'s build order; `bank`:
-    the model's prototypes with those images' cluster assignments. Returns it."""
+    the model's prototypes with those images' cluster assignments. Returns the images' held-out fused scores
+    (eval.knn_weight), in dataset order."""
     if bank.num_sources != len(dataset):
         raise ValueError(f"calibrate_knn_score: a prototype bank of {bank.num_sources} training images, "
                          f"{len(dataset)} images given")
@@ -66,10 +70,11 @@ def calibrate_knn_score(model: torch.nn.Module, bank: PrototypeBank, dataset, cf
     knn.settings.copy_(torch.tensor([float(cfg.eval.topk), float(cfg.eval.sigma)]))
     model.knn = knn
     model.train(was_training)
+    held_out = knn.fuse(torch.cat(s_m), torch.cat(s_knn), cfg.eval.knn_weight, cfg.eval.topk, cfg.eval.sigma)
     log.info("nearest-neighbour score: memory %d × %d from %d training images; log-score mean/std %s (%.1f s)",
              memory.memory.shape[0], memory.memory.shape[1], len(dataset),
              [round(float(v), 4) for v in knn.stats], time.time() - t0)
-    return knn
+    return held_out.numpy()
 
 
 def attach_knn_score(model: torch.nn.Module, cfg: Config, category: str, device: torch.device) -> bool:

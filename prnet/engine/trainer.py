@@ -376,17 +376,23 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     figures. Returns the results (an empty dict on ranks other than 0)."""
     out_dir = os.path.join(output_root(cfg), category)
     fingerprints = _rank_fingerprints(run.model, ctx)  # a collective: every rank takes part
+    knn_train = None  # the training images' held-out fused scores (map_residual_knn)
     if cfg.eval.image_score == "map_residual_knn":  # every rank makes the same (deterministic, seeded)
-        calibrate_knn_score(run.model, bank, normal_train_set(cfg, category), cfg, device)
+        knn_train = calibrate_knn_score(run.model, bank, normal_train_set(cfg, category), cfg, device)
     held_out = cfg.eval.threshold == "holdout_fpr"
     threshold_set = normal_train_set(cfg, category, held_out=held_out)  # normal images only, never test labels
-    normal_out = _gather_inference(run.model, threshold_set, cfg, device, ctx)
+    if knn_train is not None and not held_out:
+        # train_max with map_residual_knn: each training image scored as an unseen one (knn_calibration)
+        normal_scores = knn_train
+    else:
+        normal_out = _gather_inference(run.model, threshold_set, cfg, device, ctx)
+        normal_scores = None if normal_out is None else normal_out["scores"]
     t_eval = time.time()
     out = _gather_inference(run.model, test_set, cfg, device, ctx)
     timings["eval_s"] = time.time() - t_eval
     if not ctx.is_main:
         return {}
-    threshold = decision_threshold(normal_out["scores"], cfg.eval.threshold, cfg.eval.target_fpr)
+    threshold = decision_threshold(normal_scores, cfg.eval.threshold, cfg.eval.target_fpr)
     save_checkpoint(os.path.join(out_dir, "last.pt"), model=run.model, epoch=cfg.train.epochs, cfg=cfg,
                     prototype_meta=bank.meta, optimizer=run.optimizer, scheduler=run.scheduler, threshold=threshold,
                     threshold_rule=cfg.eval.threshold, history=run.history)
