@@ -177,7 +177,7 @@ def coreset_memory(features: torch.Tensor, owner: torch.Tensor, count: Optional[
     if count is None:
         count = max(1, int(round(ratio * candidates.shape[0])))
     if count > candidates.shape[0]:
-        raise ValueError(f"patch memory of {count}: more than the {candidates.shape[0]} candidate patches")
+        raise ValueError(f"coreset_memory: cannot choose {count} of {candidates.shape[0]} candidate patches")
     idx = greedy_coreset(candidates, count, seed=seed, progress=False)
     return PatchMemory(candidates[idx], cand_owner[idx])
 
@@ -192,10 +192,11 @@ def build_patch_memory(backbone: nn.Module, images: Iterable, device: torch.devi
     memory's `mean`: the level of an unseen normal image.
     """
     feats_all, owner, n = patch_features(backbone, images, device, batch_size)
-    try:
-        memory = coreset_memory(feats_all, owner, count, seed=seed, max_candidates=max_candidates)
-    except ValueError as e:
-        raise ValueError(f"prototypes.patch_memory {count}: {e} of {n} training images") from None
+    available = feats_all.shape[0] if max_candidates is None else min(feats_all.shape[0], max_candidates)
+    if count > available:
+        raise ValueError(f"prototypes.patch_memory {count}: more than the {available} candidate patches of {n} "
+                         f"training images")
+    memory = coreset_memory(feats_all, owner, count, seed=seed, max_candidates=max_candidates)
     held_out = nearest_distances(feats_all, memory.memory, query_owner=owner, memory_owner=memory.source)
     memory.mean.fill_(float(held_out.double().mean()))
     del feats_all, owner
