@@ -211,6 +211,15 @@ def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> di
     return info
 
 
+def eval_settings(eval_cfg) -> dict:
+    """The evaluation settings a stored evaluation is keyed by: all of eval.*, but eval.knn_weight only where it is
+    used (eval.image_score=map_residual_knn), so that evaluations stored before it existed keep their key."""
+    settings = dataclasses.asdict(eval_cfg)
+    if settings["image_score"] != "map_residual_knn":
+        del settings["knn_weight"]
+    return settings
+
+
 def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: torch.device) -> dict:
     """One PRNet run (trained or reused), scored on the common test set (or that score reused)."""
     from prnet.config import load_config
@@ -226,7 +235,7 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
     claim_run_dir(run_dir, settings)
     ov = prnet_overrides(args, ds, shots, seed, run_dir)
     eval_cfg = load_config(None, ov).eval  # the evaluation settings asked for now
-    eval_key = short_hash({"eval": dataclasses.asdict(eval_cfg), "test": test_key(common_test)})
+    eval_key = short_hash({"eval": eval_settings(eval_cfg), "test": test_key(common_test)})
     eval_path = os.path.join(run_dir, f"eval-{eval_key}.json")
     done = os.path.join(run_dir, "train.json")
     if os.path.exists(done) and os.path.exists(eval_path):

@@ -186,3 +186,16 @@ def test_a_record_of_the_json_files_rebuilds_the_table_without_checkpoints(bench
     argv[argv.index("eval.topk=10")] = "eval.topk=7"  # an evaluation never made: needs the checkpoint
     with pytest.raises(SystemExit, match="last.pt is missing"):
         real_data.main([*argv, "--rescore"])
+
+
+def test_the_evaluation_key_holds_the_knn_weight_only_where_it_is_used():
+    """Stored evaluations made before eval.knn_weight existed keep their key (the kept record rebuilds the tables)."""
+    from prnet.config import load_config
+
+    plain = real_data.eval_settings(load_config(None, []).eval)
+    assert "knn_weight" not in plain and plain["image_score"] == "map_residual"
+    assert real_data.eval_settings(load_config(None, ["eval.knn_weight=0.5"]).eval) == plain
+    fused = real_data.eval_settings(load_config(None, ["eval.image_score=map_residual_knn"]).eval)
+    assert fused["knn_weight"] == 0.25
+    assert real_data.eval_settings(load_config(None, ["eval.image_score=map_residual_knn",
+                                                     "eval.knn_weight=0.5"]).eval) != fused
