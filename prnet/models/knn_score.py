@@ -7,8 +7,8 @@ upsampled bilinearly to the image size, smoothed with a Gaussian of σ = KNN_SIG
 one scale by the normal training images: score = z(log s_m) + w · z(log s_knn), each log standardised by the mean and
 standard deviation of its values over the normal training images (`stats`), w = eval.knn_weight. s_m depends on
 eval.topk and eval.sigma, so the statistics hold for the values they were made with (`settings`); scoring with
-others is refused. Chosen on
-validation data (docs/experiments.md, round 13); the memory and its settings are the baseline's.
+others is refused. Chosen on validation data (docs/experiments.md, round 13); the memory and its settings are the
+baseline's.
 
 `KnnScore` holds the memory (a PatchMemory of the last two feature scales, prnet.models.patch_memory) and the four
 statistics; both are buffers, so a checkpoint and an ONNX export carry them. Built empty, it takes its memory's shape
@@ -17,14 +17,13 @@ prnet.engine.knn_calibration fills them, after training.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from prnet.models.patch_memory import PatchMemory, memory_inputs
+from prnet.models.patch_memory import PatchMemory
 
 KNN_SIGMA = 4.0  # the baseline's smoothing of the distance map before its maximum is taken
 EPS = 1e-8  # inside the logarithms and under the standard deviations
@@ -52,10 +51,7 @@ class KnnScore(nn.Module):
         return bool(self.settings[0] == float(topk) and torch.isclose(self.settings[1], torch.tensor(float(sigma))))
 
     def forward(self, feats: Sequence[torch.Tensor], source: Optional[torch.Tensor] = None) -> torch.Tensor:
-        device_type = feats[0].device.type
-        autocast_on = torch.is_autocast_enabled(device_type) if device_type in ("cuda", "cpu", "mps") else False
-        with torch.autocast(device_type, enabled=False) if autocast_on else contextlib.nullcontext():
-            return self.memory.raw_distances(memory_inputs(feats), source)
+        return self.memory.model_distances(feats, source)
 
     def fuse(self, s_m: torch.Tensor, s_knn: torch.Tensor, weight: float, topk: int, sigma: float) -> torch.Tensor:
         """z(log s_m) + weight · z(log s_knn) with the stored statistics; s_m scored with eval.topk `topk` and

@@ -225,11 +225,16 @@ class PatchMemory(nn.Module):
             dist = nearest_distances(queries, self.memory, query_chunk=self.QUERY_CHUNK, **own)
         return dist.view(n, 1, h, w)
 
-    def forward(self, feats: Sequence[torch.Tensor], source: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The normalised distance map of the model's feature maps `feats` (all scales; memory_inputs picks)."""
-        if not torch.jit.is_tracing() and not self.has_mean:
-            raise RuntimeError("PatchMemory: no mean distance of the normal training images: rebuild the prototypes")
+    def model_distances(self, feats: Sequence[torch.Tensor], source: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """raw_distances of the model's feature maps `feats` (all scales; memory_inputs picks), in float32 even
+        under autocast."""
         device_type = feats[0].device.type
         autocast_on = torch.is_autocast_enabled(device_type) if device_type in ("cuda", "cpu", "mps") else False
         with torch.autocast(device_type, enabled=False) if autocast_on else contextlib.nullcontext():
-            return self.raw_distances(memory_inputs(feats), source) / self.mean
+            return self.raw_distances(memory_inputs(feats), source)
+
+    def forward(self, feats: Sequence[torch.Tensor], source: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The normalised distance map of the model's feature maps `feats` (model_distances / mean)."""
+        if not torch.jit.is_tracing() and not self.has_mean:
+            raise RuntimeError("PatchMemory: no mean distance of the normal training images: rebuild the prototypes")
+        return self.model_distances(feats, source) / self.mean
