@@ -186,14 +186,14 @@ def knn_scores(cfg, train, test, device: torch.device,
 
 
 def run_prototypes(cfg, category: str):
-    """The run's prototype file, checked against the current training images. A copy of the data keeps the file
-    names but not always their modification times: if only those differ (the same names in the same order), the
-    file is used with a warning. So is a file of an earlier format: its prototypes and clusters are what they were,
-    and the residual means it lacks are computed here from the training images. The caller still compares its
-    prototypes with the checkpoint's."""
+    """The run's prototype file, checked against the current training images. If only the digest of the training
+    files differs (the same names in the same order: a file made when the digest was taken from modification times,
+    or images edited since), the file is used with a warning. So is a file of an earlier format: its prototypes and
+    clusters are what they were, and the residual means it lacks are computed here from the training images. The
+    caller still compares its prototypes with the checkpoint's."""
     path, expected = prototype_path(cfg, category), expected_meta(cfg, category)
-    tolerated = {"train_files": "the training files' sizes or modification times differ from when it was made "
-                                "(same names in the same order)",
+    tolerated = {"train_files": "the digest of the training files differs from when it was made (same names in the "
+                                "same order)",
                  "format": "an earlier prototype file format"}
     try:
         return load_prototypes(path, expected)

@@ -1,5 +1,6 @@
 """Prototype files: build, save/load (weights_only), metadata that identifies the data and settings, the cache
 check of train.py (stale files rebuilt with a warning) and of create_proto_feature_maps.py (refused, exit 2)."""
+import hashlib
 import logging
 import os
 import shlex
@@ -14,7 +15,7 @@ from prnet.config import Config, load_config
 from prnet.datasets.demo import make_demo_category
 from prnet.engine.prototypes import (FORMAT_VERSION, PrototypeMismatchError, build_prototypes, ensure_prototypes,
                                      expected_meta, load_prototypes, make_backbone, prototype_path, save_prototypes,
-                                     weights_identity)
+                                     files_digest, weights_identity)
 from prnet.models.backbone import Backbone
 from prnet.models.prototypes import PrototypeBank
 
@@ -79,9 +80,31 @@ def test_weights_identity(tmp_path):
     f = tmp_path / "w.pth"
     f.write_bytes(b"1234")
     first = weights_identity("resnet18", str(f))
-    assert first.startswith(f"file:{os.path.realpath(f)}:4:")
-    f.write_bytes(b"12345")
+    assert first == f"file:sha256:{hashlib.sha256(b'1234').hexdigest()}"
+    copy = tmp_path / "elsewhere" / "w.pth"
+    copy.parent.mkdir()
+    shutil.copy(f, copy)  # the same weights in another place, with another modification time
+    assert weights_identity("resnet18", str(copy)) == first
+    f.write_bytes(b"1235")
     assert weights_identity("resnet18", str(f)) != first
+    assert weights_identity("resnet18", str(tmp_path / "missing.pth")) == f"file:{tmp_path / 'missing.pth'}"
+
+
+def test_training_files_are_identified_by_content_not_modification_time(tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    a.write_bytes(b"image one")
+    b.write_bytes(b"image two")
+    digest = files_digest([str(a), str(b)], ["a.png", "b.png"])
+    for f in (a, b):  # new modification times, the same bytes: a copy or a restore of the data
+        st = os.stat(f)
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert files_digest([str(a), str(b)], ["a.png", "b.png"]) == digest
+    st = os.stat(a)
+    a.write_bytes(b"image 1ne")  # other bytes of the same size, the modification time put back
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(a).st_size == st.st_size and os.stat(a).st_mtime_ns == st.st_mtime_ns
+    assert files_digest([str(a), str(b)], ["a.png", "b.png"]) != digest
+    assert files_digest([str(b), str(a)], ["b.png", "a.png"]) != digest  # the order is part of it
 
 
 # ------------------------------------------------------------------------------------------------ the cache check

@@ -90,10 +90,11 @@ def test_the_released_score_fused_with_the_nearest_neighbour_distance():
     assert np.argmax(lifted["zmax"]) == np.argmin(out["zmax"])
 
 
-def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path):
+def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path, caplog):
     """A 1-epoch run on the tiny category, scored by every rule; a foreign prototype file is refused."""
     import glob
     import json
+    import logging
     import os
 
     import score_fusion
@@ -123,21 +124,23 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path):
     assert got["test_images"] == 20 - 3  # the tiny test split minus the run's 3 real anomalies
     _library_score_is_the_validated_map05(ckpt)
     _flip_rules(ckpt, result)
-    # a copy of the data with new modification times (same names): the run's prototype file is still used
-    good = os.path.join(tiny_data, "tiny", "train", "good")
-    first = os.path.join(good, sorted(os.listdir(good))[0])
-    stat = os.stat(first)
-    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    try:
-        assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--out", result]) == 0
-        assert json.load(open(result))["image_auroc"]["prnet"] == got["image_auroc"]["prnet"]
-    finally:
-        os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    # a prototype file of the earlier format 3 (no residual means): its prototypes and clusters are used as well
+    # a prototype file whose digest of the training files differs (made when it was taken from modification times;
+    # the same names in the same order): still used, with a warning
     import torch
 
     path = glob.glob(os.path.join(protos, "*", "tiny.pt"))[0]
     original = open(path, "rb").read()
+    payload = torch.load(path, weights_only=True)
+    payload["meta"]["train_files"] = "0" * 64
+    torch.save(payload, path)
+    try:
+        with caplog.at_level(logging.WARNING, logger="score_fusion"):
+            assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--out", result]) == 0
+        assert json.load(open(result))["image_auroc"]["prnet"] == got["image_auroc"]["prnet"]
+        assert any("digest of the training files" in r.getMessage() for r in caplog.records)
+    finally:
+        open(path, "wb").write(original)
+    # a prototype file of the earlier format 3 (no residual means): its prototypes and clusters are used as well
     payload = torch.load(path, weights_only=True)
     payload["format"] = payload["meta"]["format"] = 3
     del payload["residual_mean"]

@@ -2,8 +2,8 @@
 
 A file is `<prototypes.dir>/<backbone>_<H>x<W>/<category>.pt`, saved with tensors and plain Python types only
 (it loads with `torch.load(..., weights_only=True)`). Its metadata identifies everything that determines the
-bank (`expected_meta`): the resolved data root and format, the category, the training images (names, sizes and
-modification times, hashed), image size, backbone and weights identity, stages, ratio, residual, seed and k-means
+bank (`expected_meta`): the resolved data root and format, the category, the training images (names and contents,
+hashed: a copy of the data with new modification times still matches), image size, backbone and weights identity, stages, ratio, residual, seed and k-means
 iterations. A file whose metadata differs is stale: `ensure_prototypes` (train.py) rebuilds it with a warning
 naming the differing fields; create_proto_feature_maps.py refuses it and prints the command that rebuilds it.
 """
@@ -209,7 +209,7 @@ def run_prototype_file(model: nn.Module, cfg: Config, category: str) -> tuple[Pr
     """(the run's prototype file as a bank, with its training images' cluster assignments; the normal training set
     in the bank's build order), for work on a model loaded from a checkpoint that needs held-out residuals. The file
     must hold the checkpoint's prototypes and name the same training images in the same order
-    (PrototypeMismatchError otherwise); its format and the files' modification times are not checked."""
+    (PrototypeMismatchError otherwise); its format and the files' contents are not checked."""
     path = prototype_path(cfg, category)
     stored = load_prototypes(path)
     if any(a.shape != b.shape or not torch.equal(a.cpu(), b.cpu()) for a, b in zip(stored.prototypes,
@@ -243,7 +243,7 @@ def attach_residual_means(model: nn.Module, cfg: Config, category: str, device: 
 # ------------------------------------------------------------------------------------------------ identity
 def weights_identity(backbone: str, weights: str) -> str:
     """What the backbone's weights are: 'none', 'hub:<backbone>', 'package:<dist>==<version>', or for a file
-    'file:<realpath>:<size>:<mtime_ns>'."""
+    'file:sha256:<digest of its bytes>' (the same weights copied elsewhere are the same weights)."""
     if weights == "none":
         return "none"
     if weights == "hub":
@@ -259,18 +259,27 @@ def weights_identity(backbone: str, weights: str) -> str:
             return f"package:{dist}"
     path = os.path.realpath(os.path.expanduser(weights))
     try:
-        st = os.stat(path)
+        return f"file:sha256:{content_digest(path)}"
     except OSError:
         return f"file:{path}"
-    return f"file:{path}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def content_digest(path: str) -> str:
+    """sha256 of a file's bytes (hex; about 0.1 s for a few hundred training images)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def files_digest(paths: Sequence[str], names: Sequence[str]) -> str:
-    """sha256 over each file's name, size and modification time (a stat per file: fast for 10k images)."""
+    """sha256 over each file's name and the sha256 of its bytes. Contents rather than modification times: a copy
+    or a restore of the data (new times, same images) keeps the prototypes and lets a run resume; an image
+    replaced by another one of the same size and time does not."""
     h = hashlib.sha256()
     for path, name in zip(paths, names):
-        st = os.stat(path)
-        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{name}\0{content_digest(path)}\n".encode())
     return h.hexdigest()
 
 
