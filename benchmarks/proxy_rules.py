@@ -7,16 +7,20 @@ Each file is the `--out` of `score_fusion.py --subsets --rules prnet,map0.5` on 
 `--rule`, the released image score; pixel AUROC and AUPRO of `--pixel-rule`'s map, by default `prnet`, the head's
 map, which is the library's anomaly map). A candidate image score on the same runs (round 13) is read from the
 candidate files with `--candidate-rule`: `--candidate F_s0.json F_s1.json --reference F_s0.json F_s1.json
---candidate-rule zsum0.5`. The i-th candidate file is compared with
+--candidate-rule zsum0.5`; a candidate map (round 14) with `--candidate-pixel-rule pz0.5`. Per-subset pixel figures
+(files scored with `--pixel-groups`) are named `pixel_auroc:GROUP` and `aupro:GROUP`. The i-th candidate file is
+compared with
 the i-th reference file (the same training seed), and every figure is the mean over the seeds. The rules the rounds
 in docs/experiments.md write before their runs:
 
 1. gain: image AUROC of `--rule` on the `--gain-group` ("all") at least `--gain` above the reference
    (`--gain 0` leaves that out, as for a second proxy that only has to show no harm); and each `--require
-   GROUP:MIN` (repeatable) asks the mean difference on GROUP to be at least MIN (round 12: "all" not below the
-   reference and the region swaps +0.01: `--gain 0 --require all:0 --require swap_unseen_shapes:0.01`);
+   FIGURE:MIN` (repeatable) asks the mean difference on FIGURE (a group's image AUROC, or a per-subset pixel
+   figure) to be at least MIN (round 12: "all" not below the reference and the region swaps +0.01: `--gain 0
+   --require all:0 --require swap_unseen_shapes:0.01`; round 14: `--require pixel_auroc:swap_unseen_shapes:0.01`);
 2. no harm: no proxy subset (`--subsets`, the groups proxy_validation.py makes) below the reference by more than
-   `--harm` image AUROC, and the map's pixel AUROC and AUPRO on "all" within `--pixel-harm`.
+   `--harm` image AUROC, and the map's pixel AUROC and AUPRO on "all" within `--pixel-harm`; with
+   `--pixel-subset-harm X` also each subset's pixel AUROC within X.
 
 Prints one row per figure (candidate per seed, reference per seed, mean difference, and what breaks a rule) and
 the verdict; exits 0 if the candidate passes, 1 if it fails, 2 on unusable input. `--out` writes the same as JSON.
@@ -47,9 +51,10 @@ def requirement(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected GROUP:MIN (e.g. swap_unseen_shapes:0.01), got {text!r}")
 
 
-def figures(path: str, rule: str, groups: Sequence[str], pixel_rule: str = "prnet") -> dict:
-    """{group: image AUROC of `rule`, 'pixel_auroc': ..., 'aupro': ... of `pixel_rule`'s map} in one score_fusion.py
-    JSON file."""
+def figures(path: str, rule: str, groups: Sequence[str], pixel_rule: str = "prnet",
+            pixel_groups: Sequence[str] = ()) -> dict:
+    """{group: image AUROC of `rule`, 'pixel_auroc': ..., 'aupro': ... of `pixel_rule`'s map, and for each of
+    `pixel_groups` 'pixel_auroc:GROUP' and 'aupro:GROUP'} in one score_fusion.py JSON file."""
     try:
         with open(path) as f:
             result = json.load(f)
@@ -65,19 +70,29 @@ def figures(path: str, rule: str, groups: Sequence[str], pixel_rule: str = "prne
                          f"proxy; groups present: {sorted(image)})")
     out = {g: float(image[g]) for g in groups}
     out.update({k: float(metrics[k]) for k in PIXEL})
+    if pixel_groups:
+        by_group = (result.get("pixel_by_group") or {}).get(pixel_rule, {})
+        missing = [g for g in pixel_groups if g not in by_group]
+        if missing:
+            raise SystemExit(f"proxy_rules: {path} has no pixel figures of {pixel_rule!r} for {missing} (score it "
+                             f"with --pixel-groups)")
+        out.update({f"{k}:{g}": float(by_group[g][k]) for g in pixel_groups for k in PIXEL})
     return out
 
 
 def decide(candidate: Sequence[dict], reference: Sequence[dict], *, gain_group: str, gain: float, harm: float,
-           pixel_harm: float, subsets: Sequence[str], require: Optional[dict] = None) -> dict:
+           pixel_harm: float, subsets: Sequence[str], require: Optional[dict] = None,
+           pixel_subset_harm: Optional[float] = None) -> dict:
     """Rows {figure: (candidate values, reference values, mean difference, broken rules or '')} and the verdict.
-    `require`: {group: least mean difference}, more conditions of rule 1."""
+    `require`: {figure: least mean difference}, more conditions of rule 1; `pixel_subset_harm`: rule 2's limit on
+    each subset's pixel AUROC (None: not checked)."""
     if len(candidate) != len(reference) or not candidate:
         raise ValueError(f"give as many reference files as candidate files (paired by seed), got "
                          f"{len(candidate)} and {len(reference)}")
     require = dict(require or {})
     rows, failures = {}, []
-    for key in dict.fromkeys([gain_group, *require, *subsets, *PIXEL]):
+    pixel_subsets = [f"pixel_auroc:{s}" for s in subsets] if pixel_subset_harm is not None else []
+    for key in dict.fromkeys([gain_group, *require, *subsets, *PIXEL, *pixel_subsets]):
         c = [r[key] for r in candidate]
         ref = [r[key] for r in reference]
         diff = sum(c) / len(c) - sum(ref) / len(ref)
@@ -88,6 +103,8 @@ def decide(candidate: Sequence[dict], reference: Sequence[dict], *, gain_group: 
             broken.append(f"rule 1: {key} {diff:+.4f} < {require[key]:+}")
         if key in PIXEL and diff < -pixel_harm:
             broken.append(f"rule 2: {key} {diff:+.4f} < -{pixel_harm}")
+        elif key in pixel_subsets and diff < -pixel_subset_harm:
+            broken.append(f"rule 2: {key} {diff:+.4f} < -{pixel_subset_harm}")
         elif key in subsets and diff < -harm:
             broken.append(f"rule 2: {key} {diff:+.4f} < -{harm}")
         failures.extend(broken)
@@ -105,24 +122,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--pixel-rule", default="prnet",
                    help="the map whose pixel AUROC and AUPRO rule 2 reads (default prnet: the head's map, the "
                         "library's anomaly map; map0.5's p·r^0.5 map is only its image score's)")
+    p.add_argument("--candidate-pixel-rule",
+                   help="the candidate files' map, when it is another than --pixel-rule's (default: --pixel-rule)")
+    p.add_argument("--pixel-subset-harm", type=float, default=None,
+                   help="rule 2 also asks each subset's pixel AUROC to be within this of the reference's")
     p.add_argument("--gain-group", default="all")
     p.add_argument("--gain", type=float, default=0.003, help="rule 1's gain; 0 leaves rule 1 out")
     p.add_argument("--harm", type=float, default=0.005, help="rule 2's limit per proxy subset (image AUROC)")
     p.add_argument("--pixel-harm", type=float, default=0.003, help="rule 2's limit on pixel AUROC and AUPRO")
-    p.add_argument("--require", action="append", type=requirement, default=[], metavar="GROUP:MIN",
-                   help="rule 1 also asks the mean difference on GROUP to be at least MIN (repeatable)")
+    p.add_argument("--require", action="append", type=requirement, default=[], metavar="FIGURE:MIN",
+                   help="rule 1 also asks the mean difference on FIGURE (a group, or pixel_auroc:GROUP / "
+                        "aupro:GROUP) to be at least MIN (repeatable)")
     p.add_argument("--subsets", type=lambda t: [s for s in t.split(",") if s], default=list(SUBSETS))
     p.add_argument("--out")
     args = p.parse_args(argv)
     subsets = [s for s in args.subsets if s != args.gain_group]
     require = dict(args.require)
-    groups = list(dict.fromkeys([args.gain_group, *require, *subsets]))
+    pixel_keys = [k for k in require if k.partition(":")[0] in PIXEL]  # pixel_auroc:GROUP, aupro:GROUP
+    groups = list(dict.fromkeys([args.gain_group, *[k for k in require if k not in pixel_keys], *subsets]))
+    pixel_groups = list(dict.fromkeys([*[k.partition(":")[2] for k in pixel_keys],
+                                       *(subsets if args.pixel_subset_harm is not None else [])]))
     candidate_rule = args.candidate_rule or args.rule
+    candidate_pixel_rule = args.candidate_pixel_rule or args.pixel_rule
     try:
-        result = decide([figures(f, candidate_rule, groups, args.pixel_rule) for f in args.candidate],
-                        [figures(f, args.rule, groups, args.pixel_rule) for f in args.reference],
+        result = decide([figures(f, candidate_rule, groups, candidate_pixel_rule, pixel_groups)
+                         for f in args.candidate],
+                        [figures(f, args.rule, groups, args.pixel_rule, pixel_groups) for f in args.reference],
                         gain_group=args.gain_group, gain=args.gain, harm=args.harm, pixel_harm=args.pixel_harm,
-                        subsets=subsets, require=require)
+                        subsets=subsets, require=require, pixel_subset_harm=args.pixel_subset_harm)
     except SystemExit as e:
         print(e, file=sys.stderr)
         return 2
@@ -138,6 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.out:
         result.update(candidate_files=list(args.candidate), reference_files=list(args.reference), rule=args.rule,
                       candidate_rule=candidate_rule, pixel_rule=args.pixel_rule,
+                      candidate_pixel_rule=candidate_pixel_rule, pixel_subset_harm=args.pixel_subset_harm,
                       gain=args.gain, require=require, harm=args.harm, pixel_harm=args.pixel_harm)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -27,6 +27,11 @@ and scores these rules (no test label is used by any of them; the normal-image s
   and to s_knn, then summed (zsum) or the larger of the two taken (zmax: an image is as anomalous as the detector
   that finds it most unusual); zsum<w> (w in KNN_WEIGHTS): z(log s_m) + w·z(log s_knn), the distance's part
   weighed down;
+- pz<w> (w in PIXEL_WEIGHTS; a pixel-level candidate, round 14): the head's map fused with the baseline's
+  nearest-neighbour map pixel by pixel, z(log p) + w·z(log d_knn), each log standardised by the mean and std over
+  every pixel of the normal training images' maps (p: the plain forward pass, as for the image scores' statistics;
+  d_knn: held out, as s_knn); scored at pixel level (its image score, the top-k mean of the fused map, is not a
+  candidate);
 - with --flips, flip2 / flip4: the head run on its inputs mirrored left-right (flip2) or also up-down and both
   (flip4), each map mirrored back and the probabilities averaged (p̄), scored as map0.5 (top-k mean of p̄ · r^0.5);
   their pixel metrics are p̄'s. The backbone and the prototype match run once (PRNet.encode), the head per mirror.
@@ -62,6 +67,7 @@ log = logging.getLogger("score_fusion")
 
 EPS = 1e-8
 KNN_WEIGHTS = (0.25, 0.5)  # the zsum<w> rules: the released score's z plus w times the distance's z
+PIXEL_WEIGHTS = (0.25, 0.5, 1.0)  # the pz<w> maps: the head map's pixel z plus w times the distance map's
 
 
 # --flips: the head run on its inputs (features, residuals, bottleneck, patch distance) mirrored along these dims, each
@@ -142,6 +148,20 @@ def zscores(test: np.ndarray, train: np.ndarray) -> np.ndarray:
     return (lt - ln.mean()) / (ln.std() + EPS)
 
 
+def pixel_zscores(test: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """log(test maps) standardised by the mean and std of log over every pixel of the training maps (float64
+    statistics; float32 result)."""
+    ln = np.log(train.astype(np.float64) + EPS)
+    mean, std = ln.mean(), ln.std()
+    return ((np.log(test.astype(np.float64) + EPS) - mean) / (std + EPS)).astype(np.float32)
+
+
+def pixel_fusions(p_test: np.ndarray, p_train: np.ndarray, k_test: np.ndarray, k_train: np.ndarray) -> dict:
+    """The pz<w> maps: z(log p) + w·z(log d_knn) per pixel (see the module docstring)."""
+    zp, zk = pixel_zscores(p_test, p_train), pixel_zscores(k_test, k_train)
+    return {f"pz{w:g}": zp + np.float32(w) * zk for w in PIXEL_WEIGHTS}
+
+
 def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: np.ndarray, k: int,
           fused: dict | None = None, knn: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Image scores of every rule for the test images (see the module docstring); `fused`: fused_maps(p_test,
@@ -166,23 +186,26 @@ def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: 
 
 
 def knn_scores(cfg, train, test, device: torch.device,
-               batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(test, held-out training) image scores of the PatchCore-style baseline fitted on `train` (the run's backbone
-    and seed), and its N×H×W anomaly maps of the test images."""
+    and seed), and its N×H×W anomaly maps of the test images and (held out) of the training images."""
     from patchcore import PatchCore
 
     model = PatchCore(cfg.model.backbone, cfg.model.backbone_weights, sigma=4.0, seed=cfg.seed, device=device)
     model.fit(DataLoader(train, batch_size=batch, shuffle=False, num_workers=0))
-    maps_test, scores_test, scores_train, start = [], [], [], 0
+    maps_test, scores_test, maps_train, scores_train, start = [], [], [], [], 0
     for b in tqdm(DataLoader(test, batch_size=batch, shuffle=False, num_workers=0), desc="knn test", leave=False):
         m, sc = model.predict(b["image"])
         maps_test.append(m)
         scores_test.append(sc)
     for b in tqdm(DataLoader(train, batch_size=batch, shuffle=False, num_workers=0), desc="knn train", leave=False):
         n = b["image"].shape[0]
-        scores_train.append(model.predict(b["image"], held_out=range(start, start + n))[1])
+        m, sc = model.predict(b["image"], held_out=range(start, start + n))
+        maps_train.append(m)
+        scores_train.append(sc)
         start += n
-    return np.concatenate(scores_test), np.concatenate(scores_train), np.concatenate(maps_test)
+    return (np.concatenate(scores_test), np.concatenate(scores_train), np.concatenate(maps_test),
+            np.concatenate(maps_train))
 
 
 def run_prototypes(cfg, category: str):
@@ -260,9 +283,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fused = fused_maps(p_test, r_test)
     knn, knn_map = None, {}
     if args.knn:
-        knn_test, knn_train, knn_map["knn"] = knn_scores(cfg, train, test, device, args.batch)
+        knn_test, knn_train, knn_map["knn"], knn_maps_train = knn_scores(cfg, train, test, device, args.batch)
         knn = (knn_test, knn_train)
+        knn_map.update(pixel_fusions(p_test, p_train, knn_map["knn"], knn_maps_train))
+        del knn_maps_train
     scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk, fused, knn)
+    for name, m in knn_map.items():
+        if name.startswith("pz"):  # pixel-level candidates; their image score is only what compute_metrics asks
+            scores[name] = topk_mean(m, cfg.eval.topk)
     for name, m in flipped.items():  # the averaged map, scored as the library's default (map0.5)
         scores[name] = topk_mean(fused_maps(m, r_test)["map0.5"], cfg.eval.topk)
     if args.rules:

@@ -76,7 +76,7 @@ def test_the_trained_run_scores_with_the_validated_rule(knn_run):
     p_train, r_train, _ = score_fusion.maps_of(model, train, sigma=cfg.eval.sigma, batch=16,
                                                device=torch.device("cpu"), leave_one_out=True, desc="train")
     r_train = np.mean([r / r.mean() for r in r_train], axis=0)
-    _, knn_train, _ = score_fusion.knn_scores(cfg, train, test, torch.device("cpu"), 16)
+    _, knn_train, _, _ = score_fusion.knn_scores(cfg, train, test, torch.device("cpu"), 16)
     s_m = score_fusion.topk_mean(p_train * np.sqrt(r_train), cfg.eval.topk)
     held_out = score_fusion.zscores(s_m, s_m) + 0.25 * score_fusion.zscores(knn_train, knn_train)
     assert state["threshold"] == pytest.approx(float(held_out.max()), rel=1e-4, abs=1e-4)

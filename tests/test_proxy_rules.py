@@ -106,3 +106,45 @@ def test_a_candidate_image_score_on_the_same_runs(tmp_path, capsys):
     d = json.loads((tmp_path / "d.json").read_text())
     assert d["candidate_rule"] == "zsum0.5" and d["rule"] == "map0.5"
     assert abs(d["rows"]["swap_unseen_shapes"]["diff"] - 0.015) < 1e-9
+
+
+def test_a_candidate_map_on_the_same_runs(tmp_path, capsys):
+    """Round 14: the candidate is another map in the same files (--candidate-pixel-rule), judged per subset too."""
+    image = {"all": 0.990, **{s: 0.980 for s in SUBSETS}}
+
+    def pixel(base, **over):
+        groups = {"all": {"pixel_auroc": base, "aupro": 0.97}}
+        groups.update({s: {"pixel_auroc": over.get(s, base), "aupro": 0.9} for s in SUBSETS})
+        return groups
+
+    head = pixel(0.998, swap_unseen_shapes=0.80)
+    fused = pixel(0.997, swap_unseen_shapes=0.82, small_unseen_spots=0.990)
+    files = []
+    for i in range(2):
+        path = tmp_path / f"s{i}.json"
+        by_group = {"prnet": head, "pz0.5": fused}
+        path.write_text(json.dumps({
+            "image_auroc": {"map0.5": image},
+            "metrics": {name: g["all"] for name, g in by_group.items()}, "pixel_by_group": by_group}))
+        files.append(str(path))
+    args = ["--candidate", *files, "--reference", *files, "--gain", "0", "--rule", "map0.5",
+            "--candidate-pixel-rule", "pz0.5", "--require", "pixel_auroc:swap_unseen_shapes:0.01",
+            "--out", str(tmp_path / "d.json")]
+    # the swaps +0.02 at pixel level, "all" −0.001: passes without the per-subset check
+    assert proxy_rules.main(args) == 0
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert abs(d["rows"]["pixel_auroc:swap_unseen_shapes"]["diff"] - 0.02) < 1e-9
+    assert d["candidate_pixel_rule"] == "pz0.5" and d["pixel_rule"] == "prnet"
+    capsys.readouterr()
+    # ... and fails it: the small spots 0.008 below at pixel level
+    assert proxy_rules.main([*args, "--pixel-subset-harm", "0.005"]) == 1
+    assert "rule 2: pixel_auroc:small_unseen_spots -0.0080" in capsys.readouterr().out
+    # asked for a gain it does not have
+    assert proxy_rules.main([*args, "--require", "pixel_auroc:swap_unseen_shapes:0.03"]) == 1
+    assert "rule 1: pixel_auroc:swap_unseen_shapes +0.0200 < +0.03" in capsys.readouterr().out
+    # files scored without --pixel-groups cannot be judged per subset
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"image_auroc": {"map0.5": image}, "metrics": {"prnet": head["all"]}}))
+    assert proxy_rules.main(["--candidate", str(bare), "--reference", str(bare), "--gain", "0",
+                             "--require", "pixel_auroc:swap_unseen_shapes:0.01"]) == 2
+    assert "--pixel-groups" in capsys.readouterr().err

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from prnet.metrics import image_auroc
-from score_fusion import rules, topk_mean
+from score_fusion import PIXEL_WEIGHTS, pixel_fusions, pixel_zscores, rules, topk_mean
 
 
 def _maps(seed, n=6, hw=(8, 8)):
@@ -90,6 +90,27 @@ def test_the_released_score_fused_with_the_nearest_neighbour_distance():
     assert np.argmax(lifted["zmax"]) == np.argmin(out["zmax"])
 
 
+def test_pixel_fusions_standardise_each_map_on_the_training_pixels():
+    rng = np.random.default_rng(0)
+    p_train, p_test = rng.uniform(1e-4, 0.2, (5, 6, 7)), rng.uniform(1e-4, 1.0, (3, 6, 7))
+    k_train, k_test = rng.uniform(1.0, 3.0, (5, 6, 7)), rng.uniform(1.0, 6.0, (3, 6, 7))
+    z = pixel_zscores(p_train, p_train)
+    assert abs(float(z.mean())) < 1e-5 and float(z.std()) == pytest.approx(1.0, abs=1e-5)
+    ln = np.log(p_train)
+    np.testing.assert_allclose(pixel_zscores(p_test, p_train), (np.log(p_test) - ln.mean()) / ln.std(), rtol=1e-5)
+    fused = pixel_fusions(p_test, p_train, k_test, k_train)
+    assert set(fused) == {f"pz{w:g}" for w in PIXEL_WEIGHTS} == {"pz0.25", "pz0.5", "pz1"}
+    lk = np.log(k_train)
+    for w in PIXEL_WEIGHTS:
+        expected = (np.log(p_test) - ln.mean()) / ln.std() + w * (np.log(k_test) - lk.mean()) / lk.std()
+        np.testing.assert_allclose(fused[f"pz{w:g}"], expected, rtol=1e-4, atol=1e-5)
+    # invariant to the scale of either map; a constant distance map leaves the head's ranking of pixels
+    scaled = pixel_fusions(p_test * 7.0, p_train * 7.0, k_test * 0.1, k_train * 0.1)
+    np.testing.assert_allclose(scaled["pz0.5"], fused["pz0.5"], atol=1e-4)
+    flat = pixel_fusions(p_test, p_train, np.full_like(k_test, 2.0), k_train)["pz1"]
+    assert (np.argsort(flat.ravel(), kind="stable") == np.argsort(p_test.ravel(), kind="stable")).all()
+
+
 def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path, caplog):
     """A 1-epoch run on the tiny category, scored by every rule; a foreign prototype file is refused."""
     import glob
@@ -117,6 +138,8 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path, caplog):
         assert by_group[name]["all"] == pytest.approx({k: got["metrics"][name][k] for k in ("pixel_auroc", "aupro")})
     assert {"prnet", "top10", "residual", "prod1", "zlog", "map0.5", "knn", "zknn", "zsum",
             "zmax", "zsum0.25", "zsum0.5"} <= set(got["image_auroc"])
+    # the pixel-level candidates: the head's map fused with the baseline's, at pixel level next to both
+    assert {"pz0.25", "pz0.5", "pz1"} <= set(got["metrics"]) and set(got["pixel_by_group"]) == set(got["metrics"])
     assert all(0.0 <= row["all"] <= 1.0 for row in got["image_auroc"].values())
     assert got["metrics"]["prnet"]["image_auroc"] == pytest.approx(got["image_auroc"]["prnet"]["all"])
     assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--out", result]) == 0
