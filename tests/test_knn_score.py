@@ -1,8 +1,10 @@
 """eval.image_score=map_residual_knn: the library's fused image score is the rule chosen on validation data
 (benchmarks/score_fusion.py zsum0.25), its memory is the baseline's, and it travels with the checkpoint."""
 import json
+import logging
 import os
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -91,16 +93,34 @@ def test_the_trained_run_scores_with_the_validated_rule(knn_run):
     assert image_auroc(zero, out["labels"]) == pytest.approx(image_auroc(released, out["labels"]))
 
 
-def test_a_checkpoint_without_it_gets_the_same_score_from_its_prototype_file(knn_run):
+def test_a_checkpoint_without_it_gets_the_same_score_from_its_prototype_file(knn_run, caplog):
     """attach_knn_score (real_data.py --rescore): a model without the score gets the one training made; one made
-    for another eval.topk is made again."""
+    for another eval.topk is made again; training images edited since the run are reported."""
     ckpt, _ = knn_run
     model, cfg, _ = model_from_checkpoint(ckpt, torch.device("cpu"))
     stored_stats, stored_memory = model.knn.stats.clone(), model.knn.memory.memory.clone()
     assert not attach_knn_score(model, cfg, "tiny", torch.device("cpu"))  # calibrated: left as it is
     model.knn = None
-    assert attach_knn_score(model, cfg, "tiny", torch.device("cpu"))
+    with caplog.at_level(logging.WARNING):
+        assert attach_knn_score(model, cfg, "tiny", torch.device("cpu"))
+    assert not [r for r in caplog.records if "byte for byte" in r.getMessage()]
     assert torch.equal(model.knn.memory.memory, stored_memory)
+    torch.testing.assert_close(model.knn.stats, stored_stats)
+    # a training image edited since: the statistics are made from it as it is now, with a warning
+    good = os.path.join(cfg.data.root, "tiny", "train", "good")
+    first = os.path.join(good, sorted(os.listdir(good))[0])
+    original = open(first, "rb").read()
+    cv2.imwrite(first, 255 - cv2.imread(first))
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert attach_knn_score(model.eval(), cfg, "tiny", torch.device("cpu")) is False  # still calibrated
+            model.knn = None
+            assert attach_knn_score(model, cfg, "tiny", torch.device("cpu"))
+        assert len([r for r in caplog.records if "byte for byte" in r.getMessage()]) == 1
+    finally:
+        open(first, "wb").write(original)
+    model.knn = None
+    assert attach_knn_score(model, cfg, "tiny", torch.device("cpu"))
     torch.testing.assert_close(model.knn.stats, stored_stats)
     # statistics made for other evaluation settings are refused, then made again for the new ones
     test = build_test_dataset(cfg, "tiny")

@@ -209,7 +209,9 @@ def run_prototype_file(model: nn.Module, cfg: Config, category: str) -> tuple[Pr
     """(the run's prototype file as a bank, with its training images' cluster assignments; the normal training set
     in the bank's build order), for work on a model loaded from a checkpoint that needs held-out residuals. The file
     must hold the checkpoint's prototypes and name the same training images in the same order
-    (PrototypeMismatchError otherwise); its format and the files' contents are not checked."""
+    (PrototypeMismatchError otherwise). Its format is not checked; if the images' contents differ from those it was
+    made from (or it was made when modification times stood for them), a warning says so: what is computed from
+    the images now is then not from the images the prototypes were."""
     path = prototype_path(cfg, category)
     stored = load_prototypes(path)
     if any(a.shape != b.shape or not torch.equal(a.cpu(), b.cpu()) for a, b in zip(stored.prototypes,
@@ -220,6 +222,10 @@ def run_prototype_file(model: nn.Module, cfg: Config, category: str) -> tuple[Pr
     if stored.meta.get("train_images") != names or stored.num_sources != len(names):
         raise PrototypeMismatchError(f"prototype file {path}: made from other training images than "
                                      f"{cfg.data.root}/{category} holds now", ["train_images"])
+    if stored.meta.get("train_files") != files_digest([s.path for s in dataset.samples], names):
+        log.warning("prototype file %s: the training images of %s/%s are not byte for byte those it was made from "
+                    "(edited since, or the file identified them by modification time): the statistics computed "
+                    "from them now may differ from those of the run", path, cfg.data.root, category)
     return stored, dataset
 
 
