@@ -4,8 +4,9 @@ A file is `<prototypes.dir>/<backbone>_<H>x<W>/<category>.pt`, saved with tensor
 (it loads with `torch.load(..., weights_only=True)`). Its metadata identifies everything that determines the
 bank (`expected_meta`): the resolved data root and format, the category, the training images (names and contents,
 hashed: a copy of the data with new modification times still matches), image size, backbone and weights identity,
-stages, ratio, residual, seed and k-means iterations. A file whose metadata differs is stale: `ensure_prototypes` (train.py) rebuilds it with a warning
-naming the differing fields; create_proto_feature_maps.py refuses it and prints the command that rebuilds it.
+stages, ratio, residual, seed and k-means iterations. A file whose metadata differs is stale: `ensure_prototypes`
+(train.py) rebuilds it with a warning naming the differing fields; create_proto_feature_maps.py refuses it and prints
+the command that rebuilds it.
 """
 from __future__ import annotations
 
