@@ -190,3 +190,40 @@ def test_train_with_a_patch_memory_end_to_end(tiny_data, tmp_path, caplog, monke
     with caplog.at_level("WARNING"):
         assert train_script.main(tiny_overrides(tiny_data, str(tmp_path / "out0"), protos, epochs=1)) == 0
     assert any("patch memory" in r.getMessage() for r in caplog.records)
+
+
+def test_held_out_masking_by_pairs_equals_the_broadcast_mask(monkeypatch):
+    """A query chunk from a few owners masks only its own pairs; the result is bit for bit the broadcast mask's."""
+    import prnet.models.patch_memory as pm
+
+    g = torch.Generator().manual_seed(3)
+    memory, queries = torch.randn(900, 16, generator=g), torch.randn(300, 16, generator=g)
+    mem_owner = torch.randint(0, 5, (900,), generator=g)
+    few = torch.arange(300) // 100  # three images of 100 patches, in order (calibration, training)
+    few[-7:] = -1  # not a training image: nothing left out
+    many = torch.randint(0, 40, (300,), generator=g)  # more owners per chunk than the pairs path takes
+    queries[:3] = memory[mem_owner == few[0]][:3]  # own rows that would be at distance 0
+    for owners in (few, many):
+        got = nearest_distances(queries, memory, query_chunk=128, memory_chunk=256, query_owner=owners,
+                                memory_owner=mem_owner)
+        monkeypatch.setattr(pm, "OWN_PAIRS_MAX_OWNERS", 0)  # the broadcast mask only
+        want = nearest_distances(queries, memory, query_chunk=128, memory_chunk=256, query_owner=owners,
+                                 memory_owner=mem_owner)
+        monkeypatch.undo()
+        assert torch.equal(got, want)
+        assert torch.allclose(got, brute_force(queries, memory, owners, mem_owner), atol=1e-4)
+    assert pm._own_pairs(few[:128], mem_owner) is not None and pm._own_pairs(many[:128], mem_owner) is None
+    assert (nearest_distances(queries, memory, query_owner=few, memory_owner=mem_owner)[:3] > 0.5).all()
+
+
+def test_bench_nearest_runs_and_restores_the_limit(capsys):
+    import bench_nearest
+
+    import prnet.models.patch_memory as pm
+
+    limit = pm.OWN_PAIRS_MAX_OWNERS
+    assert bench_nearest.main(["--images", "2", "--patches", "16", "--memory", "64", "--dim", "4",
+                               "--owners", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "held out, own pairs masked" in out and "broadcast mask" in out
+    assert pm.OWN_PAIRS_MAX_OWNERS == limit

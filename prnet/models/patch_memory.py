@@ -120,16 +120,40 @@ def nearest_distances(queries: torch.Tensor, memory: torch.Tensor, memory_sq: Op
     out = torch.empty(queries.shape[0], device=queries.device)
     for i in range(0, queries.shape[0], query_chunk):
         q = queries[i:i + query_chunk]
+        pairs = None if query_owner is None else _own_pairs(query_owner[i:i + query_chunk], memory_owner)
         best = torch.full((q.shape[0],), float("inf"), device=queries.device)
         for j in range(0, memory.shape[0], memory_chunk):
             m = memory[j:j + memory_chunk]
             d = torch.addmm(memory_sq[j:j + memory_chunk], q, m.t(), beta=1.0, alpha=-2.0)
-            if query_owner is not None:
+            if pairs is not None:
+                rows, cols = pairs
+                inside = (cols >= j) & (cols < j + m.shape[0])
+                d[rows[inside], cols[inside] - j] = float("inf")
+            elif query_owner is not None:
                 own = query_owner[i:i + query_chunk, None] == memory_owner[None, j:j + memory_chunk]
                 d = d.masked_fill(own, float("inf"))
             best = torch.minimum(best, d.min(dim=1).values)
         out[i:i + query_chunk] = (best + (q * q).sum(1)).clamp_min_(0.0).sqrt_()
     return out
+
+
+OWN_PAIRS_MAX_OWNERS = 16  # more owners in one query chunk: nearest_distances masks by broadcasting instead
+
+
+def _own_pairs(query_owner: torch.Tensor, memory_owner: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """(query rows, memory rows) of every pair with the same owner, for a query chunk from a few owners (held-out
+    distances of training images: a chunk holds the patches of one to three images); None when it has more than
+    OWN_PAIRS_MAX_OWNERS. Masking these pairs alone costs a fraction of comparing every owner pair of a block."""
+    owners = torch.unique(query_owner)
+    if owners.numel() > OWN_PAIRS_MAX_OWNERS:
+        return None
+    rows, cols = [], []
+    for owner in owners:
+        q_rows = (query_owner == owner).nonzero().flatten()
+        m_rows = (memory_owner == owner).nonzero().flatten()
+        rows.append(q_rows.repeat_interleave(m_rows.numel()))
+        cols.append(m_rows.repeat(q_rows.numel()))
+    return torch.cat(rows), torch.cat(cols)
 
 
 
