@@ -185,10 +185,11 @@ def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: 
     return out
 
 
-def knn_scores(cfg, train, test, device: torch.device,
-               batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def knn_scores(cfg, train, test, device: torch.device, batch: int,
+               train_maps: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """(test, held-out training) image scores of the PatchCore-style baseline fitted on `train` (the run's backbone
-    and seed), and its N×H×W anomaly maps of the test images and (held out) of the training images."""
+    and seed), and its N×H×W anomaly maps of the test images and (held out; None unless `train_maps`) of the
+    training images."""
     from patchcore import PatchCore
 
     model = PatchCore(cfg.model.backbone, cfg.model.backbone_weights, sigma=4.0, seed=cfg.seed, device=device)
@@ -201,11 +202,12 @@ def knn_scores(cfg, train, test, device: torch.device,
     for b in tqdm(DataLoader(train, batch_size=batch, shuffle=False, num_workers=0), desc="knn train", leave=False):
         n = b["image"].shape[0]
         m, sc = model.predict(b["image"], held_out=range(start, start + n))
-        maps_train.append(m)
+        if train_maps:
+            maps_train.append(m)
         scores_train.append(sc)
         start += n
     return (np.concatenate(scores_test), np.concatenate(scores_train), np.concatenate(maps_test),
-            np.concatenate(maps_train))
+            np.concatenate(maps_train) if train_maps else None)
 
 
 def run_prototypes(cfg, category: str):
@@ -283,9 +285,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fused = fused_maps(p_test, r_test)
     knn, knn_map = None, {}
     if args.knn:
-        knn_test, knn_train, knn_map["knn"], knn_maps_train = knn_scores(cfg, train, test, device, args.batch)
+        want_pz = not args.rules or any(r.startswith("pz") for r in args.rules)
+        knn_test, knn_train, knn_map["knn"], knn_maps_train = knn_scores(cfg, train, test, device, args.batch,
+                                                                         train_maps=want_pz)
         knn = (knn_test, knn_train)
-        knn_map.update(pixel_fusions(p_test, p_train, knn_map["knn"], knn_maps_train))
+        if want_pz:
+            knn_map.update(pixel_fusions(p_test, p_train, knn_map["knn"], knn_maps_train))
         del knn_maps_train
     scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk, fused, knn)
     for name, m in knn_map.items():

@@ -120,7 +120,9 @@ def nearest_distances(queries: torch.Tensor, memory: torch.Tensor, memory_sq: Op
     out = torch.empty(queries.shape[0], device=queries.device)
     for i in range(0, queries.shape[0], query_chunk):
         q = queries[i:i + query_chunk]
-        pairs = None if query_owner is None else _own_pairs(query_owner[i:i + query_chunk], memory_owner)
+        # on the CPU only: finding the pairs synchronises with the device, and a GPU masks a block cheaply anyway
+        pairs = (_own_pairs(query_owner[i:i + query_chunk], memory_owner)
+                 if query_owner is not None and queries.device.type == "cpu" else None)
         best = torch.full((q.shape[0],), float("inf"), device=queries.device)
         for j in range(0, memory.shape[0], memory_chunk):
             m = memory[j:j + memory_chunk]
@@ -154,7 +156,6 @@ def _own_pairs(query_owner: torch.Tensor, memory_owner: torch.Tensor) -> Optiona
         rows.append(q_rows.repeat_interleave(m_rows.numel()))
         cols.append(m_rows.repeat(q_rows.numel()))
     return torch.cat(rows), torch.cat(cols)
-
 
 
 def memory_inputs(feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
