@@ -17,7 +17,8 @@ holds every per-seed row and min/max as well. `--set key=value` (repeatable) pas
 run (e.g. `--set data.format=visa --set eval.topk=50`).
 
 Runs are kept under <out>/runs/<data set>/<method>-seed<S>-<key>, the key a hash of the run's resolved config (the
-defaults included; eval.*, train.workers and the output folders aside: they change no trained weight). A finished
+defaults included; eval.*, train.workers and the output folders aside: they change no trained weight; an option
+added later keeps the key of the runs made before it while it behaves as they did, config.ADDED_KEYS). A finished
 run is reused, an interrupted one resumes from its last epoch; its evaluation on the common test set is stored next
 to it, keyed by the evaluation settings and the test images, and reused as well. Changing a setting gives a new run
 folder, never a mixed one.
@@ -143,9 +144,10 @@ def prnet_overrides(args, ds: DataSet, shots: int, seed: int, run_dir: str | Non
 
 def training_config(overrides: list[str]) -> dict:
     """The resolved config of a run as plain types, without what changes no trained weight (the run key)."""
-    from prnet.config import config_to_dict, load_config
+    from prnet.config import config_to_dict, load_config, without_added_keys_at_earlier_values
 
-    cfg = config_to_dict(load_config(None, overrides))
+    # options added later, at the value that behaves as before they existed, leave the key as it was
+    cfg = without_added_keys_at_earlier_values(config_to_dict(load_config(None, overrides)))
     del cfg["eval"], cfg["output_dir"], cfg["prototypes"]["dir"]
     for key in ("workers", "resume", "overwrite"):
         del cfg["train"][key]

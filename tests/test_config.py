@@ -80,3 +80,23 @@ def test_category_names_with_leading_zeros_stay_names(tmp_path):
     f.write_text("data:\n  classes: [03]\ntrain:\n  lr: 0.001\n  epochs: 10\n")
     cfg = load_config(str(f))
     assert cfg.data.classes == ["03"] and cfg.train.lr == 0.001 and cfg.train.epochs == 10
+
+
+def test_keys_added_later_read_as_their_earlier_behaviour(monkeypatch):
+    """A config stored before a key existed reads as the code behaved then, not as today's default."""
+    from prnet import config
+    stored = config_to_dict(load_config())
+    del stored["synthesis"]["structure_fraction"]
+    assert config_from_dict(stored).synthesis.structure_fraction == 0.0
+    monkeypatch.setitem(config.ADDED_KEYS, ("synthesis", "scratch_fraction"), 0.0)  # earlier behaviour ≠ default
+    del stored["synthesis"]["scratch_fraction"]
+    assert config_from_dict(stored).synthesis.scratch_fraction == 0.0
+    assert load_config().synthesis.scratch_fraction == 0.25
+    # a config at the earlier values is the dict of one made before the keys existed; another value is kept
+    earlier = config.without_added_keys_at_earlier_values(
+        config_to_dict(load_config(None, ["synthesis.scratch_fraction=0"])))
+    assert earlier == stored
+    kept = config.without_added_keys_at_earlier_values(
+        config_to_dict(load_config(None, ["synthesis.structure_fraction=0.25"])))
+    assert kept["synthesis"]["structure_fraction"] == 0.25 and kept["synthesis"]["scratch_fraction"] == 0.25
+

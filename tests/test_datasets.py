@@ -293,6 +293,35 @@ def test_thin_curve_samples_come_before_the_other_kinds_and_leave_their_draws(tm
         cfg_for(tmp_path, **{"synthesis.scratch_fraction": 0.8, "synthesis.swap_fraction": 0.3})
 
 
+def test_structural_samples_come_before_the_thin_curves_and_leave_every_other_draw(tmp_path):
+    make_category(tmp_path, n_train=6)
+    over = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34,
+            "synthesis.scratch_fraction": 0.34}
+    plain = build_train_dataset(cfg_for(tmp_path, **over), "cat")
+    ds = build_train_dataset(cfg_for(tmp_path, **over, **{"synthesis.structure_fraction": 0.34}), "cat")
+    assert (ds.n_perlin, ds.n_structure, ds.n_scratch, ds.n_extended) == (6, 2, 2, 2) and len(ds) == len(plain)
+    assert [ds.kind(i) for i in range(len(ds))] == (["normal"] * 6 + ["perlin"] * 2 + ["structure"] * 2
+                                                    + ["scratch"] * 2 + ["extended"] * 2)
+    normal = MVTEC(str(tmp_path), "cat", "train", 32)
+    for i in range(len(ds)):
+        item = ds[i]
+        if item["kind"] == "structure":
+            m = item["mask"][0] > 0
+            base = normal[item["source"]]["image"]
+            assert item["label"] == 1 and m.any()
+            assert torch.allclose(item["image"][:, ~m], base[:, ~m], atol=1 / 255)
+            assert (item["image"][:, m] - base[:, m]).abs().max() > 0.02  # the surface moved under the mask
+        else:  # the structural samples take the place of DTD-filled blobs; every other sample keeps its draw
+            assert torch.equal(item["image"], plain[i]["image"]) and torch.equal(item["mask"], plain[i]["mask"])
+    assert build_train_dataset(cfg_for(tmp_path, **over, **{"synthesis.structure_fraction": 0}), "cat").n_structure == 0
+    from prnet.config import ConfigError
+    with pytest.raises(ConfigError, match="structure_fraction"):
+        cfg_for(tmp_path, **{"synthesis.structure_fraction": 0.5, "synthesis.scratch_fraction": 0.25,
+                             "synthesis.swap_fraction": 0.3})
+    with pytest.raises(ConfigError, match="structure_fraction"):
+        cfg_for(tmp_path, **{"synthesis.structure_fraction": -0.1})
+
+
 def _has_colour(item):
     img = item["image"]
     return float((img.max(0).values - img.min(0).values).max()) > 2 / 255

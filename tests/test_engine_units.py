@@ -81,3 +81,16 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     torch.save({"format": "prnet-checkpoint", "version": 0}, old)
     with pytest.raises(CheckpointError, match="version 0"):
         load_checkpoint(str(old))
+
+
+def test_resume_counts_a_key_added_later_at_its_earlier_value():
+    from prnet.config import config_to_dict
+    from prnet.engine.trainer import config_differences
+
+    stored = config_to_dict(load_config())
+    del stored["synthesis"]["structure_fraction"]  # a checkpoint made before the key existed
+    assert config_differences(stored, config_to_dict(load_config())) == []
+    assert config_differences(stored, config_to_dict(load_config(None, ["synthesis.structure_fraction=0.25"]))) == [
+        "synthesis.structure_fraction: 0.0 -> 0.25"]
+    assert "structure_fraction" not in stored["synthesis"]  # the stored dict is not modified
+

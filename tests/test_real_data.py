@@ -205,3 +205,12 @@ def test_the_evaluation_key_holds_the_knn_weight_only_where_it_is_used():
     assert fused["knn_weight"] == 0.25
     assert real_data.eval_settings(load_config(None, ["eval.image_score=map_residual_knn",
                                                      "eval.knn_weight=0.5"]).eval) != fused
+
+
+def test_an_option_added_later_keeps_the_run_key_while_it_behaves_as_before():
+    """Runs made before synthesis.structure_fraction existed are reused: their key holds no such field."""
+    plain = real_data.training_config(["seed=0"])
+    assert "structure_fraction" not in plain["synthesis"] and "scratch_fraction" in plain["synthesis"]
+    on = real_data.training_config(["seed=0", "synthesis.structure_fraction=0.25"])
+    assert on["synthesis"]["structure_fraction"] == 0.25 and real_data.short_hash(on) != real_data.short_hash(plain)
+

@@ -7,7 +7,8 @@ import pytest
 
 from prnet.datasets.synthesis import (TEXTURE_OPS, augment_texture, blend, context_offset, estimate_foreground,
                                       extended_anomaly, is_greyscale, large_mask, perlin_anomaly, perlin_mask,
-                                      perlin_noise, scratch_anomaly, scratch_mask, swap_anomaly, to_grey)
+                                      perlin_noise, scratch_anomaly, scratch_mask, shuffle_blocks, structure_anomaly,
+                                      swap_anomaly, to_grey)
 from prnet.datasets import synthesis
 from prnet.datasets.textures import TextureSource
 
@@ -286,6 +287,62 @@ def test_swap_anomaly_takes_a_region_of_the_other_image():
         assert np.allclose(opacity, opacity.mean(), atol=1e-4) and 0.2 < opacity.mean() <= 1.0 + 1e-6
     with pytest.raises(ValueError, match="shapes differ"):
         swap_anomaly(image, other[:40], rng(0))
+
+
+def _block_image(g, size=64):
+    """A size×size image whose g×g blocks each hold one colour and a diagonal ramp (so flips and turns show)."""
+    b = size // g
+    ramp = (np.add.outer(np.arange(b), 2 * np.arange(b)) / (3.0 * b)).astype(np.float32)
+    image = np.zeros((size, size, 3), np.float32)
+    for i in range(g):
+        for j in range(g):
+            colour = np.array([(i + 1) / (g + 1), (j + 1) / (g + 1), 0.5], np.float32)
+            image[i * b:(i + 1) * b, j * b:(j + 1) * b] = 0.5 * colour + 0.5 * ramp[..., None] * colour
+    return image
+
+
+def test_shuffle_blocks_moves_every_block_once_flipped_or_turned():
+    for g in (2, 4, 8):
+        image = _block_image(g)
+        b = 64 // g
+        blocks = {(i, j): image[i * b:(i + 1) * b, j * b:(j + 1) * b] for i in range(g) for j in range(g)}
+        for k in range(5):
+            out = shuffle_blocks(image, rng(g, k), grids=(g,))
+            assert out.shape == image.shape and out.dtype == np.float32
+            assert np.array_equal(out, shuffle_blocks(image, rng(g, k), grids=(g,)))  # seeded
+            used = []
+            for (i, j) in blocks:
+                target = out[i * b:(i + 1) * b, j * b:(j + 1) * b]
+                found = [src for src, block in blocks.items()
+                         if any(np.array_equal(target, np.rot90(v, t)) for t in range(4)
+                                for v in (block, block[::-1], block[:, ::-1], block[::-1, ::-1]))]
+                assert len(found) == 1 and found[0] != (i, j)  # another block, flipped or turned
+                used.append(found[0])
+            assert sorted(used) == sorted(blocks)  # each block used once
+    odd = rng(1).uniform(0, 1, (50, 70, 3)).astype(np.float32)  # edges by rounding: blocks resized to fit
+    out = shuffle_blocks(odd, rng(2))
+    assert out.shape == odd.shape and 0.0 <= out.min() and out.max() <= 1.0
+    assert not np.array_equal(out, odd)
+
+
+def test_structure_anomaly_fills_its_mask_with_the_image_rearranged():
+    image = _block_image(4)
+    inside_object = np.zeros((64, 64), bool)
+    inside_object[8:56, 8:56] = True
+    for k in range(10):
+        out, mask = structure_anomaly(image, rng(k))
+        m = mask > 0
+        assert out.dtype == np.float32 and mask.dtype == np.float32 and m.any()
+        assert np.array_equal(out[~m], image[~m])  # outside the mask: the image itself
+        # inside: image + opacity · (its rearranged copy − image), one opacity in (0.2, 1] (DRAEM's 1 − β)
+        r = rng(k)
+        _ = synthesis.perlin_mask((64, 64), r)  # the same draws as structure_anomaly's mask
+        fill = shuffle_blocks(image, r)
+        opacity = 1.0 - float(r.uniform(0.0, 0.8))
+        assert 0.2 < opacity <= 1.0 and np.allclose(out, blend(image, fill, mask, opacity), atol=1e-6)
+        assert np.abs(out[m] - image[m]).max() > 0.02
+        _, mask = structure_anomaly(image, rng(k), foreground=inside_object)
+        assert (mask > 0).any() and not (mask[~inside_object] > 0).any()
 
 
 def test_warp_window_equals_the_full_warp_and_identity_keeps_the_image():

@@ -337,6 +337,61 @@ def swap_anomaly(image: np.ndarray, other: np.ndarray, rng: np.random.Generator,
     return blend(image.astype(np.float32), other.astype(np.float32), mask, opacity), mask
 
 
+STRUCTURE_GRIDS = (2, 4, 8)  # blocks per side of shuffle_blocks: 128, 64 or 32 pixels at 256²
+
+
+def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of range(n) that moves every element (n ≥ 2), drawn by rejection (about e tries)."""
+    while True:
+        p = rng.permutation(n)
+        if not (p == np.arange(n)).any():
+            return p
+
+
+def shuffle_blocks(image: np.ndarray, rng: np.random.Generator, grids: tuple[int, ...] = STRUCTURE_GRIDS) -> np.ndarray:
+    """The image's own surface rearranged: cut into g×g blocks (g drawn from `grids`, block edges at round(i·H/g)
+    and round(j·W/g)), every block moved to another block's place (a derangement) and flipped left-right and
+    up-down at random, and turned by a random multiple of 90° where source and target are the same square size; a
+    block whose size differs from its target's by the rounding is resized to it. RGB float H×W×3 in, same out."""
+    h, w = image.shape[:2]
+    g = int(grids[int(rng.integers(0, len(grids)))])
+    g = max(2, min(g, h, w))
+    ys = np.round(np.linspace(0, h, g + 1)).astype(int)
+    xs = np.round(np.linspace(0, w, g + 1)).astype(int)
+    boxes = [(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(g) for j in range(g)]
+    out = np.empty_like(image, dtype=np.float32)
+    for target, source in enumerate(_derangement(len(boxes), rng)):
+        ty0, ty1, tx0, tx1 = boxes[target]
+        sy0, sy1, sx0, sx1 = boxes[int(source)]
+        block = image[sy0:sy1, sx0:sx1]
+        if rng.random() < 0.5:
+            block = block[:, ::-1]
+        if rng.random() < 0.5:
+            block = block[::-1]
+        k = int(rng.integers(0, 4))
+        if k and block.shape[0] == block.shape[1] == ty1 - ty0 == tx1 - tx0:
+            block = np.rot90(block, k)
+        if block.shape[:2] != (ty1 - ty0, tx1 - tx0):
+            block = cv2.resize(np.ascontiguousarray(block), (tx1 - tx0, ty1 - ty0), interpolation=cv2.INTER_LINEAR)
+        out[ty0:ty1, tx0:tx1] = block
+    return out
+
+
+def structure_anomaly(image: np.ndarray, rng: np.random.Generator, beta_max: float = 0.8, scale_max: int = 5,
+                      foreground: Optional[np.ndarray] = None,
+                      grids: tuple[int, ...] = STRUCTURE_GRIDS) -> tuple[np.ndarray, np.ndarray]:
+    """A structural anomaly made of the image itself: a Perlin mask (as `perlin_anomaly`'s, inside `foreground`
+    if given) filled with `shuffle_blocks` of the same image at DRAEM's opacity 1 − β, β ~ U(0, beta_max). No
+    foreign colour or texture: what is anomalous is the surface's own structure out of place (misaligned edges,
+    turned patterns, seams), the "unseen appearance" that DTD textures do not cover. On a surface that looks the
+    same everywhere (a plain colour) the filled region barely differs from its surroundings, as with any
+    anomaly made from the image itself. Returns (anomalous image, non-empty float32 mask H×W)."""
+    mask = perlin_mask(image.shape[:2], rng, scale_max, within=foreground)
+    fill = shuffle_blocks(image, rng, grids)
+    opacity = 1.0 - float(rng.uniform(0.0, beta_max))
+    return blend(image.astype(np.float32), fill, mask, opacity), mask
+
+
 def _box(mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1): the bounding box of a non-empty mask grown by `margin` pixels, inside the image."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from prnet import report
-from prnet.config import Config, config_to_dict, dump_config, image_hw
+from prnet.config import Config, config_to_dict, dump_config, image_hw, with_added_keys
 from prnet.datasets import EpochSampler, build_test_dataset, build_train_dataset, normal_train_set
 from prnet.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from prnet.engine.evaluator import run_inference
@@ -175,8 +175,9 @@ def _flatten(values: dict, prefix: str = "") -> dict:
 
 
 def config_differences(stored: dict, requested: dict) -> list[str]:
-    """'key: stored -> requested' for every key that differs and may not change on resume (RESUMABLE_KEYS)."""
-    a, b = _flatten(stored), _flatten(requested)
+    """'key: stored -> requested' for every key that differs and may not change on resume (RESUMABLE_KEYS). A key
+    the stored config lacks because it was added later (config.ADDED_KEYS) counts with its earlier value."""
+    a, b = _flatten(with_added_keys(stored)), _flatten(requested)
     diffs = []
     for key in sorted(set(a) | set(b)):
         if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
