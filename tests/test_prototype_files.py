@@ -221,3 +221,23 @@ def test_residual_means_are_the_held_out_distance_of_the_training_images(categor
         feats, _ = backbone(torch.stack([train[i]["image"] for i in range(len(train))]))
         dmap = bank.distance_map(bank(feats, torch.arange(len(train))), (64, 64))
     assert dmap.shape == (len(train), 1, 64, 64) and abs(float(dmap.mean()) - 1.0) < 1e-4
+
+
+def test_bench_banks_times_every_bank_in_turn(category, tmp_path, capsys):
+    import bench_banks
+
+    files = []
+    for ratio in ("0.25", "0.5"):
+        protos = str(tmp_path / f"p{ratio}")
+        assert proto_script.main(_overrides(category, protos, f"prototypes.ratio={ratio}")) == 0
+        files.append(prototype_path(load_config(None, _overrides(category, protos, f"prototypes.ratio={ratio}")),
+                                    "tiny"))
+    capsys.readouterr()
+    assert bench_banks.main(["--data", category, "--category", "tiny", "--size", "64", "--bank", f"a={files[0]}",
+                             "--bank", f"b={files[1]}", "--warmup", "0", "--steps", "1", "--rounds", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["a", "b"]
+    assert "K [2, 2, 2]" in lines[0] and "K [4, 4, 4]" in lines[1]  # 8 training images at ratio 0.25 and 0.5
+    assert all(len(line.split("per step ")[1].split(",")[0].split()) == 2 for line in lines)  # one time per round
+    with pytest.raises(SystemExit, match="NAME=FILE"):
+        bench_banks.main(["--data", category, "--category", "tiny", "--bank", files[0]])
