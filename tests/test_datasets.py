@@ -234,12 +234,17 @@ def test_train_dataset_layout_and_labels(tmp_path):
         assert torch.allclose(item["image"][:, outside], normal[src]["image"][:, outside], atol=1 / 255)
 
 
-def test_region_swaps_are_the_last_perlin_samples_and_come_from_another_normal_image(tmp_path):
+def _without_and_with(tmp_path, over, key, value):
+    """The training sets of a 6-image category (2 real anomalies, as many Perlin samples as normal images) with the
+    overrides `over`, then with `key` set to `value` as well."""
     make_category(tmp_path, n_train=6)
-    over = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34,
-            "synthesis.scratch_fraction": 0}
-    plain = build_train_dataset(cfg_for(tmp_path, **over), "cat")
-    ds = build_train_dataset(cfg_for(tmp_path, **over, **{"synthesis.swap_fraction": 0.5}), "cat")
+    base = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34, **over}
+    return (build_train_dataset(cfg_for(tmp_path, **base), "cat"),
+            build_train_dataset(cfg_for(tmp_path, **{**base, key: value}), "cat"))
+
+
+def test_region_swaps_are_the_last_perlin_samples_and_come_from_another_normal_image(tmp_path):
+    plain, ds = _without_and_with(tmp_path, {"synthesis.scratch_fraction": 0}, "synthesis.swap_fraction", 0.5)
     assert (ds.n_perlin, ds.n_swap, ds.n_extended) == (6, 3, 2) and len(ds) == len(plain) == 14
     assert [ds.kind(i) for i in range(len(ds))] == ["normal"] * 6 + ["perlin"] * 3 + ["swap"] * 3 + ["extended"] * 2
     for i in range(9):  # the other samples keep their draws
@@ -271,11 +276,8 @@ def test_region_swaps_are_the_last_perlin_samples_and_come_from_another_normal_i
 
 
 def test_thin_curve_samples_come_before_the_other_kinds_and_leave_their_draws(tmp_path):
-    make_category(tmp_path, n_train=6)
-    over = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34,
-            "synthesis.swap_fraction": 0.34}
-    plain = build_train_dataset(cfg_for(tmp_path, **over, **{"synthesis.scratch_fraction": 0}), "cat")
-    ds = build_train_dataset(cfg_for(tmp_path, **over, **{"synthesis.scratch_fraction": 0.34}), "cat")
+    plain, ds = _without_and_with(tmp_path, {"synthesis.swap_fraction": 0.34, "synthesis.scratch_fraction": 0},
+                                  "synthesis.scratch_fraction", 0.34)
     assert (ds.n_perlin, ds.n_scratch, ds.n_swap, ds.n_extended) == (6, 2, 2, 2) and len(ds) == len(plain)
     assert [ds.kind(i) for i in range(len(ds))] == (["normal"] * 6 + ["perlin"] * 2 + ["scratch"] * 2 + ["swap"] * 2
                                                     + ["extended"] * 2)
@@ -294,11 +296,8 @@ def test_thin_curve_samples_come_before_the_other_kinds_and_leave_their_draws(tm
 
 
 def test_structural_samples_come_before_the_thin_curves_and_leave_every_other_draw(tmp_path):
-    make_category(tmp_path, n_train=6)
-    over = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34,
-            "synthesis.scratch_fraction": 0.34}
-    plain = build_train_dataset(cfg_for(tmp_path, **over), "cat")
-    ds = build_train_dataset(cfg_for(tmp_path, **over, **{"synthesis.structure_fraction": 0.34}), "cat")
+    over = {"synthesis.scratch_fraction": 0.34}
+    plain, ds = _without_and_with(tmp_path, over, "synthesis.structure_fraction", 0.34)
     assert (ds.n_perlin, ds.n_structure, ds.n_scratch, ds.n_extended) == (6, 2, 2, 2) and len(ds) == len(plain)
     assert [ds.kind(i) for i in range(len(ds))] == (["normal"] * 6 + ["perlin"] * 2 + ["structure"] * 2
                                                     + ["scratch"] * 2 + ["extended"] * 2)
@@ -313,7 +312,7 @@ def test_structural_samples_come_before_the_thin_curves_and_leave_every_other_dr
             assert (item["image"][:, m] - base[:, m]).abs().max() > 0.02  # the surface moved under the mask
         else:  # the structural samples take the place of DTD-filled blobs; every other sample keeps its draw
             assert torch.equal(item["image"], plain[i]["image"]) and torch.equal(item["mask"], plain[i]["mask"])
-    assert build_train_dataset(cfg_for(tmp_path, **over, **{"synthesis.structure_fraction": 0}), "cat").n_structure == 0
+    assert _without_and_with(tmp_path, over, "synthesis.structure_fraction", 0)[1].n_structure == 0
     from prnet.config import ConfigError
     with pytest.raises(ConfigError, match="structure_fraction"):
         cfg_for(tmp_path, **{"synthesis.structure_fraction": 0.5, "synthesis.scratch_fraction": 0.25,
