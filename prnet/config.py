@@ -420,7 +420,8 @@ RETIRED_KEYS = {("prototypes", "match"): "image"}
 # Keys added to the schema after runs were made without them, with the value that does what the code did before
 # they existed. A stored config that lacks one reads as that value (not today's default, which may come to differ),
 # and a run key (benchmarks/real_data.py) leaves one out while it has that value: adding an option orphans no
-# finished run and refuses no resume. Register every new key whose absence is not its default's behaviour-to-be.
+# finished run and refuses no resume. Register each new option here with the value that reproduces the code
+# before it.
 ADDED_KEYS = {("synthesis", "structure_fraction"): 0.0}
 
 
