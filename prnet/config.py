@@ -112,7 +112,7 @@ class ModelConfig:
 @dataclass
 class PrototypeConfig:
     dir: str = "prototypes"  # <dir>/<run key>/<category>.pt
-    ratio: float = 0.1  # K = max(1, round(ratio * N normal training images)) per scale
+    ratio: float = 0.25  # K = max(1, round(ratio * N normal training images)) per scale (the paper: 0.1)
     residual: str = "squared"  # squared: (f - p)^2 | abs: |f - p|
     kmeans_iters: int = 50
     # a training image's residual is taken against its k-means cluster's mean without that image (held out),
@@ -157,7 +157,7 @@ class EvalConfig:
     # map_residual_knn: map_residual's score combined with the baseline's nearest-neighbour distance to the normal
     # training patches, z(log s_m) + knn_weight · z(log s_knn), each standardised on the normal training images
     # (prnet.models.knn_score; its memory and statistics are made after training and stored in the checkpoint)
-    image_score: str = "map_residual"
+    image_score: str = "map_residual_knn"
     knn_weight: float = 0.25  # map_residual_knn: the distance's weight (chosen on validation data, round 13)
     sigma: float = 0.0  # Gaussian smoothing of the map before scoring (0: none; see configs/default.yaml)
     batch_size: int = 16

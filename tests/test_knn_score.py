@@ -138,12 +138,35 @@ def test_an_uncalibrated_score_is_refused_and_the_weight_is_checked(tiny_data):
     cfg = load_config(None, tiny_overrides(tiny_data, "unused", "unused", extra=["eval.image_score=map_residual_knn"]))
     model = build_model(cfg, None)
     assert model.knn is not None and not model.knn.is_calibrated
-    with pytest.raises(ValueError, match="with_knn"):
-        build_model(load_config(None, tiny_overrides(tiny_data, "u", "u")), None)(
-            torch.zeros(1, 3, 64, 64), with_knn=True)
+    plain = load_config(None, tiny_overrides(tiny_data, "u", "u", extra=["eval.image_score=map_residual"]))
+    with pytest.raises(ValueError, match="not made yet"):
+        build_model(plain, None)(torch.zeros(1, 3, 64, 64), with_distance=True, with_knn=True)
+    with pytest.raises(ValueError, match="with_knn needs with_distance"):
+        build_model(plain, None)(torch.zeros(1, 3, 64, 64), with_knn=True)
     with pytest.raises(ConfigError, match="knn_weight"):
         load_config(None, ["eval.knn_weight=-1"])
     assert load_config(None, ["eval.knn_weight=0.5"]).eval.knn_weight == 0.5
+
+
+def test_loading_a_state_gives_or_takes_the_nearest_neighbour_score(knn_run, tiny_data):
+    """Whether a model holds a KnnScore follows the state loaded, not its evaluation settings (eval.* may change on
+    resume and in predict.py): a model built without one gains the stored one, a model built with one loses it."""
+    model, cfg, _ = model_from_checkpoint(knn_run[0], torch.device("cpu"))
+    plain = build_model(load_config(None, tiny_overrides(tiny_data, "u", "u",
+                                                         extra=["eval.image_score=map_residual"])), None)
+    assert plain.knn is None
+    plain.load_state_dict(model.state_dict())
+    assert plain.knn is not None and plain.knn.is_calibrated
+    torch.testing.assert_close(plain.knn.stats, model.knn.stats)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(plain.eval()(x, with_distance=True, with_knn=True)[2],
+                               model(x, with_distance=True, with_knn=True)[2])
+    fused = build_model(cfg, None)
+    assert fused.knn is not None
+    fused.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("knn.")})
+    assert fused.knn is None
+    with pytest.raises(ValueError, match="not made yet"):
+        fused.eval()(x, with_distance=True, with_knn=True)
 
 
 def test_prediction_and_onnx_give_the_evaluations_scores(knn_run, tmp_path):

@@ -88,7 +88,7 @@ def test_per_position_matching_is_gone_from_the_schema():
         load_config(None, ["prototypes.match=position"])
     stored = config_to_dict(load_config(None))
     stored["prototypes"]["match"] = "image"  # a checkpoint written while the option existed
-    assert config_from_dict(stored).prototypes.ratio == 0.1
+    assert config_from_dict(stored).prototypes.ratio == stored["prototypes"]["ratio"]
     stored["prototypes"]["match"] = "position"
     with pytest.raises(ConfigError, match="prototypes.match"):
         config_from_dict(stored)

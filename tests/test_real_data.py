@@ -198,10 +198,11 @@ def test_the_evaluation_key_holds_the_knn_weight_only_where_it_is_used():
     """Stored evaluations made before eval.knn_weight existed keep their key (the kept record rebuilds the tables)."""
     from prnet.config import load_config
 
-    plain = real_data.eval_settings(load_config(None, []).eval)
+    plain = real_data.eval_settings(load_config(None, ["eval.image_score=map_residual"]).eval)
     assert "knn_weight" not in plain and plain["image_score"] == "map_residual"
-    assert real_data.eval_settings(load_config(None, ["eval.knn_weight=0.5"]).eval) == plain
-    fused = real_data.eval_settings(load_config(None, ["eval.image_score=map_residual_knn"]).eval)
+    assert real_data.eval_settings(load_config(None, ["eval.image_score=map_residual",
+                                                     "eval.knn_weight=0.5"]).eval) == plain
+    fused = real_data.eval_settings(load_config(None, []).eval)
     assert fused["knn_weight"] == 0.25
     assert real_data.eval_settings(load_config(None, ["eval.image_score=map_residual_knn",
                                                      "eval.knn_weight=0.5"]).eval) != fused

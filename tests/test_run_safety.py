@@ -65,7 +65,7 @@ def test_written_files_follow_the_umask(one_epoch):
     ("seed=1", "seed: 0 -> 1"),
     ("data.num_anomalies=2", "data.num_anomalies: 3 -> 2"),
     ("model.head_widths=[8, 16, 32]", "model.head_widths"),
-    ("prototypes.ratio=0.5", "prototypes.ratio: 0.1 -> 0.5"),
+    ("prototypes.ratio=0.5", "prototypes.ratio: 0.25 -> 0.5"),
 ])
 def test_resume_with_other_settings_is_refused_before_anything_is_written(one_epoch, change, key, capsys):
     before = _snapshot(one_epoch["out"])

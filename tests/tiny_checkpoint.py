@@ -16,6 +16,7 @@ def tiny_config() -> Config:
     cfg.model.backbone, cfg.model.backbone_weights = "tf_efficientnet_lite0", "none"
     cfg.model.head_widths = [16, 32, 64]
     cfg.eval.topk, cfg.eval.sigma = 10, 1.0
+    cfg.eval.image_score = "map_residual"  # no training images to make the nearest-neighbour score from
     return cfg
 
 

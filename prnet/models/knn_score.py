@@ -27,6 +27,9 @@ from prnet.models.patch_memory import PatchMemory
 
 KNN_SIGMA = 4.0  # the baseline's smoothing of the distance map before its maximum is taken
 EPS = 1e-8  # inside the logarithms and under the standard deviations
+NOT_CALIBRATED = ("the model's nearest-neighbour score (eval.image_score=map_residual_knn) is not made yet: it is "
+                  "made after the last epoch, so a checkpoint saved before training finished has none; finish the "
+                  "run (train.resume=true), or score with eval.image_score=map_residual")
 
 
 class KnnScore(nn.Module):
@@ -58,8 +61,7 @@ class KnnScore(nn.Module):
         eval.sigma `sigma`, the values the statistics were made with (RuntimeError otherwise)."""
         if not torch.jit.is_tracing():
             if not self.is_calibrated:
-                raise RuntimeError("KnnScore: not calibrated (a checkpoint saved before training finished, or the "
-                                   "memory is missing): finish the run, or score with eval.image_score=map_residual")
+                raise RuntimeError(f"KnnScore: {NOT_CALIBRATED}")
             if not self.made_for(topk, sigma):
                 raise RuntimeError(f"KnnScore: its statistics were made with eval.topk={self.settings[0]:g}, "
                                    f"eval.sigma={self.settings[1]:g}, scored now with {topk}, {sigma:g}: make them "

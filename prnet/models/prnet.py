@@ -14,7 +14,7 @@ from prnet.models.attention import MultiSizeSelfAttention
 from prnet.models.backbone import Backbone
 from prnet.models.decoder import Decoder
 from prnet.models.fusion import MultiScaleFusion
-from prnet.models.knn_score import KnnScore
+from prnet.models.knn_score import NOT_CALIBRATED, KnnScore
 from prnet.models.patch_memory import PatchMemory
 from prnet.models.prototypes import PrototypeBank
 
@@ -34,7 +34,8 @@ class PRNet(nn.Module):
     channel, resized to each scale) joins each scale's residual at the input of the residual projection.
 
     `knn` (eval.image_score=map_residual_knn): the model also holds a KnnScore (prnet.models.knn_score), the
-    nearest-neighbour distance that the image score combines with the map; calibrated after training.
+    nearest-neighbour distance that the image score combines with the map; calibrated after training. Loading a
+    state dict gives the model a KnnScore if the state holds one and takes it away if not.
     """
 
     def __init__(self, model_cfg: ModelConfig, bank: Optional[PrototypeBank] = None, residual: str = "squared",
@@ -71,6 +72,16 @@ class PRNet(nn.Module):
         self.decoder = Decoder(widths, self.backbone.bottleneck_channels)
         self.knn = KnnScore() if knn else None
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The nearest-neighbour score is made after training, not trained: whether the model holds one follows the
+        # state loaded, not the evaluation settings it was built with (eval.* may change on resume and predict).
+        knn_state = [k for k in state_dict if k.startswith(prefix + "knn.")]
+        if knn_state and self.knn is None:
+            self.knn = KnnScore().to(state_dict[knn_state[0]].device)
+        elif not knn_state and self.knn is not None:
+            self.knn = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x: torch.Tensor, source: Optional[torch.Tensor] = None,
                 with_distance: bool = False, with_knn: bool = False):
         """`source`: for training only, the normal training image each input was made from (held-out residuals,
@@ -78,9 +89,9 @@ class PRNet(nn.Module):
         N×1×H×W, PrototypeBank.distance_map) for the image score eval.image_score=map_residual; `with_knn` (with
         with_distance): (logits, distance map, the raw nearest-neighbour distance map N×1×h×w of KnnScore) for
         map_residual_knn."""
-        if with_knn and (not with_distance or self.knn is None):
-            raise ValueError("PRNet.forward: with_knn needs with_distance and a model built with a KnnScore "
-                             "(eval.image_score=map_residual_knn)")
+        if with_knn and (not with_distance or self.knn is None or self.knn.memory.is_empty):
+            raise ValueError("PRNet.forward: with_knn needs with_distance" if not with_distance else
+                             f"PRNet.forward: {NOT_CALIBRATED}")
         feats, residuals, bottleneck, patch = self.encode(x, source)
         distance = None
         if with_distance:  # float32, like the residuals (the bank turns autocast off for them)
