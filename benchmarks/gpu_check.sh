@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of the training-speed work, as one short run on one CUDA GPU (written for one H200; 7 min 45 s
+# The GPU check of the training-speed work, as one short run on one CUDA GPU (written for one H200; 8 min 45 s
 # at most: every step has its own time limit, and a step that fails or runs out of time is noted and the next
 # one runs). Run from the repository root; writes everything under $OUT (default ./gpu_check_out):
 #   env.txt                      GPU, driver, torch and package versions
@@ -8,10 +8,12 @@
 #   speed_b32_old.{txt,json}     batch 32 with the previous synthesis and attention code (--old): before/after
 #   speed_b64_compile.{txt,json} batch 64 with torch.compile and fused AdamW (options, off by default)
 #   demo.txt, demo/              the demo end to end on the GPU (train.py --config configs/demo.yaml)
+#   crash_exit.txt               a demo run of one epoch with a failure planted in evaluation: it must exit
+#                                (status 1) with the traceback, not hang in the shutdown of its data workers (124)
 #   summary.txt                  the exit status and seconds of each step
 #     bash benchmarks/gpu_check.sh
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 OUT="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -43,5 +45,11 @@ step speed_b64 90 "${BENCH[@]}" --batch 64 --json "$OUT/speed_b64.json"
 step speed_b32_old 90 "${BENCH[@]}" --batch 32 --old --json "$OUT/speed_b32_old.json"
 step demo 110 python3 train.py --config configs/demo.yaml output_dir="$OUT/demo" prototypes.dir="$TMP/protos" \
      data.root="$TMP/data" train.device=cuda train.workers="$WORKERS"
+PLANT="import sys, train, prnet.engine.trainer as t
+def fail(*args): raise RuntimeError('planted failure in evaluation')
+t.evaluate_and_report = fail
+sys.exit(train.main(sys.argv[1:]))"
+step crash_exit 60 python3 -c "$PLANT" --config configs/demo.yaml output_dir="$TMP/crash" prototypes.dir="$TMP/protos" \
+     data.root="$TMP/data" train.device=cuda train.workers="$WORKERS" train.epochs=1
 step speed_b64_compile 60 "${BENCH[@]}" --batch 64 --compile --fused-adamw --json "$OUT/speed_b64_compile.json"
 cat "$OUT/summary.txt"

@@ -14,8 +14,8 @@ import create_proto_feature_maps as proto_script
 from prnet.config import Config, load_config
 from prnet.datasets.demo import make_demo_category
 from prnet.engine.prototypes import (FORMAT_VERSION, PrototypeMismatchError, build_prototypes, ensure_prototypes,
-                                     expected_meta, load_prototypes, make_backbone, prototype_path, save_prototypes,
-                                     files_digest, weights_identity)
+                                     expected_meta, files_digest, load_matching, load_prototypes, make_backbone,
+                                     prototype_path, save_prototypes, weights_identity)
 from prnet.models.backbone import Backbone
 from prnet.models.prototypes import PrototypeBank
 
@@ -221,6 +221,45 @@ def test_residual_means_are_the_held_out_distance_of_the_training_images(categor
         feats, _ = backbone(torch.stack([train[i]["image"] for i in range(len(train))]))
         dmap = bank.distance_map(bank(feats, torch.arange(len(train))), (64, 64))
     assert dmap.shape == (len(train), 1, 64, 64) and abs(float(dmap.mean()) - 1.0) < 1e-4
+
+
+def test_residual_means_land_in_the_bank_when_building_moves_it(category, tmp_path, monkeypatch):
+    """On a GPU, residual_means moves the bank, and nn.Module.to gives every buffer a new tensor: the means must be
+    written into the buffer the bank holds after the move (and so into the file), not into the one it held before."""
+    import prnet.engine.prototypes as protos_module
+
+    computed = []
+
+    def moving_residual_means(backbone, bank, images, hw, device):
+        bank._apply(torch.clone)  # what .to("cuda") does to the buffers of a CPU bank: new tensors
+        computed.append(real(backbone, bank, images, hw, device))
+        return computed[-1]
+
+    real = protos_module.residual_means
+    monkeypatch.setattr(protos_module, "residual_means", moving_residual_means)
+    cfg = load_config(None, _overrides(category, str(tmp_path / "protos")))
+    bank = ensure_prototypes(cfg, "tiny", "cpu")
+    assert len(computed) == 1 and bank.has_residual_mean
+    torch.testing.assert_close(bank.residual_mean, computed[0])
+    loaded = load_prototypes(prototype_path(cfg, "tiny"), expected_meta(cfg, "tiny"))
+    torch.testing.assert_close(loaded.residual_mean, computed[0])
+
+
+def test_a_file_without_residual_means_is_rebuilt(category, tmp_path, caplog):
+    cfg = load_config(None, _overrides(category, str(tmp_path / "protos")))
+    good = ensure_prototypes(cfg, "tiny", "cpu")
+    path = prototype_path(cfg, "tiny")
+    broken = load_prototypes(path)
+    broken.residual_mean.fill_(float("nan"))
+    save_prototypes(broken, path)
+    with pytest.raises(PrototypeMismatchError, match="no residual means"):
+        load_matching(cfg, "tiny")
+    assert not load_prototypes(path, expected_meta(cfg, "tiny")).has_residual_mean  # the file itself still reads
+    with caplog.at_level(logging.WARNING):
+        rebuilt = ensure_prototypes(cfg, "tiny", "cpu")
+    assert "rebuilding prototypes" in caplog.text and "no residual means" in caplog.text
+    torch.testing.assert_close(rebuilt.residual_mean, good.residual_mean)
+    assert load_prototypes(path, expected_meta(cfg, "tiny")).has_residual_mean
 
 
 def test_bench_banks_times_every_bank_in_turn(category, tmp_path, capsys):

@@ -100,6 +100,28 @@ def test_a_second_run_into_a_locked_folder_is_refused(one_epoch, capsys):
     assert {k: v for k, v in after.items() if k != ".lock"} == {k: v for k, v in before.items() if k != ".lock"}
 
 
+def test_a_run_that_fails_stops_its_data_workers(tiny_data, tmp_path, monkeypatch):
+    """A run with persistent DataLoader workers that fails (here in evaluation) stops them before the error leaves
+    train_category: left to the end of the process, with the traceback still holding the loader, their shutdown
+    hung on a CUDA machine."""
+    import prnet.engine.trainer as trainer
+
+    workers = []
+
+    def failing_evaluation(cfg, category, run, *args):
+        workers.extend(run.loader._iterator._workers)
+        assert workers and all(w.is_alive() for w in workers)  # persistent: alive after the last epoch
+        raise RuntimeError("planted failure in evaluation")
+
+    monkeypatch.setattr(trainer, "evaluate_and_report", failing_evaluation)
+    args = tiny_overrides(tiny_data, str(tmp_path / "out"), str(tmp_path / "protos"), epochs=1,
+                          extra=["train.workers=2"])
+    with pytest.raises(RuntimeError, match="planted failure in evaluation") as failure:
+        train_script.main(args)
+    assert failure.tb is not None  # the traceback, and with it the run's frames, still held (as at process exit)
+    assert len(workers) == 2 and not any(w.is_alive() for w in workers)
+
+
 @pytest.mark.parametrize("extra, fragment", [
     (["train.epochs=0"], "'train.epochs': expected >= 1"),
     (["data.classes=[]"], "'data.classes': the list is empty"),

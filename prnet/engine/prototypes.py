@@ -131,7 +131,8 @@ def build_prototypes(backbone: nn.Module, images: Iterable, device: torch.device
 def residual_means(backbone: nn.Module, bank: PrototypeBank, images: Iterable, hw: tuple[int, int],
                    device: torch.device | str) -> torch.Tensor:
     """Per scale, the mean of PrototypeBank.distances over the bank's training images, `images` in the bank's
-    build order, each image with its held-out residual (the level of an unseen normal image)."""
+    build order, each image with its held-out residual (the level of an unseen normal image). Moves `bank` to
+    `device` (nn.Module.to: on another device its buffers are replaced by new tensors, so read them afterwards)."""
     device = torch.device(device)
     bank = bank.to(device)
     sums = torch.zeros(bank.num_scales, dtype=torch.float64)
@@ -403,9 +404,14 @@ def prototype_path(cfg: Config, category: str) -> str:
 
 
 def load_matching(cfg: Config, category: str) -> PrototypeBank:
-    """The bank stored at prototype_path if its metadata matches `cfg` and the current training images;
-    FileNotFoundError, RuntimeError (unreadable) or PrototypeMismatchError (stale) otherwise."""
-    return load_prototypes(prototype_path(cfg, category), expected_meta(cfg, category))
+    """The bank stored at prototype_path if its metadata matches `cfg` and the current training images and it holds
+    residual means; FileNotFoundError, RuntimeError (unreadable) or PrototypeMismatchError (stale) otherwise."""
+    path = prototype_path(cfg, category)
+    bank = load_prototypes(path, expected_meta(cfg, category))
+    if not bank.has_residual_mean:
+        raise PrototypeMismatchError(f"prototype file {path} has no residual means (files written on a GPU before "
+                                     f"the fix of 2026-12-04 stored them as NaN)", ["residual_mean"])
+    return bank
 
 
 def ensure_prototypes(cfg: Config, category: str, device: torch.device | str, force: bool = False,
@@ -448,7 +454,8 @@ def build_category_prototypes(cfg: Config, category: str, device: torch.device |
                             kmeans_iters=cfg.prototypes.kmeans_iters, seed=cfg.seed,
                             residual=cfg.prototypes.residual, batch_size=cfg.prototypes.batch_size,
                             meta=meta, num_images=len(dataset))
-    bank.residual_mean.copy_(residual_means(backbone, bank, loader, image_hw(cfg), device))
+    means = residual_means(backbone, bank, loader, image_hw(cfg), device)  # (moves the bank: read its buffer after)
+    bank.residual_mean.copy_(means)
     if cfg.prototypes.patch_memory > 0:
         bank.patch_memory = build_patch_memory(backbone, loader, device, cfg.prototypes.patch_memory,
                                                seed=cfg.seed, batch_size=cfg.prototypes.batch_size)

@@ -95,6 +95,17 @@ def make_train_loader(dataset, cfg: Config, ctx: DistContext, device: torch.devi
     return loader, sampler
 
 
+def close_loader(loader: DataLoader) -> None:
+    """Stop the persistent workers of `loader` now (DataLoader keeps its persistent iterator in `_iterator`). Left
+    to the end of the process, as after an exception whose traceback still holds the loader, their shutdown hung
+    on a CUDA machine (pin_memory) instead of exiting."""
+    iterator = getattr(loader, "_iterator", None)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    loader._iterator = None
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
     """Linear warm-up for `train.warmup_epochs`, then cosine decay to 1 % of the learning rate, per step."""
     total = max(1, cfg.train.epochs * steps_per_epoch)
@@ -452,21 +463,24 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
              category, len(train_set), len(train_set.real_anomalies), ", ".join(train_set.real_anomalies) or "none",
              len(test_set))
     run = build_run(cfg, bank, backbone, train_set, device, ctx)
-    start_or_resume(cfg, category, run, bank, device, ctx)
-    log_path = os.path.join(output_root(cfg), category, "train_log.csv")
-    t_train = time.time()
-    for epoch in range(run.start_epoch, cfg.train.epochs):
-        row = train_one_epoch(cfg, run, train_set, epoch, device, ctx, category)
-        run.history.append(row)
-        if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
-            run.history[-1].update(monitor(cfg, run, test_set, epoch, device, ctx, category))
-        if ctx.is_main:
-            report.append_csv_row(log_path, {k: row[k] for k in LOG_COLUMNS})
-            save_checkpoint(os.path.join(output_root(cfg), category, "last.pt"), model=run.model, epoch=epoch + 1,
-                            cfg=cfg, prototype_meta=bank.meta, optimizer=run.optimizer, scheduler=run.scheduler,
-                            history=run.history)
-    timings["train_s"] = time.time() - t_train
-    return evaluate_and_report(cfg, category, run, bank, train_set, test_set, timings, device, ctx)
+    try:
+        start_or_resume(cfg, category, run, bank, device, ctx)
+        log_path = os.path.join(output_root(cfg), category, "train_log.csv")
+        t_train = time.time()
+        for epoch in range(run.start_epoch, cfg.train.epochs):
+            row = train_one_epoch(cfg, run, train_set, epoch, device, ctx, category)
+            run.history.append(row)
+            if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs:
+                run.history[-1].update(monitor(cfg, run, test_set, epoch, device, ctx, category))
+            if ctx.is_main:
+                report.append_csv_row(log_path, {k: row[k] for k in LOG_COLUMNS})
+                save_checkpoint(os.path.join(output_root(cfg), category, "last.pt"), model=run.model,
+                                epoch=epoch + 1, cfg=cfg, prototype_meta=bank.meta, optimizer=run.optimizer,
+                                scheduler=run.scheduler, history=run.history)
+        timings["train_s"] = time.time() - t_train
+        return evaluate_and_report(cfg, category, run, bank, train_set, test_set, timings, device, ctx)
+    finally:
+        close_loader(run.loader)  # also when training or evaluation fails: the process must be able to exit
 
 
 class _ImageSource:

@@ -66,7 +66,7 @@ class KnnScore(nn.Module):
                 raise RuntimeError(f"KnnScore: its statistics were made with eval.topk={self.settings[0]:g}, "
                                    f"eval.sigma={self.settings[1]:g}, scored now with {topk}, {sigma:g}: make them "
                                    f"again (prnet.engine.knn_calibration.attach_knn_score)")
-        st = self.stats
+        st = self.stats.to(s_m.device)  # (calibration fuses the scores on the CPU, the statistics may be on a GPU)
         z_m = (torch.log(s_m.float() + EPS) - st[0]) / (st[1] + EPS)
         z_k = (torch.log(s_knn.float() + EPS) - st[2]) / (st[3] + EPS)
         return z_m + weight * z_k
