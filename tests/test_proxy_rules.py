@@ -42,6 +42,22 @@ def test_gain_and_no_harm_pass_and_each_rule_can_fail(tmp_path, capsys):
     assert "rule 2: aupro -0.0035" in capsys.readouterr().out
 
 
+def test_the_relative_error_limit_catches_a_harm_the_absolute_one_lets_through(tmp_path, capsys):
+    """Round 16 on: AUPRO 0.970 -> 0.968 is within the absolute 0.003, but its error rises by 6.7 % (> 3 %)."""
+    ref = [_write(tmp_path / f"r{i}.json", a, aupro=0.970) for i, a in enumerate((0.990, 0.986))]
+    cand = [_write(tmp_path / f"c{i}.json", a, aupro=0.968) for i, a in enumerate((0.994, 0.989))]
+    assert proxy_rules.main(["--candidate", *cand, "--reference", *ref]) == 0
+    capsys.readouterr()
+    args = ["--candidate", *cand, "--reference", *ref, "--pixel-error-harm", "0.03", "--out", str(tmp_path / "d.json")]
+    assert proxy_rules.main(args) == 1
+    out = capsys.readouterr().out
+    assert "rule 2: aupro error 0.0300 -> 0.0320 (+6.7% > +3%)" in out and "pixel_auroc error" not in out
+    assert json.loads((tmp_path / "d.json").read_text())["pixel_error_harm"] == 0.03
+    # a rise within 3 % passes: 0.0300 -> 0.0305
+    near = [_write(tmp_path / f"n{i}.json", a, aupro=0.9695) for i, a in enumerate((0.994, 0.989))]
+    assert proxy_rules.main(["--candidate", *near, "--reference", *ref, "--pixel-error-harm", "0.03"]) == 0
+
+
 def test_unusable_input_is_refused_with_the_reason(tmp_path, capsys):
     ref = _write(tmp_path / "r0.json", 0.99)
     assert proxy_rules.main(["--candidate", ref, ref, "--reference", ref]) == 2  # unpaired
