@@ -48,14 +48,17 @@ def test_the_relative_error_limit_catches_a_harm_the_absolute_one_lets_through(t
     cand = [_write(tmp_path / f"c{i}.json", a, aupro=0.968) for i, a in enumerate((0.994, 0.989))]
     assert proxy_rules.main(["--candidate", *cand, "--reference", *ref]) == 0
     capsys.readouterr()
-    args = ["--candidate", *cand, "--reference", *ref, "--pixel-error-harm", "0.03", "--out", str(tmp_path / "d.json")]
+    args = ["--candidate", *cand, "--reference", *ref, "--aupro-error-harm", "0.03", "--out", str(tmp_path / "d.json")]
     assert proxy_rules.main(args) == 1
     out = capsys.readouterr().out
-    assert "rule 2: aupro error 0.0300 -> 0.0320 (+6.7% > +3%)" in out and "pixel_auroc error" not in out
-    assert json.loads((tmp_path / "d.json").read_text())["pixel_error_harm"] == 0.03
+    assert "rule 2: aupro error 0.0300 -> 0.0320 (+6.7% > +3%)" in out
+    assert json.loads((tmp_path / "d.json").read_text())["aupro_error_harm"] == 0.03
     # a rise within 3 % passes: 0.0300 -> 0.0305
     near = [_write(tmp_path / f"n{i}.json", a, aupro=0.9695) for i, a in enumerate((0.994, 0.989))]
-    assert proxy_rules.main(["--candidate", *near, "--reference", *ref, "--pixel-error-harm", "0.03"]) == 0
+    assert proxy_rules.main(["--candidate", *near, "--reference", *ref, "--aupro-error-harm", "0.03"]) == 0
+    # pixel AUROC keeps its absolute limit only: 0.998 -> 0.9975 is +25 % of its error, within 0.003
+    pixel = [_write(tmp_path / f"x{i}.json", a, pixel=0.9975) for i, a in enumerate((0.994, 0.989))]
+    assert proxy_rules.main(["--candidate", *pixel, "--reference", *ref, "--aupro-error-harm", "0.03"]) == 0
 
 
 def test_unusable_input_is_refused_with_the_reason(tmp_path, capsys):
