@@ -112,7 +112,7 @@ class ModelConfig:
 @dataclass
 class PrototypeConfig:
     dir: str = "prototypes"  # <dir>/<run key>/<category>.pt
-    ratio: float = 0.25  # K = max(1, round(ratio * N normal training images)) per scale (the public reimplementation: 0.1)
+    ratio: float = 0.25  # K = max(1, round(ratio * N normal training images)) per scale (reimplementation: 0.1)
     residual: str = "squared"  # squared: (f - p)^2 | abs: |f - p|
     kmeans_iters: int = 50
     # a training image's residual is taken against its k-means cluster's mean without that image (held out),
