@@ -28,6 +28,11 @@ The proxy category (written once under <out>/proxy, symlinks where possible):
   0.05–0.5 % of the image together (BSData's pits: median 0.17 %), filled with a validation texture (the classes
   training never sees) at opacity U(0.5, 1). The synthetic Perlin blobs cover far more of the image; a proxy
   where the head is at its ceiling on them can still rank tiny defects badly. Scored on its own.
+- test/real_unseen_defects (added to an existing proxy when missing): the second half of the few-shot anomalies
+  themselves, whole, in their own images (links, as test/<defect>), the source of the extended pastes: real
+  defects on their own surface, which no proxy run trains on. Scored on its own; `score_fusion.py --subsets` also
+  pools them with every real defect image a run did not train on (`real_defects`: for a run without real
+  anomalies the first half too).
 The few-shot anomalies are the ones the real benchmark trains on (same `select_few_shot` rule and seed), so the
 real test set is never read beyond them.
 
@@ -66,6 +71,8 @@ SWAP = "swap_unseen_shapes"
 IN_CONTEXT = "extended_in_context"
 SMALL = "small_unseen_spots"
 APART = (SWAP, IN_CONTEXT, SMALL)  # subsets added later: scored on their own, never part of "all"
+REAL = "real_unseen_defects"  # added later still; scored on its own, never part of "all", not judged by proxy_rules
+SYNTHETIC = (PERLIN, EXTENDED, *APART)  # every subset made by the proxy; any other defect folder holds real images
 SIGMAS = (0.0, 2.0, 4.0, 8.0)
 TOPKS = (1, 10, 100, 1000)
 
@@ -313,6 +320,33 @@ def add_small_subset(info: dict, seed: int, size) -> None:
     _write_subset(info, SMALL, make)
 
 
+def add_real_subset(info: dict, data: str) -> None:
+    """Link the validation few-shot anomalies (their images and masks, as found in `data`'s test split) into
+    test/real_unseen_defects if it is missing (see the module docstring). Files are named <k>_<defect>_<stem> so
+    that images of different defect types with the same file name stay apart."""
+    from prnet.datasets import scan_split
+
+    cat = os.path.join(info["root"], info["category"])
+    if os.path.isdir(os.path.join(cat, "test", REAL)):
+        return
+    root, category = os.path.split(os.path.abspath(data.rstrip("/")))
+    found = {s.name: s for s in scan_split(root, category, "test")}
+    missing = [n for n in info["val_shots"] if n not in found]
+    if missing:
+        raise SystemExit(f"{data}: the proxy's validation anomalies {missing} are not in its test split")
+    tmp = os.path.join(cat, "test", REAL + ".tmp"), os.path.join(cat, "ground_truth", REAL + ".tmp")
+    for k, name in enumerate(info["val_shots"]):
+        s = found[name]
+        if s.mask_path is None:
+            raise SystemExit(f"{s.path}: a validation anomaly without a mask; {REAL} needs one per image")
+        stem = f"{k:02d}_{s.defect}_{os.path.splitext(os.path.basename(s.path))[0]}"
+        _link(s.path, os.path.join(tmp[0], stem + os.path.splitext(s.path)[1]))
+        _link(s.mask_path, os.path.join(tmp[1], stem + "_mask" + os.path.splitext(s.mask_path)[1]))
+    os.replace(tmp[1], os.path.join(cat, "ground_truth", REAL))
+    os.replace(tmp[0], os.path.join(cat, "test", REAL))
+    log.info("proxy: %d images in %s", len(info["val_shots"]), REAL)
+
+
 def run_name(name: str, seed: int) -> str:
     """The folder of a variant's run under <out>/runs: the name for seed 0, <name>-seed<S> for other seeds."""
     return name if seed == 0 else f"{name}-seed{seed}"
@@ -353,9 +387,9 @@ def score_table(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, defects
 
     out: dict = {"image_auroc": {}, "metrics": {}}
     normal = defects == "good"
-    subsets = {"all": ~np.isin(defects, APART), PERLIN: normal | (defects == PERLIN),
+    subsets = {"all": ~np.isin(defects, (*APART, REAL)), PERLIN: normal | (defects == PERLIN),
                EXTENDED: normal | (defects == EXTENDED)}
-    for sub in APART:
+    for sub in (*APART, REAL):
         if (defects == sub).any():
             subsets[sub] = normal | (defects == sub)
     for sigma in SIGMAS:
@@ -507,6 +541,7 @@ def main(argv=None) -> int:
     add_swap_subset(info, int(info.get("seed", args.proxy_seed)), args.size)  # the proxy's own seed
     add_in_context_subset(info, data, int(info.get("seed", args.proxy_seed)), args.size)
     add_small_subset(info, int(info.get("seed", args.proxy_seed)), args.size)
+    add_real_subset(info, data)
     result_path = os.path.join(args.out, "proxy_validation.json")
     results = json.load(open(result_path)) if os.path.exists(result_path) else {"proxy": info, "rows": []}
     done = []

@@ -39,7 +39,8 @@ and scores these rules (no test label is used by any of them; the normal-image s
 Prints image AUROC per rule (per test defect type too) and the five metrics of prnet, residual, map<a>, flip* and
 knn (the baseline's own map); `--pixel-groups` adds every map's pixel AUROC and AUPRO per group;
 `--out` writes them as JSON (`--per-image`: with every test image's scores). `--subsets` groups defect types as
-proxy_validation.py does.
+proxy_validation.py does and adds `real_defects`: the normals and every real defect image of the proxy that the run
+did not train on (its `real_unseen_defects`, and for a run without real anomalies the other half too), pooled.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ from prnet.engine.evaluator import gaussian_smooth
 from prnet.engine.prototypes import PrototypeMismatchError, expected_meta, load_prototypes, prototype_path
 from prnet.metrics import compute_metrics, image_auroc
 from prnet.utils import atomic_write, resolve_device, setup_logging
-from proxy_validation import EXTENDED, PERLIN
+from proxy_validation import EXTENDED, PERLIN, SYNTHETIC
 
 log = logging.getLogger("score_fusion")
 
@@ -73,6 +74,23 @@ PIXEL_WEIGHTS = (0.25, 0.5, 1.0)  # the pz<w> maps: the head map's pixel z plus 
 # --flips: the head run on its inputs (features, residuals, bottleneck, patch distance) mirrored along these dims, each
 # map mirrored back, the probabilities averaged; the backbone and the prototype match run once
 FLIPS = {"flip2": [(), (-1,)], "flip4": [(), (-1,), (-2,), (-2, -1)]}
+
+
+REAL_POOLED = "real_defects"  # --subsets: the proxy's real defect images (any folder it did not make), pooled
+
+
+def score_groups(defects: np.ndarray, subsets: bool) -> dict:
+    """{group: boolean selection of the test images}: "all", then each defect type with the normals; with `subsets`
+    (a proxy's test split) "all" is the normals, Perlin and extended images as proxy_validation.py scores them, and
+    REAL_POOLED gathers the normals and every real defect image (any type the proxy did not make)."""
+    normal = defects == "good"
+    groups = {"all": np.isin(defects, ["good", PERLIN, EXTENDED]) if subsets else np.ones(len(defects), bool)}
+    for d in sorted(set(defects) - {"good"}):
+        groups[d] = normal | (defects == d)
+    real = ~np.isin(defects, ("good", *SYNTHETIC))
+    if subsets and real.any():
+        groups[REAL_POOLED] = normal | real
+    return groups
 
 
 def head_probability(model, feats, residuals, bottleneck, hw, dims: tuple, patch=None) -> torch.Tensor:
@@ -306,11 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     labels = np.array([s.label for s in test.samples])
     defects = np.array([s.defect for s in test.samples])
-    groups = {"all": np.ones(len(labels), bool)}
-    if args.subsets:
-        groups["all"] = np.isin(defects, ["good", PERLIN, EXTENDED])
-    for d in sorted(set(defects) - {"good"}):
-        groups[d] = (defects == "good") | (defects == d)
+    groups = score_groups(defects, args.subsets)
     result = {"checkpoint": args.checkpoint, "category": category, "test_images": len(test), "image_auroc": {},
               "metrics": {}}
     for name, s in scores.items():

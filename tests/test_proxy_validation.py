@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from proxy_validation import (EXTENDED, IN_CONTEXT, PERLIN, SMALL, SWAP, add_in_context_subset, add_small_subset,
+from proxy_validation import (EXTENDED, IN_CONTEXT, PERLIN, REAL, SMALL, SWAP, add_in_context_subset, add_real_subset,
+                              add_small_subset,
                               add_swap_subset, band_mask, build_proxy, spots_mask, extended_sources, overrides, run_name, score_table, seed_summary)
 from prnet.config import load_config
 from prnet.datasets import (build_test_dataset, build_train_dataset, few_shot_names, load_mask,
@@ -254,3 +255,32 @@ def test_small_spots_cover_a_small_share_with_validation_textures_only(tmp_path)
     before = os.path.getmtime(os.path.join(proxy, "test", SMALL, files[0]))
     add_small_subset(info, seed=0, size=64)  # written once
     assert os.path.getmtime(os.path.join(proxy, "test", SMALL, files[0])) == before
+
+
+def test_real_subset_links_the_validation_anomalies_whole(tmp_path):
+    data, out, info = _proxy(tmp_path, n_train=16, n_test_bad=6, shots=4)
+    add_real_subset(info, data)
+    proxy = os.path.join(info["root"], "demo")
+    found = {s.name: s for s in scan_split(os.path.dirname(data), "demo", "test")}
+    test = build_test_dataset(load_config(None, [f"data.root={info['root']}", "data.classes=[demo]",
+                                                 "data.image_size=64", "data.num_anomalies=0"]), "demo")
+    real = [s for s in test.samples if s.defect == REAL]
+    assert len(real) == len(info["val_shots"]) == 2 and all(s.mask_path for s in real)
+    for k, name in enumerate(info["val_shots"]):  # the originals, in order, their masks with them
+        s = next(r for r in real if os.path.basename(r.path).startswith(f"{k:02d}_"))
+        assert os.path.realpath(s.path) == os.path.realpath(found[name].path)
+        assert np.array_equal(load_mask(s.mask_path, 64), load_mask(found[name].mask_path, 64))
+    assert not set(info["train_shots"]) & {os.path.basename(s.path) for s in real}
+    before = os.path.getmtime(os.path.join(proxy, "test", REAL))
+    add_real_subset(info, data)  # written once
+    assert os.path.getmtime(os.path.join(proxy, "test", REAL)) == before
+    # scored on its own: "all" never includes it
+    import torch
+    defects = np.array(["good"] * 2 + [EXTENDED] * 2 + [REAL] * 2)
+    masks = np.zeros((6, 8, 8), np.uint8)
+    masks[2:, 2:4, 2:4] = 1
+    maps = masks.astype(np.float32)
+    maps[defects == REAL] = 0.0
+    table = score_table(maps, (defects != "good").astype(int), masks, defects, torch.device("cpu"))
+    assert table["metrics"]["all|sigma=0"]["pixel_auroc"] == 1.0
+    assert table["metrics"][f"{REAL}|sigma=0"]["pixel_auroc"] <= 0.5

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from prnet.metrics import image_auroc
-from score_fusion import PIXEL_WEIGHTS, pixel_fusions, pixel_zscores, rules, topk_mean
+from score_fusion import (PIXEL_WEIGHTS, REAL_POOLED, pixel_fusions, pixel_zscores, rules, score_groups,
+                          topk_mean)
 
 
 def _maps(seed, n=6, hw=(8, 8)):
@@ -272,3 +273,17 @@ def _flip_rules(ckpt, result):
             else:
                 assert not np.allclose(mirrored["flip2"].numpy(), flip(base["flip2"]).numpy(), atol=1e-4)
             assert not np.allclose(mirrored["plain"].numpy(), flip(base["plain"]).numpy(), atol=1e-4)
+
+
+def test_proxy_groups_pool_the_real_defect_images_apart_from_all():
+    from proxy_validation import EXTENDED, IN_CONTEXT, PERLIN, REAL, SWAP
+    defects = np.array(["good", "good", PERLIN, EXTENDED, SWAP, IN_CONTEXT, REAL, "crack", "uneven"])
+    groups = score_groups(defects, subsets=True)
+    assert groups["all"].tolist() == [True, True, True, True, False, False, False, False, False]
+    pooled = groups[REAL_POOLED]
+    assert defects[pooled].tolist() == ["good", "good", REAL, "crack", "uneven"]
+    assert defects[groups["crack"]].tolist() == ["good", "good", "crack"]
+    # no real image (a 10-shot proxy run without the real subset): no pooled group; a test split: every image is "all"
+    assert REAL_POOLED not in score_groups(defects[:6], subsets=True)
+    plain = score_groups(defects, subsets=False)
+    assert plain["all"].all() and REAL_POOLED not in plain
