@@ -458,7 +458,7 @@ def summary_lines(row: dict) -> list[str]:
         m = row["metrics"][f"all|sigma={sigma:g}"]
         lines.append(f"  all, sigma={sigma:g}: pixel AUROC {m['pixel_auroc']:.3f}  pixel AP {m['pixel_ap']:.3f}  "
                      f"AUPRO {m['aupro']:.3f}")
-    for sub in APART:
+    for sub in (*APART, REAL):
         if f"{sub}|sigma=0" in row["metrics"]:
             m = row["metrics"][f"{sub}|sigma=0"]
             lines.append(f"  {sub}, sigma=0: image AUROC {m['image_auroc']:.3f}  pixel AUROC {m['pixel_auroc']:.3f}  "
@@ -492,7 +492,7 @@ def seed_summary_lines(summary: dict) -> list[str]:
     lines = ["== mean ± sample std over the seeds, sigma=0, top-100 image score: image AUROC / pixel AUROC / AUPRO"]
     for name, e in summary.items():
         lines.append(f"  {name} (seeds {','.join(map(str, e['seeds']))}):")
-        for sub in ("all", PERLIN, EXTENDED, *APART):
+        for sub in ("all", PERLIN, EXTENDED, *APART, REAL):
             m = e["metrics"].get(f"{sub}|sigma=0")
             if m:
                 cells = " / ".join(f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}"
