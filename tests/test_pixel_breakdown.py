@@ -1,0 +1,34 @@
+"""benchmarks/pixel_breakdown.py: the pooled pixel AUROC split by where its normal pixels come from."""
+import numpy as np
+import pytest
+
+from pixel_breakdown import breakdown
+from prnet.metrics import pixel_auroc
+
+
+def _split():
+    """Two normal images, two defective ones; every defect pixel 0.9; normal images' pixels 0.1; the defective
+    images' normal pixels 0.95 in the first (its whole surface scored high), 0.1 in the second."""
+    masks = np.zeros((4, 4, 4), np.uint8)
+    masks[2, :2, :2] = masks[3, :2, :2] = 1
+    maps = np.full((4, 4, 4), 0.1, np.float32)
+    maps[2] = 0.95
+    maps[masks.astype(bool)] = 0.9
+    return maps, masks, ["good", "good", "crack", "uneven"]
+
+
+def test_breakdown_separates_normal_images_from_defect_backgrounds():
+    maps, masks, defects = _split()
+    r = breakdown(maps, masks, defects)
+    assert r["vs_normal_images"] == 1.0
+    assert r["vs_defect_backgrounds"] == pytest.approx(12 / 24)  # below the 12 background pixels at 0.95
+    assert r["pooled"] == pytest.approx(pixel_auroc(maps, masks))
+    assert r["background_above_q99"] == pytest.approx(12 / 24)
+    assert r["per_type"]["crack"]["background_above_q99"] == 1.0
+    assert r["per_type"]["uneven"] == {"vs_normal_images": 1.0, "background_above_q99": 0.0, "defect_pixels": 4}
+
+
+def test_breakdown_needs_both_kinds_of_image():
+    maps, masks, defects = _split()
+    with pytest.raises(ValueError, match="normal and defective"):
+        breakdown(maps[:2], masks[:2], defects[:2])
