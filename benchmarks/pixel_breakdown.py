@@ -64,7 +64,6 @@ def breakdown(maps: np.ndarray, masks: np.ndarray, defects: Sequence[str]) -> di
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-
     from prnet.datasets import build_test_dataset, normal_train_set
     from prnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from prnet.utils import atomic_write, resolve_device, setup_logging
