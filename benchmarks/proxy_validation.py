@@ -254,10 +254,23 @@ def add_swap_subset(info: dict, seed: int, size) -> None:
     _write_subset(info, SWAP, make, min_held=2)  # a region from another held-out image
 
 
+def validation_shots(info: dict, data: str) -> list:
+    """The proxy's validation few-shot anomalies (info["val_shots"], in order) as samples of `data`'s test split,
+    the real category folder the proxy was made from."""
+    from prnet.datasets import scan_split
+
+    root, category = os.path.split(os.path.abspath(data.rstrip("/")))
+    found = {s.name: s for s in scan_split(root, category, "test")}
+    missing = [n for n in info["val_shots"] if n not in found]
+    if missing:
+        raise SystemExit(f"{data}: the proxy's validation anomalies {missing} are not in its test split")
+    return [found[n] for n in info["val_shots"]]
+
+
 def add_in_context_subset(info: dict, data: str, seed: int, size) -> None:
     """Write test/extended_in_context into the proxy if it is missing (see the module docstring); `data` is the
     real category folder the proxy was made from (the validation few-shot anomalies are read from it)."""
-    from prnet.datasets import load_mask, load_rgb, scan_split
+    from prnet.datasets import load_mask, load_rgb
     from prnet.datasets.mvtec import as_hw
     from prnet.datasets.synthesis import extended_anomaly
     from prnet.utils import numpy_rng
@@ -266,13 +279,8 @@ def add_in_context_subset(info: dict, data: str, seed: int, size) -> None:
         return
     good = os.path.join(info["root"], info["category"], "test", "good")
     hw = as_hw(size)
-    root, category = os.path.split(os.path.abspath(data.rstrip("/")))
-    found = {s.name: s for s in scan_split(root, category, "test")}
-    missing = [n for n in info["val_shots"] if n not in found]
-    if missing:
-        raise SystemExit(f"{data}: the proxy's validation anomalies {missing} are not in its test split")
-    shots = [(load_rgb(found[n].path, hw), load_mask(found[n].path if found[n].mask_path is None
-                                                      else found[n].mask_path, hw)) for n in info["val_shots"]]
+    shots = [(load_rgb(v.path, hw), load_mask(v.path if v.mask_path is None else v.mask_path, hw))
+             for v in validation_shots(info, data)]
 
     def make(k: int, held: list[str]):
         d_img, d_mask = shots[k % len(shots)]
@@ -324,19 +332,11 @@ def add_real_subset(info: dict, data: str) -> None:
     """Link the validation few-shot anomalies (their images and masks, as found in `data`'s test split) into
     test/real_unseen_defects if it is missing (see the module docstring). Files are named <k>_<defect>_<stem> so
     that images of different defect types with the same file name stay apart."""
-    from prnet.datasets import scan_split
-
     cat = os.path.join(info["root"], info["category"])
     if os.path.isdir(os.path.join(cat, "test", REAL)):
         return
-    root, category = os.path.split(os.path.abspath(data.rstrip("/")))
-    found = {s.name: s for s in scan_split(root, category, "test")}
-    missing = [n for n in info["val_shots"] if n not in found]
-    if missing:
-        raise SystemExit(f"{data}: the proxy's validation anomalies {missing} are not in its test split")
     tmp = os.path.join(cat, "test", REAL + ".tmp"), os.path.join(cat, "ground_truth", REAL + ".tmp")
-    for k, name in enumerate(info["val_shots"]):
-        s = found[name]
+    for k, s in enumerate(validation_shots(info, data)):
         if s.mask_path is None:
             raise SystemExit(f"{s.path}: a validation anomaly without a mask; {REAL} needs one per image")
         stem = f"{k:02d}_{s.defect}_{os.path.splitext(os.path.basename(s.path))[0]}"
