@@ -11,7 +11,10 @@ nearest-neighbour distance on the run's backbone, its memory made from the run's
 - vs_defect_backgrounds: the defect pixels against the normal pixels of the defective images only;
 - background_above_q99: the share of the defective images' normal pixels above the 99th percentile of the normal
   images' pixels (1 % if both kinds of normal pixel looked alike to the map);
-- per defect type: vs_normal_images, background_above_q99 and its number of defect pixels.
+- above_q99_median_distance, above_q99_beyond_24px: for those pixels of the defective images' normal regions, the
+  median distance (in pixels of the evaluated image) to the nearest defect pixel of the same image, and the share
+  farther than 24 px: a halo around the defects stays near them, a surface raised over the whole image does not;
+- per defect type: vs_normal_images, background_above_q99, the two distance figures and its number of defect pixels.
 
 A pooled figure far below vs_normal_images says the map scores the surroundings of defects (or the defective
 images as a whole) above normal images: there the pooled pixel AUROC measures that, more than the defects.
@@ -38,6 +41,21 @@ def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
                              np.concatenate([np.ones(pos.size, bool), np.zeros(neg.size, bool)])))
 
 
+def _distance_to_defect(masks: np.ndarray) -> np.ndarray:
+    """N×H×W float: each pixel's Euclidean distance to the nearest defect pixel of its image (inf without one)."""
+    from scipy.ndimage import distance_transform_edt
+
+    return np.stack([distance_transform_edt(~m) if m.any() else np.full(m.shape, np.inf) for m in masks])
+
+
+def _where_above(maps: np.ndarray, masks: np.ndarray, dist: np.ndarray, q99: float) -> dict:
+    """The distance figures of the normal pixels above q99 in defective images `maps` with their `masks`."""
+    d = dist[(maps > q99) & ~masks]
+    if d.size == 0:
+        return {"above_q99_median_distance": float("nan"), "above_q99_beyond_24px": float("nan")}
+    return {"above_q99_median_distance": float(np.median(d)), "above_q99_beyond_24px": float((d > 24).mean())}
+
+
 def breakdown(maps: np.ndarray, masks: np.ndarray, defects: Sequence[str]) -> dict:
     """The figures of the module docstring for N×H×W `maps` and {0,1} `masks`; `defects`: each image's type,
     "good" for normal images."""
@@ -50,15 +68,17 @@ def breakdown(maps: np.ndarray, masks: np.ndarray, defects: Sequence[str]) -> di
     good = maps[normal].ravel()
     background = maps[~normal][~masks[~normal]]
     q99 = float(np.quantile(good, 0.99))
+    dist = _distance_to_defect(masks[~normal])
     out = {"pooled": _auroc(defect_pixels, np.concatenate([good, background])),
            "vs_normal_images": _auroc(defect_pixels, good),
            "vs_defect_backgrounds": _auroc(defect_pixels, background),
            "background_above_q99": float((background > q99).mean()) if background.size else float("nan"),
-           "per_type": {}}
+           **_where_above(maps[~normal], masks[~normal], dist, q99), "per_type": {}}
     for t in sorted(set(defects[~normal].tolist())):
         sel = defects == t
         out["per_type"][t] = {"vs_normal_images": _auroc(maps[sel][masks[sel]], good),
                               "background_above_q99": float((maps[sel][~masks[sel]] > q99).mean()),
+                              **_where_above(maps[sel], masks[sel], dist[sel[~normal]], q99),
                               "defect_pixels": int(masks[sel].sum())}
     return out
 
@@ -97,10 +117,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, r in result["maps"].items():
         print(f"{name:<5} pooled {r['pooled']:.4f}  vs normal images {r['vs_normal_images']:.4f}  vs defect "
               f"backgrounds {r['vs_defect_backgrounds']:.4f}  backgrounds above the normal q99 "
-              f"{r['background_above_q99']:.3f}")
+              f"{r['background_above_q99']:.3f} (median distance to the defect {r['above_q99_median_distance']:.0f} px, "
+              f"beyond 24 px {r['above_q99_beyond_24px']:.2f})")
         for t, row in r["per_type"].items():
             print(f"      {t:<12} vs normal images {row['vs_normal_images']:.4f}  backgrounds above q99 "
-                  f"{row['background_above_q99']:.3f}  ({row['defect_pixels']} defect pixels)")
+                  f"{row['background_above_q99']:.3f} (distance {row['above_q99_median_distance']:.0f} px)  "
+                  f"({row['defect_pixels']} defect pixels)")
     if args.out:
         atomic_write(args.out, lambda tmp: json.dump(result, open(tmp, "w", encoding="utf-8"), indent=2))
     return 0

@@ -32,6 +32,10 @@ and scores these rules (no test label is used by any of them; the normal-image s
   every pixel of the normal training images' maps (p: the plain forward pass, as for the image scores' statistics;
   d_knn: held out, as s_knn); scored at pixel level (its image score, the top-k mean of the fused map, is not a
   candidate);
+- pmed, map0.5med, knnmed (pixel-level candidates, round 17): the head's map p, map0.5's p · r^0.5 and the
+  baseline's map (knnmed, with the nearest-neighbour rules), each minus its own median over the image's pixels, so
+  that a map raised over a whole image outlines only what stands out within it; scored at pixel level (their image
+  scores, the top-k mean of the shifted map, are not candidates);
 - with --flips, flip2 / flip4: the head run on its inputs mirrored left-right (flip2) or also up-down and both
   (flip4), each map mirrored back and the probabilities averaged (p̄), scored as map0.5 (top-k mean of p̄ · r^0.5);
   their pixel metrics are p̄'s. The backbone and the prototype match run once (PRNet.encode), the head per mirror.
@@ -153,6 +157,11 @@ def topk_mean(maps: np.ndarray, k: int) -> np.ndarray:
 def fused_maps(p: np.ndarray, r: np.ndarray) -> dict:
     """The map<a> rules' pixel-wise products p · r^a."""
     return {"map0.5": p * np.sqrt(r), "map1": p * r}
+
+
+def median_removed(maps: np.ndarray) -> np.ndarray:
+    """Each N×H×W map minus its median over its own pixels (the *med rules)."""
+    return maps - np.median(maps.reshape(len(maps), -1), axis=1).astype(maps.dtype)[:, None, None]
 
 
 def zsum(*pairs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -311,6 +320,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             knn_map.update(pixel_fusions(p_test, p_train, knn_map["knn"], knn_maps_train))
         del knn_maps_train
     scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk, fused, knn)
+    shifted = {"pmed": median_removed(p_test), "map0.5med": median_removed(fused["map0.5"])}
+    if "knn" in knn_map:
+        shifted["knnmed"] = median_removed(knn_map["knn"])
+    for name, m in shifted.items():  # pixel-level candidates, as pz<w>
+        scores[name] = topk_mean(m, cfg.eval.topk)
     for name, m in knn_map.items():
         if name.startswith("pz"):  # pixel-level candidates; their image score is only what compute_metrics asks
             scores[name] = topk_mean(m, cfg.eval.topk)
@@ -331,7 +345,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["image_auroc"][name] = {g: float(image_auroc(s[sel], labels[sel])) for g, sel in groups.items()}
     masks = np.stack([test.mask(i) for i in range(len(test))]).astype(np.uint8)
     sel = groups["all"]
-    pixel_maps = {name: m for name, m in {"prnet": p_test, "residual": r_test, **fused, **flipped, **knn_map}.items()
+    pixel_maps = {name: m for name, m in {"prnet": p_test, "residual": r_test, **fused, **flipped, **knn_map,
+                                          **shifted}.items()
                   if name in scores}
     for name, m in pixel_maps.items():
         met = compute_metrics(scores[name][sel], labels[sel], m[sel], masks[sel])

@@ -25,7 +25,25 @@ def test_breakdown_separates_normal_images_from_defect_backgrounds():
     assert r["pooled"] == pytest.approx(pixel_auroc(maps, masks))
     assert r["background_above_q99"] == pytest.approx(12 / 24)
     assert r["per_type"]["crack"]["background_above_q99"] == 1.0
-    assert r["per_type"]["uneven"] == {"vs_normal_images": 1.0, "background_above_q99": 0.0, "defect_pixels": 4}
+    uneven = r["per_type"]["uneven"]
+    assert (uneven["vs_normal_images"], uneven["background_above_q99"], uneven["defect_pixels"]) == (1.0, 0.0, 4)
+    assert np.isnan(uneven["above_q99_median_distance"])  # nothing of its background is above the percentile
+
+
+def test_breakdown_tells_a_halo_from_a_raised_surface():
+    """A defect in the corner of two 64×64 images: in one the map is raised in a 3-px ring around it (a halo), in
+    the other on the far half of the image (the surface)."""
+    masks = np.zeros((4, 64, 64), np.uint8)
+    masks[2:, :8, :8] = 1
+    maps = np.zeros((4, 64, 64), np.float32)
+    maps[masks.astype(bool)] = 1.0
+    maps[2, :11, :11][~masks[2, :11, :11].astype(bool)] = 0.5
+    maps[3, :, 32:] = 0.5
+    r = breakdown(maps, masks, ["good", "good", "halo", "surface"])
+    halo, surface = r["per_type"]["halo"], r["per_type"]["surface"]
+    assert 1 <= halo["above_q99_median_distance"] <= 3 and halo["above_q99_beyond_24px"] == 0.0
+    assert surface["above_q99_median_distance"] > 24 and surface["above_q99_beyond_24px"] > 0.8
+    assert r["above_q99_beyond_24px"] == pytest.approx((surface["above_q99_beyond_24px"] * 64 * 32) / (57 + 64 * 32))
 
 
 def test_breakdown_needs_both_kinds_of_image():
