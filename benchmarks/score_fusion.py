@@ -36,6 +36,11 @@ and scores these rules (no test label is used by any of them; the normal-image s
   baseline's map (knnmed, with the nearest-neighbour rules), each minus its own median over the image's pixels, so
   that a map raised over a whole image outlines only what stands out within it; scored at pixel level (their image
   scores, the top-k mean of the shifted map, are not candidates);
+- prank, map0.5rank, knnrank (pixel-level candidates, round 18; need the nearest-neighbour memory): the head's map
+  p, map0.5's p · r^0.5 and the baseline's map, each times the image's rank among the normal training images,
+  F(s) = (1 + #{training images with a held-out score below s}) / (n + 1), where s is the released image score
+  (map_residual_knn: z(log s_m) + eval.knn_weight · z(log s_knn)) for prank and map0.5rank and the baseline's own
+  score for knnrank; scored at pixel level;
 - with --flips, flip2 / flip4: the head run on its inputs mirrored left-right (flip2) or also up-down and both
   (flip4), each map mirrored back and the probabilities averaged (p̄), scored as map0.5 (top-k mean of p̄ · r^0.5);
   their pixel metrics are p̄'s. The backbone and the prototype match run once (PRNet.encode), the head per mirror.
@@ -162,6 +167,12 @@ def fused_maps(p: np.ndarray, r: np.ndarray) -> dict:
 def median_removed(maps: np.ndarray) -> np.ndarray:
     """Each N×H×W map minus its median over its own pixels (the *med rules)."""
     return maps - np.median(maps.reshape(len(maps), -1), axis=1).astype(maps.dtype)[:, None, None]
+
+
+def rank_among(test: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """F(s) of the *rank rules for each test score: (1 + the number of training scores below it) / (n + 1)."""
+    below = np.searchsorted(np.sort(train), test, side="left")
+    return ((1.0 + below) / (len(train) + 1.0)).astype(np.float32)
 
 
 def zsum(*pairs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -323,6 +334,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     shifted = {"pmed": median_removed(p_test), "map0.5med": median_removed(fused["map0.5"])}
     if "knn" in knn_map:
         shifted["knnmed"] = median_removed(knn_map["knn"])
+        w = np.float32(cfg.eval.knn_weight)  # the released score, map_residual_knn, for test and training images
+        sm_train = topk_mean(p_train * np.sqrt(r_train), cfg.eval.topk)
+        released = (zscores(topk_mean(fused["map0.5"], cfg.eval.topk), sm_train) + w * zscores(*knn),
+                    zscores(sm_train, sm_train) + w * zscores(knn[1], knn[1]))
+        rank = rank_among(*released)[:, None, None]
+        shifted.update({"prank": p_test * rank, "map0.5rank": fused["map0.5"] * rank,
+                        "knnrank": knn_map["knn"] * rank_among(*knn)[:, None, None]})
     for name, m in shifted.items():  # pixel-level candidates, as pz<w>
         scores[name] = topk_mean(m, cfg.eval.topk)
     for name, m in knn_map.items():

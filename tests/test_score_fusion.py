@@ -112,6 +112,24 @@ def test_pixel_fusions_standardise_each_map_on_the_training_pixels():
     assert (np.argsort(flat.ravel(), kind="stable") == np.argsort(p_test.ravel(), kind="stable")).all()
 
 
+def test_median_removed_shifts_each_map_by_its_own_median():
+    from score_fusion import median_removed
+
+    maps = np.stack([np.arange(9, dtype=np.float32).reshape(3, 3), np.full((3, 3), 5.0, np.float32)])
+    maps[1, 0, 0] = 100.0
+    out = median_removed(maps)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[0], maps[0] - 4.0)
+    np.testing.assert_allclose(out[1], maps[1] - 5.0)  # the median, not the mean, of the second map
+
+
+def test_rank_among_places_each_score_among_the_training_scores():
+    from score_fusion import rank_among
+
+    train = np.array([3.0, 1.0, 2.0])
+    np.testing.assert_allclose(rank_among(np.array([0.0, 2.0, 2.5, 9.0]), train), [1 / 4, 2 / 4, 3 / 4, 1.0])
+
+
 def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path, caplog):
     """A 1-epoch run on the tiny category, scored by every rule; a foreign prototype file is refused."""
     import glob
@@ -141,6 +159,8 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path, caplog):
             "zmax", "zsum0.25", "zsum0.5"} <= set(got["image_auroc"])
     # the pixel-level candidates: the head's map fused with the baseline's, at pixel level next to both
     assert {"pz0.25", "pz0.5", "pz1"} <= set(got["metrics"]) and set(got["pixel_by_group"]) == set(got["metrics"])
+    # rounds 17 and 18: maps shifted by their median or weighed by the image's rank, at pixel level too
+    assert {"pmed", "map0.5med", "knnmed", "prank", "map0.5rank", "knnrank"} <= set(got["metrics"])
     assert all(0.0 <= row["all"] <= 1.0 for row in got["image_auroc"].values())
     assert got["metrics"]["prnet"]["image_auroc"] == pytest.approx(got["image_auroc"]["prnet"]["all"])
     assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--out", result]) == 0
