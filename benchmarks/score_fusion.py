@@ -175,6 +175,25 @@ def rank_among(test: np.ndarray, train: np.ndarray) -> np.ndarray:
     return ((1.0 + below) / (len(train) + 1.0)).astype(np.float32)
 
 
+def per_image_maps(p_test: np.ndarray, m_test: np.ndarray, p_train: np.ndarray, r_train: np.ndarray, k: int,
+                   knn_weight: float, knn: tuple[np.ndarray, np.ndarray] | None = None,
+                   knn_test_maps: np.ndarray | None = None) -> dict:
+    """The maps of rounds 17 and 18 (module docstring): the head's map p and map0.5's `m_test` minus their median,
+    and with the nearest-neighbour scores `knn` (test, held-out training) and the baseline's test maps also those
+    times the image's rank by the released score (and the baseline's map minus its median and times its own rank)."""
+    out = {"pmed": median_removed(p_test), "map0.5med": median_removed(m_test)}
+    if knn is None or knn_test_maps is None:
+        return out
+    w = np.float32(knn_weight)
+    sm_train = topk_mean(p_train * np.sqrt(r_train), k)
+    released = (zscores(topk_mean(m_test, k), sm_train) + w * zscores(*knn),  # map_residual_knn, test and training
+                zscores(sm_train, sm_train) + w * zscores(knn[1], knn[1]))
+    rank = rank_among(*released)[:, None, None]
+    out.update({"knnmed": median_removed(knn_test_maps), "prank": p_test * rank, "map0.5rank": m_test * rank,
+                "knnrank": knn_test_maps * rank_among(*knn)[:, None, None]})
+    return out
+
+
 def zsum(*pairs: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Sum over (test scores, training-normal scores) pairs of log(test) standardised by the training logs."""
     return sum(zscores(test, train) for test, train in pairs)
@@ -331,16 +350,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             knn_map.update(pixel_fusions(p_test, p_train, knn_map["knn"], knn_maps_train))
         del knn_maps_train
     scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk, fused, knn)
-    shifted = {"pmed": median_removed(p_test), "map0.5med": median_removed(fused["map0.5"])}
-    if "knn" in knn_map:
-        shifted["knnmed"] = median_removed(knn_map["knn"])
-        w = np.float32(cfg.eval.knn_weight)  # the released score, map_residual_knn, for test and training images
-        sm_train = topk_mean(p_train * np.sqrt(r_train), cfg.eval.topk)
-        released = (zscores(topk_mean(fused["map0.5"], cfg.eval.topk), sm_train) + w * zscores(*knn),
-                    zscores(sm_train, sm_train) + w * zscores(knn[1], knn[1]))
-        rank = rank_among(*released)[:, None, None]
-        shifted.update({"prank": p_test * rank, "map0.5rank": fused["map0.5"] * rank,
-                        "knnrank": knn_map["knn"] * rank_among(*knn)[:, None, None]})
+    shifted = per_image_maps(p_test, fused["map0.5"], p_train, r_train, cfg.eval.topk, cfg.eval.knn_weight,
+                             knn, knn_map.get("knn"))
     for name, m in shifted.items():  # pixel-level candidates, as pz<w>
         scores[name] = topk_mean(m, cfg.eval.topk)
     for name, m in knn_map.items():

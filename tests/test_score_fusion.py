@@ -130,6 +130,30 @@ def test_rank_among_places_each_score_among_the_training_scores():
     np.testing.assert_allclose(rank_among(np.array([0.0, 2.0, 2.5, 9.0]), train), [1 / 4, 2 / 4, 3 / 4, 1.0])
 
 
+def test_per_image_maps_weigh_by_the_rank_of_the_released_score():
+    """prank = p × F(released score), where the released score is rules()'s zsum0.25 for the test images and the
+    same standardisation of the training images' own scores for them; without the nearest-neighbour scores only
+    the median-removed maps are made."""
+    from score_fusion import fused_maps, per_image_maps, rank_among, rules, topk_mean, zscores
+
+    rng = np.random.default_rng(0)
+    p_test, r_test = rng.uniform(0, 1, (5, 8, 8)), rng.uniform(0.5, 2, (5, 8, 8))
+    p_train, r_train = rng.uniform(0, 1, (7, 8, 8)), rng.uniform(0.5, 2, (7, 8, 8))
+    knn = (rng.uniform(1, 3, 5), rng.uniform(1, 3, 7))
+    m_test = fused_maps(p_test, r_test)["map0.5"]
+    assert set(per_image_maps(p_test, m_test, p_train, r_train, 4, 0.25)) == {"pmed", "map0.5med"}
+    knn_maps = rng.uniform(0, 1, (5, 8, 8))
+    out = per_image_maps(p_test, m_test, p_train, r_train, 4, 0.25, knn, knn_maps)
+    released = rules(p_test, r_test, p_train, r_train, 4, knn=knn)["zsum0.25"]
+    s_train = topk_mean(p_train * np.sqrt(r_train), 4)
+    released_train = zscores(s_train, s_train) + 0.25 * zscores(knn[1], knn[1])
+    expected = rank_among(released, released_train)
+    np.testing.assert_allclose(out["prank"], p_test * expected[:, None, None], rtol=1e-5)
+    np.testing.assert_allclose(out["map0.5rank"], m_test * expected[:, None, None], rtol=1e-5)
+    np.testing.assert_allclose(out["knnrank"], knn_maps * rank_among(*knn)[:, None, None], rtol=1e-5)
+    assert set(out) == {"pmed", "map0.5med", "knnmed", "prank", "map0.5rank", "knnrank"}
+
+
 def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path, caplog):
     """A 1-epoch run on the tiny category, scored by every rule; a foreign prototype file is refused."""
     import glob
