@@ -117,8 +117,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, r in result["maps"].items():
         print(f"{name:<5} pooled {r['pooled']:.4f}  vs normal images {r['vs_normal_images']:.4f}  vs defect "
               f"backgrounds {r['vs_defect_backgrounds']:.4f}  backgrounds above the normal q99 "
-              f"{r['background_above_q99']:.3f} (median distance to the defect {r['above_q99_median_distance']:.0f} px, "
-              f"beyond 24 px {r['above_q99_beyond_24px']:.2f})")
+              f"{r['background_above_q99']:.3f} (median distance to the defect "
+              f"{r['above_q99_median_distance']:.0f} px, beyond 24 px {r['above_q99_beyond_24px']:.2f})")
         for t, row in r["per_type"].items():
             print(f"      {t:<12} vs normal images {row['vs_normal_images']:.4f}  backgrounds above q99 "
                   f"{row['background_above_q99']:.3f} (distance {row['above_q99_median_distance']:.0f} px)  "
