@@ -14,6 +14,7 @@ nearest-neighbour distance on the run's backbone, its memory made from the run's
 - above_q99_median_distance, above_q99_beyond_24px: for those pixels of the defective images' normal regions, the
   median distance (in pixels of the evaluated image) to the nearest defect pixel of the same image, and the share
   farther than 24 px: a halo around the defects stays near them, a surface raised over the whole image does not;
+  above_q99_per_image_median: the median over the defective images of each one's share of such pixels;
 - per defect type: vs_normal_images, background_above_q99, the two distance figures and its number of defect pixels.
 
 A pooled figure far below vs_normal_images says the map scores the surroundings of defects (or the defective
@@ -50,10 +51,13 @@ def _distance_to_defect(masks: np.ndarray) -> np.ndarray:
 
 def _where_above(maps: np.ndarray, masks: np.ndarray, dist: np.ndarray, q99: float) -> dict:
     """The distance figures of the normal pixels above q99 in defective images `maps` with their `masks`."""
-    d = dist[(maps > q99) & ~masks]
+    above = (maps > q99) & ~masks
+    d = dist[above]
+    shares = above.reshape(len(maps), -1).sum(1) / np.maximum(1, (~masks).reshape(len(maps), -1).sum(1))
+    out = {"above_q99_per_image_median": float(np.median(shares))}
     if d.size == 0:
-        return {"above_q99_median_distance": float("nan"), "above_q99_beyond_24px": float("nan")}
-    return {"above_q99_median_distance": float(np.median(d)), "above_q99_beyond_24px": float((d > 24).mean())}
+        return {"above_q99_median_distance": float("nan"), "above_q99_beyond_24px": float("nan"), **out}
+    return {"above_q99_median_distance": float(np.median(d)), "above_q99_beyond_24px": float((d > 24).mean()), **out}
 
 
 def breakdown(maps: np.ndarray, masks: np.ndarray, defects: Sequence[str]) -> dict:

@@ -43,6 +43,7 @@ def test_breakdown_tells_a_halo_from_a_raised_surface():
     halo, surface = r["per_type"]["halo"], r["per_type"]["surface"]
     assert 1 <= halo["above_q99_median_distance"] <= 3 and halo["above_q99_beyond_24px"] == 0.0
     assert surface["above_q99_median_distance"] > 24 and surface["above_q99_beyond_24px"] > 0.8
+    assert surface["above_q99_per_image_median"] == pytest.approx(64 * 32 / (64 * 64 - 64))
     assert r["above_q99_beyond_24px"] == pytest.approx((surface["above_q99_beyond_24px"] * 64 * 32) / (57 + 64 * 32))
 
 
