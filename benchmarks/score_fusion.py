@@ -77,6 +77,7 @@ log = logging.getLogger("score_fusion")
 
 EPS = 1e-8
 KNN_WEIGHTS = (0.25, 0.5)  # the zsum<w> rules: the released score's z plus w times the distance's z
+PER_IMAGE_RULES = ("pmed", "map0.5med", "knnmed", "prank", "map0.5rank", "knnrank")  # per_image_maps' maps
 PIXEL_WEIGHTS = (0.25, 0.5, 1.0)  # the pz<w> maps: the head map's pixel z plus w times the distance map's
 
 
@@ -350,8 +351,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             knn_map.update(pixel_fusions(p_test, p_train, knn_map["knn"], knn_maps_train))
         del knn_maps_train
     scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk, fused, knn)
-    shifted = per_image_maps(p_test, fused["map0.5"], p_train, r_train, cfg.eval.topk, cfg.eval.knn_weight,
-                             knn, knn_map.get("knn"))
+    shifted = {}  # six more test-set maps: made only when a rule asks for them (or no --rules)
+    if not args.rules or set(args.rules) & set(PER_IMAGE_RULES):
+        shifted = per_image_maps(p_test, fused["map0.5"], p_train, r_train, cfg.eval.topk, cfg.eval.knn_weight,
+                                 knn, knn_map.get("knn"))
     for name, m in shifted.items():  # pixel-level candidates, as pz<w>
         scores[name] = topk_mean(m, cfg.eval.topk)
     for name, m in knn_map.items():

@@ -152,6 +152,9 @@ def test_per_image_maps_weigh_by_the_rank_of_the_released_score():
     np.testing.assert_allclose(out["map0.5rank"], m_test * expected[:, None, None], rtol=1e-5)
     np.testing.assert_allclose(out["knnrank"], knn_maps * rank_among(*knn)[:, None, None], rtol=1e-5)
     assert set(out) == {"pmed", "map0.5med", "knnmed", "prank", "map0.5rank", "knnrank"}
+    from score_fusion import PER_IMAGE_RULES
+
+    assert set(PER_IMAGE_RULES) == set(out)  # main() builds them when --rules names any of these
 
 
 def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path, caplog):
