@@ -41,7 +41,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -68,6 +67,7 @@ from prnet.metrics import aupro
 from prnet.models.backbone import Backbone
 from prnet.models.prnet import build_model, count_trainable
 from prnet.engine.prototypes import build_category_prototypes
+from prnet.provenance import device_name
 from prnet.utils import atomic_write, resolve_device, setup_logging
 
 log = logging.getLogger("bench_speed")
@@ -77,19 +77,7 @@ DEMO_TEST_GOOD, DEMO_TEST_BAD = 2, 12
 
 def environment(device: torch.device, use_amp: bool) -> dict:
     """Device name, threads, torch version and compute dtype."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or "unknown CPU"
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as fh:
-                for line in fh:
-                    if line.startswith("model name"):
-                        name = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
-    return {"device": str(device), "device_name": name, "cpu_count": os.cpu_count(),
+    return {"device": str(device), "device_name": device_name(device), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "dtype": "bf16 autocast" if use_amp else "fp32"}
 

@@ -417,6 +417,7 @@ def run_variant(args, info: dict, name: str, extra: list[str], previous: dict | 
     from prnet.datasets import build_test_dataset
     from prnet.engine.checkpoint import model_from_checkpoint
     from prnet.engine.evaluator import run_inference
+    from prnet.provenance import provenance
     from prnet.utils import resolve_device
 
     ov = overrides(args, info, name, extra)
@@ -440,8 +441,12 @@ def run_variant(args, info: dict, name: str, extra: list[str], previous: dict | 
     defects = np.array([s.defect for s in test.samples])
     sources = extended_sources([s.name for s in test.samples], info["val_shots"])
     table = score_table(raw["maps"], raw["labels"], raw["masks"], defects, device, sources)
+    trained = os.path.join(cfg.output_dir, info["category"], "results.json")
+    trained = json.load(open(trained, encoding="utf-8")) if os.path.exists(trained) else {}
     return {"variant": name, "seed": args.seed, "overrides": extra, "common_overrides": list(getattr(args, "set", [])),
-            "train_minutes": minutes, **table}
+            "train_minutes": minutes, **table,
+            # the code and machine of the training (None for runs made before results.json held it) and the scoring
+            "train_provenance": trained.get("provenance"), "provenance": provenance(device)}
 
 
 def summary_lines(row: dict) -> list[str]:

@@ -23,6 +23,10 @@ run is reused, an interrupted one resumes from its last epoch; its evaluation on
 to it, keyed by the evaluation settings and the test images, and reused as well. Changing a setting gives a new run
 folder, never a mixed one.
 
+Every record (each run's train.json and eval-*.json, the baseline's rows, real_data.json) carries `provenance`: the
+git commit and a hash of any uncommitted changes to tracked files, package versions, the CPU or GPU
+(prnet.provenance). A run whose code changed while it trained says so in its train.json (`code_changed_during_run`).
+
 `--rescore` trains no PRNet: it evaluates the finished PRNet runs of the settings given with the evaluation settings
 given now (`--set eval.sigma=4`) and writes <out>/real_data_rescore.json.
 """
@@ -189,9 +193,13 @@ def train_script():
     return _TRAIN_SCRIPT
 
 
-def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> dict:
-    """Train one PRNet run with train.py's code path unless it finished before: {train_min, resumed}. An interrupted
-    run (a checkpoint, no train.json) resumes from its last epoch."""
+def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool, device: torch.device) -> dict:
+    """Train one PRNet run with train.py's code path unless it finished before: {train_min, resumed, provenance}.
+    An interrupted run (a checkpoint, no train.json) resumes from its last epoch. `provenance` is the code and
+    machine at the end of training; `code_changed_during_run` is added (and a warning logged) when the code differed
+    at its start."""
+    from prnet.provenance import code_changed, git_state, provenance
+
     done = os.path.join(run_dir, "train.json")
     ckpt = os.path.join(run_dir, category, "last.pt")
     if os.path.exists(done) and os.path.exists(ckpt):
@@ -203,12 +211,17 @@ def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> di
     if rescore:
         raise SystemExit(f"--rescore: no finished run in {run_dir} (run without --rescore first)")
     resume = os.path.exists(ckpt)
+    code_at_start = git_state()
     t0 = time.time()
     if train_script().main([*ov, "train.resume=true" if resume else "train.overwrite=true"]) != 0:
         raise SystemExit(f"PRNet training failed: {run_dir}")
     info = {"train_min": (time.time() - t0) / 60.0, "resumed": resume,
             "train_minutes_includes": "prototypes + training + its own evaluation"
-                                      + (" (only the part after the resume)" if resume else "")}
+                                      + (" (only the part after the resume)" if resume else ""),
+            "provenance": provenance(device)}
+    if code_changed(code_at_start, info["provenance"]):
+        log.warning("the code changed while %s was training (%s at the start): train it again", run_dir, code_at_start)
+        info.update(code_changed_during_run=True, code_at_start=code_at_start)
     write_json(done, info)
     return info
 
@@ -229,6 +242,7 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
     from prnet.engine.evaluator import evaluate
     from prnet.engine.knn_calibration import attach_knn_score
     from prnet.engine.prototypes import attach_residual_means
+    from prnet.provenance import provenance
 
     method = f"prnet{shots}"
     settings = {"method": method, "data": ds._asdict(), "config": training_config(prnet_overrides(args, ds, shots,
@@ -246,7 +260,7 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
         trained = json.load(open(done, encoding="utf-8"))
         scored = json.load(open(eval_path, encoding="utf-8"))
     else:
-        trained = train_prnet(ov, run_dir, ds.category, args.rescore)
+        trained = train_prnet(ov, run_dir, ds.category, args.rescore, device)
         model, cfg, _ = model_from_checkpoint(os.path.join(run_dir, ds.category, "last.pt"), device)
         cfg.eval = eval_cfg
         if cfg.eval.image_score != "map":
@@ -260,11 +274,13 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
                   "eval_image_score": cfg.eval.image_score,
                   "test_ms_per_image": 1000.0 * (time.time() - t1) / len(common_test),
                   "real_anomalies": results["real_anomalies_used_for_training"],
-                  "per_defect": per_defect(raw["scores"], raw["labels"], raw["maps"], raw["masks"], common_test)}
+                  "per_defect": per_defect(raw["scores"], raw["labels"], raw["maps"], raw["masks"], common_test),
+                  "provenance": provenance(device)}
         write_json(eval_path, scored)
     return {"dataset": ds.label, "method": f"PRNet, {shots} real anomalies", "seed": seed, **scored,
             "train_min": trained["train_min"], "train_minutes_includes": trained["train_minutes_includes"],
-            "run": run_dir}
+            # None for runs recorded before records carried it
+            "train_provenance": trained.get("provenance"), "run": run_dir}
 
 
 def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.device) -> dict:
@@ -275,6 +291,7 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
     from prnet.config import load_config
     from prnet.datasets.mvtec import MVTEC, format_args
     from prnet.metrics import compute_metrics
+    from prnet.provenance import provenance
 
     settings = {"method": "patchcore", "data": ds._asdict(), "size": args.size, "seed": seed,
                 "baseline": BASELINE_SETTINGS, "device": args.device}
@@ -305,7 +322,7 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
     row = {"dataset": ds.label, "method": BASELINE, "seed": seed, **{k: float(v) for k, v in metrics.items()},
            "train_min": train_min, "test_ms_per_image": test_ms,
            "per_defect": per_defect(scores, labels, maps, masks, common_test), "baseline": BASELINE_SETTINGS,
-           "run": run_dir}
+           "provenance": provenance(device), "run": run_dir}
     write_json(row_path, row)
     return row
 
@@ -433,6 +450,7 @@ def main(argv=None) -> int:
 
     from prnet.config import ConfigError
     from prnet.datasets.mvtec import DatasetError
+    from prnet.provenance import git_state, provenance
     from prnet.utils import resolve_device, setup_logging
 
     setup_logging()
@@ -441,6 +459,10 @@ def main(argv=None) -> int:
     datasets = find_datasets(args.data, args.categories)
     device = resolve_device(args.device)
     os.makedirs(args.out, exist_ok=True)
+    code = git_state()
+    if code["git_modified"]:
+        log.warning("uncommitted changes to %s: the runs' records name the commit and a hash of the changes, not "
+                    "the changes themselves", ", ".join(code["git_modified"]))
     try:  # every data set readable and every override valid before any training
         tests = {ds.label: common_test_set(args, ds, [n for n in shots if n is not None]) for ds in datasets}
     except (ConfigError, DatasetError) as e:
@@ -469,7 +491,8 @@ def main(argv=None) -> int:
               "spread": "std: sample standard deviation (ddof 1) over the seeds; min, max",
               "common_test": {ds.label: {"images": len(tests[ds.label]), "excluded": list(tests[ds.label].excluded)}
                               for ds in datasets},
-              "total_minutes": (time.time() - t0) / 60.0, "threads": torch.get_num_threads(), "rows": rows,
+              "total_minutes": (time.time() - t0) / 60.0, "threads": torch.get_num_threads(),
+              "provenance": provenance(device), "rows": rows,
               "summary": summary, "table": table}
     write_json(os.path.join(args.out, "real_data_rescore.json" if args.rescore else "real_data.json"), result)
     print(f"\n{table}\n\n(total {result['total_minutes']:.1f} min)")

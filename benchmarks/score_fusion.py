@@ -70,6 +70,7 @@ from prnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from prnet.engine.evaluator import gaussian_smooth
 from prnet.engine.prototypes import PrototypeMismatchError, expected_meta, load_prototypes, prototype_path
 from prnet.metrics import compute_metrics, image_auroc
+from prnet.provenance import provenance
 from prnet.utils import atomic_write, resolve_device, setup_logging
 from proxy_validation import EXTENDED, PERLIN, SYNTHETIC
 
@@ -372,7 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     defects = np.array([s.defect for s in test.samples])
     groups = score_groups(defects, args.subsets)
     result = {"checkpoint": args.checkpoint, "category": category, "test_images": len(test), "image_auroc": {},
-              "metrics": {}}
+              "metrics": {}, "provenance": provenance(device)}
     for name, s in scores.items():
         result["image_auroc"][name] = {g: float(image_auroc(s[sel], labels[sel])) for g, sel in groups.items()}
     masks = np.stack([test.mask(i) for i in range(len(test))]).astype(np.uint8)

@@ -10,10 +10,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
+import prnet.provenance
 import real_data
 from prnet.datasets import make_demo_category
 from prnet.metrics import compute_metrics
+from prnet.provenance import git_state
 from real_data import aggregate, find_datasets, markdown, markdown_per_defect, parse_seeds, parse_size, per_defect
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,9 +114,18 @@ def test_one_table_for_two_data_sets_and_two_seeds(bench):
     prnet = [_row(rows, "tile", methods[0], s) for s in (0, 1)]
     assert any(prnet[0][k] != prnet[1][k] for k in real_data.COLUMNS)
     assert all(r["eval_topk"] == 10 for r in rows if r["method"] == methods[0])
+    # every record names the code and the machine it was made with
+    code = git_state()
+    assert result["provenance"]["git_commit"] == code["git_commit"]
+    for r in rows:
+        assert r["provenance"]["versions"]["torch"] == torch.__version__ and r["provenance"]["device_name"]
+        assert r["provenance"]["git_commit"] == code["git_commit"]
+        if r["method"] == methods[0]:
+            assert r["train_provenance"]["git_commit"] == code["git_commit"]
+            assert "code_changed_during_run" not in json.load(open(os.path.join(r["run"], "train.json")))
 
 
-def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench):
+def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench, monkeypatch):
     out, rows = bench["out"], bench["result"]["rows"]
     ckpts = {}
     for r in rows:
@@ -130,6 +142,18 @@ def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench):
             st = os.stat(os.path.join(folder, name))
             os.utime(os.path.join(folder, name), ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     argv[argv.index("--workers") + 1] = "1"  # changes no trained weight: the same runs
+    # another commit checked out while the resumed part trains: its train.json says so
+    real_state, real_train, training = prnet.provenance.git_state, real_data.train_script(), []
+
+    def state(repo=prnet.provenance.REPO):
+        return real_state(repo) if training else {**real_state(repo), "git_commit": "f" * 40}
+
+    def train_main(args):
+        training.append(True)
+        return real_train.main(args)
+
+    monkeypatch.setattr(prnet.provenance, "git_state", state)
+    monkeypatch.setattr(real_data, "train_script", lambda: SimpleNamespace(main=train_main))
     assert real_data.main(argv) == 0
     again = json.load(open(os.path.join(out, "real_data.json")))
     for e, before in zip(again["summary"], bench["result"]["summary"]):
@@ -137,7 +161,9 @@ def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench):
     for run, (path, mtime) in ckpts.items():
         if run != interrupted:  # nothing trained again
             assert os.path.getmtime(path) == mtime
-    assert json.load(open(os.path.join(interrupted, "train.json")))["resumed"] is True
+    resumed = json.load(open(os.path.join(interrupted, "train.json")))
+    assert resumed["resumed"] is True and resumed["code_changed_during_run"] is True
+    assert resumed["code_at_start"]["git_commit"] == "f" * 40
 
 
 def test_rescore_evaluates_again_without_training(bench):

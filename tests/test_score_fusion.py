@@ -166,6 +166,7 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path, caplog):
 
     import score_fusion
     from prnet.engine.prototypes import PrototypeMismatchError, load_prototypes, save_prototypes
+    from prnet.provenance import git_state
     from tiny_run import tiny_overrides
 
     import train as train_script
@@ -190,6 +191,8 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path, caplog):
     assert {"pmed", "map0.5med", "knnmed", "prank", "map0.5rank", "knnrank"} <= set(got["metrics"])
     assert all(0.0 <= row["all"] <= 1.0 for row in got["image_auroc"].values())
     assert got["metrics"]["prnet"]["image_auroc"] == pytest.approx(got["image_auroc"]["prnet"]["all"])
+    # the scores name the code and machine that computed them
+    assert got["provenance"]["git_commit"] == git_state()["git_commit"] and got["provenance"]["device"] == "cpu"
     assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--out", result]) == 0
     assert "zknn" not in json.load(open(result))["image_auroc"]
     assert got["test_images"] == 20 - 3  # the tiny test split minus the run's 3 real anomalies

@@ -15,8 +15,6 @@ import json
 import logging
 import math
 import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -28,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from prnet import report
+from prnet.provenance import code_changed, git_state, provenance
 from prnet.config import Config, config_to_dict, dump_config, image_hw, with_added_keys
 from prnet.datasets import EpochSampler, build_test_dataset, build_train_dataset, normal_train_set
 from prnet.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
@@ -148,22 +147,6 @@ def _gather_inference(model, dataset, cfg: Config, device, ctx: DistContext) -> 
         return None
     order = np.argsort(np.concatenate([np.asarray(i, dtype=np.int64) for i, _ in parts]), kind="stable")
     return {k: np.concatenate([p[k] for _, p in parts])[order] for k in part}
-
-
-def package_versions() -> dict:
-    import timm
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "numpy": np.__version__}
-
-
-def git_commit() -> Optional[str]:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # --------------------------------------------------------------------------------------- resuming a run
@@ -383,9 +366,11 @@ def monitor(cfg: Config, run: RunState, test_set, epoch: int, device: torch.devi
 
 
 def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: PrototypeBank, train_set, test_set,
-                        timings: dict, device: torch.device, ctx: DistContext) -> dict:
+                        timings: dict, device: torch.device, ctx: DistContext, code_at_start: Optional[dict] = None
+                        ) -> dict:
     """The decision threshold, the test metrics of the last epoch, the final checkpoint, results.json and the
-    figures. Returns the results (an empty dict on ranks other than 0)."""
+    figures. Returns the results (an empty dict on ranks other than 0). `code_at_start`: the git_state() taken when
+    the run (or its resumed part) began; results.json says so when the code changed since."""
     out_dir = os.path.join(output_root(cfg), category)
     fingerprints = _rank_fingerprints(run.model, ctx)  # a collective: every rank takes part
     knn_train = None  # the training images' held-out fused scores (map_residual_knn)
@@ -413,6 +398,12 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     at_threshold = decision_metrics(out["scores"], out["labels"], threshold)
     timings["test_ms_per_image"] = 1000.0 * timings["eval_s"] / max(1, len(test_set))
     h, w = image_hw(cfg)
+    origin = provenance(device)  # git_commit, git_modified, git_diff_sha1, versions, device, device_name, ...
+    if code_at_start is not None and code_changed(code_at_start, origin):
+        log.warning("%s: the code changed while this run was using it (%s at the start, %s now): its results may "
+                    "come from neither version; train it again", category, code_at_start,
+                    {k: origin[k] for k in code_at_start})
+        origin.update(code_changed_during_run=True, code_at_start=code_at_start)
     results = {
         "category": category,
         "metrics": metrics,
@@ -427,9 +418,7 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
                             **({"target_fpr": cfg.eval.target_fpr} if held_out else {}), **at_threshold},
         "config": config_to_dict(cfg),
         "timings": timings,
-        "versions": package_versions(),
-        "git_commit": git_commit(),
-        "device": str(device),
+        "provenance": origin,
         "world_size": ctx.world_size,
         "weights_fingerprints": fingerprints,
     }
@@ -454,6 +443,7 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
 
     The caller has run check_outputs and holds the category's lock (lock_category)."""
     timings: dict = {}
+    code_at_start = git_state()
     t0 = time.time()
     bank, backbone = prepare_prototypes(cfg, category, device, ctx, backbone)
     timings["prototypes_s"] = time.time() - t0
@@ -478,7 +468,8 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
                                 epoch=epoch + 1, cfg=cfg, prototype_meta=bank.meta, optimizer=run.optimizer,
                                 scheduler=run.scheduler, history=run.history)
         timings["train_s"] = time.time() - t_train
-        return evaluate_and_report(cfg, category, run, bank, train_set, test_set, timings, device, ctx)
+        return evaluate_and_report(cfg, category, run, bank, train_set, test_set, timings, device, ctx,
+                                   code_at_start)
     finally:
         close_loader(run.loader)  # also when training or evaluation fails: the process must be able to exit
 

@@ -1,0 +1,72 @@
+"""What a result was made with: the code (git commit and its uncommitted changes), the packages and the machine.
+
+Every record a run writes carries `provenance(device)`, so that a figure that does not reproduce can be traced to
+the code or the machine that made it. `code_changed(before, after)` tells whether the code changed while a run was
+using it: modules are imported lazily, so an edit during a run can change the run's behaviour half-way.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from typing import Optional
+
+import numpy as np
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _git(args: list[str], repo: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_state(repo: str = REPO) -> dict:
+    """{"git_commit": HEAD, "git_modified": the tracked files that differ from HEAD (sorted), "git_diff_sha1": the
+    SHA-1 of `git diff HEAD` (None when there is no difference)}; all None outside a git checkout. Untracked files
+    are left out: outputs and data are not code."""
+    head = _git(["rev-parse", "HEAD"], repo)
+    if head is None or not head.strip():
+        return {"git_commit": None, "git_modified": None, "git_diff_sha1": None}
+    status = _git(["status", "--porcelain", "--untracked-files=no"], repo) or ""
+    modified = sorted(line[3:].strip() for line in status.splitlines() if line.strip())
+    diff = _git(["diff", "HEAD"], repo) if modified else ""
+    return {"git_commit": head.strip(), "git_modified": modified,
+            "git_diff_sha1": hashlib.sha1(diff.encode()).hexdigest() if diff else None}
+
+
+def package_versions() -> dict:
+    import timm
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__}
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model from /proc/cpuinfo (platform.processor() where there is none)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def provenance(device: torch.device, repo: str = REPO) -> dict:
+    """The code, packages and machine of a result, as plain JSON types."""
+    return {**git_state(repo), "versions": package_versions(), "device": str(device),
+            "device_name": device_name(device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def code_changed(before: dict, after: dict) -> bool:
+    """Whether the code differs between two git_state() (or provenance()) records of one run."""
+    return any(before.get(k) != after.get(k) for k in ("git_commit", "git_modified", "git_diff_sha1"))
