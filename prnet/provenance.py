@@ -61,10 +61,16 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or "unknown CPU"
 
 
+# environment variables that change how the CPU libraries split and order their arithmetic
+NUMERIC_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_DYNAMIC", "MKL_DYNAMIC", "MKL_CBWR",
+               "CUBLAS_WORKSPACE_CONFIG")
+
+
 def provenance(device: torch.device, repo: str = REPO) -> dict:
-    """The code, packages and machine of a result, as plain JSON types."""
+    """The code, packages and machine of a result, as plain JSON types (`numeric_env`: those of NUMERIC_ENV set)."""
     return {**git_state(repo), "versions": package_versions(), "device": str(device),
-            "device_name": device_name(device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+            "device_name": device_name(device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "numeric_env": {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ}}
 
 
 def code_changed(before: dict, after: dict) -> bool:

@@ -44,8 +44,11 @@ def test_git_state_names_the_commit_and_each_change(tmp_path):
     assert code_changed(again, git_state(str(tmp_path)))
 
 
-def test_provenance_names_packages_and_machine():
+def test_provenance_names_packages_and_machine(monkeypatch):
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
     p = provenance(torch.device("cpu"))
+    assert p["numeric_env"].get("OMP_NUM_THREADS") == "3" and "MKL_CBWR" not in p["numeric_env"]
     assert p["versions"]["torch"] == torch.__version__ and p["device"] == "cpu"
     assert p["device_name"] == device_name(torch.device("cpu")) and p["device_name"]
     assert p["torch_threads"] == torch.get_num_threads() and p["cpu_count"] == os.cpu_count()
