@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from prnet import report
-from prnet.provenance import code_changed, git_state, provenance
 from prnet.config import Config, config_to_dict, dump_config, image_hw, with_added_keys
 from prnet.datasets import EpochSampler, build_test_dataset, build_train_dataset, normal_train_set
 from prnet.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
@@ -38,6 +37,7 @@ from prnet.metrics import compute_metrics, decision_metrics, decision_threshold
 from prnet.models.backbone import Backbone
 from prnet.models.prnet import build_model
 from prnet.models.prototypes import PrototypeBank
+from prnet.provenance import code_changed, git_state, provenance
 from prnet.utils import RunLock, atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
