@@ -193,13 +193,11 @@ def train_script():
     return _TRAIN_SCRIPT
 
 
-def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool, device: torch.device) -> dict:
+def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> dict:
     """Train one PRNet run with train.py's code path unless it finished before: {train_min, resumed, provenance}.
-    An interrupted run (a checkpoint, no train.json) resumes from its last epoch. `provenance` is the code and
-    machine at the end of training; `code_changed_during_run` is added (and a warning logged) when the code differed
-    at its start."""
-    from prnet.provenance import code_changed, git_state, provenance
-
+    An interrupted run (a checkpoint, no train.json) resumes from its last epoch. `provenance` is the trainer's
+    (results.json): the code and machine; `code_changed_during_run` and `code_at_start` are repeated at the top when
+    the trainer found the code changed while it trained."""
     done = os.path.join(run_dir, "train.json")
     ckpt = os.path.join(run_dir, category, "last.pt")
     if os.path.exists(done) and os.path.exists(ckpt):
@@ -211,17 +209,15 @@ def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool, devic
     if rescore:
         raise SystemExit(f"--rescore: no finished run in {run_dir} (run without --rescore first)")
     resume = os.path.exists(ckpt)
-    code_at_start = git_state()
     t0 = time.time()
     if train_script().main([*ov, "train.resume=true" if resume else "train.overwrite=true"]) != 0:
         raise SystemExit(f"PRNet training failed: {run_dir}")
     info = {"train_min": (time.time() - t0) / 60.0, "resumed": resume,
             "train_minutes_includes": "prototypes + training + its own evaluation"
-                                      + (" (only the part after the resume)" if resume else ""),
-            "provenance": provenance(device)}
-    if code_changed(code_at_start, info["provenance"]):
-        log.warning("the code changed while %s was training (%s at the start): train it again", run_dir, code_at_start)
-        info.update(code_changed_during_run=True, code_at_start=code_at_start)
+                                      + (" (only the part after the resume)" if resume else "")}
+    origin = json.load(open(os.path.join(run_dir, category, "results.json"), encoding="utf-8"))["provenance"]
+    info.update(provenance=origin, **{k: origin[k] for k in ("code_changed_during_run", "code_at_start")
+                                      if k in origin})
     write_json(done, info)
     return info
 
@@ -260,7 +256,7 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
         trained = json.load(open(done, encoding="utf-8"))
         scored = json.load(open(eval_path, encoding="utf-8"))
     else:
-        trained = train_prnet(ov, run_dir, ds.category, args.rescore, device)
+        trained = train_prnet(ov, run_dir, ds.category, args.rescore)
         model, cfg, _ = model_from_checkpoint(os.path.join(run_dir, ds.category, "last.pt"), device)
         cfg.eval = eval_cfg
         if cfg.eval.image_score != "map":

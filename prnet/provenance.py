@@ -28,15 +28,17 @@ def _git(args: list[str], repo: str) -> Optional[str]:
 
 def git_state(repo: str = REPO) -> dict:
     """{"git_commit": HEAD, "git_modified": the tracked files that differ from HEAD (sorted), "git_diff_sha1": the
-    SHA-1 of `git diff HEAD` (None when there is no difference)}; all None outside a git checkout. Untracked files
-    are left out: outputs and data are not code."""
-    head = _git(["rev-parse", "HEAD"], repo)
-    if head is None or not head.strip():
+    SHA-1 of `git diff HEAD` (None when there is no difference)}; all None unless `repo` is the top of a git checkout
+    (an installed package inside some other repository, e.g. a virtual environment in a project, is not that
+    repository's code). Untracked files are left out: outputs and data are not code."""
+    top_head = (_git(["rev-parse", "--show-toplevel", "HEAD"], repo) or "").split()
+    if len(top_head) != 2 or os.path.realpath(top_head[0]) != os.path.realpath(repo):
         return {"git_commit": None, "git_modified": None, "git_diff_sha1": None}
+    head = top_head[1]
     status = _git(["status", "--porcelain", "--untracked-files=no"], repo) or ""
     modified = sorted(line[3:].strip() for line in status.splitlines() if line.strip())
     diff = _git(["diff", "HEAD"], repo) if modified else ""
-    return {"git_commit": head.strip(), "git_modified": modified,
+    return {"git_commit": head, "git_modified": modified,
             "git_diff_sha1": hashlib.sha1(diff.encode()).hexdigest() if diff else None}
 
 

@@ -42,6 +42,9 @@ def test_git_state_names_the_commit_and_each_change(tmp_path):
     assert code_changed(edited, again) and not code_changed(again, git_state(str(tmp_path)))
     _git(tmp_path, "commit", "-qam", "two")
     assert code_changed(again, git_state(str(tmp_path)))
+    # a folder inside the checkout (where an installed package would lie) is not the checkout's code
+    (tmp_path / "site").mkdir()
+    assert git_state(str(tmp_path / "site")) == outside
 
 
 def test_provenance_names_packages_and_machine(monkeypatch):

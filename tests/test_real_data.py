@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import prnet.provenance
 import real_data
 from prnet.datasets import make_demo_category
+from prnet.engine import trainer
 from prnet.metrics import compute_metrics
 from prnet.provenance import git_state
 from real_data import aggregate, find_datasets, markdown, markdown_per_defect, parse_seeds, parse_size, per_defect
@@ -143,17 +143,8 @@ def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench, monkeypa
             os.utime(os.path.join(folder, name), ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     argv[argv.index("--workers") + 1] = "1"  # changes no trained weight: the same runs
     # another commit checked out while the resumed part trains: its train.json says so
-    real_state, real_train, training = prnet.provenance.git_state, real_data.train_script(), []
-
-    def state(repo=prnet.provenance.REPO):
-        return real_state(repo) if training else {**real_state(repo), "git_commit": "f" * 40}
-
-    def train_main(args):
-        training.append(True)
-        return real_train.main(args)
-
-    monkeypatch.setattr(prnet.provenance, "git_state", state)
-    monkeypatch.setattr(real_data, "train_script", lambda: SimpleNamespace(main=train_main))
+    started_at = {**git_state(), "git_commit": "f" * 40}
+    monkeypatch.setattr(trainer, "git_state", lambda: dict(started_at))
     assert real_data.main(argv) == 0
     again = json.load(open(os.path.join(out, "real_data.json")))
     for e, before in zip(again["summary"], bench["result"]["summary"]):
