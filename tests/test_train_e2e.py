@@ -51,6 +51,11 @@ def test_training_writes_every_output_and_learns(trained):
         rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    # each epoch names its inputs and the weights after it: other samples and other weights every epoch
+    prints = results["epoch_fingerprints"]
+    assert [p["epoch"] for p in prints] == [1, 2, 3]
+    assert len({p["batches_sha1"] for p in prints}) == 3 and len({p["weights_sha256"] for p in prints}) == 3
+    assert prints[-1]["weights_sha256"] == results["weights_fingerprints"][0]
     with open(os.path.join(out, "results.csv")) as fh:
         table = list(csv.DictReader(fh))
     assert [r["category"] for r in table] == ["tiny", "mean"]
@@ -113,6 +118,10 @@ def test_resume_after_a_kill_gives_the_same_weights(tiny_data, tmp_path, monkeyp
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, equal_nan=True, msg=k)
     with open(os.path.join(cut_out, "tiny", "train_log.csv")) as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2]
+    # the per-epoch fingerprints agree: the same inputs in the same order and the same weights after each epoch
+    full, cut = (json.load(open(os.path.join(o, "tiny", "results.json")))["epoch_fingerprints"]
+                 for o in (full_out, cut_out))
+    assert full == cut and len(full) == 2 and all(p["batches_sha1"] and p["weights_sha256"] for p in full)
 
 
 def test_non_finite_loss_stops_with_epoch_and_step(tiny_data, tmp_path, monkeypatch, caplog):

@@ -11,6 +11,7 @@ gathered, giving the same metrics as one process.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -317,7 +318,10 @@ def train_one_epoch(cfg: Config, run: RunState, train_set, epoch: int, device: t
     steps = len(run.loader)
     bar = tqdm(run.loader, desc=f"{category} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
                disable=not ctx.is_main)
+    batches = hashlib.sha1()  # fingerprint of this process's training inputs, in order (taken on the CPU side)
     for step, batch in enumerate(bar):
+        for key in ("image", "mask"):
+            batches.update(np.ascontiguousarray(batch[key].numpy()))
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
         if cfg.train.channels_last:
@@ -347,7 +351,8 @@ def train_one_epoch(cfg: Config, run: RunState, train_set, epoch: int, device: t
     mean = (sums / steps).tolist()
     row = {"epoch": epoch + 1, "loss": mean[0], "focal": mean[1], "smooth_l1": mean[2],
            "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": n_images * ctx.world_size / seconds,
-           "seconds": seconds}
+           "seconds": seconds, "batches_sha1": batches.hexdigest()[:16],
+           "weights_sha256": weights_fingerprint(run.model)}
     log.info("%s epoch %d/%d: loss %.4f (focal %.4f, smooth-L1 %.4f), %.1f images/s", category, epoch + 1,
              cfg.train.epochs, mean[0], mean[1], mean[2], row["images_per_s"])
     return row
@@ -421,6 +426,9 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
         "provenance": origin,
         "world_size": ctx.world_size,
         "weights_fingerprints": fingerprints,
+        # per epoch: where two trainings of the same config first part, in their inputs or in their arithmetic
+        "epoch_fingerprints": [{k: row.get(k) for k in ("epoch", "batches_sha1", "weights_sha256")}
+                               for row in run.history],
     }
 
     def write_json(tmp: str) -> None:
@@ -503,8 +511,6 @@ def _broadcast_head_buffers(model: torch.nn.Module) -> None:
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 of the trainable parameters and the head's buffers: equal fingerprints, equal models."""
-    import hashlib
-
     digest = hashlib.sha256()
     tensors = [p for p in model.parameters() if p.requires_grad] + _head_buffers(model)
     for t in tensors:
