@@ -63,6 +63,28 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cpu_identity() -> dict:
+    """What decides which CPU kernels torch and its libraries pick: the instruction set torch dispatches to
+    (`cpu_capability`, e.g. AVX2, AVX512) and /proc/cpuinfo's family, model and stepping (None where unknown)."""
+    ident: dict = {"cpu_capability": None, "cpu_family": None, "cpu_model": None, "cpu_stepping": None}
+    try:
+        ident["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                name = {"cpu family": "cpu_family", "model": "cpu_model", "stepping": "cpu_stepping"}.get(key.strip())
+                if name and ident[name] is None:
+                    ident[name] = value.strip()
+                if not line.strip():  # the first processor's block is enough
+                    break
+    except OSError:
+        pass
+    return ident
+
+
 # environment variables that change how the CPU libraries split and order their arithmetic
 NUMERIC_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_DYNAMIC", "MKL_DYNAMIC", "MKL_CBWR",
                "CUBLAS_WORKSPACE_CONFIG")
@@ -71,7 +93,8 @@ NUMERIC_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_DYNAMIC", "MKL_DYNAMIC
 def provenance(device: torch.device, repo: str = REPO) -> dict:
     """The code, packages and machine of a result, as plain JSON types (`numeric_env`: those of NUMERIC_ENV set)."""
     return {**git_state(repo), "versions": package_versions(), "device": str(device),
-            "device_name": device_name(device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device_name": device_name(device), **cpu_identity(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "numeric_env": {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ}}
 
 

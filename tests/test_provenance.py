@@ -55,6 +55,9 @@ def test_provenance_names_packages_and_machine(monkeypatch):
     assert p["versions"]["torch"] == torch.__version__ and p["device"] == "cpu"
     assert p["device_name"] == device_name(torch.device("cpu")) and p["device_name"]
     assert p["torch_threads"] == torch.get_num_threads() and p["cpu_count"] == os.cpu_count()
+    assert p["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    if os.path.exists("/proc/cpuinfo"):  # Linux: the first processor's family and model, as numbers
+        assert p["cpu_family"].isdigit() and p["cpu_model"].isdigit()
     json.dumps(p)  # plain JSON types
 
 
