@@ -194,10 +194,11 @@ def train_script():
 
 
 def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> dict:
-    """Train one PRNet run with train.py's code path unless it finished before: {train_min, resumed, provenance}.
-    An interrupted run (a checkpoint, no train.json) resumes from its last epoch. `provenance` is the trainer's
-    (results.json): the code and machine; `code_changed_during_run` and `code_at_start` are repeated at the top when
-    the trainer found the code changed while it trained."""
+    """Train one PRNet run with train.py's code path unless it finished before: {train_min, resumed, provenance,
+    epoch_fingerprints}. An interrupted run (a checkpoint, no train.json) resumes from its last epoch. `provenance`
+    and `epoch_fingerprints` are the trainer's (results.json): the code and machine, and per epoch hashes of the
+    training batches and the weights; `code_changed_during_run` and `code_at_start` are repeated at the top when the
+    trainer found the code changed while it trained."""
     done = os.path.join(run_dir, "train.json")
     ckpt = os.path.join(run_dir, category, "last.pt")
     if os.path.exists(done) and os.path.exists(ckpt):
@@ -215,9 +216,11 @@ def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> di
     info = {"train_min": (time.time() - t0) / 60.0, "resumed": resume,
             "train_minutes_includes": "prototypes + training + its own evaluation"
                                       + (" (only the part after the resume)" if resume else "")}
-    origin = json.load(open(os.path.join(run_dir, category, "results.json"), encoding="utf-8"))["provenance"]
+    results = json.load(open(os.path.join(run_dir, category, "results.json"), encoding="utf-8"))
+    origin = results["provenance"]
     info.update(provenance=origin, **{k: origin[k] for k in ("code_changed_during_run", "code_at_start")
                                       if k in origin})
+    info["epoch_fingerprints"] = results.get("epoch_fingerprints")  # kept records: compare a re-training with them
     write_json(done, info)
     return info
 

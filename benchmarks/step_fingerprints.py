@@ -7,10 +7,11 @@
 The first two commands build the run as train.py does (the prototype file is loaded, or built into the config's
 `prototypes.dir` if it is missing; model, optimiser, schedule and loader seeded the same way) and train the first
 `--steps` steps of epoch 1 (at most one epoch) in this process, writing nothing into `output_dir`. For each step the
-JSON holds a hash of the batch (images and masks), the loss as Python prints it, and hashes of the gradients and of
-the weights after the step. `--compare` names the first step where two files differ and what differs first: the
-inputs (the data pipeline) or only the arithmetic (same inputs, other loss, gradients or weights); it exits 1 if
-they differ, 0 if not. `results.json` gives the same per epoch (`epoch_fingerprints`) for whole runs.
+JSON holds a hash of the batch (images and masks), the loss as Python prints it, and a hash of the weights after
+the step (train.py's own step, `trainer.train_step`). `--compare` names the first step where two files differ and
+what differs first: the inputs (the data pipeline) or only the arithmetic (same inputs, another loss or other
+weights); it exits 1 if they differ, 0 if not. `results.json` gives the same per epoch (`epoch_fingerprints`) for
+whole runs.
 
 Single process only (no torchrun). Key=value overrides follow the options, as for train.py.
 """
@@ -28,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-FIELDS = ("batch", "loss", "grad", "weights")  # in the order a step makes them
+FIELDS = ("batch", "loss", "weights")  # in the order a step makes them
 
 
 def _sha1(arrays) -> str:
@@ -41,7 +42,7 @@ def _sha1(arrays) -> str:
 def fingerprint_steps(cfg, steps: int, device: torch.device, progress: bool = True) -> list[dict]:
     """Train the first `steps` steps of epoch 1 of `cfg`'s first category; one dict of fingerprints per step."""
     from prnet.datasets import build_train_dataset
-    from prnet.engine.trainer import DistContext, build_run, close_loader, prepare_prototypes
+    from prnet.engine.trainer import DistContext, build_run, close_loader, prepare_prototypes, train_step
 
     category = cfg.data.classes[0]
     ctx = DistContext()
@@ -58,18 +59,9 @@ def fingerprint_steps(cfg, steps: int, device: torch.device, progress: bool = Tr
         for step, batch in enumerate(run.loader):
             if step >= steps:
                 break
-            images, masks = batch["image"].to(device), batch["mask"].to(device)
-            if cfg.train.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            source = batch["source"] if cfg.prototypes.leave_one_out else None
-            loss, _ = run.criterion(run.train_model(images, source), masks)
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad = _sha1(p.grad for p in params if p.grad is not None)
-            run.optimizer.step()
-            run.scheduler.step()
+            loss, _ = train_step(cfg, run, batch, device)  # train.py's step, AMP and channels_last included
             rows.append({"step": step, "batch": _sha1([batch["image"], batch["mask"]]), "loss": repr(loss.item()),
-                         "grad": grad, "weights": _sha1(params)})
+                         "weights": _sha1(params)})
             if progress:
                 print(f"step {step}: loss {rows[-1]['loss']}, {time.time() - t0:.0f} s", flush=True)
     finally:

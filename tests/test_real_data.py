@@ -122,7 +122,12 @@ def test_one_table_for_two_data_sets_and_two_seeds(bench):
         assert r["provenance"]["git_commit"] == code["git_commit"]
         if r["method"] == methods[0]:
             assert r["train_provenance"]["git_commit"] == code["git_commit"]
-            assert "code_changed_during_run" not in json.load(open(os.path.join(r["run"], "train.json")))
+            trained = json.load(open(os.path.join(r["run"], "train.json")))
+            assert "code_changed_during_run" not in trained
+            # per epoch, the hashes of its batches and weights: a re-training can be compared with the record
+            prints = trained["epoch_fingerprints"]
+            assert [p["epoch"] for p in prints] == list(range(1, len(prints) + 1)) and len(prints) >= 1
+            assert all(len(p["batches_sha1"]) == 16 and len(p["weights_sha256"]) == 16 for p in prints)
 
 
 def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench, monkeypatch):
@@ -133,6 +138,7 @@ def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench, monkeypa
             path = os.path.join(r["run"], r["dataset"].split("/")[-1], "last.pt")
             ckpts[r["run"]] = (path, os.path.getmtime(path))
     interrupted = _row(rows, "tile", "PRNet, 2 real anomalies", 1)["run"]
+    recorded = json.load(open(os.path.join(interrupted, "train.json")))["epoch_fingerprints"]
     os.remove(os.path.join(interrupted, "train.json"))  # as if killed after its last checkpoint
     argv = list(bench["argv"])
     # the data copied or restored meanwhile: new modification times, the same images (the prototypes still match)
@@ -155,6 +161,7 @@ def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench, monkeypa
     resumed = json.load(open(os.path.join(interrupted, "train.json")))
     assert resumed["resumed"] is True and resumed["code_changed_during_run"] is True
     assert resumed["code_at_start"]["git_commit"] == "f" * 40
+    assert resumed["epoch_fingerprints"] == recorded  # the checkpoint's history carries them through the resume
 
 
 def test_rescore_evaluates_again_without_training(bench):

@@ -26,10 +26,10 @@ def test_same_config_same_steps_and_another_seed_parts_at_its_first_batch(tiny_d
 
 
 def test_first_difference_names_the_first_step_and_field():
-    a = [{"step": i, "batch": f"b{i}", "loss": "0.5", "grad": f"g{i}", "weights": f"w{i}"} for i in range(4)]
+    a = [{"step": i, "batch": f"b{i}", "loss": "0.5", "weights": f"w{i}"} for i in range(4)]
     b = [dict(s) for s in a]
-    b[2]["grad"], b[3]["batch"] = "other", "other"
-    assert first_difference(a, b) == (2, "grad")
+    b[2]["weights"], b[3]["batch"] = "other", "other"
+    assert first_difference(a, b) == (2, "weights")
     assert first_difference(a, a[:2]) is None  # a shorter run that agrees so far
     b[1]["loss"] = "0.50000001"
     assert first_difference(a, b) == (1, "loss")

@@ -304,13 +304,30 @@ def prototype_differences(stored: dict, current: dict) -> list[str]:
     return [f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in keys if stored.get(k) != current.get(k)]
 
 
+def train_step(cfg: Config, run: RunState, batch: dict, device: torch.device) -> tuple[torch.Tensor, dict]:
+    """One optimisation step on a loader batch: forward (bf16 autocast on CUDA when train.amp), loss, backward,
+    optimiser and schedule. Returns the loss and its terms, detached, on `device` (no host synchronisation)."""
+    images = batch["image"].to(device, non_blocking=True)
+    masks = batch["mask"].to(device, non_blocking=True)
+    if cfg.train.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    source = batch["source"] if cfg.prototypes.leave_one_out else None  # on the CPU: checked there
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp and device.type == "cuda"):
+        logits = run.train_model(images, source)
+    loss, terms = run.criterion(logits, masks)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    return loss.detach(), {k: v.detach() for k, v in terms.items()}
+
+
 def train_one_epoch(cfg: Config, run: RunState, train_set, epoch: int, device: torch.device, ctx: DistContext,
                     category: str) -> dict:
     """One pass over the epoch's seeded samples; returns the log row (mean losses, lr, images/s, seconds)."""
     train_set.set_epoch(epoch)
     run.sampler.set_epoch(epoch)
     run.model.train()
-    use_amp = cfg.train.amp and device.type == "cuda"
     t_epoch = time.time()
     sums = torch.zeros(3, device=device)
     pending: list[torch.Tensor] = []
@@ -322,27 +339,16 @@ def train_one_epoch(cfg: Config, run: RunState, train_set, epoch: int, device: t
     for step, batch in enumerate(bar):
         for key in ("image", "mask"):
             batches.update(np.ascontiguousarray(batch[key].numpy()))
-        images = batch["image"].to(device, non_blocking=True)
-        masks = batch["mask"].to(device, non_blocking=True)
-        if cfg.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        source = batch["source"] if cfg.prototypes.leave_one_out else None  # on the CPU: checked there
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = run.train_model(images, source)
-        loss, terms = run.criterion(logits, masks)
-        pending.append(torch.stack([loss.detach(), terms["focal"].detach(), terms["smooth_l1"].detach()]))
+        loss, terms = train_step(cfg, run, batch, device)
+        n_images += len(batch["image"])
+        pending.append(torch.stack([loss, terms["focal"], terms["smooth_l1"]]))
         # one host sync per few steps: check finiteness and refresh the progress bar
         if device.type != "cuda" or len(pending) >= 20 or step == steps - 1:
             _check_finite(pending, epoch, step - len(pending) + 1, category)
             sums += torch.stack(pending).sum(0)
             pending = []
             bar.set_postfix(loss=f"{sums[0].item() / (step + 1):.4f}",
-                            img_s=f"{(step + 1) * images.shape[0] / (time.time() - t_epoch):.1f}")
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
-        run.scheduler.step()
-        n_images += images.shape[0]
+                            img_s=f"{n_images / (time.time() - t_epoch):.1f}")
     if ctx.enabled:
         dist.all_reduce(sums)
         sums /= ctx.world_size
