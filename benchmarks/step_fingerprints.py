@@ -60,7 +60,7 @@ def fingerprint_steps(cfg, steps: int, device: torch.device, progress: bool = Tr
             if step >= steps:
                 break
             loss, _ = train_step(cfg, run, batch, device)  # train.py's step, AMP and channels_last included
-            rows.append({"step": step, "batch": _sha1([batch["image"], batch["mask"]]), "loss": repr(loss.item()),
+            rows.append({"step": step, "batch": batch["digest"].hex()[:16], "loss": repr(loss.item()),
                          "weights": _sha1(params)})
             if progress:
                 print(f"step {step}: loss {rows[-1]['loss']}, {time.time() - t0:.0f} s", flush=True)

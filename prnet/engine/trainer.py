@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 from prnet import report
@@ -81,11 +81,23 @@ def _worker_count(cfg: Config) -> int:
     return min(8, os.cpu_count() or 1)
 
 
+def collate_with_digest(samples: list) -> dict:
+    """default_collate plus `digest`: the SHA-1 of the batch's images and masks (the epoch fingerprint is made of
+    these). Computed where the batch is collated, i.e. in a loader worker when there are any, off the training loop."""
+    batch = default_collate(samples)
+    digest = hashlib.sha1()
+    for key in ("image", "mask"):
+        digest.update(np.ascontiguousarray(batch[key].numpy()))
+    batch["digest"] = digest.digest()
+    return batch
+
+
 def make_train_loader(dataset, cfg: Config, ctx: DistContext, device: torch.device) -> tuple[DataLoader, EpochSampler]:
     sampler = EpochSampler(len(dataset), cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
     workers = _worker_count(cfg)
     loader = DataLoader(
         dataset, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True, num_workers=workers,
+        collate_fn=collate_with_digest,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None)
     if len(loader) == 0:
@@ -335,10 +347,9 @@ def train_one_epoch(cfg: Config, run: RunState, train_set, epoch: int, device: t
     steps = len(run.loader)
     bar = tqdm(run.loader, desc=f"{category} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
                disable=not ctx.is_main)
-    batches = hashlib.sha1()  # fingerprint of this process's training inputs, in order (taken on the CPU side)
+    batches = hashlib.sha1()  # fingerprint of this process's training inputs, in order (the batches' digests)
     for step, batch in enumerate(bar):
-        for key in ("image", "mask"):
-            batches.update(np.ascontiguousarray(batch[key].numpy()))
+        batches.update(batch["digest"])
         loss, terms = train_step(cfg, run, batch, device)
         n_images += len(batch["image"])
         pending.append(torch.stack([loss, terms["focal"], terms["smooth_l1"]]))
