@@ -49,40 +49,38 @@ def package_versions() -> dict:
             "numpy": np.__version__}
 
 
+def _first_cpu() -> dict:
+    """The first processor's fields in /proc/cpuinfo ("model name", "cpu family", ...); {} where there is none."""
+    fields: dict = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU model from /proc/cpuinfo (platform.processor() where there is none)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return _first_cpu().get("model name") or platform.processor() or "unknown CPU"
 
 
 def cpu_identity() -> dict:
     """What decides which CPU kernels torch and its libraries pick: the instruction set torch dispatches to
     (`cpu_capability`, e.g. AVX2, AVX512) and /proc/cpuinfo's family, model and stepping (None where unknown)."""
-    ident: dict = {"cpu_capability": None, "cpu_family": None, "cpu_model": None, "cpu_stepping": None}
+    cpu = _first_cpu()
     try:
-        ident["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        capability = torch.backends.cpu.get_cpu_capability()
     except (AttributeError, RuntimeError):
-        pass
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                name = {"cpu family": "cpu_family", "model": "cpu_model", "stepping": "cpu_stepping"}.get(key.strip())
-                if name and ident[name] is None:
-                    ident[name] = value.strip()
-                if not line.strip():  # the first processor's block is enough
-                    break
-    except OSError:
-        pass
-    return ident
+        capability = None
+    return {"cpu_capability": capability, "cpu_family": cpu.get("cpu family"), "cpu_model": cpu.get("model"),
+            "cpu_stepping": cpu.get("stepping")}
 
 
 # environment variables that change how the CPU libraries split and order their arithmetic
