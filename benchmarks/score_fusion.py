@@ -41,6 +41,12 @@ and scores these rules (no test label is used by any of them; the normal-image s
   F(s) = (1 + #{training images with a held-out score below s}) / (n + 1), where s is the released image score
   (map_residual_knn: z(log s_m) + eval.knn_weight · z(log s_knn)) for prank and map0.5rank and the baseline's own
   score for knnrank; scored at pixel level;
+- pq99, pq999 (pixel-level candidates, round 21; need the nearest-neighbour memory): p + q · F(d_knn), the head's
+  map plus the baseline's map put through F, the empirical distribution function of its values over every pixel of
+  the normal training images' held-out maps (a seeded sample of CDF_SAMPLE pixels), weighed by q, the 99th (pq99)
+  or 99.9th (pq999) percentile of p over every pixel of the normal training images' maps. The distance can lift a
+  pixel by at most q, the head's own upper range on normal surface: it reorders the pixels the head leaves within
+  that range and cannot pass a pixel the head marks well above it; scored at pixel level;
 - with --flips, flip2 / flip4: the head run on its inputs mirrored left-right (flip2) or also up-down and both
   (flip4), each map mirrored back and the probabilities averaged (p̄), scored as map0.5 (top-k mean of p̄ · r^0.5);
   their pixel metrics are p̄'s. The backbone and the prototype match run once (PRNet.encode), the head per mirror.
@@ -80,6 +86,8 @@ EPS = 1e-8
 KNN_WEIGHTS = (0.25, 0.5)  # the zsum<w> rules: the released score's z plus w times the distance's z
 PER_IMAGE_RULES = ("pmed", "map0.5med", "knnmed", "prank", "map0.5rank", "knnrank")  # per_image_maps' maps
 PIXEL_WEIGHTS = (0.25, 0.5, 1.0)  # the pz<w> maps: the head map's pixel z plus w times the distance map's
+CDF_QUANTILES = {"pq99": 0.99, "pq999": 0.999}  # the pq<q> maps: p + (this percentile of normal p) · F(d_knn)
+CDF_SAMPLE = 1_000_000  # training pixels sampled (seed 0) for the distance's distribution function
 
 
 # --flips: the head run on its inputs (features, residuals, bottleneck, patch distance) mirrored along these dims, each
@@ -221,6 +229,22 @@ def pixel_fusions(p_test: np.ndarray, p_train: np.ndarray, k_test: np.ndarray, k
     return {f"pz{w:g}": zp + np.float32(w) * zk for w in PIXEL_WEIGHTS}
 
 
+def distribution_function(values: np.ndarray, train: np.ndarray, n: int = CDF_SAMPLE) -> np.ndarray:
+    """F(values): the share of the training values at or below each value, from a seeded sample of n of them (all
+    when there are fewer); float32, in [0, 1]."""
+    flat = train.reshape(-1)
+    if flat.size > n:
+        flat = flat[np.random.default_rng(0).choice(flat.size, n, replace=False)]
+    ref = np.sort(flat.astype(np.float32))
+    return (np.searchsorted(ref, values.astype(np.float32), side="right") / ref.size).astype(np.float32)
+
+
+def quantile_lifts(p_test: np.ndarray, p_train: np.ndarray, k_test: np.ndarray, k_train: np.ndarray) -> dict:
+    """The pq<q> maps: p + q · F(d_knn) per pixel (see the module docstring)."""
+    f = distribution_function(k_test, k_train)
+    return {name: p_test + np.float32(np.quantile(p_train, level)) * f for name, level in CDF_QUANTILES.items()}
+
+
 def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: np.ndarray, k: int,
           fused: dict | None = None, knn: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Image scores of every rule for the test images (see the module docstring); `fused`: fused_maps(p_test,
@@ -344,12 +368,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fused = fused_maps(p_test, r_test)
     knn, knn_map = None, {}
     if args.knn:
-        want_pz = not args.rules or any(r.startswith("pz") for r in args.rules)
+        want_pz = not args.rules or any(r.startswith(("pz", "pq")) for r in args.rules)
         knn_test, knn_train, knn_map["knn"], knn_maps_train = knn_scores(cfg, train, test, device, args.batch,
                                                                          train_maps=want_pz)
         knn = (knn_test, knn_train)
         if want_pz:
             knn_map.update(pixel_fusions(p_test, p_train, knn_map["knn"], knn_maps_train))
+            knn_map.update(quantile_lifts(p_test, p_train, knn_map["knn"], knn_maps_train))
         del knn_maps_train
     scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk, fused, knn)
     shifted = {}  # six more test-set maps: made only when a rule asks for them (or no --rules)
@@ -359,7 +384,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, m in shifted.items():  # pixel-level candidates, as pz<w>
         scores[name] = topk_mean(m, cfg.eval.topk)
     for name, m in knn_map.items():
-        if name.startswith("pz"):  # pixel-level candidates; their image score is only what compute_metrics asks
+        if name.startswith(("pz", "pq")):  # pixel-level candidates; their image score is only what compute_metrics asks
             scores[name] = topk_mean(m, cfg.eval.topk)
     for name, m in flipped.items():  # the averaged map, scored as the library's default (map0.5)
         scores[name] = topk_mean(fused_maps(m, r_test)["map0.5"], cfg.eval.topk)

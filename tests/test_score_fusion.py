@@ -112,6 +112,40 @@ def test_pixel_fusions_standardise_each_map_on_the_training_pixels():
     assert (np.argsort(flat.ravel(), kind="stable") == np.argsort(p_test.ravel(), kind="stable")).all()
 
 
+def test_distribution_function_is_the_share_of_training_values_at_or_below():
+    from score_fusion import distribution_function
+
+    train = np.arange(1, 11, dtype=np.float32).reshape(2, 5)  # 1..10
+    got = distribution_function(np.array([0.5, 1.0, 5.5, 10.0, 99.0]), train)
+    np.testing.assert_allclose(got, [0.0, 0.1, 0.5, 1.0, 1.0])
+    # a sample of the training values when there are more than n, the same sample on every call
+    big = np.random.default_rng(1).normal(size=(50, 40))
+    a, b = distribution_function(big[:3], big, n=500), distribution_function(big[:3], big, n=500)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - distribution_function(big[:3], big)).max() < 0.1
+
+
+def test_quantile_lifts_move_only_pixels_within_the_heads_normal_range():
+    from score_fusion import CDF_QUANTILES, quantile_lifts
+
+    rng = np.random.default_rng(0)
+    p_train = rng.uniform(0.0, 0.01, (20, 8, 8)).astype(np.float32)
+    k_train = rng.uniform(1.0, 2.0, (20, 8, 8)).astype(np.float32)
+    p_test = np.full((1, 8, 8), 0.002, np.float32)
+    p_test[0, 0, 0] = 0.9  # marked by the head
+    k_test = np.full((1, 8, 8), 1.5, np.float32)
+    k_test[0, 7, 7] = 5.0  # far from normal for the distance only
+    out = quantile_lifts(p_test, p_train, k_test, k_train)
+    assert set(out) == set(CDF_QUANTILES) == {"pq99", "pq999"}
+    q = float(np.quantile(p_train, 0.99))
+    assert out["pq99"][0, 7, 7] == pytest.approx(0.002 + q, rel=1e-5)  # F = 1 beyond every training value
+    assert out["pq99"][0, 1, 1] == pytest.approx(0.002 + q * 0.5, abs=q * 0.05)
+    # the distance reorders the pixels the head leaves low; the one it marks stays on top
+    flat = out["pq999"][0]
+    assert flat.argmax() == 0 and flat[7, 7] > flat[1, 1]
+    assert (out["pq999"] >= out["pq99"]).all()
+
+
 def test_median_removed_shifts_each_map_by_its_own_median():
     from score_fusion import median_removed
 
@@ -186,7 +220,7 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path, caplog):
     assert {"prnet", "top10", "residual", "prod1", "zlog", "map0.5", "knn", "zknn", "zsum",
             "zmax", "zsum0.25", "zsum0.5"} <= set(got["image_auroc"])
     # the pixel-level candidates: the head's map fused with the baseline's, at pixel level next to both
-    assert {"pz0.25", "pz0.5", "pz1"} <= set(got["metrics"]) and set(got["pixel_by_group"]) == set(got["metrics"])
+    assert {"pz0.25", "pz0.5", "pz1", "pq99", "pq999"} <= set(got["metrics"]) and set(got["pixel_by_group"]) == set(got["metrics"])
     # rounds 17 and 18: maps shifted by their median or weighed by the image's rank, at pixel level too
     assert {"pmed", "map0.5med", "knnmed", "prank", "map0.5rank", "knnrank"} <= set(got["metrics"])
     assert all(0.0 <= row["all"] <= 1.0 for row in got["image_auroc"].values())
