@@ -5,7 +5,7 @@
 Input `image`: N×3×H×W float32 RGB in [0, 1] at the training size (normalisation is inside the graph).
 Outputs `anomaly_map`: N×1×H×W in [0, 1] (smoothed as in evaluation), `score`: N image scores. The batch axis is
 dynamic. The model's metadata_props record, as JSON text, `threshold` (null if the checkpoint stores none),
-`threshold_rule`, `image_size` ([h, w]), `topk`, `image_score`, `knn_weight`, `sigma`, `category`, `backbone` and
+`threshold_rule`, `image_size` ([h, w]), `topk`, `image_score`, `knn_weight`, `anomaly_map`, `knn_lift`, `sigma`, `category`, `backbone` and
 `epoch`: a decision is `score >= threshold`, as in predict.py. Exit codes: 0 written, 2 bad checkpoint.
 """
 from __future__ import annotations
@@ -23,16 +23,17 @@ log = logging.getLogger("export")
 class ExportModule(torch.nn.Module):
     """The whole inference path of a PRNet model as one module: image → (smoothed map, image score)."""
 
-    def __init__(self, model: torch.nn.Module, sigma: float, topk: int, image_score: str, knn_weight: float):
+    def __init__(self, model: torch.nn.Module, sigma: float, topk: int, image_score: str, knn_weight: float,
+                 anomaly_map: str = "head", knn_lift: float = 0.99):
         super().__init__()
         self.model, self.sigma, self.topk, self.image_score = model, sigma, topk, image_score
-        self.knn_weight = knn_weight
+        self.knn_weight, self.anomaly_map, self.knn_lift = knn_weight, anomaly_map, knn_lift
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from prnet.engine.evaluator import maps_and_scores
 
         return maps_and_scores(self.model, image, topk=self.topk, sigma=self.sigma, image_score=self.image_score,
-                               knn_weight=self.knn_weight)
+                               knn_weight=self.knn_weight, anomaly_map=self.anomaly_map, knn_lift=self.knn_lift)
 
 
 def onnx_metadata(cfg, state: dict) -> dict[str, str]:
@@ -49,6 +50,8 @@ def onnx_metadata(cfg, state: dict) -> dict[str, str]:
         "topk": int(cfg.eval.topk),
         "image_score": cfg.eval.image_score,
         "knn_weight": float(cfg.eval.knn_weight),
+        "anomaly_map": cfg.eval.anomaly_map,
+        "knn_lift": float(cfg.eval.knn_lift),
         "sigma": float(cfg.eval.sigma),
         "category": state.get("prototype_meta", {}).get("category"),
         "backbone": cfg.model.backbone,
@@ -71,7 +74,12 @@ def export_onnx(checkpoint: str, out: str, opset: int = 17) -> None:
     if cfg.eval.image_score == "map_residual_knn" and not model.knn.is_calibrated:
         raise CheckpointError(f"checkpoint {checkpoint}: eval.image_score=map_residual_knn but its nearest-neighbour "
                               f"score is not calibrated (a checkpoint saved before training finished)")
-    module = ExportModule(model, cfg.eval.sigma, cfg.eval.topk, cfg.eval.image_score, cfg.eval.knn_weight).eval()
+    if cfg.eval.anomaly_map == "head_knn" and not (
+            model.knn is not None and model.knn.map_made_for(cfg.eval.knn_lift, cfg.eval.sigma)):
+        raise CheckpointError(f"checkpoint {checkpoint}: eval.anomaly_map=head_knn but its nearest-neighbour map "
+                              f"table is not made for eval.knn_lift={cfg.eval.knn_lift:g}, eval.sigma={cfg.eval.sigma:g}")
+    module = ExportModule(model, cfg.eval.sigma, cfg.eval.topk, cfg.eval.image_score, cfg.eval.knn_weight,
+                          cfg.eval.anomaly_map, cfg.eval.knn_lift).eval()
     h, w = image_hw(cfg)
     example = torch.rand(2, 3, h, w)
     metadata = onnx_metadata(cfg, state)

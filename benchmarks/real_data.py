@@ -227,10 +227,13 @@ def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> di
 
 def eval_settings(eval_cfg) -> dict:
     """The evaluation settings a stored evaluation is keyed by: all of eval.*, but eval.knn_weight only where it is
-    used (eval.image_score=map_residual_knn), so that evaluations stored before it existed keep their key."""
+    used (eval.image_score=map_residual_knn) and eval.anomaly_map and eval.knn_lift only with the map head_knn, so
+    that evaluations stored before they existed keep their key."""
     settings = dataclasses.asdict(eval_cfg)
     if settings["image_score"] != "map_residual_knn":
         del settings["knn_weight"]
+    if settings["anomaly_map"] == "head":
+        del settings["anomaly_map"], settings["knn_lift"]
     return settings
 
 
@@ -240,6 +243,7 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
     from prnet.engine.checkpoint import model_from_checkpoint
     from prnet.engine.evaluator import evaluate
     from prnet.engine.knn_calibration import attach_knn_score
+    from prnet.models.prnet import needs_knn
     from prnet.engine.prototypes import attach_residual_means
     from prnet.provenance import provenance
 
@@ -264,13 +268,13 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
         cfg.eval = eval_cfg
         if cfg.eval.image_score != "map":
             attach_residual_means(model, cfg, ds.category, device)  # a run trained before they were stored
-        if cfg.eval.image_score == "map_residual_knn":
-            attach_knn_score(model, cfg, ds.category, device)  # a run trained with another image score
+        if needs_knn(cfg):
+            attach_knn_score(model, cfg, ds.category, device)  # a run trained with other evaluation settings
         t1 = time.time()
         metrics, raw = evaluate(model, common_test, cfg, device)
         results = json.load(open(os.path.join(run_dir, ds.category, "results.json"), encoding="utf-8"))
         scored = {**metrics, "eval_sigma": cfg.eval.sigma, "eval_topk": cfg.eval.topk,
-                  "eval_image_score": cfg.eval.image_score,
+                  "eval_image_score": cfg.eval.image_score, "eval_anomaly_map": cfg.eval.anomaly_map,
                   "test_ms_per_image": 1000.0 * (time.time() - t1) / len(common_test),
                   "real_anomalies": results["real_anomalies_used_for_training"],
                   "per_defect": per_defect(raw["scores"], raw["labels"], raw["maps"], raw["masks"], common_test),

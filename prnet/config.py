@@ -159,6 +159,12 @@ class EvalConfig:
     # (prnet.models.knn_score; its memory and statistics are made after training and stored in the checkpoint)
     image_score: str = "map_residual_knn"
     knn_weight: float = 0.25  # map_residual_knn: the distance's weight (chosen on validation data, round 13)
+    # the anomaly map (pixel metrics, predict.py, the Python API, ONNX): head: the head's map; head_knn: the head's
+    # map p lifted by the baseline's nearest-neighbour distance within the head's range on normal surface,
+    # (p + q·F(d)) / (1 + q), F the distance's distribution over the normal training pixels, q the knn_lift
+    # percentile of p over them (prnet.models.knn_score). The image score is the head's either way.
+    anomaly_map: str = "head"
+    knn_lift: float = 0.99  # head_knn: the percentile of the head's map on normal training pixels that bounds the lift
     sigma: float = 0.0  # Gaussian smoothing of the map before scoring (0: none; see configs/default.yaml)
     batch_size: int = 16
     examples: int = 12  # images in examples.png
@@ -194,6 +200,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "eval.threshold": ("train_max", "holdout_fpr"),
     "eval.image_score": ("map", "map_residual", "map_residual_knn"),
+    "eval.anomaly_map": ("head", "head_knn"),
 }
 OPEN_CHOICES: dict[str, Callable[[Any], bool]] = {
     "model.backbone_weights": lambda v: isinstance(v, str) and ("/" in v or "." in v),
@@ -350,6 +357,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'eval.target_fpr': expected a rate in (0, 1), got {cfg.eval.target_fpr}")
     if not (cfg.eval.knn_weight >= 0.0 and math.isfinite(cfg.eval.knn_weight)):
         raise ConfigError(f"config key 'eval.knn_weight': expected a finite weight >= 0, got {cfg.eval.knn_weight}")
+    if not 0.0 < cfg.eval.knn_lift < 1.0:
+        raise ConfigError(f"config key 'eval.knn_lift': expected a percentile level in (0, 1), got {cfg.eval.knn_lift}")
     if cfg.eval.threshold == "holdout_fpr" and cfg.data.holdout_normal <= 0:
         raise ConfigError("config key 'eval.threshold': holdout_fpr needs normal images held out of training: set "
                           "data.holdout_normal, e.g. 0.1")
@@ -422,7 +431,7 @@ RETIRED_KEYS = {("prototypes", "match"): "image"}
 # and a run key (benchmarks/real_data.py) leaves one out while it has that value: adding an option orphans no
 # finished run and refuses no resume. Register each new option here with the value that reproduces the code
 # before it.
-ADDED_KEYS = {("synthesis", "structure_fraction"): 0.0}
+ADDED_KEYS = {("synthesis", "structure_fraction"): 0.0, ("eval", "anomaly_map"): "head", ("eval", "knn_lift"): 0.99}
 
 
 def with_added_keys(values: dict) -> dict:

@@ -102,6 +102,7 @@ class Detector:
         self.image_size = image_hw(cfg)
         self.topk, self.sigma, self.amp = cfg.eval.topk, cfg.eval.sigma, cfg.train.amp
         self.image_score, self.knn_weight = cfg.eval.image_score, cfg.eval.knn_weight
+        self.anomaly_map, self.knn_lift = cfg.eval.anomaly_map, cfg.eval.knn_lift
         self.channels_last = cfg.train.channels_last
         self.batch_size = int(batch_size)
         self.category = state.get("prototype_meta", {}).get("category")
@@ -137,7 +138,8 @@ class Detector:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         maps, scores = predict_maps(self.model, x, topk=self.topk, sigma=self.sigma, amp=self.amp,
-                                    image_score=self.image_score, knn_weight=self.knn_weight)
+                                    image_score=self.image_score, knn_weight=self.knn_weight,
+                                    anomaly_map=self.anomaly_map, knn_lift=self.knn_lift)
         out = []
         for image, amap, score in zip(images, maps, scores):
             size = image.shape[:2]

@@ -88,8 +88,10 @@ def test_keys_added_later_read_as_their_earlier_behaviour(monkeypatch):
     """A config stored before a key existed reads as the code behaved then, not as today's default."""
     from prnet import config
     stored = config_to_dict(load_config())
-    del stored["synthesis"]["structure_fraction"]
+    for section, key in config.ADDED_KEYS:
+        del stored[section][key]
     assert config_from_dict(stored).synthesis.structure_fraction == 0.0
+    assert config_from_dict(stored).eval.anomaly_map == "head"
     monkeypatch.setitem(config.ADDED_KEYS, ("synthesis", "scratch_fraction"), 0.0)  # earlier behaviour ≠ default
     del stored["synthesis"]["scratch_fraction"]
     assert config_from_dict(stored).synthesis.scratch_fraction == 0.0

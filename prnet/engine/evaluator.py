@@ -5,7 +5,10 @@ resolution ("evaluation resolution"), optionally smoothed with a Gaussian (`eval
 (`eval.image_score`) is the mean of the top-k (`eval.topk`) pixels of the map (`map`) or of the map times the square
 root of the prototype distance map (`map_residual`, PrototypeBank.distance_map), or that score combined with the
 nearest-neighbour distance to the normal training patches (`map_residual_knn`: z(log s_m) + eval.knn_weight ·
-z(log s_knn), prnet.models.knn_score). Pixel metrics are computed on the same smoothed maps, every pixel.
+z(log s_knn), prnet.models.knn_score). The anomaly map (`eval.anomaly_map`) is the smoothed head map (`head`) or
+that map lifted by the nearest-neighbour distance within the head's normal range (`head_knn`, KnnScore.lift); the
+image score is computed from the head's map either way. Pixel metrics are computed on the anomaly maps, every
+pixel.
 """
 from __future__ import annotations
 
@@ -49,62 +52,78 @@ def image_scores(maps: torch.Tensor, topk: int) -> torch.Tensor:
     return flat.topk(k, dim=1).values.mean(dim=1)
 
 
-def knn_image_scores(raw: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """N nearest-neighbour image scores from KnnScore's N×1×h×w raw distance maps: upsampled bilinearly to `hw`,
-    smoothed with σ = KNN_SIGMA, the maximum (the baseline's image score)."""
+def knn_distance_maps(raw: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """KnnScore's N×1×h×w raw distance maps upsampled bilinearly to `hw` and smoothed with σ = KNN_SIGMA (the
+    baseline's anomaly map)."""
     up = F.interpolate(raw.float(), size=hw, mode="bilinear", align_corners=False)
-    return gaussian_smooth(up, KNN_SIGMA).flatten(1).amax(dim=1)
+    return gaussian_smooth(up, KNN_SIGMA)
+
+
+def knn_image_scores(raw: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """N nearest-neighbour image scores from KnnScore's N×1×h×w raw distance maps: the maximum of
+    knn_distance_maps (the baseline's image score)."""
+    return knn_distance_maps(raw, hw).flatten(1).amax(dim=1)
 
 
 IMAGE_SCORES = ("map", "map_residual", "map_residual_knn")
+ANOMALY_MAPS = ("head", "head_knn")
 
 
-def _outputs(model: torch.nn.Module, images: torch.Tensor, image_score: str):
-    """(logits, distance map or None, raw nearest-neighbour map or None) of the model for `image_score`."""
+def _outputs(model: torch.nn.Module, images: torch.Tensor, image_score: str, anomaly_map: str):
+    """(logits, distance map or None, raw nearest-neighbour map or None) of the model for `image_score` and
+    `anomaly_map`."""
     if image_score not in IMAGE_SCORES:
         raise ValueError(f"image_score: expected one of {', '.join(IMAGE_SCORES)}, got {image_score!r}")
+    if anomaly_map not in ANOMALY_MAPS:
+        raise ValueError(f"anomaly_map: expected one of {', '.join(ANOMALY_MAPS)}, got {anomaly_map!r}")
+    if image_score == "map_residual_knn" or anomaly_map == "head_knn":
+        logits, distance, knn = model(images, with_distance=True, with_knn=True)
+        return logits, None if image_score == "map" else distance, knn
     if image_score == "map":
         return model(images), None, None
-    if image_score == "map_residual":
-        return (*model(images, with_distance=True), None)
-    return model(images, with_distance=True, with_knn=True)
+    return (*model(images, with_distance=True), None)
 
 
 def _maps_scores(model: torch.nn.Module, logits: torch.Tensor, distance: Optional[torch.Tensor],
-                 knn: Optional[torch.Tensor], topk: int, sigma: float,
-                 knn_weight: Optional[float]) -> tuple[torch.Tensor, torch.Tensor]:
+                 knn: Optional[torch.Tensor], topk: int, sigma: float, image_score: str,
+                 knn_weight: Optional[float], anomaly_map: str, knn_lift: float) -> tuple[torch.Tensor, torch.Tensor]:
     maps = gaussian_smooth(torch.sigmoid(logits.float()), sigma)
-    if distance is None:
-        return maps, image_scores(maps, topk)
-    scores = image_scores(maps * distance.float().clamp_min(0).sqrt(), topk)
-    if knn is None:
-        return maps, scores
-    if knn_weight is None:
-        raise ValueError("image_score map_residual_knn: give knn_weight (eval.knn_weight)")
-    s_knn = knn_image_scores(knn, (maps.shape[-2], maps.shape[-1]))
-    return maps, model.knn.fuse(scores, s_knn, knn_weight, topk, sigma)
+    hw = (maps.shape[-2], maps.shape[-1])
+    if image_score == "map":
+        scores = image_scores(maps, topk)
+    else:
+        scores = image_scores(maps * distance.float().clamp_min(0).sqrt(), topk)
+    if image_score == "map_residual_knn":
+        if knn_weight is None:
+            raise ValueError("image_score map_residual_knn: give knn_weight (eval.knn_weight)")
+        scores = model.knn.fuse(scores, knn_image_scores(knn, hw), knn_weight, topk, sigma)
+    if anomaly_map == "head_knn":  # the image score above is the head's either way
+        maps = model.knn.lift(maps, knn_distance_maps(knn, hw), knn_lift, sigma)
+    return maps, scores
 
 
 def maps_and_scores(model: torch.nn.Module, images: torch.Tensor, *, topk: int, sigma: float,
-                    image_score: str, knn_weight: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    image_score: str, knn_weight: Optional[float] = None, anomaly_map: str = "head",
+                    knn_lift: float = 0.99) -> tuple[torch.Tensor, torch.Tensor]:
     """Smoothed maps and image scores (module docstring): the scoring path of evaluation, prediction and the ONNX
     graph. `model`: a PRNet, or a module with the same call."""
-    return _maps_scores(model, *_outputs(model, images, image_score), topk, sigma, knn_weight)
+    return _maps_scores(model, *_outputs(model, images, image_score, anomaly_map), topk, sigma, image_score,
+                        knn_weight, anomaly_map, knn_lift)
 
 
 @torch.no_grad()
 def predict_maps(model: torch.nn.Module, images: torch.Tensor, *, topk: int, sigma: float,
-                 image_score: str, knn_weight: Optional[float] = None,
-                 amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smoothed anomaly maps (N×1×H×W, float32 in [0,1]) and image scores for a batch of [0,1] images.
+                 image_score: str, knn_weight: Optional[float] = None, anomaly_map: str = "head",
+                 knn_lift: float = 0.99, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anomaly maps (N×1×H×W, float32 in [0,1]) and image scores for a batch of [0,1] images.
 
-    topk, sigma, image_score, knn_weight: eval.topk, eval.sigma, eval.image_score, eval.knn_weight; amp: train.amp
+    topk, sigma, image_score, knn_weight, anomaly_map, knn_lift: the eval.* keys of the same names; amp: train.amp
     (bf16 autocast for the model, used on CUDA only; smoothing and scoring run in float32)."""
     device = images.device
     use_amp = amp and device.type == "cuda"
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-        outputs = _outputs(model, images, image_score)
-    return _maps_scores(model, *outputs, topk, sigma, knn_weight)
+        outputs = _outputs(model, images, image_score, anomaly_map)
+    return _maps_scores(model, *outputs, topk, sigma, image_score, knn_weight, anomaly_map, knn_lift)
 
 
 @torch.no_grad()
@@ -121,7 +140,8 @@ def run_inference(model: torch.nn.Module, dataset: Dataset, cfg: Config, device:
         if cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         m, s = predict_maps(model, images, topk=cfg.eval.topk, sigma=cfg.eval.sigma, amp=cfg.train.amp,
-                            image_score=cfg.eval.image_score, knn_weight=cfg.eval.knn_weight)
+                            image_score=cfg.eval.image_score, knn_weight=cfg.eval.knn_weight,
+                            anomaly_map=cfg.eval.anomaly_map, knn_lift=cfg.eval.knn_lift)
         maps.append(m[:, 0].cpu().numpy())
         scores.append(s.cpu().numpy())
         labels.append(batch["label"].numpy())

@@ -8,6 +8,10 @@ put the two scores on one scale, over the same images, each scored as an unseen 
   square root of the image's held-out prototype distance map (its own image left out of its cluster);
 - s_knn: the nearest-neighbour image score without the memory rows taken from the image itself.
 
+From the same images it also makes the anomaly map eval.anomaly_map=head_knn's table and lift (KnnScore.lift): the
+MAP_TABLE quantiles of the held-out distance map's pixels and the eval.knn_lift percentile of the head's map's
+pixels, both over MAP_SAMPLE pixels per image drawn with a generator seeded by cfg.seed.
+
 The same held-out scores, fused, are what eval.threshold=train_max takes the highest of (`calibrate_knn_score`
 returns them): the training images' own patches are part of the memory, so scored as test images are they would sit
 far below any unseen normal image. `attach_knn_score` does the same for a model loaded from a checkpoint that lacks
@@ -24,12 +28,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from prnet.config import Config
-from prnet.engine.evaluator import gaussian_smooth, image_scores, knn_image_scores
+from prnet.engine.evaluator import gaussian_smooth, image_scores, knn_distance_maps
 from prnet.engine.prototypes import coreset_memory, patch_features, run_prototype_file
-from prnet.models.knn_score import EPS, KnnScore
+from prnet.models.knn_score import EPS, MAP_TABLE, KnnScore
 from prnet.models.prototypes import PrototypeBank
 
 log = logging.getLogger(__name__)
+
+MAP_SAMPLE = 2048  # pixels per training image drawn for the head_knn map's table and lift
 
 
 @torch.no_grad()
@@ -50,6 +56,7 @@ def calibrate_knn_score(model: torch.nn.Module, bank: PrototypeBank, dataset, cf
     del feats_all, owner
     knn = KnnScore(memory).to(device)
     s_m, s_knn, start = [], [], 0
+    p_px, d_px, gen = [], [], torch.Generator().manual_seed(int(cfg.seed))
     use_amp = cfg.train.amp and device.type == "cuda"
     for batch in tqdm(loader, desc="knn calibration", leave=False):
         x = batch["image"].to(device)
@@ -64,26 +71,35 @@ def calibrate_knn_score(model: torch.nn.Module, bank: PrototypeBank, dataset, cf
         p = gaussian_smooth(torch.sigmoid(logits.float()), cfg.eval.sigma)
         distance = model.bank.distance_map(bank(feats, source), hw)
         s_m.append(image_scores(p * distance.float().clamp_min(0).sqrt(), cfg.eval.topk).cpu())
-        s_knn.append(knn_image_scores(knn(feats, source), hw).cpu())
+        d = knn_distance_maps(knn(feats, source), hw)
+        s_knn.append(d.flatten(1).amax(dim=1).cpu())
+        pick = torch.randint(hw[0] * hw[1], (n, MAP_SAMPLE), generator=gen)
+        p_px.append(p.flatten(1).cpu().gather(1, pick))
+        d_px.append(d.flatten(1).cpu().gather(1, pick))
     logs = [np.log(torch.cat(s).double().numpy() + EPS) for s in (s_m, s_knn)]
     knn.stats.copy_(torch.tensor([logs[0].mean(), logs[0].std(), logs[1].mean(), logs[1].std()]))
     knn.settings.copy_(torch.tensor([float(cfg.eval.topk), float(cfg.eval.sigma)]))
+    d_all = torch.cat(d_px).double().numpy().ravel()
+    knn.map_table.copy_(torch.from_numpy(np.quantile(d_all, (np.arange(MAP_TABLE) + 0.5) / MAP_TABLE)))
+    q = float(np.quantile(torch.cat(p_px).double().numpy(), cfg.eval.knn_lift))
+    knn.map_lift.copy_(torch.tensor([q, float(cfg.eval.knn_lift), float(cfg.eval.sigma)]))
     model.knn = knn
     model.train(was_training)
     held_out = knn.fuse(torch.cat(s_m), torch.cat(s_knn), cfg.eval.knn_weight, cfg.eval.topk, cfg.eval.sigma)
-    log.info("nearest-neighbour score: memory %d × %d from %d training images; log-score mean/std %s (%.1f s)",
-             memory.memory.shape[0], memory.memory.shape[1], len(dataset),
-             [round(float(v), 4) for v in knn.stats], time.time() - t0)
+    log.info("nearest-neighbour score: memory %d × %d from %d training images; log-score mean/std %s; head_knn "
+             "lift %.4g (percentile %g of the head's map) (%.1f s)", memory.memory.shape[0], memory.memory.shape[1],
+             len(dataset), [round(float(v), 4) for v in knn.stats], q, cfg.eval.knn_lift, time.time() - t0)
     return held_out.numpy()
 
 
 def attach_knn_score(model: torch.nn.Module, cfg: Config, category: str, device: torch.device) -> bool:
     """Give a model loaded from a checkpoint its nearest-neighbour score if it has none calibrated for cfg's
-    eval.topk and eval.sigma (a run trained with another image score or rescored with other evaluation settings):
-    from the run's prototype file (run_prototype_file) and the current normal training images. Returns whether it
-    made one."""
+    eval.topk and eval.sigma, or (eval.anomaly_map=head_knn) no map table for its eval.knn_lift and eval.sigma (a run
+    trained with other evaluation settings or before the table existed): from the run's prototype file
+    (run_prototype_file) and the current normal training images. Returns whether it made one."""
     knn = getattr(model, "knn", None)
-    if knn is not None and knn.is_calibrated and knn.made_for(cfg.eval.topk, cfg.eval.sigma):
+    if knn is not None and knn.is_calibrated and knn.made_for(cfg.eval.topk, cfg.eval.sigma) and (
+            cfg.eval.anomaly_map != "head_knn" or knn.map_made_for(cfg.eval.knn_lift, cfg.eval.sigma)):
         return False
     stored, dataset = run_prototype_file(model, cfg, category)
     calibrate_knn_score(model, stored.to(device), dataset, cfg, device)

@@ -36,7 +36,7 @@ from prnet.engine.prototypes import ensure_prototypes, make_backbone
 from prnet.losses import PRNetLoss
 from prnet.metrics import compute_metrics, decision_metrics, decision_threshold
 from prnet.models.backbone import Backbone
-from prnet.models.prnet import build_model
+from prnet.models.prnet import build_model, needs_knn
 from prnet.models.prototypes import PrototypeBank
 from prnet.provenance import code_changed, git_state, provenance
 from prnet.utils import RunLock, atomic_write, remove_stale_temporaries
@@ -396,8 +396,10 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     out_dir = os.path.join(output_root(cfg), category)
     fingerprints = _rank_fingerprints(run.model, ctx)  # a collective: every rank takes part
     knn_train = None  # the training images' held-out fused scores (map_residual_knn)
-    if cfg.eval.image_score == "map_residual_knn":  # every rank makes the same (deterministic, seeded)
+    if needs_knn(cfg):  # every rank makes the same (deterministic, seeded)
         knn_train = calibrate_knn_score(run.model, bank, normal_train_set(cfg, category), cfg, device)
+        if cfg.eval.image_score != "map_residual_knn":
+            knn_train = None  # made for the anomaly map (head_knn) only: the threshold is the image score's
     held_out = cfg.eval.threshold == "holdout_fpr"
     threshold_set = normal_train_set(cfg, category, held_out=held_out)  # normal images only, never test labels
     if knn_train is not None and not held_out:

@@ -145,4 +145,10 @@ def count_trainable(model: nn.Module) -> int:
 def build_model(cfg: Config, bank: Optional[PrototypeBank] = None, backbone: Optional[Backbone] = None) -> PRNet:
     """PRNet from a full Config and a prototype bank (None: filled by a checkpoint)."""
     return PRNet(cfg.model, bank, residual=cfg.prototypes.residual, backbone=backbone,
-                 patch_memory=cfg.prototypes.patch_memory > 0, knn=cfg.eval.image_score == "map_residual_knn")
+                 patch_memory=cfg.prototypes.patch_memory > 0, knn=needs_knn(cfg))
+
+
+def needs_knn(cfg: Config) -> bool:
+    """Whether cfg's evaluation uses the nearest-neighbour memory (KnnScore): the image score map_residual_knn or the
+    anomaly map head_knn."""
+    return cfg.eval.image_score == "map_residual_knn" or cfg.eval.anomaly_map == "head_knn"
