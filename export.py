@@ -3,7 +3,7 @@
     python export.py --checkpoint outputs/demo/demo/last.pt --out model.onnx
 
 Input `image`: N×3×H×W float32 RGB in [0, 1] at the training size (normalisation is inside the graph).
-Outputs `anomaly_map`: N×1×H×W in [0, 1] (smoothed as in evaluation), `score`: N image scores. The batch axis is
+Outputs `anomaly_map`: N×1×H×W in [0, 1] (eval.anomaly_map's map, as in evaluation), `score`: N image scores. The batch axis is
 dynamic. The model's metadata_props record, as JSON text, `threshold` (null if the checkpoint stores none),
 `threshold_rule`, `image_size` ([h, w]), `topk`, `image_score`, `knn_weight`, `anomaly_map`, `knn_lift`, `sigma`, `category`, `backbone` and
 `epoch`: a decision is `score >= threshold`, as in predict.py. Exit codes: 0 written, 2 bad checkpoint.

@@ -159,11 +159,12 @@ class EvalConfig:
     # (prnet.models.knn_score; its memory and statistics are made after training and stored in the checkpoint)
     image_score: str = "map_residual_knn"
     knn_weight: float = 0.25  # map_residual_knn: the distance's weight (chosen on validation data, round 13)
-    # the anomaly map (pixel metrics, predict.py, the Python API, ONNX): head: the head's map; head_knn: the head's
-    # map p lifted by the baseline's nearest-neighbour distance within the head's range on normal surface,
-    # (p + q·F(d)) / (1 + q), F the distance's distribution over the normal training pixels, q the knn_lift
-    # percentile of p over them (prnet.models.knn_score). The image score is the head's either way.
-    anomaly_map: str = "head"
+    # the anomaly map (pixel metrics, predict.py, the Python API, ONNX): head_knn: the head's map p lifted by the
+    # baseline's nearest-neighbour distance within the head's range on normal surface, (p + q·F(d)) / (1 + q), F the
+    # distance's distribution over the normal training pixels, q the knn_lift percentile of p over them
+    # (prnet.models.knn_score; chosen on validation data, rounds 21-22); head: the head's map alone. The image score
+    # is the head's either way.
+    anomaly_map: str = "head_knn"
     knn_lift: float = 0.99  # head_knn: the percentile of the head's map on normal training pixels that bounds the lift
     sigma: float = 0.0  # Gaussian smoothing of the map before scoring (0: none; see configs/default.yaml)
     batch_size: int = 16

@@ -98,8 +98,9 @@ def test_keys_added_later_read_as_their_earlier_behaviour(monkeypatch):
     assert load_config().synthesis.scratch_fraction == 0.25
     # a config at the earlier values is the dict of one made before the keys existed; another value is kept
     earlier = config.without_added_keys_at_earlier_values(
-        config_to_dict(load_config(None, ["synthesis.scratch_fraction=0"])))
+        config_to_dict(load_config(None, ["synthesis.scratch_fraction=0", "eval.anomaly_map=head"])))
     assert earlier == stored
+    assert config.without_added_keys_at_earlier_values(config_to_dict(load_config()))["eval"]["anomaly_map"] == "head_knn"
     kept = config.without_added_keys_at_earlier_values(
         config_to_dict(load_config(None, ["synthesis.structure_fraction=0.25"])))
     assert kept["synthesis"]["structure_fraction"] == 0.25 and kept["synthesis"]["scratch_fraction"] == 0.25

@@ -63,7 +63,7 @@ def test_the_keys_are_checked():
         load_config(None, ["eval.knn_lift=1.0"])
     with pytest.raises(ConfigError, match="anomaly_map"):
         load_config(None, ["eval.anomaly_map=knn"])
-    assert load_config(None, []).eval.anomaly_map == "head"
+    assert load_config(None, []).eval.anomaly_map == "head_knn"
 
 
 def test_the_run_scores_the_lifted_map_and_the_heads_image_score(lifted_run, tiny_data):
@@ -148,7 +148,7 @@ def test_prediction_and_onnx_give_the_lifted_map(lifted_run, tmp_path):
 def test_a_stored_evaluation_of_the_heads_map_keeps_its_key():
     from real_data import eval_settings
 
-    head = eval_settings(load_config(None, []).eval)
+    head = eval_settings(load_config(None, ["eval.anomaly_map=head"]).eval)
     assert "anomaly_map" not in head and "knn_lift" not in head
-    lifted = eval_settings(load_config(None, ["eval.anomaly_map=head_knn"]).eval)
+    lifted = eval_settings(load_config(None, []).eval)
     assert lifted["anomaly_map"] == "head_knn" and lifted["knn_lift"] == 0.99

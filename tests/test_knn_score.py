@@ -153,7 +153,8 @@ def test_loading_a_state_gives_or_takes_the_nearest_neighbour_score(knn_run, tin
     resume and in predict.py): a model built without one gains the stored one, a model built with one loses it."""
     model, cfg, _ = model_from_checkpoint(knn_run[0], torch.device("cpu"))
     plain = build_model(load_config(None, tiny_overrides(tiny_data, "u", "u",
-                                                         extra=["eval.image_score=map_residual"])), None)
+                                                         extra=["eval.image_score=map_residual",
+                                                                "eval.anomaly_map=head"])), None)
     assert plain.knn is None
     plain.load_state_dict(model.state_dict())
     assert plain.knn is not None and plain.knn.is_calibrated

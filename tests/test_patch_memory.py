@@ -182,7 +182,8 @@ def test_train_with_a_patch_memory_end_to_end(tiny_data, tmp_path, caplog, monke
     onnx_path = str(tmp_path / "model.onnx")
     assert export_script.main(["--checkpoint", ckpt, "--out", onnx_path]) == 0
     maps, scores = predict_maps(model, x, topk=cfg.eval.topk, sigma=cfg.eval.sigma, image_score=cfg.eval.image_score,
-                                knn_weight=cfg.eval.knn_weight)
+                                knn_weight=cfg.eval.knn_weight, anomaly_map=cfg.eval.anomaly_map,
+                                knn_lift=cfg.eval.knn_lift)
     onnx_maps, onnx_scores = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(
         None, {"image": x.numpy()})
     assert np.abs(onnx_maps - maps.numpy()).max() < 1e-3 and np.abs(onnx_scores - scores.numpy()).max() < 1e-3

@@ -308,7 +308,7 @@ def _library_score_is_the_validated_map05(ckpt):
     model.bank.residual_mean.fill_(float("nan"))
     assert attach_residual_means(model, cfg, "tiny", device) and not attach_residual_means(model, cfg, "tiny", device)
     np.testing.assert_allclose(model.bank.residual_mean.numpy(), stored.numpy(), rtol=1e-5)
-    cfg.eval.image_score = "map"
+    cfg.eval.image_score, cfg.eval.anomaly_map = "map", "head"  # the score is the top-k of the head's map
     plain = run_inference(model, test, cfg, device, progress=False)
     np.testing.assert_allclose(plain["scores"], topk_mean(plain["maps"], cfg.eval.topk), rtol=1e-5)
 

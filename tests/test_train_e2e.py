@@ -189,9 +189,11 @@ def test_onnx_export_matches_pytorch(trained, tmp_path):
     model, cfg, _ = model_from_checkpoint(ckpt, torch.device("cpu"))
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # batch 3: the axis is dynamic
     maps, scores = predict_maps(model, x, topk=cfg.eval.topk, sigma=cfg.eval.sigma, image_score=cfg.eval.image_score,
-                                knn_weight=cfg.eval.knn_weight)
-    # the default: the distance map and the nearest-neighbour memory and statistics inside the graph
+                                knn_weight=cfg.eval.knn_weight, anomaly_map=cfg.eval.anomaly_map,
+                                knn_lift=cfg.eval.knn_lift)
+    # the default: the distance map, the nearest-neighbour memory, statistics and map table inside the graph
     assert cfg.eval.image_score == "map_residual_knn" and model.knn.is_calibrated
+    assert cfg.eval.anomaly_map == "head_knn" and model.knn.map_made_for(cfg.eval.knn_lift, cfg.eval.sigma)
     session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     onnx_maps, onnx_scores = session.run(None, {"image": x.numpy()})
     assert onnx_maps.shape == (3, 1, 64, 64)

@@ -16,7 +16,8 @@ def tiny_config() -> Config:
     cfg.model.backbone, cfg.model.backbone_weights = "tf_efficientnet_lite0", "none"
     cfg.model.head_widths = [16, 32, 64]
     cfg.eval.topk, cfg.eval.sigma = 10, 1.0
-    cfg.eval.image_score = "map_residual"  # no training images to make the nearest-neighbour score from
+    # no training images to make the nearest-neighbour memory from: the image score and map without it
+    cfg.eval.image_score, cfg.eval.anomaly_map = "map_residual", "head"
     return cfg
 
 

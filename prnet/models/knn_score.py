@@ -34,9 +34,10 @@ from prnet.models.patch_memory import PatchMemory
 MAP_TABLE = 4096  # quantiles of the normal training pixels' distance kept for F (a power of two: see map_cdf)
 KNN_SIGMA = 4.0  # the baseline's smoothing of the distance map before its maximum is taken
 EPS = 1e-8  # inside the logarithms and under the standard deviations
-NOT_CALIBRATED = ("the model's nearest-neighbour score (eval.image_score=map_residual_knn) is not made yet: it is "
-                  "made after the last epoch, so a checkpoint saved before training finished has none; finish the "
-                  "run (train.resume=true), or score with eval.image_score=map_residual")
+NOT_CALIBRATED = ("the model's nearest-neighbour memory (eval.image_score=map_residual_knn, eval.anomaly_map=head_knn) "
+                  "is not made yet: it is made after the last epoch, so a checkpoint saved before training finished "
+                  "has none; finish the run (train.resume=true), or score with eval.image_score=map_residual "
+                  "eval.anomaly_map=head")
 
 
 class KnnScore(nn.Module):
