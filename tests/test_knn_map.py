@@ -15,19 +15,13 @@ from prnet.engine.evaluator import knn_distance_maps, predict_maps, run_inferenc
 from prnet.engine.knn_calibration import attach_knn_score
 from prnet.metrics import compute_metrics
 from prnet.models.knn_score import MAP_TABLE, KnnScore
-from tiny_run import tiny_overrides
+from tiny_run import train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def lifted_run(tiny_data, tmp_path_factory):
     """A 1-epoch tiny run evaluated with eval.anomaly_map=head_knn: (checkpoint path, results.json)."""
-    import train as train_script
-
-    tmp = tmp_path_factory.mktemp("lift")
-    out, protos = str(tmp / "out"), str(tmp / "protos")
-    assert train_script.main(tiny_overrides(tiny_data, out, protos, epochs=1,
-                                            extra=["eval.anomaly_map=head_knn"])) == 0
-    return os.path.join(out, "tiny", "last.pt"), json.load(open(os.path.join(out, "tiny", "results.json")))
+    return train_tiny_run(tiny_data, tmp_path_factory.mktemp("lift"), ["eval.anomaly_map=head_knn"])
 
 
 def test_the_distribution_function_is_a_search_of_the_table():

@@ -18,20 +18,13 @@ from prnet.engine.knn_calibration import attach_knn_score
 from prnet.engine.prototypes import coreset_memory, patch_features
 from prnet.metrics import image_auroc
 from prnet.models.prnet import build_model
-from tiny_run import tiny_overrides
+from tiny_run import tiny_overrides, train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def knn_run(tiny_data, tmp_path_factory):
     """A 1-epoch tiny run trained and scored with map_residual_knn: (checkpoint path, results.json)."""
-    import train as train_script
-
-    tmp = tmp_path_factory.mktemp("knn")
-    out, protos = str(tmp / "out"), str(tmp / "protos")
-    assert train_script.main(tiny_overrides(tiny_data, out, protos, epochs=1,
-                                            extra=["eval.image_score=map_residual_knn"])) == 0
-    ckpt = os.path.join(out, "tiny", "last.pt")
-    return ckpt, json.load(open(os.path.join(out, "tiny", "results.json")))
+    return train_tiny_run(tiny_data, tmp_path_factory.mktemp("knn"), ["eval.image_score=map_residual_knn"])
 
 
 def test_the_memory_is_the_baselines(tiny_data):

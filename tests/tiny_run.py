@@ -18,3 +18,16 @@ def make_tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     make_demo_category(str(root), "tiny", seed=1, size=64, n_train=24, n_test_good=8, n_test_bad=12)
     return str(root)
+
+
+def train_tiny_run(root, tmp, extra=()):
+    """Train a 1-epoch tiny run (tiny_overrides plus `extra`) under the folder `tmp`; returns (checkpoint path, its
+    results.json as a dict)."""
+    import json
+    import os
+
+    import train as train_script
+
+    out, protos = os.path.join(str(tmp), "out"), os.path.join(str(tmp), "protos")
+    assert train_script.main(tiny_overrides(root, out, protos, epochs=1, extra=list(extra))) == 0
+    return os.path.join(out, "tiny", "last.pt"), json.load(open(os.path.join(out, "tiny", "results.json")))
