@@ -5,7 +5,9 @@
     python predict.py --checkpoint last.pt --input a.png b.jpg more/ --output out/
 
 For each image: an image score and a PNG with the image, the heat map (at the image's own resolution) and an
-overlay with the predicted region outlined; plus `scores.csv` (path, score, anomalous, figure). Images of any size
+overlay; plus `scores.csv` (path, score, anomalous, figure). The overlay outlines the region where the map reaches
+the decision threshold only when the threshold is on the map's scale (eval.image_score=map, the top-k mean of the
+map, with eval.anomaly_map=head); the other image scores are not map values, so no region is drawn. Images of any size
 and mode are converted to RGB and scored at the training size. The default threshold is the one stored in the
 checkpoint at training time (for the rule `train_max`: the highest image score of the category's normal
 training images; no test labels involved).
@@ -117,6 +119,7 @@ def main(argv=None) -> int:
         return 2
     names = figure_names(files, root)
     os.makedirs(args.output, exist_ok=True)
+    outline = report.region_threshold(detector.image_score, detector.anomaly_map, threshold)
     log.info("%d image(s), threshold %.4f (%s), device %s", len(files), threshold, detector.threshold_rule,
              detector.device)
 
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
             continue
         for (path, name), image, r in zip(chunk, images, detector.predict(images)):
             report.save_prediction_figure(
-                os.path.join(args.output, *name.split("/")), image, r.anomaly_map, threshold, r.score,
+                os.path.join(args.output, *name.split("/")), image, r.anomaly_map, outline, r.score,
                 f"{os.path.basename(path)}: {'ANOMALOUS' if r.anomalous else 'normal'}")
             rows.append({"path": path, "score": f"{r.score:.6f}", "anomalous": "yes" if r.anomalous else "no",
                          "figure": name})

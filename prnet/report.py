@@ -138,6 +138,13 @@ def plot_loss(train_log_csv: str, png_path: str, columns: Optional[Sequence[str]
     _save_figure(fig, png_path)
 
 
+def region_threshold(image_score: str, anomaly_map: str, threshold: float) -> Optional[float]:
+    """The map value whose region the figures outline: the decision threshold where it is a value of the map (the
+    image score is the top-k mean of the head's map), else None (no outline: a fused or weighted score is not on
+    the map's scale)."""
+    return threshold if (image_score, anomaly_map) == ("map", "head") else None
+
+
 def heatmap_overlay(image: Any, amap: Any, vmin: Optional[float] = None, vmax: Optional[float] = None,
                     alpha: float = 0.5, threshold: Optional[float] = None) -> np.ndarray:
     """Blend a jet-coloured anomaly map onto the image: H×W×3 RGB uint8. The map is scaled to [vmin, vmax]

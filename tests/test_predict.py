@@ -117,3 +117,14 @@ def test_bad_arguments_exit_2(ckpt, tmp_path, capsys):
     assert predict_script.main(["--checkpoint", bare, "--input", img, "--output", str(tmp_path / "o")]) == 2
     assert "stores no decision threshold" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_the_region_is_outlined_only_where_the_threshold_is_a_map_value():
+    """The figures outline map >= threshold only when the image score is the top-k mean of the head's map: a fused
+    score (map_residual_knn), map × √distance (map_residual) or a lifted map (head_knn) is on another scale."""
+    from prnet.report import region_threshold
+
+    assert region_threshold("map", "head", 0.4) == 0.4
+    assert region_threshold("map_residual", "head", 0.4) is None
+    assert region_threshold("map_residual_knn", "head_knn", 2.5) is None
+    assert region_threshold("map", "head_knn", 0.4) is None

@@ -458,7 +458,8 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     log_path = os.path.join(out_dir, "train_log.csv")
     report.plot_loss(log_path, os.path.join(out_dir, "loss.png"))
     report.examples_grid(os.path.join(out_dir, "examples.png"), _ImageSource(test_set), out["masks"], out["maps"],
-                         out["scores"], out["labels"], n=cfg.eval.examples, threshold=threshold)
+                         out["scores"], out["labels"], n=cfg.eval.examples,
+                         threshold=report.region_threshold(cfg.eval.image_score, cfg.eval.anomaly_map, threshold))
     log.info("%s: %s; at threshold %.4f (%s): %s", category, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
              threshold, cfg.eval.threshold, ", ".join(f"{k} {v:.3f}" for k, v in at_threshold.items()))
     return results
