@@ -59,12 +59,6 @@ def knn_distance_maps(raw: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return gaussian_smooth(up, KNN_SIGMA)
 
 
-def knn_image_scores(raw: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """N nearest-neighbour image scores from KnnScore's N×1×h×w raw distance maps: the maximum of
-    knn_distance_maps (the baseline's image score)."""
-    return knn_distance_maps(raw, hw).flatten(1).amax(dim=1)
-
-
 IMAGE_SCORES = ("map", "map_residual", "map_residual_knn")
 ANOMALY_MAPS = ("head", "head_knn")
 
@@ -88,7 +82,8 @@ def _maps_scores(model: torch.nn.Module, logits: torch.Tensor, distance: Optiona
                  knn: Optional[torch.Tensor], topk: int, sigma: float, image_score: str,
                  knn_weight: Optional[float], anomaly_map: str, knn_lift: float) -> tuple[torch.Tensor, torch.Tensor]:
     maps = gaussian_smooth(torch.sigmoid(logits.float()), sigma)
-    hw = (maps.shape[-2], maps.shape[-1])
+    # the baseline's distance map, made once: its maximum is s_knn, and head_knn lifts the map with it
+    d = None if knn is None else knn_distance_maps(knn, (maps.shape[-2], maps.shape[-1]))
     if image_score == "map":
         scores = image_scores(maps, topk)
     else:
@@ -96,9 +91,9 @@ def _maps_scores(model: torch.nn.Module, logits: torch.Tensor, distance: Optiona
     if image_score == "map_residual_knn":
         if knn_weight is None:
             raise ValueError("image_score map_residual_knn: give knn_weight (eval.knn_weight)")
-        scores = model.knn.fuse(scores, knn_image_scores(knn, hw), knn_weight, topk, sigma)
+        scores = model.knn.fuse(scores, d.flatten(1).amax(dim=1), knn_weight, topk, sigma)
     if anomaly_map == "head_knn":  # the image score above is the head's either way
-        maps = model.knn.lift(maps, knn_distance_maps(knn, hw), knn_lift, sigma)
+        maps = model.knn.lift(maps, d, knn_lift, sigma)
     return maps, scores
 
 

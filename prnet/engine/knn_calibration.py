@@ -73,9 +73,9 @@ def calibrate_knn_score(model: torch.nn.Module, bank: PrototypeBank, dataset, cf
         s_m.append(image_scores(p * distance.float().clamp_min(0).sqrt(), cfg.eval.topk).cpu())
         d = knn_distance_maps(knn(feats, source), hw)
         s_knn.append(d.flatten(1).amax(dim=1).cpu())
-        pick = torch.randint(hw[0] * hw[1], (n, MAP_SAMPLE), generator=gen)
-        p_px.append(p.flatten(1).cpu().gather(1, pick))
-        d_px.append(d.flatten(1).cpu().gather(1, pick))
+        pick = torch.randint(hw[0] * hw[1], (n, MAP_SAMPLE), generator=gen).to(x.device)
+        p_px.append(p.flatten(1).gather(1, pick).cpu())  # only the sampled pixels leave the device
+        d_px.append(d.flatten(1).gather(1, pick).cpu())
     logs = [np.log(torch.cat(s).double().numpy() + EPS) for s in (s_m, s_knn)]
     knn.stats.copy_(torch.tensor([logs[0].mean(), logs[0].std(), logs[1].mean(), logs[1].std()]))
     knn.settings.copy_(torch.tensor([float(cfg.eval.topk), float(cfg.eval.sigma)]))

@@ -397,9 +397,9 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     fingerprints = _rank_fingerprints(run.model, ctx)  # a collective: every rank takes part
     knn_train = None  # the training images' held-out fused scores (map_residual_knn)
     if needs_knn(cfg):  # every rank makes the same (deterministic, seeded)
-        knn_train = calibrate_knn_score(run.model, bank, normal_train_set(cfg, category), cfg, device)
-        if cfg.eval.image_score != "map_residual_knn":
-            knn_train = None  # made for the anomaly map (head_knn) only: the threshold is the image score's
+        held_out_scores = calibrate_knn_score(run.model, bank, normal_train_set(cfg, category), cfg, device)
+        if cfg.eval.image_score == "map_residual_knn":  # not when made for the anomaly map (head_knn) only
+            knn_train = held_out_scores
     held_out = cfg.eval.threshold == "holdout_fpr"
     threshold_set = normal_train_set(cfg, category, held_out=held_out)  # normal images only, never test labels
     if knn_train is not None and not held_out:
