@@ -28,6 +28,10 @@ The proxy category (written once under <out>/proxy, symlinks where possible):
   0.05–0.5 % of the image together (BSData's pits: median 0.17 %), filled with a validation texture (the classes
   training never sees) at opacity U(0.5, 1). The synthetic Perlin blobs cover far more of the image; a proxy
   where the head is at its ceiling on them can still rank tiny defects badly. Scored on its own.
+- test/tiny_unseen_spots (added to an existing proxy when missing): the same, about ten times smaller: 1–2
+  ellipses, nominally 0.003–0.03 % of the image together; with semi-axes of at least one pixel they cover 5–38
+  pixels at 256² (median 18). BSData's smallest pits (30–130 pixels of its 1130×460 shots, 0.006–0.025 %) are this
+  size: a feature cell of stride 4 holds the whole defect. Scored on its own.
 - test/real_unseen_defects (added to an existing proxy when missing): the second half of the few-shot anomalies
   themselves, whole, in their own images (links, as test/<defect>), the source of the extended pastes: real
   defects on their own surface, which no proxy run trains on. Scored on its own; `score_fusion.py --subsets` also
@@ -70,7 +74,8 @@ EXTENDED = "extended_unseen_defects"
 SWAP = "swap_unseen_shapes"
 IN_CONTEXT = "extended_in_context"
 SMALL = "small_unseen_spots"
-APART = (SWAP, IN_CONTEXT, SMALL)  # subsets added later: scored on their own, never part of "all"
+TINY = "tiny_unseen_spots"
+APART = (SWAP, IN_CONTEXT, SMALL, TINY)  # subsets added later: scored on their own, never part of "all"
 REAL = "real_unseen_defects"  # added later still; scored on its own, never part of "all", not judged by proxy_rules
 SYNTHETIC = (PERLIN, EXTENDED, *APART)  # every subset made by the proxy; any other defect folder holds real images
 SIGMAS = (0.0, 2.0, 4.0, 8.0)
@@ -308,24 +313,29 @@ def spots_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float,
     return mask.astype(np.float32)
 
 
-def add_small_subset(info: dict, seed: int, size) -> None:
-    """Write test/small_unseen_spots into the proxy if it is missing (see the module docstring)."""
+# the spot subsets: (share of the image the spots cover together, most spots, the draws' stream tag)
+SPOTS = {SMALL: ((0.0005, 0.005), 3, 0x5B07), TINY: ((0.00003, 0.0003), 2, 0x71A7)}
+
+
+def add_spots_subset(info: dict, seed: int, size, name: str = SMALL) -> None:
+    """Write test/<name> (SMALL or TINY) into the proxy if it is missing (see the module docstring)."""
     from prnet.datasets import TextureSource, load_rgb
     from prnet.datasets.mvtec import as_hw
     from prnet.datasets.synthesis import blend
     from prnet.utils import numpy_rng
 
+    area, max_spots, tag = SPOTS[name]
     good = os.path.join(info["root"], info["category"], "test", "good")
     hw = as_hw(size)
     textures = TextureSource(os.path.join(info["root"], "dtd_val"))
 
     def make(k: int, held: list[str]):
-        rng = numpy_rng(seed, 0x5B07, k)
-        mask = spots_mask(hw, rng)
+        rng = numpy_rng(seed, tag, k)
+        mask = spots_mask(hw, rng, area, max_spots)
         image = load_rgb(os.path.join(good, held[k]), hw)
         return blend(image, textures.sample(rng, hw), mask, float(rng.uniform(0.5, 1.0))), mask
 
-    _write_subset(info, SMALL, make)
+    _write_subset(info, name, make)
 
 
 def add_real_subset(info: dict, data: str) -> None:
@@ -545,7 +555,8 @@ def main(argv=None) -> int:
                        args.split_seed, args.proxy_seed, args.size)
     add_swap_subset(info, int(info.get("seed", args.proxy_seed)), args.size)  # the proxy's own seed
     add_in_context_subset(info, data, int(info.get("seed", args.proxy_seed)), args.size)
-    add_small_subset(info, int(info.get("seed", args.proxy_seed)), args.size)
+    for name in SPOTS:
+        add_spots_subset(info, int(info.get("seed", args.proxy_seed)), args.size, name)
     add_real_subset(info, data)
     result_path = os.path.join(args.out, "proxy_validation.json")
     results = json.load(open(result_path)) if os.path.exists(result_path) else {"proxy": info, "rows": []}

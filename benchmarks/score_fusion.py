@@ -27,6 +27,9 @@ and scores these rules (no test label is used by any of them; the normal-image s
   and to s_knn, then summed (zsum) or the larger of the two taken (zmax: an image is as anomalous as the detector
   that finds it most unusual); zsum<w> (w in KNN_WEIGHTS): z(log s_m) + w·z(log s_knn), the distance's part
   weighed down;
+- zsum0.25k<k> (k in TOPK_RULES, round 23): zsum0.25 with s_m the top-k mean of map0.5's p · r^0.5 for a smaller k
+  than eval.topk (its training statistics with the same k): a defect of a few pixels is averaged with fewer normal
+  ones;
 - pz<w> (w in PIXEL_WEIGHTS; a pixel-level candidate, round 14): the head's map fused with the baseline's
   nearest-neighbour map pixel by pixel, z(log p) + w·z(log d_knn), each log standardised by the mean and std over
   every pixel of the normal training images' maps (p: the plain forward pass, as for the image scores' statistics;
@@ -85,6 +88,7 @@ log = logging.getLogger("score_fusion")
 EPS = 1e-8
 KNN_WEIGHTS = (0.25, 0.5)  # the zsum<w> rules: the released score's z plus w times the distance's z
 PER_IMAGE_RULES = ("pmed", "map0.5med", "knnmed", "prank", "map0.5rank", "knnrank")  # per_image_maps' maps
+TOPK_RULES = {"zsum0.25k10": (0.25, 10), "zsum0.25k25": (0.25, 25)}  # name -> (distance weight, top-k of s_m)
 PIXEL_WEIGHTS = (0.25, 0.5, 1.0)  # the pz<w> maps: the head map's pixel z plus w times the distance map's
 CDF_QUANTILES = {"pq99": 0.99, "pq999": 0.999}  # the pq<q> maps: p + (this percentile of normal p) · F(d_knn)
 CDF_SAMPLE = 1_000_000  # training pixels sampled (seed 0) for the distance's distribution function
@@ -256,15 +260,19 @@ def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: 
     for a in (0.5, 1.0, 2.0):
         out[f"prod{a:g}"] = lp + a * lr
     out["zlog"] = zsum((sp, tp), (sr, tr))
-    for name, m in (fused if fused is not None else fused_maps(p_test, r_test)).items():
+    fused = fused if fused is not None else fused_maps(p_test, r_test)
+    for name, m in fused.items():
         out[name] = topk_mean(m, k)
     if knn is not None:
         out["knn"] = knn[0]
         out["zknn"] = zsum((sp, tp), knn)
-        zm, zk = zscores(out["map0.5"], topk_mean(p_train * np.sqrt(r_train), k)), zscores(*knn)
+        m_train = p_train * np.sqrt(r_train)
+        zm, zk = zscores(out["map0.5"], topk_mean(m_train, k)), zscores(*knn)
         out["zsum"], out["zmax"] = zm + zk, np.maximum(zm, zk)
         for w in KNN_WEIGHTS:
             out[f"zsum{w:g}"] = zm + w * zk
+        for name, (w, k_m) in TOPK_RULES.items():
+            out[name] = zscores(topk_mean(fused["map0.5"], k_m), topk_mean(m_train, k_m)) + w * zk
     return out
 
 

@@ -6,9 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from proxy_validation import (EXTENDED, IN_CONTEXT, PERLIN, REAL, SMALL, SWAP, add_in_context_subset, add_real_subset,
-                              add_small_subset,
-                              add_swap_subset, band_mask, build_proxy, spots_mask, extended_sources, overrides, run_name, score_table, seed_summary)
+from proxy_validation import (EXTENDED, IN_CONTEXT, PERLIN, REAL, SMALL, SPOTS, SWAP, TINY, add_in_context_subset,
+                              add_real_subset, add_spots_subset, add_swap_subset, band_mask, build_proxy, spots_mask, extended_sources, overrides, run_name, score_table, seed_summary)
 from prnet.config import load_config
 from prnet.datasets import (build_test_dataset, build_train_dataset, few_shot_names, load_mask,
                             load_rgb, make_demo_category, scan_split, select_few_shot)
@@ -225,12 +224,14 @@ def test_any_category_name_and_size_and_seeds(tmp_path):
     assert summary["w"]["metrics"]["all|sigma=0"]["aupro"] == {"mean": 0.4, "std": 0.0, "min": 0.4, "max": 0.4}
 
 
-def test_small_spots_cover_a_small_share_with_validation_textures_only(tmp_path):
+@pytest.mark.parametrize("name, share", [(SMALL, (0.001, 0.004)), (TINY, (0.0001, 0.0006))])
+def test_spot_subsets_cover_a_small_share_with_validation_textures_only(tmp_path, name, share):
+    area, max_spots, _ = SPOTS[name]
     for k in range(30):
-        m = spots_mask((256, 256), np.random.default_rng(k))
-        assert 0 < m.mean() <= 0.008 and set(np.unique(m)) <= {0.0, 1.0}
-    shares = [spots_mask((256, 256), np.random.default_rng(k)).mean() for k in range(200)]
-    assert 0.001 < np.median(shares) < 0.004  # about U(0.05 %, 0.5 %): small defects, not Perlin blobs
+        m = spots_mask((256, 256), np.random.default_rng(k), area, max_spots)
+        assert 0 < m.mean() <= 2 * area[1] and set(np.unique(m)) <= {0.0, 1.0}
+    shares = [spots_mask((256, 256), np.random.default_rng(k), area, max_spots).mean() for k in range(200)]
+    assert share[0] < np.median(shares) < share[1]  # about U(area): small defects, not Perlin blobs
     _, out, info = _proxy(tmp_path, n_train=16, n_test_bad=5, shots=4)
     proxy = os.path.join(info["root"], "demo")
     # the validation texture classes are uniform colours here: the spots must take them, not a training class
@@ -238,23 +239,23 @@ def test_small_spots_cover_a_small_share_with_validation_textures_only(tmp_path)
         target = os.path.realpath(os.path.join(info["root"], "dtd_val", c))
         for f in os.listdir(target):
             cv2.imwrite(os.path.join(target, f), np.full((48, 48, 3), (10, 200, 30), np.uint8))
-    add_small_subset(info, seed=0, size=64)
+    add_spots_subset(info, seed=0, size=64, name=name)
     held = sorted(os.listdir(os.path.join(proxy, "test", "good")))
-    files = sorted(os.listdir(os.path.join(proxy, "test", SMALL)))
+    files = sorted(os.listdir(os.path.join(proxy, "test", name)))
     assert files == [f"{k:04d}.png" for k in range(len(held))]
     for k, f in enumerate(files):
-        image = load_rgb(os.path.join(proxy, "test", SMALL, f), 64)
+        image = load_rgb(os.path.join(proxy, "test", name, f), 64)
         normal = load_rgb(os.path.join(proxy, "test", "good", held[k]), 64)
-        mask = load_mask(os.path.join(proxy, "ground_truth", SMALL, f"{k:04d}_mask.png"), 64) > 0
+        mask = load_mask(os.path.join(proxy, "ground_truth", name, f"{k:04d}_mask.png"), 64) > 0
         assert mask.any() and mask.mean() < 0.05
         assert np.abs(image - normal)[~mask].max() <= 1.5 / 255  # its own held-out image outside the spots
         # inside: moved towards the validation colour by an opacity of 0.5..1
         colour = np.array([30, 200, 10], np.float32) / 255  # RGB of the BGR file above
         t = ((image - normal)[mask] / (colour - normal[mask] + 1e-6)).mean()
         assert 0.45 <= t <= 1.05
-    before = os.path.getmtime(os.path.join(proxy, "test", SMALL, files[0]))
-    add_small_subset(info, seed=0, size=64)  # written once
-    assert os.path.getmtime(os.path.join(proxy, "test", SMALL, files[0])) == before
+    before = os.path.getmtime(os.path.join(proxy, "test", name, files[0]))
+    add_spots_subset(info, seed=0, size=64, name=name)  # written once
+    assert os.path.getmtime(os.path.join(proxy, "test", name, files[0])) == before
 
 
 def test_real_subset_links_the_validation_anomalies_whole(tmp_path):

@@ -83,6 +83,10 @@ def test_the_released_score_fused_with_the_nearest_neighbour_distance():
     np.testing.assert_allclose(out["zmax"], np.maximum(zm, zk), rtol=1e-5)
     np.testing.assert_allclose(out["zsum0.25"], zm + 0.25 * zk, rtol=1e-5)
     np.testing.assert_allclose(out["zsum0.5"], zm + 0.5 * zk, rtol=1e-5)
+    for k_m in (10, 25):  # the released score with fewer top pixels, its statistics with the same k
+        zm_k = z(topk_mean(p * np.sqrt(r), k_m), topk_mean(tp * np.sqrt(tr), k_m))
+        np.testing.assert_allclose(out[f"zsum0.25k{k_m}"], zm_k + 0.25 * zk, rtol=1e-5)
+        assert not np.allclose(zm_k, zm)
     # zmax follows whichever detector finds an image more unusual: raising one image's distance far above every
     # training image's lifts it to the top under zmax, whatever its map says
     knn_test2 = knn_test.copy()
