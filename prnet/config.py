@@ -150,7 +150,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    topk: int = 100  # image score = mean of the top-k pixels (of the map, or of map × sqrt(distance))
+    topk: int = 25  # image score = mean of the top-k pixels (of the map, or of map × sqrt(distance)); round 23
     # map: the mean of the top-k map pixels (the paper's rule); map_residual: the top-k mean of the map times the
     # square root of the prototype distance map (each scale's distance to its nearest prototype over the normal
     # training images' mean, averaged; chosen on validation data, docs/experiments.md). The map is the head's.
