@@ -32,6 +32,11 @@ The proxy category (written once under <out>/proxy, symlinks where possible):
   ellipses, nominally 0.003–0.03 % of the image together; with semi-axes of at least one pixel they cover 5–38
   pixels at 256² (median 18). BSData's smallest pits (30–130 pixels of its 1130×460 shots, 0.006–0.025 %) are this
   size: a feature cell of stride 4 holds the whole defect. Scored on its own.
+- test/tiny_real_pastes (added to an existing proxy when missing): per held-out image, the defect of a validation
+  few-shot anomaly (the extended images' source, in turn) shrunk with its surroundings (area averaging) to cover
+  about 0.008–0.06 % of the image (5–40 pixels at 256²; never enlarged), shifted to the level of its new
+  surroundings (`synthesis.context_offset`) and pasted at a random place. Real defect appearance at the size of
+  BSData's smallest pits, where the texture spots above are far more salient. Scored on its own.
 - test/real_unseen_defects (added to an existing proxy when missing): the second half of the few-shot anomalies
   themselves, whole, in their own images (links, as test/<defect>), the source of the extended pastes: real
   defects on their own surface, which no proxy run trains on. Scored on its own; `score_fusion.py --subsets` also
@@ -75,7 +80,8 @@ SWAP = "swap_unseen_shapes"
 IN_CONTEXT = "extended_in_context"
 SMALL = "small_unseen_spots"
 TINY = "tiny_unseen_spots"
-APART = (SWAP, IN_CONTEXT, SMALL, TINY)  # subsets added later: scored on their own, never part of "all"
+TINY_REAL = "tiny_real_pastes"
+APART = (SWAP, IN_CONTEXT, SMALL, TINY, TINY_REAL)  # subsets added later: scored on their own, never part of "all"
 REAL = "real_unseen_defects"  # added later still; scored on its own, never part of "all", not judged by proxy_rules
 SYNTHETIC = (PERLIN, EXTENDED, *APART)  # every subset made by the proxy; any other defect folder holds real images
 SIGMAS = (0.0, 2.0, 4.0, 8.0)
@@ -293,6 +299,63 @@ def add_in_context_subset(info: dict, data: str, seed: int, size) -> None:
                                 match_context=True)  # build_proxy's draws for extended image k
 
     _write_subset(info, IN_CONTEXT, make)
+
+
+TINY_REAL_AREA = (0.00008, 0.0006)  # tiny_real_pastes: the shrunk defect's share of the image, drawn uniformly
+
+
+def shrunk_paste(normal: np.ndarray, defect_image: np.ndarray, defect_mask: np.ndarray, rng: np.random.Generator,
+                 area: tuple[float, float] = TINY_REAL_AREA) -> tuple[np.ndarray, np.ndarray]:
+    """The defect of (defect_image, defect_mask) shrunk (never enlarged) with a ring of its surroundings so that it
+    covers about a fraction a ~ U(area) of the image, shifted to the level of the new surroundings
+    (context_offset over a 2-pixel ring) and pasted into `normal` at a random place. Returns (image, non-empty
+    float32 {0,1} mask), both of normal's size; the pixels outside the mask are normal's."""
+    from prnet.datasets.synthesis import context_offset
+
+    h, w = normal.shape[:2]
+    m = defect_mask > 0
+    if not m.any():
+        raise ValueError("shrunk_paste: the defect's mask is empty")
+    f = min(1.0, float(np.sqrt(rng.uniform(*area) * h * w / m.sum())))
+    margin = int(np.ceil(3.0 / f))  # 3 pixels of surroundings after shrinking
+    rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+    y0, y1 = max(0, rows[0] - margin), min(m.shape[0], rows[-1] + 1 + margin)
+    x0, x1 = max(0, cols[0] - margin), min(m.shape[1], cols[-1] + 1 + margin)
+    size = (max(1, min(w, int(round((x1 - x0) * f)))), max(1, min(h, int(round((y1 - y0) * f)))))  # (w, h)
+    crop = cv2.resize(np.ascontiguousarray(defect_image[y0:y1, x0:x1], np.float32), size, interpolation=cv2.INTER_AREA)
+    soft = cv2.resize(m[y0:y1, x0:x1].astype(np.float32), size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0])
+    small = soft >= 0.5
+    if not small.any():
+        small[np.unravel_index(int(np.argmax(soft)), soft.shape)] = True
+    sh, sw = small.shape
+    y, x = int(rng.integers(0, h - sh + 1)), int(rng.integers(0, w - sw + 1))
+    out = np.array(normal, dtype=np.float32)
+    view = out[y:y + sh, x:x + sw]
+    view[small] = np.clip(crop + context_offset(view, crop, small, width=2), 0.0, 1.0)[small]
+    mask = np.zeros((h, w), np.float32)
+    mask[y:y + sh, x:x + sw] = small
+    return out, mask
+
+
+def add_tiny_real_subset(info: dict, data: str, seed: int, size) -> None:
+    """Write test/tiny_real_pastes into the proxy if it is missing (see the module docstring); `data` is the real
+    category folder the proxy was made from (the validation few-shot anomalies are read from it)."""
+    from prnet.datasets import load_mask, load_rgb
+    from prnet.datasets.mvtec import as_hw
+    from prnet.utils import numpy_rng
+
+    if os.path.isdir(os.path.join(info["root"], info["category"], "test", TINY_REAL)):
+        return
+    good = os.path.join(info["root"], info["category"], "test", "good")
+    hw = as_hw(size)
+    shots = [(load_rgb(v.path, hw), load_mask(v.path if v.mask_path is None else v.mask_path, hw))
+             for v in validation_shots(info, data)]
+
+    def make(k: int, held: list[str]):
+        d_img, d_mask = shots[k % len(shots)]
+        return shrunk_paste(load_rgb(os.path.join(good, held[k]), hw), d_img, d_mask, numpy_rng(seed, 0x7E11, k))
+
+    _write_subset(info, TINY_REAL, make)
 
 
 def spots_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, float] = (0.0005, 0.005),
@@ -557,6 +620,7 @@ def main(argv=None) -> int:
     add_in_context_subset(info, data, int(info.get("seed", args.proxy_seed)), args.size)
     for name in SPOTS:
         add_spots_subset(info, int(info.get("seed", args.proxy_seed)), args.size, name)
+    add_tiny_real_subset(info, data, int(info.get("seed", args.proxy_seed)), args.size)
     add_real_subset(info, data)
     result_path = os.path.join(args.out, "proxy_validation.json")
     results = json.load(open(result_path)) if os.path.exists(result_path) else {"proxy": info, "rows": []}

@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from proxy_validation import (EXTENDED, IN_CONTEXT, PERLIN, REAL, SMALL, SPOTS, SWAP, TINY, add_in_context_subset,
-                              add_real_subset, add_spots_subset, add_swap_subset, band_mask, build_proxy, spots_mask, extended_sources, overrides, run_name, score_table, seed_summary)
+from proxy_validation import (EXTENDED, IN_CONTEXT, PERLIN, REAL, SMALL, SPOTS, SWAP, TINY, TINY_REAL,
+                              TINY_REAL_AREA, add_in_context_subset, add_real_subset, add_spots_subset,
+                              add_swap_subset, add_tiny_real_subset, shrunk_paste, band_mask, build_proxy, spots_mask, extended_sources, overrides, run_name, score_table, seed_summary)
 from prnet.config import load_config
 from prnet.datasets import (build_test_dataset, build_train_dataset, few_shot_names, load_mask,
                             load_rgb, make_demo_category, scan_split, select_few_shot)
@@ -256,6 +257,50 @@ def test_spot_subsets_cover_a_small_share_with_validation_textures_only(tmp_path
     before = os.path.getmtime(os.path.join(proxy, "test", name, files[0]))
     add_spots_subset(info, seed=0, size=64, name=name)  # written once
     assert os.path.getmtime(os.path.join(proxy, "test", name, files[0])) == before
+
+
+def test_shrunk_paste_keeps_the_defects_contrast_at_a_few_pixels():
+    normal = np.full((256, 256, 3), 0.5, np.float32)
+    defect = np.full((256, 256, 3), 0.7, np.float32)
+    mask = np.zeros((256, 256), np.float32)
+    mask[100:130, 80:120] = 1  # 1200 pixels, 0.3 lower than their surroundings
+    defect[mask > 0] = 0.4
+    areas = []
+    for k in range(20):
+        image, m = shrunk_paste(normal, defect, mask, np.random.default_rng(k))
+        inside = m > 0
+        areas.append(inside.sum())
+        assert inside.any() and set(np.unique(m)) <= {0.0, 1.0}
+        assert np.array_equal(image[~inside], normal[~inside])  # the normal image outside the mask
+        # at the new level (0.5 around it), 0.3 darker: 0.2, lighter at the edges where area averaging mixed in the ring
+        assert 0.15 <= image[inside].mean() <= 0.35
+    lo, hi = (a * 256 * 256 for a in TINY_REAL_AREA)
+    assert 0.5 * lo <= np.median(areas) <= 1.5 * hi and max(areas) <= 2 * hi
+    # never enlarged: a 2×2 defect stays about that size
+    small = np.zeros((256, 256), np.float32)
+    small[50:52, 60:62] = 1
+    _, m = shrunk_paste(normal, defect, small, np.random.default_rng(0))
+    assert 1 <= m.sum() <= 4
+    with pytest.raises(ValueError, match="empty"):
+        shrunk_paste(normal, defect, np.zeros((256, 256), np.float32), np.random.default_rng(0))
+
+
+def test_tiny_real_subset_pastes_the_validation_defects_shrunk(tmp_path):
+    data, out, info = _proxy(tmp_path, n_train=16, n_test_bad=5, shots=4)
+    add_tiny_real_subset(info, data, seed=0, size=64)
+    proxy = os.path.join(info["root"], "demo")
+    held = sorted(os.listdir(os.path.join(proxy, "test", "good")))
+    files = sorted(os.listdir(os.path.join(proxy, "test", TINY_REAL)))
+    assert files == [f"{k:04d}.png" for k in range(len(held))]
+    for k, f in enumerate(files):
+        image = load_rgb(os.path.join(proxy, "test", TINY_REAL, f), 64)
+        normal = load_rgb(os.path.join(proxy, "test", "good", held[k]), 64)
+        m = load_mask(os.path.join(proxy, "ground_truth", TINY_REAL, f"{k:04d}_mask.png"), 64) > 0
+        assert m.any() and m.mean() < 0.01
+        assert np.abs(image - normal)[~m].max() <= 1.5 / 255
+    before = os.path.getmtime(os.path.join(proxy, "test", TINY_REAL, files[0]))
+    add_tiny_real_subset(info, data, seed=0, size=64)  # written once
+    assert os.path.getmtime(os.path.join(proxy, "test", TINY_REAL, files[0])) == before
 
 
 def test_real_subset_links_the_validation_anomalies_whole(tmp_path):
