@@ -278,15 +278,14 @@ def validation_shots(info: dict, data: str) -> list:
     return [found[n] for n in info["val_shots"]]
 
 
-def add_in_context_subset(info: dict, data: str, seed: int, size) -> None:
-    """Write test/extended_in_context into the proxy if it is missing (see the module docstring); `data` is the
-    real category folder the proxy was made from (the validation few-shot anomalies are read from it)."""
+def _write_shot_subset(info: dict, data: str, name: str, size, paste) -> None:
+    """Write test/<name> into the proxy unless it exists: held-out image k gets paste(normal image, defect image,
+    defect mask, k) with the validation few-shot anomaly k mod their number, read at the proxy's size from `data`,
+    the real category folder the proxy was made from."""
     from prnet.datasets import load_mask, load_rgb
     from prnet.datasets.mvtec import as_hw
-    from prnet.datasets.synthesis import extended_anomaly
-    from prnet.utils import numpy_rng
 
-    if os.path.isdir(os.path.join(info["root"], info["category"], "test", IN_CONTEXT)):
+    if os.path.isdir(os.path.join(info["root"], info["category"], "test", name)):
         return
     good = os.path.join(info["root"], info["category"], "test", "good")
     hw = as_hw(size)
@@ -295,10 +294,19 @@ def add_in_context_subset(info: dict, data: str, seed: int, size) -> None:
 
     def make(k: int, held: list[str]):
         d_img, d_mask = shots[k % len(shots)]
-        return extended_anomaly(load_rgb(os.path.join(good, held[k]), hw), d_img, d_mask, numpy_rng(seed, 0xE47D, k),
-                                match_context=True)  # build_proxy's draws for extended image k
+        return paste(load_rgb(os.path.join(good, held[k]), hw), d_img, d_mask, k)
 
-    _write_subset(info, IN_CONTEXT, make)
+    _write_subset(info, name, make)
+
+
+def add_in_context_subset(info: dict, data: str, seed: int, size) -> None:
+    """Write test/extended_in_context into the proxy if it is missing (see the module docstring); `data` is the
+    real category folder the proxy was made from (the validation few-shot anomalies are read from it)."""
+    from prnet.datasets.synthesis import extended_anomaly
+    from prnet.utils import numpy_rng
+
+    _write_shot_subset(info, data, IN_CONTEXT, size, lambda normal, d_img, d_mask, k: extended_anomaly(
+        normal, d_img, d_mask, numpy_rng(seed, 0xE47D, k), match_context=True))  # build_proxy's draws for image k
 
 
 TINY_REAL_AREA = (0.00008, 0.0006)  # tiny_real_pastes: the shrunk defect's share of the image, drawn uniformly
@@ -340,22 +348,10 @@ def shrunk_paste(normal: np.ndarray, defect_image: np.ndarray, defect_mask: np.n
 def add_tiny_real_subset(info: dict, data: str, seed: int, size) -> None:
     """Write test/tiny_real_pastes into the proxy if it is missing (see the module docstring); `data` is the real
     category folder the proxy was made from (the validation few-shot anomalies are read from it)."""
-    from prnet.datasets import load_mask, load_rgb
-    from prnet.datasets.mvtec import as_hw
     from prnet.utils import numpy_rng
 
-    if os.path.isdir(os.path.join(info["root"], info["category"], "test", TINY_REAL)):
-        return
-    good = os.path.join(info["root"], info["category"], "test", "good")
-    hw = as_hw(size)
-    shots = [(load_rgb(v.path, hw), load_mask(v.path if v.mask_path is None else v.mask_path, hw))
-             for v in validation_shots(info, data)]
-
-    def make(k: int, held: list[str]):
-        d_img, d_mask = shots[k % len(shots)]
-        return shrunk_paste(load_rgb(os.path.join(good, held[k]), hw), d_img, d_mask, numpy_rng(seed, 0x7E11, k))
-
-    _write_subset(info, TINY_REAL, make)
+    _write_shot_subset(info, data, TINY_REAL, size, lambda normal, d_img, d_mask, k: shrunk_paste(
+        normal, d_img, d_mask, numpy_rng(seed, 0x7E11, k)))
 
 
 def spots_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, float] = (0.0005, 0.005),

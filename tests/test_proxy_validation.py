@@ -33,6 +33,31 @@ def _proxy(tmp_path, n_train, n_test_bad, shots):
     return data, out, info
 
 
+def _subset_images(proxy, name, max_share):
+    """[(image, its held-out normal image, mask)] of a proxy subset at 64 px: one per held-out image, in order,
+    each mask non-empty and under max_share of the image, the image equal to its normal one outside the mask."""
+    held = sorted(os.listdir(os.path.join(proxy, "test", "good")))
+    files = sorted(os.listdir(os.path.join(proxy, "test", name)))
+    assert files == [f"{k:04d}.png" for k in range(len(held))]
+    out = []
+    for k, f in enumerate(files):
+        image = load_rgb(os.path.join(proxy, "test", name, f), 64)
+        normal = load_rgb(os.path.join(proxy, "test", "good", held[k]), 64)
+        mask = load_mask(os.path.join(proxy, "ground_truth", name, f"{k:04d}_mask.png"), 64) > 0
+        assert mask.any() and mask.mean() < max_share
+        assert np.abs(image - normal)[~mask].max() <= 1.5 / 255  # its own held-out image outside the mask
+        out.append((image, normal, mask))
+    return out
+
+
+def _written_once(proxy, name, add):
+    """Calling `add` again leaves the subset's files as they are."""
+    first = os.path.join(proxy, "test", name, "0000.png")
+    before = os.path.getmtime(first)
+    add()
+    assert os.path.getmtime(first) == before
+
+
 def test_proxy_category_uses_training_data_only(tmp_path):
     data, out, info = _proxy(tmp_path, n_train=20, n_test_bad=12, shots=6)
     proxy = os.path.join(info["root"], "demo")
@@ -241,22 +266,12 @@ def test_spot_subsets_cover_a_small_share_with_validation_textures_only(tmp_path
         for f in os.listdir(target):
             cv2.imwrite(os.path.join(target, f), np.full((48, 48, 3), (10, 200, 30), np.uint8))
     add_spots_subset(info, seed=0, size=64, name=name)
-    held = sorted(os.listdir(os.path.join(proxy, "test", "good")))
-    files = sorted(os.listdir(os.path.join(proxy, "test", name)))
-    assert files == [f"{k:04d}.png" for k in range(len(held))]
-    for k, f in enumerate(files):
-        image = load_rgb(os.path.join(proxy, "test", name, f), 64)
-        normal = load_rgb(os.path.join(proxy, "test", "good", held[k]), 64)
-        mask = load_mask(os.path.join(proxy, "ground_truth", name, f"{k:04d}_mask.png"), 64) > 0
-        assert mask.any() and mask.mean() < 0.05
-        assert np.abs(image - normal)[~mask].max() <= 1.5 / 255  # its own held-out image outside the spots
+    for image, normal, mask in _subset_images(proxy, name, max_share=0.05):
         # inside: moved towards the validation colour by an opacity of 0.5..1
         colour = np.array([30, 200, 10], np.float32) / 255  # RGB of the BGR file above
         t = ((image - normal)[mask] / (colour - normal[mask] + 1e-6)).mean()
         assert 0.45 <= t <= 1.05
-    before = os.path.getmtime(os.path.join(proxy, "test", name, files[0]))
-    add_spots_subset(info, seed=0, size=64, name=name)  # written once
-    assert os.path.getmtime(os.path.join(proxy, "test", name, files[0])) == before
+    _written_once(proxy, name, lambda: add_spots_subset(info, seed=0, size=64, name=name))
 
 
 def test_shrunk_paste_keeps_the_defects_contrast_at_a_few_pixels():
@@ -289,18 +304,8 @@ def test_tiny_real_subset_pastes_the_validation_defects_shrunk(tmp_path):
     data, out, info = _proxy(tmp_path, n_train=16, n_test_bad=5, shots=4)
     add_tiny_real_subset(info, data, seed=0, size=64)
     proxy = os.path.join(info["root"], "demo")
-    held = sorted(os.listdir(os.path.join(proxy, "test", "good")))
-    files = sorted(os.listdir(os.path.join(proxy, "test", TINY_REAL)))
-    assert files == [f"{k:04d}.png" for k in range(len(held))]
-    for k, f in enumerate(files):
-        image = load_rgb(os.path.join(proxy, "test", TINY_REAL, f), 64)
-        normal = load_rgb(os.path.join(proxy, "test", "good", held[k]), 64)
-        m = load_mask(os.path.join(proxy, "ground_truth", TINY_REAL, f"{k:04d}_mask.png"), 64) > 0
-        assert m.any() and m.mean() < 0.01
-        assert np.abs(image - normal)[~m].max() <= 1.5 / 255
-    before = os.path.getmtime(os.path.join(proxy, "test", TINY_REAL, files[0]))
-    add_tiny_real_subset(info, data, seed=0, size=64)  # written once
-    assert os.path.getmtime(os.path.join(proxy, "test", TINY_REAL, files[0])) == before
+    assert len(_subset_images(proxy, TINY_REAL, max_share=0.01)) == len(os.listdir(os.path.join(proxy, "test", "good")))
+    _written_once(proxy, TINY_REAL, lambda: add_tiny_real_subset(info, data, seed=0, size=64))
 
 
 def test_real_subset_links_the_validation_anomalies_whole(tmp_path):
