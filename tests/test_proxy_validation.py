@@ -8,7 +8,8 @@ import pytest
 
 from proxy_validation import (EXTENDED, IN_CONTEXT, PERLIN, REAL, SMALL, SPOTS, SWAP, TINY, TINY_REAL,
                               TINY_REAL_AREA, add_in_context_subset, add_real_subset, add_spots_subset,
-                              add_swap_subset, add_tiny_real_subset, shrunk_paste, band_mask, build_proxy, spots_mask, extended_sources, overrides, run_name, score_table, seed_summary)
+                              add_swap_subset, add_tiny_real_subset, band_mask, build_proxy, extended_sources,
+                              overrides, run_name, score_table, seed_summary, shrunk_paste, spots_mask)
 from prnet.config import load_config
 from prnet.datasets import (build_test_dataset, build_train_dataset, few_shot_names, load_mask,
                             load_rgb, make_demo_category, scan_split, select_few_shot)

@@ -16,10 +16,10 @@ training images' pixels (held out; `map_table`, MAP_TABLE quantiles), q the eval
 same pixels. The distance lifts a pixel by at most q, the head's own range on normal surface, and the map stays in
 [0, 1] with the head's order above that range (docs/experiments.md, rounds 21 and 22).
 
-`KnnScore` holds the memory (a PatchMemory of the last two feature scales, prnet.models.patch_memory) and the four
-statistics (and the map's table and lift); all are buffers, so a checkpoint and an ONNX export carry them. Built empty, it takes its memory's shape
-from the first state dict loaded into it; its statistics stay NaN (`is_calibrated` False) until
-prnet.engine.knn_calibration fills them, after training.
+`KnnScore` holds the memory (a PatchMemory of the last two feature scales, prnet.models.patch_memory), the four
+statistics and the map's table and lift; all are buffers, so a checkpoint and an ONNX export carry them. Built empty,
+it takes its memory's shape from the first state dict loaded into it; its statistics stay NaN (`is_calibrated` False)
+until prnet.engine.knn_calibration fills them, after training.
 """
 from __future__ import annotations
 
@@ -82,8 +82,8 @@ class KnnScore(nn.Module):
         return (idx.float() / MAP_TABLE).reshape(d.shape)
 
     def lift(self, p: torch.Tensor, d: torch.Tensor, level: float, sigma: float) -> torch.Tensor:
-        """(p + q · F(d)) / (1 + q): the head's smoothed map p (N×1×H×W) lifted by the distance map d (the same shape,
-        upsampled and smoothed with KNN_SIGMA) with the stored table; p made with eval.sigma `sigma`, q for
+        """(p + q · F(d)) / (1 + q): the head's smoothed map p (N×1×H×W) lifted by the distance map d (the same
+        shape, upsampled and smoothed with KNN_SIGMA) with the stored table; p made with eval.sigma `sigma`, q for
         eval.knn_lift `level` (RuntimeError otherwise)."""
         if not torch.jit.is_tracing() and not self.map_made_for(level, sigma):
             made = self.map_lift[1:].tolist()

@@ -34,7 +34,8 @@ for rule in CANDIDATES:
     rule2 = {f"{proxy} {g} >= -0.005": d >= -0.005 for proxy, row in harm.items() for g, d in row.items()}
     passes = all(rule1.values()) and all(rule2.values())
     decision[rule] = {"tiny": tiny, "tiny_average": average, "harm": harm, "passes": passes,
-                      "rules": {"1": {k: bool(v) for k, v in rule1.items()}, "2": {k: bool(v) for k, v in rule2.items()}}}
+                      "rules": {"1": {k: bool(v) for k, v in rule1.items()},
+                                "2": {k: bool(v) for k, v in rule2.items()}}}
     print(f"{rule}: tiny {' '.join(f'{p} {g:+.4f}' for p, g in tiny.items())} (average {average:+.4f})")
     for proxy, row in harm.items():
         print(f"  {proxy}: " + ", ".join(f"{g} {d:+.4f}" for g, d in row.items()))

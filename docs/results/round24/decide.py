@@ -14,8 +14,15 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 R23 = os.path.join(HERE, "..", "round23")
 SEEDS = {"magnetic_tile": ("mt", ("", "-seed1", "-seed2", "-seed3")), "bsdata": ("bs", ("", "-seed1"))}
-NEW = {p: [json.load(open(os.path.join(HERE, f"V_{d}_ratio25{s}.json"))) for s in seeds] for p, (d, seeds) in SEEDS.items()}
-OLD = {p: [json.load(open(os.path.join(R23, f"U_{d}_ratio25{s}.json"))) for s in seeds] for p, (d, seeds) in SEEDS.items()}
+
+
+def load(folder: str, prefix: str) -> dict:
+    """{proxy: [score file per seed]} of the files <prefix>_<mt|bs>_ratio25<seed>.json in `folder`."""
+    return {p: [json.load(open(os.path.join(folder, f"{prefix}_{d}_ratio25{s}.json"))) for s in seeds]
+            for p, (d, seeds) in SEEDS.items()}
+
+
+NEW, OLD = load(HERE, "V"), load(R23, "U")
 CAND, REF = "zsum0.25", "zsum0.25k25"  # the top-100 mean against the current default
 TINY_REAL = "tiny_real_pastes"
 HARM = ["all", "perlin_unseen_textures", "extended_unseen_defects", "swap_unseen_shapes", "extended_in_context",
