@@ -1,6 +1,6 @@
 """Image scores that combine PRNet's learned map with its prototype residual, scored on a trained run.
 
-    python benchmarks/score_fusion.py --checkpoint RUN/<category>/last.pt [--data ROOT] [--out fusion.json]
+    python benchmarks/score_fusion.py --checkpoint RUN/<category>/last.pt [--data ROOT | --test-data ROOT] [--out fusion.json]
 
 The checkpoint brings its config (data root, category, image size, few-shot draw) and its model: backbone,
 prototype bank and head. For the test split (minus the few-shot anomalies, as the evaluation) and for the normal
@@ -63,6 +63,7 @@ did not train on (its `real_unseen_defects`, and for a run without real anomalie
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -324,6 +325,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="data.root to read instead of the checkpoint's")
+    p.add_argument("--test-data", metavar="ROOT",
+                   help="read only the test images (same category) from this root; the normal training images "
+                        "and the prototype file stay the checkpoint's, e.g. a run scored on another proxy's images")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--subsets", action="store_true",
@@ -359,6 +363,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if (test_cfg.data.root, test_cfg.data.classes[0], image_hw(test_cfg)) != (cfg.data.root, category,
                                                                                   image_hw(cfg)):
             raise SystemExit(f"--test-as {args.test_as}: another data set or image size than {args.checkpoint}")
+    if args.test_data:
+        test_cfg = copy.deepcopy(test_cfg)
+        test_cfg.data.root = args.test_data
     test, train = build_test_dataset(test_cfg, category), normal_train_set(cfg, category)
     # the checkpoint holds the prototypes, the run's prototype file also each training image's cluster (held-out
     # residuals need them); the file must be the one the checkpoint was trained with

@@ -234,6 +234,7 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path, caplog):
     assert score_fusion.main(["--checkpoint", ckpt, "--no-knn", "--out", result]) == 0
     assert "zknn" not in json.load(open(result))["image_auroc"]
     assert got["test_images"] == 20 - 3  # the tiny test split minus the run's 3 real anomalies
+    _test_data_from_another_root(ckpt, tiny_data, tmp_path)
     _library_score_is_the_validated_map05(ckpt)
     _flip_rules(ckpt, result)
     # a prototype file whose digest of the training files differs (made when it was taken from modification times;
@@ -282,6 +283,35 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path, caplog):
     save_prototypes(bank, path)
     with pytest.raises(SystemExit, match="not the prototypes"):
         score_fusion.main(["--checkpoint", ckpt2, "--no-knn"])
+
+
+def _test_data_from_another_root(ckpt, data, tmp_path):
+    """--test-data: another root's test images (here one normal fewer) scored with the checkpoint's own training
+    normals and prototype file, so every image the two roots share keeps its scores. --data with that root (a copy,
+    training images included) is refused: the prototype file was made from the checkpoint's root."""
+    import json
+    import os
+    import shutil
+
+    import score_fusion
+    from prnet.engine.prototypes import PrototypeMismatchError
+
+    other = tmp_path / "other"
+    for part in ("train", "test", "ground_truth"):
+        shutil.copytree(os.path.join(data, "tiny", part), other / "tiny" / part)
+    good = other / "tiny" / "test" / "good"
+    dropped = sorted(os.listdir(good))[0]
+    os.remove(good / dropped)
+    runs = {}
+    for name, extra in (("own", []), ("other", ["--test-data", str(other)])):
+        out = str(tmp_path / f"{name}.json")
+        argv = ["--checkpoint", ckpt, "--rules", "prnet,zsum0.25", "--per-image", "--out", out, *extra]
+        assert score_fusion.main(argv) == 0
+        runs[name] = {im["name"]: im["scores"] for im in json.load(open(out))["images"]}
+    assert set(runs["own"]) - set(runs["other"]) == {f"good/{dropped}"}
+    assert all(runs["other"][n] == pytest.approx(runs["own"][n], rel=1e-6) for n in runs["other"])
+    with pytest.raises(PrototypeMismatchError, match="data_root"):
+        score_fusion.main(["--checkpoint", ckpt, "--rules", "prnet", "--no-knn", "--data", str(other)])
 
 
 def _library_score_is_the_validated_map05(ckpt):

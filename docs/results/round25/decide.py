@@ -28,13 +28,8 @@ def load(folder: str, name: str) -> list:
     return [json.load(open(os.path.join(folder, f"{name}{s}.json"))) for s in SEEDS]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cand-s", type=float, nargs=2, required=True, help="candidate's seconds, seeds 0 and 1")
-    ap.add_argument("--ref-s", type=float, nargs=2, required=True, help="reference's seconds, seeds 0 and 1")
-    ap.add_argument("--out", help="write the decision here as JSON")
-    args = ap.parse_args()
-    cand, ref = load(HERE, "W_bs_wide25"), load(R24, "V_bs_ratio25")
+def decide(cand: list, ref: list, cost: float) -> dict:
+    """The rules on the candidate's and the reference's score files (seed 0 first) and the cost ratio."""
     for c, r in zip(cand, ref):
         assert c["test_images"] == r["test_images"], "the two proxies must hold the same number of images"
 
@@ -47,7 +42,6 @@ def main() -> None:
     diff = {g: float(np.mean(np.subtract(image(cand, g), image(ref, g)))) for g in [GAIN] + HARM}
     per_seed = {g: [float(x) for x in np.subtract(image(cand, g), image(ref, g))] for g in [GAIN] + HARM}
     pix = {m: float(np.mean(np.subtract(pixel(cand, m), pixel(ref, m)))) for m in PIXEL}
-    cost = float(np.mean(args.cand_s) / np.mean(args.ref_s))
     rules = {
         "1": {f"{GAIN} >= +0.02": diff[GAIN] >= 0.02},
         "2": {**{f"{g} >= -0.005": diff[g] >= -0.005 for g in HARM},
@@ -55,19 +49,32 @@ def main() -> None:
         "3": {"training time <= 3x": cost <= 3.0},
     }
     passes = all(v for part in rules.values() for v in part.values())
+    return {"image_auroc_diff": diff, "per_seed": per_seed, "pixel_diff": pix, "cost_ratio": cost,
+            "rules": {k: {n: bool(v) for n, v in p.items()} for k, p in rules.items()}, "passes": passes}
+
+
+def report(d: dict) -> None:
     print(f"candidate - reference, {SCORE} image AUROC, mean of seeds 0 and 1 (per seed):")
-    for g, d in diff.items():
-        print(f"  {g:26s} {d:+.4f}  ({' '.join(f'{x:+.4f}' for x in per_seed[g])})")
-    print("  head's map on all: " + ", ".join(f"{m} {d:+.4f}" for m, d in pix.items()))
-    print(f"  training time: {cost:.2f} times the reference's")
-    for name, parts in rules.items():
+    for g, x in d["image_auroc_diff"].items():
+        print(f"  {g:26s} {x:+.4f}  ({' '.join(f'{y:+.4f}' for y in d['per_seed'][g])})")
+    print("  head's map on all: " + ", ".join(f"{m} {x:+.4f}" for m, x in d["pixel_diff"].items()))
+    print(f"  training time: {d['cost_ratio']:.2f} times the reference's")
+    for name, parts in d["rules"].items():
         broken = [k for k, v in parts.items() if not v]
         print(f"  rule {name}: {'holds' if not broken else 'fails: ' + '; '.join(broken)}")
-    print(f"  verdict: {'BSData test runs at 256x640' if passes else 'nothing changes (BSData stays at 256x256)'}")
+    print(f"  verdict: {'BSData test runs at 256x640' if d['passes'] else 'nothing changes (BSData stays at 256x256)'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cand-s", type=float, nargs=2, required=True, help="candidate's seconds, seeds 0 and 1")
+    ap.add_argument("--ref-s", type=float, nargs=2, required=True, help="reference's seconds, seeds 0 and 1")
+    ap.add_argument("--out", help="write the decision here as JSON")
+    args = ap.parse_args()
+    d = decide(load(HERE, "W_bs_wide25"), load(R24, "V_bs_ratio25"), float(np.mean(args.cand_s) / np.mean(args.ref_s)))
+    report(d)
     if args.out:
-        json.dump({"image_auroc_diff": diff, "per_seed": per_seed, "pixel_diff": pix, "cost_ratio": cost,
-                   "rules": {k: {n: bool(v) for n, v in p.items()} for k, p in rules.items()}, "passes": passes},
-                  open(args.out, "w"), indent=2)
+        json.dump(d, open(args.out, "w"), indent=2)
 
 
 if __name__ == "__main__":
