@@ -1,6 +1,7 @@
 """Image scores that combine PRNet's learned map with its prototype residual, scored on a trained run.
 
-    python benchmarks/score_fusion.py --checkpoint RUN/<category>/last.pt [--data ROOT | --test-data ROOT] [--out fusion.json]
+    python benchmarks/score_fusion.py --checkpoint RUN/<category>/last.pt [--data ROOT | --test-data ROOT] \
+        [--out fusion.json]
 
 The checkpoint brings its config (data root, category, image size, few-shot draw) and its model: backbone,
 prototype bank and head. For the test split (minus the few-shot anomalies, as the evaluation) and for the normal
