@@ -79,6 +79,9 @@ class SynthesisConfig:
     # shift each pasted real defect so that its own surroundings match the new image's there (synthesis.
     # context_offset): it keeps its contrast to the surface instead of the brightness of the tile it was cut from
     extended_match_context: bool = True
+    # the pasted real defect's scale, drawn per paste from U(min, max) in the random affine warp (linear: its area
+    # changes by the square); below 1 it is shrunk
+    extended_scale: list[float] = field(default_factory=lambda: [0.75, 1.25])
     foreground: bool = False  # restrict Perlin masks to the estimated object foreground
     beta_max: float = 0.8  # DRAEM's beta ~ U(0, beta_max): the original image's weight inside the Perlin mask
     perlin_scale_max: int = 5  # Perlin scale 2^k per axis, k in 0..perlin_scale_max
@@ -396,6 +399,10 @@ def validate(cfg: Config) -> None:
     if not 0.0 <= cfg.synthesis.swap_beta_max < 1.0:
         raise ConfigError(f"config key 'synthesis.swap_beta_max': expected a value in [0, 1), "
                           f"got {cfg.synthesis.swap_beta_max}")
+    scale = cfg.synthesis.extended_scale
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        raise ConfigError(f"config key 'synthesis.extended_scale': expected [min, max] with 0 < min <= max, "
+                          f"got {scale}")
     area = cfg.synthesis.swap_area
     if len(area) != 2 or not 0.0 < area[0] <= area[1] < 1.0:
         raise ConfigError(f"config key 'synthesis.swap_area': expected [min, max] with 0 < min <= max < 1, got {area}")
@@ -432,7 +439,8 @@ RETIRED_KEYS = {("prototypes", "match"): "image"}
 # and a run key (benchmarks/real_data.py) leaves one out while it has that value: adding an option orphans no
 # finished run and refuses no resume. Register each new option here with the value that reproduces the code
 # before it.
-ADDED_KEYS = {("synthesis", "structure_fraction"): 0.0, ("eval", "anomaly_map"): "head", ("eval", "knn_lift"): 0.99}
+ADDED_KEYS = {("synthesis", "structure_fraction"): 0.0, ("eval", "anomaly_map"): "head", ("eval", "knn_lift"): 0.99,
+              ("synthesis", "extended_scale"): [0.75, 1.25]}
 
 
 def with_added_keys(values: dict) -> dict:

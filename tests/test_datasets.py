@@ -321,6 +321,26 @@ def test_structural_samples_come_before_the_thin_curves_and_leave_every_other_dr
         cfg_for(tmp_path, **{"synthesis.structure_fraction": -0.1})
 
 
+def test_extended_scale_shrinks_only_the_pasted_defects(tmp_path):
+    """synthesis.extended_scale reaches the extended samples (a fixed 0.5 pastes smaller defects than the default
+    range, summed over all of them); every other sample keeps its draw; an empty or inverted range is refused."""
+    plain, ds = _without_and_with(tmp_path, {}, "synthesis.extended_scale", "[0.5,0.5]")
+    kinds = [ds.kind(i) for i in range(len(ds))]
+    assert kinds.count("extended") == 2 and len(ds) == len(plain)
+    area = {"plain": 0.0, "shrunk": 0.0}
+    for i, kind in enumerate(kinds):
+        if kind == "extended":
+            area["plain"] += float(plain[i]["mask"].sum())
+            area["shrunk"] += float(ds[i]["mask"].sum())
+        else:
+            assert torch.equal(ds[i]["image"], plain[i]["image"]) and torch.equal(ds[i]["mask"], plain[i]["mask"])
+    assert 0 < area["shrunk"] < 0.6 * area["plain"]
+    from prnet.config import ConfigError
+    for bad in ("[0.5]", "[1.0,0.5]", "[0,1]"):
+        with pytest.raises(ConfigError, match="extended_scale"):
+            cfg_for(tmp_path, **{"synthesis.extended_scale": bad})
+
+
 def _has_colour(item):
     img = item["image"]
     return float((img.max(0).values - img.min(0).values).max()) > 2 / 255

@@ -145,6 +145,23 @@ def test_extended_anomaly_pastes_only_inside_its_non_empty_mask():
         extended_anomaly(normal, defect, np.zeros((32, 32), np.float32), rng(0), match_context=False)
 
 
+def test_extended_anomaly_scale_range_sets_the_pasted_area():
+    """The warp's scale is U(scale): a fixed 0.5 pastes about a quarter of the defect's area, a fixed 1 all of it
+    (the elastic warp and the rotation move the count by a few pixels); the default is the former U(0.75, 1.25),
+    the same draws."""
+    normal = np.full((128, 128, 3), 0.5, np.float32)
+    defect = np.zeros((128, 128, 3), np.float32)
+    dmask = np.zeros((128, 128), np.float32)
+    dmask[44:84, 44:84] = 1  # 1600 pixels
+    areas = {s: [extended_anomaly(normal, defect, dmask, rng(k), match_context=False, scale=(s, s))[1].sum()
+                 for k in range(8)] for s in (0.5, 1.0)}
+    assert 0.2 * 1600 < np.median(areas[0.5]) < 0.3 * 1600
+    assert 0.9 * 1600 < np.median(areas[1.0]) < 1.1 * 1600
+    a, ma = extended_anomaly(normal, defect, dmask, rng(3), match_context=False)
+    b, mb = extended_anomaly(normal, defect, dmask, rng(3), match_context=False, scale=(0.75, 1.25))
+    assert np.array_equal(a, b) and np.array_equal(ma, mb)
+
+
 def test_context_offset_and_pastes_at_the_level_of_the_new_surroundings():
     # a dark defect (0.1 below its surface) cut from a bright tile (0.8), pasted on a dark tile (0.3)
     bright = np.full((64, 64, 3), 0.8, np.float32)

@@ -145,7 +145,8 @@ class TrainDataset(Dataset):
             else:
                 _, a_img, a_mask = self.anomalies[int(rng.integers(0, len(self.anomalies)))]
                 image, mask = extended_anomaly(normal, a_img.astype(np.float32) / 255.0, a_mask, rng,
-                                               match_context=self.synthesis.extended_match_context)
+                                               match_context=self.synthesis.extended_match_context,
+                                               scale=tuple(self.synthesis.extended_scale))
         return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
                 "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
                 "label": int(kind != "normal"), "kind": kind, "source": base}

@@ -453,9 +453,10 @@ class _Warp:
         return cv2.remap(src, map_x, map_y, interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def _random_warp(hw: tuple[int, int], rng: np.random.Generator) -> _Warp:
+def _random_warp(hw: tuple[int, int], rng: np.random.Generator, scale_range: tuple[float, float] = (0.75, 1.25)
+                 ) -> _Warp:
     """Random flips, 90° turns (180° only for a non-square image), affine (rotation U(±30°), translation U(±30 %),
-    scale U(0.75, 1.25), shear U(±10°) per axis) and, half of the time, an elastic warp, composed into one map."""
+    scale U(scale_range), shear U(±10°) per axis) and, half of the time, an elastic warp, composed into one map."""
     h, w = hw
     cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
     centre, uncentre = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]]), np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1]])
@@ -466,7 +467,7 @@ def _random_warp(hw: tuple[int, int], rng: np.random.Generator) -> _Warp:
     turn = np.array([[cos_k, -sin_k, 0], [sin_k, cos_k, 0], [0, 0, 1]]) @ np.diag([fx, fy, 1.0])
     angle = math.radians(float(rng.uniform(-30.0, 30.0)))
     tx, ty = float(rng.uniform(-0.3, 0.3) * w), float(rng.uniform(-0.3, 0.3) * h)
-    scale = float(rng.uniform(0.75, 1.25))
+    scale = float(rng.uniform(*scale_range))
     sx, sy = (math.radians(float(v)) for v in rng.uniform(-10.0, 10.0, size=2))
     # rotation-scale-shear as torchvision's affine builds it
     a = math.cos(angle - sy) / math.cos(sy)
@@ -506,7 +507,7 @@ def _jitter_colour(image: np.ndarray, rng: np.random.Generator, sample: Optional
 
 
 def extended_anomaly(normal: np.ndarray, defect_image: np.ndarray, defect_mask: np.ndarray,
-                     rng: np.random.Generator, *, match_context: bool,
+                     rng: np.random.Generator, *, match_context: bool, scale: tuple[float, float] = (0.75, 1.25),
                      max_tries: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Cut the defect of a real anomaly (RGB float H×W×3 + mask H×W), augment image and mask together (flips,
     90° turns, affine, elastic: one warp, bilinear for the image, nearest for the mask), jitter the colours and
@@ -516,7 +517,7 @@ def extended_anomaly(normal: np.ndarray, defect_image: np.ndarray, defect_mask: 
     carrying the brightness of the tile (and of the jitter) it was cut from. Same random draws either way.
     Only the window around the warped defect (its ring for `context_offset` and the blur's border included) is
     warped and jittered; the contrast pivot is the mean grey of the whole warped image, read on a 4-pixel grid.
-    Returns (image, non-empty float32 mask H×W)."""
+    `scale`: the warp's scale range (linear). Returns (image, non-empty float32 mask H×W)."""
     if normal.shape != defect_image.shape or defect_mask.shape != defect_image.shape[:2]:
         raise ValueError(f"extended_anomaly: shapes differ: normal {normal.shape}, defect {defect_image.shape}, "
                          f"mask {defect_mask.shape}")
@@ -528,7 +529,7 @@ def extended_anomaly(normal: np.ndarray, defect_image: np.ndarray, defect_mask: 
     source_mask = (defect_mask > 0).astype(np.uint8)
     margin = max(2, int(round(0.03 * min(h, w)))) + 2  # context_offset's ring width + the blur's border
     for _ in range(max_tries):
-        warp = _random_warp((h, w), rng)
+        warp = _random_warp((h, w), rng, scale)
         m = warp.sample(source_mask, full, cv2.INTER_NEAREST) > 0
         if m.any():
             box = _box(m, margin)
