@@ -453,7 +453,10 @@ class _Warp:
         return cv2.remap(src, map_x, map_y, interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def _random_warp(hw: tuple[int, int], rng: np.random.Generator, scale_range: tuple[float, float] = (0.75, 1.25)
+WARP_SCALE = (0.75, 1.25)  # the pasted defect's default scale range (config: synthesis.extended_scale)
+
+
+def _random_warp(hw: tuple[int, int], rng: np.random.Generator, scale_range: tuple[float, float] = WARP_SCALE
                  ) -> _Warp:
     """Random flips, 90° turns (180° only for a non-square image), affine (rotation U(±30°), translation U(±30 %),
     scale U(scale_range), shear U(±10°) per axis) and, half of the time, an elastic warp, composed into one map."""
@@ -507,7 +510,7 @@ def _jitter_colour(image: np.ndarray, rng: np.random.Generator, sample: Optional
 
 
 def extended_anomaly(normal: np.ndarray, defect_image: np.ndarray, defect_mask: np.ndarray,
-                     rng: np.random.Generator, *, match_context: bool, scale: tuple[float, float] = (0.75, 1.25),
+                     rng: np.random.Generator, *, match_context: bool, scale: tuple[float, float] = WARP_SCALE,
                      max_tries: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Cut the defect of a real anomaly (RGB float H×W×3 + mask H×W), augment image and mask together (flips,
     90° turns, affine, elastic: one warp, bilinear for the image, nearest for the mask), jitter the colours and
