@@ -8,6 +8,7 @@ A rule broken on the proxies scored so far decides the round; passing needs both
         pv_magnetic_tile/proxy_validation.json [--out decision.json]
 """
 import argparse
+import importlib.util
 import json
 import os
 
@@ -15,17 +16,16 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROXIES = {"bsdata": "bs", "magnetic_tile": "mt"}
-SEEDS = ("", "-seed1")
-SCORE = "zsum0.25k25"
-GAIN = "tiny_real_pastes"
-HARM = ["all", "perlin_unseen_textures", "extended_unseen_defects", "extended_in_context", "small_unseen_spots",
-        "swap_unseen_shapes", "real_defects"]
-PIXEL = ("pixel_auroc", "aupro")
+# round 25's score, groups and file loader: the same rules' vocabulary
+_spec = importlib.util.spec_from_file_location("round25_decide", os.path.join(HERE, "..", "round25", "decide.py"))
+r25 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(r25)
+SCORE, GAIN, HARM, PIXEL = r25.SCORE, r25.GAIN, r25.HARM, r25.PIXEL
 
 
 def load(short: str, variant: str) -> list:
     """The score files Y_<short>_<variant><seed>.json here, seed 0 first."""
-    return [json.load(open(os.path.join(HERE, f"Y_{short}_{variant}{s}.json"))) for s in SEEDS]
+    return r25.load(HERE, f"Y_{short}_{variant}")
 
 
 def train_minutes(paths: list) -> dict:
