@@ -318,17 +318,14 @@ def shrunk_paste(normal: np.ndarray, defect_image: np.ndarray, defect_mask: np.n
     covers about a fraction a ~ U(area) of the image, shifted to the level of the new surroundings
     (context_offset over a 2-pixel ring) and pasted into `normal` at a random place. Returns (image, non-empty
     float32 {0,1} mask), both of normal's size; the pixels outside the mask are normal's."""
-    from prnet.datasets.synthesis import context_offset
+    from prnet.datasets.synthesis import _box, context_offset
 
     h, w = normal.shape[:2]
     m = defect_mask > 0
     if not m.any():
         raise ValueError("shrunk_paste: the defect's mask is empty")
     f = min(1.0, float(np.sqrt(rng.uniform(*area) * h * w / m.sum())))
-    margin = int(np.ceil(3.0 / f))  # 3 pixels of surroundings after shrinking
-    rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-    y0, y1 = max(0, rows[0] - margin), min(m.shape[0], rows[-1] + 1 + margin)
-    x0, x1 = max(0, cols[0] - margin), min(m.shape[1], cols[-1] + 1 + margin)
+    y0, y1, x0, x1 = _box(m, int(np.ceil(3.0 / f)))  # 3 pixels of surroundings after shrinking
     size = (max(1, min(w, int(round((x1 - x0) * f)))), max(1, min(h, int(round((y1 - y0) * f)))))  # (w, h)
     crop = cv2.resize(np.ascontiguousarray(defect_image[y0:y1, x0:x1], np.float32), size, interpolation=cv2.INTER_AREA)
     soft = cv2.resize(m[y0:y1, x0:x1].astype(np.float32), size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0])
