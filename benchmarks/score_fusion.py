@@ -51,6 +51,10 @@ and scores these rules (no test label is used by any of them; the normal-image s
   or 99.9th (pq999) percentile of p over every pixel of the normal training images' maps. The distance can lift a
   pixel by at most q, the head's own upper range on normal surface: it reorders the pixels the head leaves within
   that range and cannot pass a pixel the head marks well above it; scored at pixel level;
+- with --knn-size H,W (round 28): knns, the nearest-neighbour score s_knn read at H×W instead of the run's image
+  size (its own memory of the normal training images read at that size, each training image held out as above), and
+  zsum0.25k25s, the default image score (zsum0.25k25) with that score in place of s_knn: the distance to normal
+  reads the image at its own aspect, the head as trained;
 - with --flips, flip2 / flip4: the head run on its inputs mirrored left-right (flip2) or also up-down and both
   (flip4), each map mirrored back and the probabilities averaged (p̄), scored as map0.5 (top-k mean of p̄ · r^0.5);
   their pixel metrics are p̄'s. The backbone and the prototype match run once (PRNet.encode), the head per mirror.
@@ -84,6 +88,7 @@ from prnet.metrics import compute_metrics, image_auroc
 from prnet.provenance import provenance
 from prnet.utils import atomic_write, resolve_device, setup_logging
 from proxy_validation import EXTENDED, PERLIN, SYNTHETIC
+from real_data import parse_size
 
 log = logging.getLogger("score_fusion")
 
@@ -91,6 +96,7 @@ EPS = 1e-8
 KNN_WEIGHTS = (0.25, 0.5)  # the zsum<w> rules: the released score's z plus w times the distance's z
 PER_IMAGE_RULES = ("pmed", "map0.5med", "knnmed", "prank", "map0.5rank", "knnrank")  # per_image_maps' maps
 TOPK_RULES = {"zsum0.25k10": (0.25, 10), "zsum0.25k25": (0.25, 25)}  # name -> (distance weight, top-k of s_m)
+SIZED_RULES = {"zsum0.25k25s": (0.25, 25)}  # --knn-size: as TOPK_RULES, s_knn read at that size
 PIXEL_WEIGHTS = (0.25, 0.5, 1.0)  # the pz<w> maps: the head map's pixel z plus w times the distance map's
 CDF_QUANTILES = {"pq99": 0.99, "pq999": 0.999}  # the pq<q> maps: p + (this percentile of normal p) · F(d_knn)
 CDF_SAMPLE = 1_000_000  # training pixels sampled (seed 0) for the distance's distribution function
@@ -252,9 +258,11 @@ def quantile_lifts(p_test: np.ndarray, p_train: np.ndarray, k_test: np.ndarray, 
 
 
 def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: np.ndarray, k: int,
-          fused: dict | None = None, knn: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+          fused: dict | None = None, knn: tuple[np.ndarray, np.ndarray] | None = None,
+          knn_sized: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Image scores of every rule for the test images (see the module docstring); `fused`: fused_maps(p_test,
-    r_test) when the caller has them already; `knn`: (test, held-out training) nearest-neighbour image scores."""
+    r_test) when the caller has them already; `knn`: (test, held-out training) nearest-neighbour image scores;
+    `knn_sized`: the same read at --knn-size."""
     sp, sr = topk_mean(p_test, k), topk_mean(r_test, k)
     tp, tr = topk_mean(p_train, k), topk_mean(r_train, k)
     lp, lr = np.log(sp + EPS), np.log(sr + EPS)
@@ -275,7 +283,26 @@ def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: 
             out[f"zsum{w:g}"] = zm + w * zk
         for name, (w, k_m) in TOPK_RULES.items():
             out[name] = zscores(topk_mean(fused["map0.5"], k_m), topk_mean(m_train, k_m)) + w * zk
+    if knn_sized is not None:
+        m_train = p_train * np.sqrt(r_train)
+        out["knns"] = knn_sized[0]
+        for name, (w, k_m) in SIZED_RULES.items():
+            out[name] = (zscores(topk_mean(fused["map0.5"], k_m), topk_mean(m_train, k_m))
+                         + w * zscores(*knn_sized))
     return out
+
+
+def sized_knn_scores(cfg, test_cfg, category: str, size, device: torch.device, batch: int,
+                     names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """knn_scores with the normal training and test images read at `size` (an int or [h, w]) instead of the run's
+    image size; the test images must be `names`, in that order (the run's own test set)."""
+    cfg_k, test_k = copy.deepcopy(cfg), copy.deepcopy(test_cfg)
+    cfg_k.data.image_size = test_k.data.image_size = size
+    test, train = build_test_dataset(test_k, category), normal_train_set(cfg_k, category)
+    if [s.name for s in test.samples] != list(names):
+        raise SystemExit(f"--knn-size {size}: the test images read at that size are not the run's")
+    scores_test, scores_train, _, _ = knn_scores(cfg_k, train, test, device, batch, train_maps=False)
+    return scores_test, scores_train
 
 
 def knn_scores(cfg, train, test, device: torch.device, batch: int,
@@ -341,6 +368,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rules", type=lambda t: [r for r in t.split(",") if r],
                    help="score and report only these rules, e.g. prnet,map0.5 (a test split is scored with the rule "
                         "chosen on validation data and the released one, no other)")
+    p.add_argument("--knn-size", type=parse_size, metavar="H,W",
+                   help="also read the nearest-neighbour score at this size (rules knns and zsum0.25k25s)")
     p.add_argument("--flips", action="store_true",
                    help="add the rules flip2 and flip4: the head's map averaged over mirrored inputs (see FLIPS), "
                         "scored as map0.5; their pixel metrics are the averaged map's")
@@ -392,7 +421,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             knn_map.update(pixel_fusions(p_test, p_train, knn_map["knn"], knn_maps_train))
             knn_map.update(quantile_lifts(p_test, p_train, knn_map["knn"], knn_maps_train))
         del knn_maps_train
-    scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk, fused, knn)
+    knn_sized = None
+    if args.knn_size is not None:
+        knn_sized = sized_knn_scores(cfg, test_cfg, category, args.knn_size, device, args.batch,
+                                     [s.name for s in test.samples])
+    scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk, fused, knn, knn_sized)
     shifted = {}  # six more test-set maps: made only when a rule asks for them (or no --rules)
     if not args.rules or set(args.rules) & set(PER_IMAGE_RULES):
         shifted = per_image_maps(p_test, fused["map0.5"], p_train, r_train, cfg.eval.topk, cfg.eval.knn_weight,

@@ -86,6 +86,28 @@ def test_the_trained_run_scores_with_the_validated_rule(knn_run):
     assert image_auroc(zero, out["labels"]) == pytest.approx(image_auroc(released, out["labels"]))
 
 
+def test_score_fusion_reads_the_distance_at_another_size(knn_run):
+    """--knn-size (round 28): at the run's own size the read-again score is the run's distance and zsum0.25k25s is
+    zsum0.25k25; at another size the distance comes from images read at that size (its own memory)."""
+    import score_fusion
+
+    ckpt, _ = knn_run
+    out = os.path.join(os.path.dirname(ckpt), "sized.json")
+    rules = "knn,knns,zsum0.25k25,zsum0.25k25s"
+    got = {}
+    for size in ("64", "64,128"):
+        assert score_fusion.main(["--checkpoint", ckpt, "--rules", rules, "--per-image", "--knn-size", size,
+                                  "--out", out]) == 0
+        images = json.load(open(out))["images"]
+        got[size] = {r: np.array([im["scores"][r] for im in images]) for r in rules.split(",")}
+    same, wide = got["64"], got["64,128"]
+    np.testing.assert_allclose(same["knns"], same["knn"], rtol=1e-5)
+    np.testing.assert_allclose(same["zsum0.25k25s"], same["zsum0.25k25"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(wide["knn"], same["knn"])  # the run's own distance does not move
+    assert np.abs(wide["knns"] - same["knns"]).max() > 1e-3  # read at 64×128: another memory, other distances
+    assert not np.allclose(wide["zsum0.25k25s"], wide["zsum0.25k25"])
+
+
 def test_a_checkpoint_without_it_gets_the_same_score_from_its_prototype_file(knn_run, caplog):
     """attach_knn_score (real_data.py --rescore): a model without the score gets the one training made; one made
     for another eval.topk is made again; training images edited since the run are reported."""
