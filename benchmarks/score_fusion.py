@@ -61,7 +61,8 @@ and scores these rules (no test label is used by any of them; the normal-image s
 
 Prints image AUROC per rule (per test defect type too) and the five metrics of prnet, residual, map<a>, flip* and
 knn (the baseline's own map); `--pixel-groups` adds every map's pixel AUROC and AUPRO per group;
-`--out` writes them as JSON (`--per-image`: with every test image's scores). `--subsets` groups defect types as
+`--out` writes them as JSON (`--per-image`: with every test image's scores, and the fused rules' raw parts for the
+test and the held-out training images, `raw_parts`). `--subsets` groups defect types as
 proxy_validation.py does and adds `real_defects`: the normals and every real defect image of the proxy that the run
 did not train on (its `real_unseen_defects`, and for a run without real anomalies the other half too), pooled.
 """
@@ -292,6 +293,23 @@ def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: 
     return out
 
 
+def raw_parts(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: np.ndarray, k: int,
+              knn: tuple[np.ndarray, np.ndarray] | None = None,
+              knn_sized: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """{part: (test values, held-out training values)}: s_m_k<k> (the top-k mean of map0.5's p · r^0.5, for the run's
+    eval.topk `k` and the k of every TOPK_RULES and SIZED_RULES rule) and the nearest-neighbour scores s_knn and, with
+    --knn-size, s_knns; the zsum rules are z(log s_m_k<k>) + w · z(log s_knn[s]) with z from the training values
+    (zscores)."""
+    m_test, m_train = p_test * np.sqrt(r_test), p_train * np.sqrt(r_train)
+    ks = sorted({k, *(k_m for _, k_m in TOPK_RULES.values()), *(k_m for _, k_m in SIZED_RULES.values())})
+    out = {f"s_m_k{kk}": (topk_mean(m_test, kk), topk_mean(m_train, kk)) for kk in ks}
+    if knn is not None:
+        out["s_knn"] = knn
+    if knn_sized is not None:
+        out["s_knns"] = knn_sized
+    return out
+
+
 def sized_knn_scores(cfg, test_cfg, category: str, size, device: torch.device, batch: int,
                      names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """knn_scores with the normal training and test images read at `size` (an int or [h, w]) instead of the run's
@@ -477,6 +495,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["images"] = [{"name": smp.name, "defect": smp.defect, "label": int(smp.label),
                              "scores": {name: float(s[i]) for name, s in scores.items()}}
                             for i, smp in enumerate(test.samples)]
+        # the fused rules' raw parts, test and held-out training images: other weights can be scored from them
+        parts = raw_parts(p_test, r_test, p_train, r_train, cfg.eval.topk, knn, knn_sized)
+        result["raw_parts"] = {side: {name: [float(x) for x in v[i]] for name, v in parts.items()}
+                               for i, side in enumerate(("test", "train"))}
     if args.out:
         atomic_write(args.out, lambda tmp: json.dump(result, open(tmp, "w", encoding="utf-8"), indent=2))
     return 0

@@ -94,18 +94,26 @@ def test_score_fusion_reads_the_distance_at_another_size(knn_run):
     ckpt, _ = knn_run
     out = os.path.join(os.path.dirname(ckpt), "sized.json")
     rules = "knn,knns,zsum0.25k25,zsum0.25k25s"
-    got = {}
+    got, parts = {}, {}
     for size in ("64", "64,128"):
         assert score_fusion.main(["--checkpoint", ckpt, "--rules", rules, "--per-image", "--knn-size", size,
                                   "--out", out]) == 0
-        images = json.load(open(out))["images"]
-        got[size] = {r: np.array([im["scores"][r] for im in images]) for r in rules.split(",")}
+        written = json.load(open(out))
+        got[size] = {r: np.array([im["scores"][r] for im in written["images"]]) for r in rules.split(",")}
+        parts[size] = written["raw_parts"]
     same, wide = got["64"], got["64,128"]
     np.testing.assert_allclose(same["knns"], same["knn"], rtol=1e-5)
     np.testing.assert_allclose(same["zsum0.25k25s"], same["zsum0.25k25"], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(wide["knn"], same["knn"])  # the run's own distance does not move
     assert np.abs(wide["knns"] - same["knns"]).max() > 1e-3  # read at 64×128: another memory, other distances
     assert not np.allclose(wide["zsum0.25k25s"], wide["zsum0.25k25"])
+    # the raw parts give the fused rules back (and so any other weight): z from the held-out training values
+    raw = parts["64,128"]
+    assert {"s_m_k10", "s_m_k25"} <= set(raw["test"]) and len(raw["train"]["s_m_k25"]) == len(raw["train"]["s_knns"])
+    z = {n: score_fusion.zscores(np.array(raw["test"][n]), np.array(raw["train"][n])) for n in raw["test"]}
+    np.testing.assert_allclose(z["s_m_k25"] + 0.25 * z["s_knns"], wide["zsum0.25k25s"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(z["s_m_k25"] + 0.25 * z["s_knn"], wide["zsum0.25k25"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(raw["test"]["s_knns"], wide["knns"])
 
 
 def test_a_checkpoint_without_it_gets_the_same_score_from_its_prototype_file(knn_run, caplog):
