@@ -274,22 +274,24 @@ def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: 
     fused = fused if fused is not None else fused_maps(p_test, r_test)
     for name, m in fused.items():
         out[name] = topk_mean(m, k)
+    m_train = p_train * np.sqrt(r_train)
+
+    def z_m(k_m: int) -> np.ndarray:  # z(log s_m) with s_m the top-k_m mean of map0.5
+        return zscores(topk_mean(fused["map0.5"], k_m), topk_mean(m_train, k_m))
+
     if knn is not None:
         out["knn"] = knn[0]
         out["zknn"] = zsum((sp, tp), knn)
-        m_train = p_train * np.sqrt(r_train)
-        zm, zk = zscores(out["map0.5"], topk_mean(m_train, k)), zscores(*knn)
+        zm, zk = z_m(k), zscores(*knn)
         out["zsum"], out["zmax"] = zm + zk, np.maximum(zm, zk)
         for w in KNN_WEIGHTS:
             out[f"zsum{w:g}"] = zm + w * zk
         for name, (w, k_m) in TOPK_RULES.items():
-            out[name] = zscores(topk_mean(fused["map0.5"], k_m), topk_mean(m_train, k_m)) + w * zk
+            out[name] = z_m(k_m) + w * zk
     if knn_sized is not None:
-        m_train = p_train * np.sqrt(r_train)
         out["knns"] = knn_sized[0]
         for name, (w, k_m) in SIZED_RULES.items():
-            out[name] = (zscores(topk_mean(fused["map0.5"], k_m), topk_mean(m_train, k_m))
-                         + w * zscores(*knn_sized))
+            out[name] = z_m(k_m) + w * zscores(*knn_sized)
     return out
 
 
