@@ -1,0 +1,57 @@
+"""Round 29's rules (docs/experiments.md): the default image score plus the head's second read at 256x640
+(`zsum0.25k25w0.5`) against the default (`zsum0.25k25`), on the same runs: the BSData proxy built at 256x640, models
+trained at 256x256 with 0 real anomalies (`z256`, seeds 1 and 2) and with 5 (`fs256`, seeds 0 and 1). `z256` seed 0
+was looked at before the rules (the diagnostic that chose the weight) and is reported, not judged. The score files
+S_bs_<run>.json here hold both rules of every run.
+
+    python docs/results/round29/decide.py [--out decision.json]
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GAIN = "tiny_real_pastes"
+HARM = ["all", "perlin_unseen_textures", "extended_unseen_defects", "extended_in_context", "small_unseen_spots",
+        "tiny_unseen_spots", "swap_unseen_shapes", "real_defects"]
+REFERENCE, CANDIDATE = "zsum0.25k25", "zsum0.25k25w0.5"
+JUDGED = {"0 real anomalies": ["z256-seed1", "z256-seed2"], "5 real anomalies": ["fs256", "fs256-seed1"]}
+LOOKED_AT = ["z256"]
+
+
+def differences(run: str) -> dict:
+    f = json.load(open(os.path.join(HERE, f"S_bs_{run}.json")))
+    return {g: f["image_auroc"][CANDIDATE][g] - f["image_auroc"][REFERENCE][g] for g in [GAIN] + HARM}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", help="write the decision here as JSON")
+    args = ap.parse_args()
+    per_run = {r: differences(r) for runs in JUDGED.values() for r in runs}
+    diff = {s: {g: float(np.mean([per_run[r][g] for r in runs])) for g in [GAIN] + HARM} for s, runs in JUDGED.items()}
+    rules = {"1": {f"{s}: {GAIN} >= +0.02": diff[s][GAIN] >= 0.02 for s in JUDGED},
+             "2": {f"{s}: {g} >= -0.005": diff[s][g] >= -0.005 for s in JUDGED for g in HARM}}
+    passes = all(v for part in rules.values() for v in part.values())
+    for s, runs in JUDGED.items():
+        print(f"{s}: {CANDIDATE} - {REFERENCE}, image AUROC, mean of {' and '.join(runs)} (each):")
+        for g, x in diff[s].items():
+            print(f"  {g:26s} {x:+.4f}  ({' '.join(f'{per_run[r][g]:+.4f}' for r in runs)})")
+    looked = {r: differences(r) for r in LOOKED_AT}
+    for r, d in looked.items():
+        print(f"not judged, looked at before the rules: {r}: " + ", ".join(f"{g} {x:+.4f}" for g, x in d.items()))
+    for name, part in rules.items():
+        broken = [k for k, v in part.items() if not v]
+        print(f"  rule {name}: {'holds' if not broken else 'fails: ' + '; '.join(broken)}")
+    verdict = "the second read (default auto) enters the library" if passes else "nothing changes"
+    print(f"  verdict: {verdict}")
+    if args.out:
+        json.dump({"image_auroc_diff": diff, "per_run": per_run, "looked_at": looked,
+                   "rules": {k: {n: bool(v) for n, v in part.items()} for k, part in rules.items()},
+                   "passes": passes, "verdict": verdict}, open(args.out, "w"), indent=2)
+
+
+if __name__ == "__main__":
+    main()
