@@ -18,6 +18,9 @@ HARM = ["all", "perlin_unseen_textures", "extended_unseen_defects", "extended_in
         "tiny_unseen_spots", "swap_unseen_shapes", "real_defects"]
 REFERENCE, CANDIDATE = "zsum0.25k25", "zsum0.25k25w0.5"
 JUDGED = {"0 real anomalies": ["z256-seed1", "z256-seed2"], "5 real anomalies": ["fs256", "fs256-seed1"]}
+# round 30 (docs/experiments.md): round 29's rules on these runs, round 29's judged runs pooled with one more seed each
+JUDGED_30 = {"0 real anomalies": ["z256-seed1", "z256-seed2", "z256-seed3"],
+             "5 real anomalies": ["fs256", "fs256-seed1", "fs256-seed2"]}
 LOOKED_AT = ["z256"]
 
 
@@ -29,13 +32,16 @@ def differences(run: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="write the decision here as JSON")
+    ap.add_argument("--round", type=int, choices=(29, 30), default=29, help="30: the pooled re-test")
     args = ap.parse_args()
-    per_run = {r: differences(r) for runs in JUDGED.values() for r in runs}
-    diff = {s: {g: float(np.mean([per_run[r][g] for r in runs])) for g in [GAIN] + HARM} for s, runs in JUDGED.items()}
-    rules = {"1": {f"{s}: {GAIN} >= +0.02": diff[s][GAIN] >= 0.02 for s in JUDGED},
-             "2": {f"{s}: {g} >= -0.005": diff[s][g] >= -0.005 for s in JUDGED for g in HARM}}
+    judged = JUDGED if args.round == 29 else JUDGED_30
+    per_run = {r: differences(r) for runs in judged.values() for r in runs}
+    diff = {s: {g: float(np.mean([per_run[r][g] for r in runs])) for g in [GAIN] + HARM} for s, runs in judged.items()}
+    rules = {"1": {f"{s}: {GAIN} >= +0.02": diff[s][GAIN] >= 0.02 for s in judged},
+             "2": {f"{s}: {g} >= -0.005": diff[s][g] >= -0.005 for s in judged for g in HARM}}
     passes = all(v for part in rules.values() for v in part.values())
-    for s, runs in JUDGED.items():
+    print(f"round {args.round}")
+    for s, runs in judged.items():
         print(f"{s}: {CANDIDATE} - {REFERENCE}, image AUROC, mean of {' and '.join(runs)} (each):")
         for g, x in diff[s].items():
             print(f"  {g:26s} {x:+.4f}  ({' '.join(f'{per_run[r][g]:+.4f}' for r in runs)})")
@@ -48,7 +54,7 @@ def main() -> None:
     verdict = "the second read (default auto) enters the library" if passes else "nothing changes"
     print(f"  verdict: {verdict}")
     if args.out:
-        json.dump({"image_auroc_diff": diff, "per_run": per_run, "looked_at": looked,
+        json.dump({"round": args.round, "image_auroc_diff": diff, "per_run": per_run, "looked_at": looked,
                    "rules": {k: {n: bool(v) for n, v in part.items()} for k, part in rules.items()},
                    "passes": passes, "verdict": verdict}, open(args.out, "w"), indent=2)
 
