@@ -1,6 +1,7 @@
 """Build the k-means prototype bank of every category: features of the normal training images, k-means per
-scale, saved under prototypes.dir. A category whose file exists and matches is skipped; a stale file (other data or
-settings) is refused with the command that rebuilds it (--force).
+scale, saved under prototypes.dir; where the image score reads the images a second time at another size
+(eval.second_read), the bank at that size too. A file that exists and matches is skipped; a stale file (other data
+or settings) is refused with the command that rebuilds it (--force).
 
     python create_proto_feature_maps.py --config configs/demo.yaml [--force] [key=value ...]
 """
@@ -54,25 +55,32 @@ def main(argv: list[str] | None = None) -> int:
 
     from prnet.engine.prototypes import (PrototypeMismatchError, build_category_prototypes, load_matching,
                                          make_backbone, prototype_path)
+    from prnet.engine.second_read import second_read_config, with_second_read
+    jobs = []  # (config, category): the run's bank, then the second read's where it has one
+    for category in classes:
+        jobs.append((cfg, category))
+        resolved = with_second_read(cfg, category)
+        if isinstance(resolved.eval.second_read, list) and resolved.eval.image_score == "map_residual_knn":
+            jobs.append((second_read_config(resolved), category))
     todo = []
-    for category in classes:  # a stale file is refused before anything is built
-        path = prototype_path(cfg, category)
+    for job_cfg, category in jobs:  # a stale file is refused before anything is built
+        path = prototype_path(job_cfg, category)
         if os.path.isfile(path) and not args.force:
             try:
-                load_matching(cfg, category)
+                load_matching(job_cfg, category)
                 log.info("%s: %s exists and matches; skipped (use --force to rebuild)", category, path)
                 continue
             except (PrototypeMismatchError, RuntimeError) as e:
                 print(f"error: {e}; rebuild it with: {rebuild_command(argv)}", file=sys.stderr)
                 return 2
-        todo.append(category)
+        todo.append((job_cfg, category))
     log.info("resolved config:\n%s", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     out_dir = os.path.dirname(prototype_path(cfg, classes[0]))
     os.makedirs(out_dir, exist_ok=True)
     dump_config(cfg, os.path.join(out_dir, "config.yaml"))
 
     backbone = None
-    for category in todo:
+    for job_cfg, category in todo:
         if backbone is None:
             try:
                 backbone = make_backbone(cfg).to(device)
@@ -80,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
         t0 = time.perf_counter()
-        bank = build_category_prototypes(cfg, category, device, backbone=backbone)
+        bank = build_category_prototypes(job_cfg, category, device, backbone=backbone)
         log.info("%s: %d images, K=%s, %.1f s -> %s", category, bank.meta["num_images"], bank.meta["k"],
-                 time.perf_counter() - t0, prototype_path(cfg, category))
+                 time.perf_counter() - t0, prototype_path(job_cfg, category))
     return 0
 
 

@@ -502,6 +502,7 @@ def run_variant(args, info: dict, name: str, extra: list[str], previous: dict | 
     device = resolve_device(args.device)
     model, cfg, _ = model_from_checkpoint(ckpt, device)
     cfg.eval.sigma = 0.0  # raw maps: the σ / top-k rules are applied below
+    cfg.eval.second_read = "none"  # those rules score the maps; the second read adds only to the released score
     test = build_test_dataset(cfg, info["category"])
     raw = run_inference(model, test, cfg, device, progress=False)
     defects = np.array([s.defect for s in test.samples])

@@ -227,11 +227,14 @@ def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> di
 
 def eval_settings(eval_cfg) -> dict:
     """The evaluation settings a stored evaluation is keyed by: all of eval.*, but eval.knn_weight only where it is
-    used (eval.image_score=map_residual_knn) and eval.anomaly_map and eval.knn_lift only with the map head_knn, so
-    that evaluations stored before they existed keep their key."""
+    used (eval.image_score=map_residual_knn), eval.anomaly_map and eval.knn_lift only with the map head_knn, and
+    eval.second_read and eval.second_weight only with a second read, so that evaluations stored before they existed
+    keep their key."""
     settings = dataclasses.asdict(eval_cfg)
     if settings["image_score"] != "map_residual_knn":
         del settings["knn_weight"]
+    if settings["second_read"] == "none" or settings["image_score"] != "map_residual_knn":
+        del settings["second_read"], settings["second_weight"]
     if settings["anomaly_map"] == "head":
         del settings["anomaly_map"], settings["knn_lift"]
     return settings
@@ -243,6 +246,7 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
     from prnet.engine.checkpoint import model_from_checkpoint
     from prnet.engine.evaluator import evaluate
     from prnet.engine.knn_calibration import attach_knn_score
+    from prnet.engine.second_read import attach_second_read, with_second_read
     from prnet.models.prnet import needs_knn
     from prnet.engine.prototypes import attach_residual_means
     from prnet.provenance import provenance
@@ -266,6 +270,8 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
         trained = train_prnet(ov, run_dir, ds.category, args.rescore)
         model, cfg, _ = model_from_checkpoint(os.path.join(run_dir, ds.category, "last.pt"), device)
         cfg.eval = eval_cfg
+        cfg = with_second_read(cfg, ds.category)  # auto resolved as when the run started
+        attach_second_read(model, cfg, ds.category, device)  # a run trained with other evaluation settings
         if cfg.eval.image_score != "map":
             attach_residual_means(model, cfg, ds.category, device)  # a run trained before they were stored
         if needs_knn(cfg):

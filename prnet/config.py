@@ -169,6 +169,13 @@ class EvalConfig:
     # is the head's either way.
     anomaly_map: str = "head_knn"
     knn_lift: float = 0.99  # head_knn: the percentile of the head's map on normal training pixels that bounds the lift
+    # map_residual_knn: the head's second read of each image at another size [h, w] (prnet.models.second_read),
+    # added to the score as second_weight · z(log s_w); auto: when data.image_size is square and the normal training
+    # images' median aspect is at least 1.5:1, the same short side and the long side from that aspect (a multiple of
+    # 32), otherwise none. Resolved when training starts; the checkpoint's config holds the size. Not the default:
+    # validation rounds 29-30 (docs/experiments.md).
+    second_read: Union[list[int], str] = "none"
+    second_weight: float = 0.5  # the second read's weight (chosen on validation data, round 29)
     sigma: float = 0.0  # Gaussian smoothing of the map before scoring (0: none; see configs/default.yaml)
     batch_size: int = 16
     examples: int = 12  # images in examples.png
@@ -206,6 +213,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.image_score": ("map", "map_residual", "map_residual_knn"),
     "eval.anomaly_map": ("head", "head_knn"),
 }
+SECOND_READ_WORDS = ("auto", "none")  # eval.second_read's words; otherwise [h, w]
 OPEN_CHOICES: dict[str, Callable[[Any], bool]] = {
     "model.backbone_weights": lambda v: isinstance(v, str) and ("/" in v or "." in v),
     "train.device": lambda v: isinstance(v, str) and v.split(":")[0] in ("cuda", "mps") and v.count(":") == 1
@@ -361,6 +369,23 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'eval.target_fpr': expected a rate in (0, 1), got {cfg.eval.target_fpr}")
     if not (cfg.eval.knn_weight >= 0.0 and math.isfinite(cfg.eval.knn_weight)):
         raise ConfigError(f"config key 'eval.knn_weight': expected a finite weight >= 0, got {cfg.eval.knn_weight}")
+    second = cfg.eval.second_read
+    if isinstance(second, str) and second not in SECOND_READ_WORDS:
+        raise ConfigError(f"config key 'eval.second_read': expected {_or(list(SECOND_READ_WORDS))} or [h, w], "
+                          f"got {second!r}")
+    if isinstance(second, list):
+        if len(second) != 2 or any(s < 32 or s % 32 for s in second):
+            raise ConfigError(f"config key 'eval.second_read': expected [h, w] with sides that are multiples of 32 "
+                              f"(>= 32), got {second!r}")
+        if cfg.eval.image_score != "map_residual_knn":
+            raise ConfigError(f"config key 'eval.second_read': a size needs eval.image_score=map_residual_knn (the "
+                              f"score it joins), got {cfg.eval.image_score}")
+        if cfg.prototypes.patch_memory > 0:
+            raise ConfigError("config key 'eval.second_read': a size cannot be combined with prototypes.patch_memory "
+                              "(the second read has no patch memory); set eval.second_read=none")
+    if not (cfg.eval.second_weight >= 0.0 and math.isfinite(cfg.eval.second_weight)):
+        raise ConfigError(f"config key 'eval.second_weight': expected a finite weight >= 0, got "
+                          f"{cfg.eval.second_weight}")
     if not 0.0 < cfg.eval.knn_lift < 1.0:
         raise ConfigError(f"config key 'eval.knn_lift': expected a percentile level in (0, 1), got {cfg.eval.knn_lift}")
     if cfg.eval.threshold == "holdout_fpr" and cfg.data.holdout_normal <= 0:
@@ -440,7 +465,8 @@ RETIRED_KEYS = {("prototypes", "match"): "image"}
 # finished run and refuses no resume. Register each new option here with the value that reproduces the code
 # before it.
 ADDED_KEYS = {("synthesis", "structure_fraction"): 0.0, ("eval", "anomaly_map"): "head", ("eval", "knn_lift"): 0.99,
-              ("synthesis", "extended_scale"): [0.75, 1.25]}
+              ("synthesis", "extended_scale"): [0.75, 1.25], ("eval", "second_read"): "none",
+              ("eval", "second_weight"): 0.5}
 
 
 def with_added_keys(values: dict) -> dict:

@@ -8,8 +8,9 @@
 
 Inputs: a file path, a PIL image, or a numpy array (H×W, H×W×3, H×W×4 RGB(A), uint8 or float in [0, 1]), of
 any size; grey and RGBA become RGB. Each image is resized to the training size (as the training and evaluation
-data are), scored there (the image score is the one evaluation computes), and its anomaly map is upsampled
-bilinearly to the input's original resolution. The decision is `score >= threshold`, with the threshold stored in
+data are), scored there (the image score is the one evaluation computes; a model with a second read,
+eval.second_read, also reads it resized to that size), and its anomaly map is upsampled bilinearly to the input's
+original resolution. The decision is `score >= threshold`, with the threshold stored in
 the checkpoint at training time unless one is given; a checkpoint without one and no threshold given: decision
 None.
 """
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from prnet.config import Config, image_hw
 from prnet.datasets.mvtec import DatasetError, load_rgb, to_rgb
 from prnet.engine.checkpoint import model_from_checkpoint
-from prnet.engine.evaluator import predict_maps
+from prnet.engine.evaluator import predict_maps, second_weight_of
 from prnet.utils import resolve_device
 
 DEFAULT_THRESHOLD_RULE = "train_max"  # the rule of checkpoints that do not name theirs
@@ -104,6 +105,8 @@ class Detector:
         self.image_score, self.knn_weight = cfg.eval.image_score, cfg.eval.knn_weight
         self.anomaly_map, self.knn_lift = cfg.eval.anomaly_map, cfg.eval.knn_lift
         self.channels_last = cfg.train.channels_last
+        self.second_weight = second_weight_of(cfg)
+        self.second_size = None if self.second_weight is None else tuple(cfg.eval.second_read)
         self.batch_size = int(batch_size)
         self.category = state.get("prototype_meta", {}).get("category")
         if threshold is not None:
@@ -133,13 +136,12 @@ class Detector:
     @torch.no_grad()
     def _score(self, images: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
         """(score, map at the image's own size) per RGB float32 image, in one forward pass."""
-        batch = np.stack([to_rgb(image, self.image_size) for image in images])
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self._tensor(images, self.image_size)
+        x2 = None if self.second_size is None else self._tensor(images, self.second_size)
         maps, scores = predict_maps(self.model, x, topk=self.topk, sigma=self.sigma, amp=self.amp,
                                     image_score=self.image_score, knn_weight=self.knn_weight,
-                                    anomaly_map=self.anomaly_map, knn_lift=self.knn_lift)
+                                    anomaly_map=self.anomaly_map, knn_lift=self.knn_lift, second_images=x2,
+                                    second_weight=self.second_weight)
         out = []
         for image, amap, score in zip(images, maps, scores):
             size = image.shape[:2]
@@ -147,6 +149,12 @@ class Detector:
                 amap = F.interpolate(amap[None], size=size, mode="bilinear", align_corners=False)[0]
             out.append((float(score), amap[0].cpu().numpy()))
         return out
+
+    def _tensor(self, images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+        """The RGB float32 images resized to `size`, as an N×3×H×W batch on the model's device."""
+        batch = np.stack([to_rgb(image, size) for image in images])
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _prediction(self, score: float, amap: np.ndarray, source: str) -> Prediction:
         anomalous = None if self.threshold is None else bool(score >= self.threshold)

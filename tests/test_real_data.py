@@ -230,6 +230,10 @@ def test_the_evaluation_key_holds_the_knn_weight_only_where_it_is_used():
     assert fused["knn_weight"] == 0.25
     assert real_data.eval_settings(load_config(None, ["eval.image_score=map_residual_knn",
                                                      "eval.knn_weight=0.5"]).eval) != fused
+    # the second read keys the evaluation only when there is one (auto may resolve to one)
+    assert "second_read" not in fused and "second_weight" not in fused
+    auto = real_data.eval_settings(load_config(None, ["eval.second_read=auto"]).eval)
+    assert auto["second_read"] == "auto" and auto["second_weight"] == 0.5
 
 
 def test_an_option_added_later_keeps_the_run_key_while_it_behaves_as_before():

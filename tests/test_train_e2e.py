@@ -253,3 +253,15 @@ def test_two_gloo_processes_train_to_identical_weights(tiny_data, tmp_path):
     # float32 maps from other batch compositions differ by ~1e-7, which moves pixel AP over many near-tied pixels by
     # a few 1e-6; a lost or doubled image moves it by far more
     assert single == pytest.approx(results["metrics"], abs=5e-5)
+
+
+def test_monitoring_during_training_scores_without_what_is_made_after_it(tiny_data, tmp_path):
+    # train.eval_every with the default image score: the nearest-neighbour memory does not exist before the last
+    # epoch, so the monitoring pass scores map_residual and the head's map instead of failing mid-run
+    out, protos = str(tmp_path / "out"), str(tmp_path / "protos")
+    assert train_script.main(tiny_overrides(tiny_data, out, protos, epochs=2, extra=["train.eval_every=1"])) == 0
+    state = torch.load(os.path.join(out, "tiny", "last.pt"), map_location="cpu", weights_only=False)
+    first = state["history"][0]
+    assert 0.0 <= first["monitor_image_auroc"] <= 1.0 and 0.0 <= first["monitor_pixel_auroc"] <= 1.0
+    assert "monitor_image_auroc" not in state["history"][1]  # the last epoch is evaluated once, after training
+    assert state["config"]["eval"]["image_score"] == "map_residual_knn"  # the run's own settings are kept

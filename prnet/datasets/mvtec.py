@@ -366,6 +366,25 @@ class MVTEC(Dataset):
         return {"image": image, "mask": mask, "label": s.label, "path": s.path, "defect": s.defect}
 
 
+class SecondSize(Dataset):
+    """A dataset whose items also hold 'image2': the same image file read at another size `hw` (the second read of
+    the image score, eval.second_read), resized from the file as 'image' is. `dataset`: an MVTEC (or any dataset with
+    `samples` holding each item's `path`, in item order)."""
+
+    def __init__(self, dataset: Dataset, hw: SizeLike) -> None:
+        self.dataset, self.hw = dataset, as_hw(hw)
+        self.samples = dataset.samples
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[index])
+        image = load_rgb(self.samples[index].path, self.hw)
+        item["image2"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return item
+
+
 def format_args(cfg: Any) -> dict[str, Any]:
     """{'format': cfg.data.format, 'format_options': ...}: the keyword arguments of scan_split and MVTEC that
     read a config's data the way the config says (the folder format's options come from data.folder)."""

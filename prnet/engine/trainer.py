@@ -10,6 +10,7 @@ gathered, giving the same metrics as one process.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import json
@@ -33,10 +34,11 @@ from prnet.engine.checkpoint import CheckpointError, load_checkpoint, save_check
 from prnet.engine.evaluator import run_inference
 from prnet.engine.knn_calibration import calibrate_knn_score
 from prnet.engine.prototypes import ensure_prototypes, make_backbone
+from prnet.engine.second_read import calibrate_second_read, second_read_config, with_second_read
 from prnet.losses import PRNetLoss
 from prnet.metrics import compute_metrics, decision_metrics, decision_threshold
 from prnet.models.backbone import Backbone
-from prnet.models.prnet import build_model, needs_knn
+from prnet.models.prnet import build_model, needs_knn, needs_second_read
 from prnet.models.prototypes import PrototypeBank
 from prnet.provenance import code_changed, git_state, provenance
 from prnet.utils import RunLock, atomic_write, remove_stale_temporaries
@@ -377,13 +379,19 @@ def train_one_epoch(cfg: Config, run: RunState, train_set, epoch: int, device: t
 
 def monitor(cfg: Config, run: RunState, test_set, epoch: int, device: torch.device, ctx: DistContext,
             category: str) -> dict:
-    """train.eval_every: test metrics for the log only (nothing is selected on them)."""
+    """train.eval_every: test metrics for the log only (nothing is selected on them). The nearest-neighbour memory
+    and the second read are made after the last epoch, so these scores are map_residual's (map_residual_knn without
+    them) and the map is the head's."""
+    cfg = copy.deepcopy(cfg)
+    if cfg.eval.image_score == "map_residual_knn":
+        cfg.eval.image_score = "map_residual"
+    cfg.eval.anomaly_map, cfg.eval.second_read = "head", "none"
     out = _gather_inference(run.model, test_set, cfg, device, ctx)
     if not ctx.is_main:
         return {}
     m = compute_metrics(out["scores"], out["labels"], out["maps"], out["masks"])
-    log.info("%s epoch %d (monitoring only, nothing is selected on it): %s", category, epoch + 1,
-             ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
+    log.info("%s epoch %d (monitoring only, nothing is selected on it; image score %s, the head's map): %s",
+             category, epoch + 1, cfg.eval.image_score, ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
     return {f"monitor_{k}": float(v) for k, v in m.items()}
 
 
@@ -400,6 +408,13 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
         held_out_scores = calibrate_knn_score(run.model, bank, normal_train_set(cfg, category), cfg, device)
         if cfg.eval.image_score == "map_residual_knn":  # not when made for the anomaly map (head_knn) only
             knn_train = held_out_scores
+    if needs_second_read(cfg):  # its bank built by rank 0 while the others wait, then made by every rank
+        if ctx.enabled and not ctx.is_main:
+            dist.barrier()
+        ensure_prototypes(second_read_config(cfg), category, device, backbone=run.model.backbone)
+        if ctx.enabled and ctx.is_main:
+            dist.barrier()
+        knn_train = knn_train + calibrate_second_read(run.model, cfg, category, device)
     held_out = cfg.eval.threshold == "holdout_fpr"
     threshold_set = normal_train_set(cfg, category, held_out=held_out)  # normal images only, never test labels
     if knn_train is not None and not held_out:
@@ -432,6 +447,7 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
         "category": category,
         "metrics": metrics,
         "evaluation_resolution": [h, w],
+        "second_read": cfg.eval.second_read,
         "epochs": cfg.train.epochs,
         "real_anomalies_used_for_training": list(train_set.real_anomalies),
         "excluded_from_evaluation": list(test_set.excluded),
@@ -469,7 +485,9 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
                    backbone: Optional[Backbone] = None) -> dict:
     """Train one category for `train.epochs`, evaluate the last epoch, write the reports. Returns results.
 
-    The caller has run check_outputs and holds the category's lock (lock_category)."""
+    The caller has run check_outputs and holds the category's lock (lock_category). eval.second_read=auto is
+    resolved here, for this category (the checkpoint and config.yaml hold the size or none)."""
+    cfg = with_second_read(cfg, category)
     timings: dict = {}
     code_at_start = git_state()
     t0 = time.time()
@@ -519,7 +537,7 @@ def _head_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
     """Buffers that training changes (the head's BatchNorm statistics), not the frozen backbone's, the bank's or the
     nearest-neighbour score's (made after training)."""
     return [b for name, b in model.named_buffers()
-            if not name.startswith(("backbone.", "bank.", "knn.")) and b.dtype.is_floating_point]
+            if not name.startswith(("backbone.", "bank.", "knn.", "second.")) and b.dtype.is_floating_point]
 
 
 def _broadcast_head_buffers(model: torch.nn.Module) -> None:

@@ -17,6 +17,7 @@ from prnet.models.fusion import MultiScaleFusion
 from prnet.models.knn_score import NOT_CALIBRATED, KnnScore
 from prnet.models.patch_memory import PatchMemory
 from prnet.models.prototypes import PrototypeBank
+from prnet.models.second_read import SecondRead
 
 
 def _proj(cin: int, cout: int) -> nn.Sequential:
@@ -36,10 +37,15 @@ class PRNet(nn.Module):
     `knn` (eval.image_score=map_residual_knn): the model also holds a KnnScore (prnet.models.knn_score), the
     nearest-neighbour distance that the image score combines with the map; calibrated after training. Loading a
     state dict gives the model a KnnScore if the state holds one and takes it away if not.
+
+    `second` (eval.second_read): the model also holds a SecondRead (prnet.models.second_read), the prototype bank
+    and statistics of the head's second read of each image at another size, a part of the same image score; made
+    after training. Loading a state dict gives or takes it away as for `knn`.
     """
 
     def __init__(self, model_cfg: ModelConfig, bank: Optional[PrototypeBank] = None, residual: str = "squared",
-                 backbone: Optional[Backbone] = None, patch_memory: bool = False, knn: bool = False) -> None:
+                 backbone: Optional[Backbone] = None, patch_memory: bool = False, knn: bool = False,
+                 second: bool = False) -> None:
         super().__init__()
         self.backbone = backbone if backbone is not None else Backbone(
             model_cfg.backbone, model_cfg.backbone_weights, model_cfg.stages, model_cfg.bottleneck_stage)
@@ -71,6 +77,8 @@ class PRNet(nn.Module):
         self.out_fusion = MultiScaleFusion(widths, self.backbone.strides)
         self.decoder = Decoder(widths, self.backbone.bottleneck_channels)
         self.knn = KnnScore() if knn else None
+        self.residual = residual
+        self.second = SecondRead(num_scales=n, residual=residual) if second else None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The nearest-neighbour score is made after training, not trained: whether the model holds one follows the
@@ -80,6 +88,12 @@ class PRNet(nn.Module):
             self.knn = KnnScore().to(state_dict[knn_state[0]].device)
         elif not knn_state and self.knn is not None:
             self.knn = None
+        second_state = [k for k in state_dict if k.startswith(prefix + "second.")]
+        if second_state and self.second is None:
+            self.second = SecondRead(num_scales=self.bank.num_scales, residual=self.residual).to(
+                state_dict[second_state[0]].device)
+        elif not second_state and self.second is not None:
+            self.second = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor, source: Optional[torch.Tensor] = None,
@@ -103,10 +117,14 @@ class PRNet(nn.Module):
             return logits, distance, self.knn(feats)
         return (logits, distance) if with_distance else logits
 
-    def encode(self, x: torch.Tensor, source: Optional[torch.Tensor] = None):
+    def encode(self, x: torch.Tensor, source: Optional[torch.Tensor] = None,
+               bank: Optional[PrototypeBank] = None):
         """The frozen part: (per-scale features, per-scale prototype residuals, bottleneck feature, patch
-        distance map N×1×h×w or None without a patch memory) of images x."""
+        distance map N×1×h×w or None without a patch memory) of images x; `bank`: another prototype bank than the
+        model's (the second read's, made at its size; no patch memory)."""
         feats, bottleneck = self.backbone(x)
+        if bank is not None:
+            return feats, bank(feats, source), bottleneck, None
         patch = self.bank.patch_memory(feats, source) if self.patch_memory else None
         return feats, self.bank(feats, source), bottleneck, patch
 
@@ -145,10 +163,16 @@ def count_trainable(model: nn.Module) -> int:
 def build_model(cfg: Config, bank: Optional[PrototypeBank] = None, backbone: Optional[Backbone] = None) -> PRNet:
     """PRNet from a full Config and a prototype bank (None: filled by a checkpoint)."""
     return PRNet(cfg.model, bank, residual=cfg.prototypes.residual, backbone=backbone,
-                 patch_memory=cfg.prototypes.patch_memory > 0, knn=needs_knn(cfg))
+                 patch_memory=cfg.prototypes.patch_memory > 0, knn=needs_knn(cfg), second=needs_second_read(cfg))
 
 
 def needs_knn(cfg: Config) -> bool:
     """Whether cfg's evaluation uses the nearest-neighbour memory (KnnScore): the image score map_residual_knn or the
     anomaly map head_knn."""
     return cfg.eval.image_score == "map_residual_knn" or cfg.eval.anomaly_map == "head_knn"
+
+
+def needs_second_read(cfg: Config) -> bool:
+    """Whether cfg's image score includes the head's second read (SecondRead): eval.second_read resolved to a size
+    (prnet.engine.second_read.resolve_second_read) and the image score map_residual_knn."""
+    return cfg.eval.image_score == "map_residual_knn" and isinstance(cfg.eval.second_read, list)
