@@ -192,3 +192,22 @@ def test_create_proto_feature_maps_also_builds_the_second_reads_bank(wide_data, 
     assert protos_script.main(args + ["eval.second_read=auto"]) == 0  # the first is kept, the second built
     assert sorted(os.listdir(protos)) == ["tf_efficientnet_lite0_64x160", "tf_efficientnet_lite0_64x64"]
     assert os.path.isfile(os.path.join(protos, "tf_efficientnet_lite0_64x160", "tiny.pt"))
+
+
+def test_statistics_for_other_settings_are_refused_and_made_again(wide_run):
+    import copy
+
+    from prnet.engine.second_read import attach_second_read
+
+    ckpt, _ = wide_run
+    model, cfg, _ = model_from_checkpoint(ckpt, torch.device("cpu"))
+    other = copy.deepcopy(cfg)
+    other.eval.topk = cfg.eval.topk + 5
+    with pytest.raises(RuntimeError, match="attach_second_read"):
+        model.second.z(torch.ones(2), other.eval.topk, other.eval.sigma)
+    assert not attach_second_read(model, cfg, "tiny", torch.device("cpu"))  # made for the run's settings already
+    assert attach_second_read(model, other, "tiny", torch.device("cpu"))
+    assert model.second.made_for(other.eval.topk, other.eval.sigma)
+    none = copy.deepcopy(cfg)
+    none.eval.second_read = "none"
+    assert not attach_second_read(model, none, "tiny", torch.device("cpu")) and model.second is None

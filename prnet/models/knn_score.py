@@ -40,12 +40,39 @@ NOT_CALIBRATED = ("the model's nearest-neighbour memory (eval.image_score=map_re
                   "eval.anomaly_map=head")
 
 
-class KnnScore(nn.Module):
+class ScoreStatistics:
+    """For a module whose statistics standardise an image score made with some eval.topk and eval.sigma (its
+    `settings` buffer: those two values; NaN until made) and that says whether they are made (`is_calibrated`)."""
+
+    NAME = ""  # the module, in errors
+    NOT_CALIBRATED = ""  # why it is not made yet, and what to do
+    REMAKE = ""  # what makes the statistics again
+
+    def made_for(self, topk: int, sigma: float) -> bool:
+        """Whether the statistics were made with these eval.topk and eval.sigma."""
+        return bool(self.settings[0] == float(topk) and torch.isclose(self.settings[1], torch.tensor(float(sigma))))
+
+    def check_made_for(self, topk: int, sigma: float) -> None:
+        """RuntimeError unless the statistics are made, and made for eval.topk `topk` and eval.sigma `sigma` (not
+        checked while tracing: the export checks before it traces)."""
+        if torch.jit.is_tracing():
+            return
+        if not self.is_calibrated:
+            raise RuntimeError(f"{self.NAME}: {self.NOT_CALIBRATED}")
+        if not self.made_for(topk, sigma):
+            raise RuntimeError(f"{self.NAME}: its statistics were made with eval.topk={self.settings[0]:g}, "
+                               f"eval.sigma={self.settings[1]:g}, scored now with {topk}, {sigma:g}: make them "
+                               f"again ({self.REMAKE})")
+
+
+class KnnScore(ScoreStatistics, nn.Module):
     """forward(feature maps of all scales, source=None) -> N×1×h×w raw L2 distance to the nearest memory patch.
 
     Buffers: `memory` (a PatchMemory; its `mean` is not used), `stats` (mean and std of log s_m, then of log s_knn,
     over the normal training images; NaN until calibrated), `settings` (the eval.topk and eval.sigma of s_m when
     they were made)."""
+
+    NAME, NOT_CALIBRATED, REMAKE = "KnnScore", NOT_CALIBRATED, "prnet.engine.knn_calibration.attach_knn_score"
 
     def __init__(self, memory: Optional[PatchMemory] = None) -> None:
         super().__init__()
@@ -97,23 +124,13 @@ class KnnScore(nn.Module):
     def is_calibrated(self) -> bool:
         return bool(not self.memory.is_empty and torch.isfinite(self.stats).all() and (self.stats[[1, 3]] > 0).all())
 
-    def made_for(self, topk: int, sigma: float) -> bool:
-        """Whether the statistics were made with these eval.topk and eval.sigma."""
-        return bool(self.settings[0] == float(topk) and torch.isclose(self.settings[1], torch.tensor(float(sigma))))
-
     def forward(self, feats: Sequence[torch.Tensor], source: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.memory.model_distances(feats, source)
 
     def fuse(self, s_m: torch.Tensor, s_knn: torch.Tensor, weight: float, topk: int, sigma: float) -> torch.Tensor:
         """z(log s_m) + weight · z(log s_knn) with the stored statistics; s_m scored with eval.topk `topk` and
         eval.sigma `sigma`, the values the statistics were made with (RuntimeError otherwise)."""
-        if not torch.jit.is_tracing():
-            if not self.is_calibrated:
-                raise RuntimeError(f"KnnScore: {NOT_CALIBRATED}")
-            if not self.made_for(topk, sigma):
-                raise RuntimeError(f"KnnScore: its statistics were made with eval.topk={self.settings[0]:g}, "
-                                   f"eval.sigma={self.settings[1]:g}, scored now with {topk}, {sigma:g}: make them "
-                                   f"again (prnet.engine.knn_calibration.attach_knn_score)")
+        self.check_made_for(topk, sigma)
         st = self.stats.to(s_m.device)  # (calibration fuses the scores on the CPU, the statistics may be on a GPU)
         z_m = (torch.log(s_m.float() + EPS) - st[0]) / (st[1] + EPS)
         z_k = (torch.log(s_knn.float() + EPS) - st[2]) / (st[3] + EPS)

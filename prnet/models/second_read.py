@@ -24,16 +24,18 @@ from typing import Optional
 import torch
 from torch import nn
 
-from prnet.models.knn_score import EPS
+from prnet.models.knn_score import EPS, ScoreStatistics
 from prnet.models.prototypes import PrototypeBank
 
 NOT_CALIBRATED = ("the model's second read (eval.second_read) is not made yet: it is made after the last epoch, so a "
                   "checkpoint saved before training finished has none; finish the run (train.resume=true)")
 
 
-class SecondRead(nn.Module):
+class SecondRead(ScoreStatistics, nn.Module):
     """Buffers: the bank's (`bank.*`), `size` (H, W of the read), `stats` (mean and std of log s_w over the normal
     training images), `settings` (the eval.topk and eval.sigma they were made with); NaN until calibrated."""
+
+    NAME, NOT_CALIBRATED, REMAKE = "SecondRead", NOT_CALIBRATED, "prnet.engine.second_read.attach_second_read"
 
     def __init__(self, bank: Optional[PrototypeBank] = None, num_scales: int = 3, residual: str = "squared",
                  size: Optional[tuple[int, int]] = None) -> None:
@@ -56,19 +58,9 @@ class SecondRead(nn.Module):
         return bool(not self.bank.is_empty and self.bank.has_residual_mean and torch.isfinite(self.size).all()
                      and torch.isfinite(self.stats).all() and self.stats[1] > 0)
 
-    def made_for(self, topk: int, sigma: float) -> bool:
-        """Whether the statistics were made with these eval.topk and eval.sigma."""
-        return bool(self.settings[0] == float(topk) and torch.isclose(self.settings[1], torch.tensor(float(sigma))))
-
     def z(self, s_w: torch.Tensor, topk: int, sigma: float) -> torch.Tensor:
         """z(log s_w) with the stored statistics; s_w scored with eval.topk `topk` and eval.sigma `sigma`, the values
         they were made with (RuntimeError otherwise)."""
-        if not torch.jit.is_tracing():
-            if not self.is_calibrated:
-                raise RuntimeError(f"SecondRead: {NOT_CALIBRATED}")
-            if not self.made_for(topk, sigma):
-                raise RuntimeError(f"SecondRead: its statistics were made with eval.topk={self.settings[0]:g}, "
-                                   f"eval.sigma={self.settings[1]:g}, scored now with {topk}, {sigma:g}: make them "
-                                   f"again (prnet.engine.second_read.calibrate_second_read)")
+        self.check_made_for(topk, sigma)
         st = self.stats.to(s_w.device)
         return (torch.log(s_w.float() + EPS) - st[0]) / (st[1] + EPS)
