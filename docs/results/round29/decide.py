@@ -21,37 +21,42 @@ JUDGED = {"0 real anomalies": ["z256-seed1", "z256-seed2"], "5 real anomalies": 
 # round 30 (docs/experiments.md): round 29's rules on these runs, round 29's judged runs pooled with one more seed each
 JUDGED_30 = {"0 real anomalies": ["z256-seed1", "z256-seed2", "z256-seed3"],
              "5 real anomalies": ["fs256", "fs256-seed1", "fs256-seed2"]}
+# round 31 (docs/experiments.md): the weight 1 on runs made after its rules, seeds not used before
+JUDGED_31 = {"0 real anomalies": ["z256-seed4", "z256-seed5"], "5 real anomalies": ["fs256-seed3", "fs256-seed4"]}
+CANDIDATE_31 = "zsum0.25k25w1"
 LOOKED_AT = ["z256"]
 
 
-def differences(run: str) -> dict:
+def differences(run: str, candidate: str = CANDIDATE) -> dict:
     f = json.load(open(os.path.join(HERE, f"S_bs_{run}.json")))
-    return {g: f["image_auroc"][CANDIDATE][g] - f["image_auroc"][REFERENCE][g] for g in [GAIN] + HARM}
+    return {g: f["image_auroc"][candidate][g] - f["image_auroc"][REFERENCE][g] for g in [GAIN] + HARM}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="write the decision here as JSON")
-    ap.add_argument("--round", type=int, choices=(29, 30), default=29, help="30: the pooled re-test")
+    ap.add_argument("--round", type=int, choices=(29, 30, 31), default=29,
+                    help="30: the pooled re-test; 31: the weight 1 on new seeds")
     args = ap.parse_args()
-    judged = JUDGED if args.round == 29 else JUDGED_30
-    per_run = {r: differences(r) for runs in judged.values() for r in runs}
+    judged = {29: JUDGED, 30: JUDGED_30, 31: JUDGED_31}[args.round]
+    candidate = CANDIDATE_31 if args.round == 31 else CANDIDATE
+    per_run = {r: differences(r, candidate) for runs in judged.values() for r in runs}
     diff = {s: {g: float(np.mean([per_run[r][g] for r in runs])) for g in [GAIN] + HARM} for s, runs in judged.items()}
     rules = {"1": {f"{s}: {GAIN} >= +0.02": diff[s][GAIN] >= 0.02 for s in judged},
              "2": {f"{s}: {g} >= -0.005": diff[s][g] >= -0.005 for s in judged for g in HARM}}
     passes = all(v for part in rules.values() for v in part.values())
     print(f"round {args.round}")
     for s, runs in judged.items():
-        print(f"{s}: {CANDIDATE} - {REFERENCE}, image AUROC, mean of {' and '.join(runs)} (each):")
+        print(f"{s}: {candidate} - {REFERENCE}, image AUROC, mean of {' and '.join(runs)} (each):")
         for g, x in diff[s].items():
             print(f"  {g:26s} {x:+.4f}  ({' '.join(f'{per_run[r][g]:+.4f}' for r in runs)})")
-    looked = {r: differences(r) for r in LOOKED_AT}
+    looked = {r: differences(r, candidate) for r in LOOKED_AT} if args.round != 31 else {}
     for r, d in looked.items():
         print(f"not judged, looked at before the rules: {r}: " + ", ".join(f"{g} {x:+.4f}" for g, x in d.items()))
     for name, part in rules.items():
         broken = [k for k, v in part.items() if not v]
         print(f"  rule {name}: {'holds' if not broken else 'fails: ' + '; '.join(broken)}")
-    verdict = "the second read (default auto) enters the library" if passes else "nothing changes"
+    verdict = "eval.second_read defaults to auto (weight as judged)" if passes else "nothing changes"
     print(f"  verdict: {verdict}")
     if args.out:
         json.dump({"round": args.round, "image_auroc_diff": diff, "per_run": per_run, "looked_at": looked,
