@@ -85,10 +85,15 @@ def second_read_outputs(model: torch.nn.Module, images: torch.Tensor, source: Op
     return logits, distance
 
 
-def map_residual_scores(logits: torch.Tensor, distance: torch.Tensor, topk: int, sigma: float) -> torch.Tensor:
-    """map_residual's image scores: the top-k mean of the smoothed map times the square root of the distance map."""
-    maps = gaussian_smooth(torch.sigmoid(logits.float()), sigma)
+def residual_weighted_scores(maps: torch.Tensor, distance: torch.Tensor, topk: int) -> torch.Tensor:
+    """map_residual's image scores of smoothed maps: the top-k mean of the map times the square root of the
+    prototype distance map."""
     return image_scores(maps * distance.float().clamp_min(0).sqrt(), topk)
+
+
+def map_residual_scores(logits: torch.Tensor, distance: torch.Tensor, topk: int, sigma: float) -> torch.Tensor:
+    """residual_weighted_scores of the head's logits, smoothed with σ = `sigma`."""
+    return residual_weighted_scores(gaussian_smooth(torch.sigmoid(logits.float()), sigma), distance, topk)
 
 
 def _outputs(model: torch.nn.Module, images: torch.Tensor, image_score: str, anomaly_map: str,
@@ -127,7 +132,7 @@ def _maps_scores(model: torch.nn.Module, logits: torch.Tensor, distance: Optiona
     if image_score == "map":
         scores = image_scores(maps, topk)
     else:
-        scores = image_scores(maps * distance.float().clamp_min(0).sqrt(), topk)
+        scores = residual_weighted_scores(maps, distance, topk)
     if image_score == "map_residual_knn":
         if knn_weight is None:
             raise ValueError("image_score map_residual_knn: give knn_weight (eval.knn_weight)")

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from prnet.config import Config
-from prnet.engine.evaluator import gaussian_smooth, image_scores, knn_distance_maps
+from prnet.engine.evaluator import gaussian_smooth, knn_distance_maps, residual_weighted_scores
 from prnet.engine.prototypes import coreset_memory, patch_features, run_prototype_file
 from prnet.models.knn_score import EPS, MAP_TABLE, KnnScore
 from prnet.models.prototypes import PrototypeBank
@@ -70,7 +70,7 @@ def calibrate_knn_score(model: torch.nn.Module, bank: PrototypeBank, dataset, cf
             logits = model.head(feats, residuals, bottleneck, hw, patch)
         p = gaussian_smooth(torch.sigmoid(logits.float()), cfg.eval.sigma)
         distance = model.bank.distance_map(bank(feats, source), hw)
-        s_m.append(image_scores(p * distance.float().clamp_min(0).sqrt(), cfg.eval.topk).cpu())
+        s_m.append(residual_weighted_scores(p, distance, cfg.eval.topk).cpu())
         d = knn_distance_maps(knn(feats, source), hw)
         s_knn.append(d.flatten(1).amax(dim=1).cpu())
         pick = torch.randint(hw[0] * hw[1], (n, MAP_SAMPLE), generator=gen).to(x.device)

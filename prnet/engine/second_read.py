@@ -14,7 +14,7 @@ import copy
 import logging
 import statistics
 import time
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from prnet.datasets.mvtec import load_rgb
 from prnet.engine.evaluator import map_residual_scores, second_read_outputs
 from prnet.engine.prototypes import ensure_prototypes
 from prnet.models.knn_score import EPS
+from prnet.models.prototypes import PrototypeBank
 from prnet.models.second_read import SecondRead
 
 log = logging.getLogger(__name__)
@@ -90,14 +91,17 @@ def second_read_config(cfg: Config) -> Config:
 
 
 @torch.no_grad()
-def calibrate_second_read(model: torch.nn.Module, cfg: Config, category: str, device: torch.device) -> np.ndarray:
-    """Build model.second (replacing any) for cfg's eval.second_read (a size): its bank (loaded from or saved to
-    prototypes.dir) and the statistics of log s_w over the normal training images. Returns those images'
-    eval.second_weight · z(log s_w), held out, in normal_train_set order (the part the second read adds to their fused
-    scores)."""
+def calibrate_second_read(model: torch.nn.Module, cfg: Config, category: str, device: torch.device,
+                          bank: Optional[PrototypeBank] = None) -> np.ndarray:
+    """Build model.second (replacing any) for cfg's eval.second_read (a size): its bank (`bank`, the caller's
+    ensure_prototypes of second_read_config(cfg); None: loaded from or saved to prototypes.dir here) and the
+    statistics of log s_w over the normal training images. Returns those images' eval.second_weight · z(log s_w),
+    held out, in normal_train_set order (the part the second read adds to their fused scores)."""
     t0 = time.time()
     c2 = second_read_config(cfg)
-    bank = ensure_prototypes(c2, category, device, backbone=model.backbone).to(device)
+    if bank is None:
+        bank = ensure_prototypes(c2, category, device, backbone=model.backbone)
+    bank = bank.to(device)
     dataset = normal_train_set(c2, category)
     names = [s.name for s in normal_train_set(cfg, category).samples]
     if [s.name for s in dataset.samples] != names or bank.num_sources != len(names):

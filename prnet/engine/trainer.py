@@ -411,10 +411,10 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     if needs_second_read(cfg):  # its bank built by rank 0 while the others wait, then made by every rank
         if ctx.enabled and not ctx.is_main:
             dist.barrier()
-        ensure_prototypes(second_read_config(cfg), category, device, backbone=run.model.backbone)
+        second_bank = ensure_prototypes(second_read_config(cfg), category, device, backbone=run.model.backbone)
         if ctx.enabled and ctx.is_main:
             dist.barrier()
-        knn_train = knn_train + calibrate_second_read(run.model, cfg, category, device)
+        knn_train = knn_train + calibrate_second_read(run.model, cfg, category, device, second_bank)
     held_out = cfg.eval.threshold == "holdout_fpr"
     threshold_set = normal_train_set(cfg, category, held_out=held_out)  # normal images only, never test labels
     if knn_train is not None and not held_out:
