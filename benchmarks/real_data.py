@@ -257,7 +257,9 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
     run_dir = run_dir_for(args, ds, method, seed, settings)
     claim_run_dir(run_dir, settings)
     ov = prnet_overrides(args, ds, shots, seed, run_dir)
-    eval_cfg = load_config(None, ov).eval  # the evaluation settings asked for now
+    # the evaluation settings asked for now, eval.second_read=auto resolved for this data set as when the run started
+    # (auto that resolves to none keys the evaluation as none does)
+    eval_cfg = with_second_read(load_config(None, ov), ds.category).eval
     eval_key = short_hash({"eval": eval_settings(eval_cfg), "test": test_key(common_test)})
     eval_path = os.path.join(run_dir, f"eval-{eval_key}.json")
     done = os.path.join(run_dir, "train.json")
@@ -270,7 +272,6 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
         trained = train_prnet(ov, run_dir, ds.category, args.rescore)
         model, cfg, _ = model_from_checkpoint(os.path.join(run_dir, ds.category, "last.pt"), device)
         cfg.eval = eval_cfg
-        cfg = with_second_read(cfg, ds.category)  # auto resolved as when the run started
         attach_second_read(model, cfg, ds.category, device)  # a run trained with other evaluation settings
         if cfg.eval.image_score != "map":
             attach_residual_means(model, cfg, ds.category, device)  # a run trained before they were stored

@@ -213,6 +213,12 @@ def test_a_record_of_the_json_files_rebuilds_the_table_without_checkpoints(bench
     for e, before in zip(again["summary"], bench["result"]["summary"]):
         assert all(e[k] == before[k] for k in real_data.COLUMNS) and e["method"] == before["method"]
     assert not glob.glob(os.path.join(record, "**", "*.pt"), recursive=True)
+    # eval.second_read=auto on square images resolves to none: the same stored evaluations, no checkpoint needed
+    auto = list(argv)
+    auto.insert(auto.index("eval.topk=10") + 1, "eval.second_read=auto")
+    assert real_data.main([*auto, "--rescore"]) == 0
+    rescored = json.load(open(os.path.join(record, "real_data_rescore.json")))
+    assert rescored["summary"] == again["summary"]
     argv[argv.index("eval.topk=10")] = "eval.topk=7"  # an evaluation never made: needs the checkpoint
     with pytest.raises(SystemExit, match="last.pt is missing"):
         real_data.main([*argv, "--rescore"])

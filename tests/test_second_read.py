@@ -84,6 +84,9 @@ def test_auto_resolves_from_the_training_images(wide_data, tiny_data):
     other_score = load_config(None, [f"data.root={wide_data}", "data.classes=[tiny]", "data.image_size=64",
                                      "eval.image_score=map_residual", "eval.second_read=auto"])
     assert resolve_second_read(other_score, "tiny") == "none"
+    memory = load_config(None, [f"data.root={wide_data}", "data.classes=[tiny]", "data.image_size=64",
+                                "prototypes.patch_memory=50", "eval.second_read=auto"])
+    assert resolve_second_read(memory, "tiny") == "none"  # a size would be refused with a patch memory
     with pytest.raises(ValueError, match="auto is resolved"):  # never scored silently without it
         second_weight_of(wide)
 

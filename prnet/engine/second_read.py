@@ -62,11 +62,12 @@ def auto_size(hw: tuple[int, int], aspects: Sequence[float]) -> Union[list[int],
 
 def resolve_second_read(cfg: Config, category: str) -> Union[list[int], str]:
     """cfg.eval.second_read with `auto` resolved for `category` (auto_size of its normal training images); `none`
-    when the image score is not map_residual_knn (the score the second read is a part of)."""
+    when the image score is not map_residual_knn (the score the second read is a part of) or with a patch memory
+    (prototypes.patch_memory, which the second read does not have)."""
     value = cfg.eval.second_read
     if value != "auto":
         return value
-    if cfg.eval.image_score != "map_residual_knn":
+    if cfg.eval.image_score != "map_residual_knn" or cfg.prototypes.patch_memory > 0:
         return "none"
     return auto_size(image_hw(cfg), [image_aspect(s.path) for s in normal_train_set(cfg, category).samples])
 
