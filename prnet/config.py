@@ -172,10 +172,10 @@ class EvalConfig:
     # map_residual_knn: the head's second read of each image at another size [h, w] (prnet.models.second_read),
     # added to the score as second_weight · z(log s_w); auto: when data.image_size is square and the normal training
     # images' median aspect is at least 1.5:1, the same short side and the long side from that aspect (a multiple of
-    # 32), otherwise none. Resolved when training starts; the checkpoint's config holds the size. Not the default:
-    # validation rounds 29-30 (docs/experiments.md).
-    second_read: Union[list[int], str] = "none"
-    second_weight: float = 0.5  # the second read's weight (chosen on validation data, round 29)
+    # 32), otherwise none. Resolved when training starts; the checkpoint's config holds the size. Chosen on validation
+    # data, round 31 (docs/experiments.md).
+    second_read: Union[list[int], str] = "auto"
+    second_weight: float = 1.0  # the second read's weight (chosen on validation data, round 31)
     sigma: float = 0.0  # Gaussian smoothing of the map before scoring (0: none; see configs/default.yaml)
     batch_size: int = 16
     examples: int = 12  # images in examples.png

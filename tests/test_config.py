@@ -92,13 +92,15 @@ def test_keys_added_later_read_as_their_earlier_behaviour(monkeypatch):
         del stored[section][key]
     assert config_from_dict(stored).synthesis.structure_fraction == 0.0
     assert config_from_dict(stored).eval.anomaly_map == "head"
+    assert config_from_dict(stored).eval.second_read == "none" and load_config().eval.second_read == "auto"
     monkeypatch.setitem(config.ADDED_KEYS, ("synthesis", "scratch_fraction"), 0.0)  # earlier behaviour ≠ default
     del stored["synthesis"]["scratch_fraction"]
     assert config_from_dict(stored).synthesis.scratch_fraction == 0.0
     assert load_config().synthesis.scratch_fraction == 0.25
     # a config at the earlier values is the dict of one made before the keys existed; another value is kept
     earlier = config.without_added_keys_at_earlier_values(
-        config_to_dict(load_config(None, ["synthesis.scratch_fraction=0", "eval.anomaly_map=head"])))
+        config_to_dict(load_config(None, ["synthesis.scratch_fraction=0", "eval.anomaly_map=head",
+                                          "eval.second_read=none", "eval.second_weight=0.5"])))
     assert earlier == stored
     assert config.without_added_keys_at_earlier_values(config_to_dict(load_config()))["eval"]["anomaly_map"] == "head_knn"
     kept = config.without_added_keys_at_earlier_values(

@@ -232,14 +232,14 @@ def test_the_evaluation_key_holds_the_knn_weight_only_where_it_is_used():
     assert "knn_weight" not in plain and plain["image_score"] == "map_residual"
     assert real_data.eval_settings(load_config(None, ["eval.image_score=map_residual",
                                                      "eval.knn_weight=0.5"]).eval) == plain
-    fused = real_data.eval_settings(load_config(None, []).eval)
+    fused = real_data.eval_settings(load_config(None, ["eval.second_read=none"]).eval)
     assert fused["knn_weight"] == 0.25
-    assert real_data.eval_settings(load_config(None, ["eval.image_score=map_residual_knn",
+    assert real_data.eval_settings(load_config(None, ["eval.image_score=map_residual_knn", "eval.second_read=none",
                                                      "eval.knn_weight=0.5"]).eval) != fused
     # the second read keys the evaluation only when there is one (auto may resolve to one)
     assert "second_read" not in fused and "second_weight" not in fused
-    auto = real_data.eval_settings(load_config(None, ["eval.second_read=auto"]).eval)
-    assert auto["second_read"] == "auto" and auto["second_weight"] == 0.5
+    auto = real_data.eval_settings(load_config(None, []).eval)  # the default, resolved by run_prnet before it keys
+    assert auto["second_read"] == "auto" and auto["second_weight"] == 1.0
 
 
 def test_an_option_added_later_keeps_the_run_key_while_it_behaves_as_before():

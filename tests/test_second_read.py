@@ -61,7 +61,7 @@ def test_auto_reads_again_only_square_runs_of_images_far_from_square():
 
 
 def test_the_second_read_key_is_checked():
-    assert load_config(None, []).eval.second_read == "none"
+    assert load_config(None, []).eval.second_read == "auto" and load_config(None, []).eval.second_weight == 1.0
     assert load_config(None, ["eval.second_read=[256,640]"]).eval.second_read == [256, 640]
     for bad, words in (("eval.second_read=wide", "auto or none"), ("eval.second_read=[250,640]", "multiples of 32"),
                        ("eval.second_read=[256]", "[h, w]"), ("eval.second_weight=-1", "second_weight")):
@@ -190,9 +190,9 @@ def test_create_proto_feature_maps_also_builds_the_second_reads_bank(wide_data, 
     protos = str(tmp_path / "protos")
     args = [f"data.root={wide_data}", "data.classes=[tiny]", "data.image_size=64", f"prototypes.dir={protos}",
             "model.backbone=tf_efficientnet_lite0", "model.backbone_weights=package", "train.workers=0"]
-    assert protos_script.main(args) == 0  # the default, none: one bank
+    assert protos_script.main(args + ["eval.second_read=none"]) == 0  # one bank
     assert sorted(os.listdir(protos)) == ["tf_efficientnet_lite0_64x64"]
-    assert protos_script.main(args + ["eval.second_read=auto"]) == 0  # the first is kept, the second built
+    assert protos_script.main(args) == 0  # the default, auto: the first is kept, the second built
     assert sorted(os.listdir(protos)) == ["tf_efficientnet_lite0_64x160", "tf_efficientnet_lite0_64x64"]
     assert os.path.isfile(os.path.join(protos, "tf_efficientnet_lite0_64x160", "tiny.pt"))
 
