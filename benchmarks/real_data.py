@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import hashlib
 import importlib.util
 import json
@@ -210,6 +211,11 @@ def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> di
     if rescore:
         raise SystemExit(f"--rescore: no finished run in {run_dir} (run without --rescore first)")
     resume = os.path.exists(ckpt)
+    # the evaluations stored here were made of the weights trained before; these weights are new (a fresh run) or
+    # finished anew (a resume): none of them may be reused for the run that comes out
+    for stale in glob.glob(os.path.join(run_dir, "eval-*.json")):
+        log.info("removing %s: an evaluation of this run's earlier training", stale)
+        os.remove(stale)
     t0 = time.time()
     if train_script().main([*ov, "train.resume=true" if resume else "train.overwrite=true"]) != 0:
         raise SystemExit(f"PRNet training failed: {run_dir}")

@@ -196,6 +196,32 @@ def test_rescore_evaluates_again_without_training(bench):
         real_data.main([*argv, "--rescore"])
 
 
+def test_a_run_trained_again_keeps_no_evaluation_of_its_earlier_weights(bench, tmp_path):
+    """A kept record copied in with its train.json but no checkpoint trains again into the same run folder: the
+    evaluations stored there, of the earlier weights, are removed, not reused for the new ones."""
+    out = str(tmp_path / "out")
+    shutil.copytree(bench["out"], out)
+    argv = list(bench["argv"])
+    argv[argv.index("--out") + 1] = out
+    argv[1:3] = [argv[2]]  # the second data set only
+    argv[argv.index("--seeds") + 1] = "0"
+    run = _row(bench["result"]["rows"], "b/part", "PRNet, 2 real anomalies", 0)["run"].replace(bench["out"], out)
+    other = list(argv)
+    other[other.index("eval.topk=10")] = "eval.topk=7"
+    assert real_data.main([*other, "--rescore"]) == 0  # a second evaluation of the same weights
+    earlier = set(glob.glob(os.path.join(run, "eval-*.json")))
+    assert len(earlier) == 2
+    os.remove(os.path.join(run, "part", "last.pt"))
+    new = list(argv)
+    new[new.index("eval.topk=10")] = "eval.topk=5"  # an evaluation not stored: the run is trained again
+    assert real_data.main(new) == 0
+    (now,) = glob.glob(os.path.join(run, "eval-*.json"))  # the two of the earlier weights are gone
+    assert now not in earlier
+    assert os.path.getmtime(os.path.join(run, "part", "last.pt")) <= os.path.getmtime(now)
+    assert real_data.main(argv) == 0  # eval.topk=10 again: scored anew from the new checkpoint
+    assert len(glob.glob(os.path.join(run, "eval-*.json"))) == 2
+
+
 def test_a_record_of_the_json_files_rebuilds_the_table_without_checkpoints(bench, tmp_path):
     """The per-run JSON files (settings, train, evaluations) copied to another --out: the same table, nothing
     trained or fitted; --rescore there names the missing checkpoint."""
