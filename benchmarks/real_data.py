@@ -211,10 +211,11 @@ def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> di
     if rescore:
         raise SystemExit(f"--rescore: no finished run in {run_dir} (run without --rescore first)")
     resume = os.path.exists(ckpt)
-    # the evaluations stored here were made of the weights trained before; these weights are new (a fresh run) or
-    # finished anew (a resume): none of them may be reused for the run that comes out
-    for stale in glob.glob(os.path.join(run_dir, "eval-*.json")):
-        log.info("removing %s: an evaluation of this run's earlier training", stale)
+    # train.json and the evaluations stored here describe the weights trained before (a kept record copied in
+    # without its checkpoint); these weights are new (a fresh run) or finished anew (a resume). None of them may
+    # stand for the run that comes out, nor mark a run interrupted from here on as finished
+    for stale in [*glob.glob(os.path.join(run_dir, "eval-*.json")), *([done] if os.path.exists(done) else [])]:
+        log.info("removing %s: a record of this run's earlier training", stale)
         os.remove(stale)
     t0 = time.time()
     if train_script().main([*ov, "train.resume=true" if resume else "train.overwrite=true"]) != 0:
