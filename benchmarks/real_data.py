@@ -214,7 +214,7 @@ def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> di
     # train.json and the evaluations stored here describe the weights trained before (a kept record copied in
     # without its checkpoint); these weights are new (a fresh run) or finished anew (a resume). None of them may
     # stand for the run that comes out, nor mark a run interrupted from here on as finished
-    for stale in [*glob.glob(os.path.join(run_dir, "eval-*.json")), *([done] if os.path.exists(done) else [])]:
+    for stale in glob.glob(os.path.join(run_dir, "eval-*.json")) + glob.glob(done):
         log.info("removing %s: a record of this run's earlier training", stale)
         os.remove(stale)
     t0 = time.time()
