@@ -289,6 +289,7 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
         results = json.load(open(os.path.join(run_dir, ds.category, "results.json"), encoding="utf-8"))
         scored = {**metrics, "eval_sigma": cfg.eval.sigma, "eval_topk": cfg.eval.topk,
                   "eval_image_score": cfg.eval.image_score, "eval_anomaly_map": cfg.eval.anomaly_map,
+                  "eval_settings": eval_settings(cfg.eval),  # all that keys it, the second read's size resolved
                   "test_ms_per_image": 1000.0 * (time.time() - t1) / len(common_test),
                   "real_anomalies": results["real_anomalies_used_for_training"],
                   "per_defect": per_defect(raw["scores"], raw["labels"], raw["maps"], raw["masks"], common_test),

@@ -178,6 +178,7 @@ def test_rescore_evaluates_again_without_training(bench):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rescored = json.load(open(os.path.join(out, "real_data_rescore.json")))
     assert rescored["rescore"] and len(rescored["rows"]) == 2 and rescored["rows"][0]["eval_topk"] == 5
+    assert rescored["rows"][0]["eval_settings"]["topk"] == 5  # the record names every setting it was scored with
     assert rescored["rows"][1] == _row(rows, "b/part", "PatchCore-style baseline", 0)  # stored, not fitted again
     assert _row(rescored["rows"], "b/part", "PRNet, 2 real anomalies", 0)["run"] == run
     assert os.path.getmtime(os.path.join(run, "part", "last.pt")) == mtime
@@ -188,6 +189,7 @@ def test_rescore_evaluates_again_without_training(bench):
     fused = _row(json.load(open(os.path.join(out, "real_data_rescore.json")))["rows"], "b/part",
                  "PRNet, 2 real anomalies", 0)
     assert fused["eval_image_score"] == "map_residual_knn" and 0.0 <= fused["image_auroc"] <= 1.0
+    assert fused["eval_settings"]["knn_weight"] == 0.25 and "second_read" not in fused["eval_settings"]  # square: none
     assert fused["pixel_auroc"] == rescored["rows"][0]["pixel_auroc"]  # the same maps, another image score
     assert os.path.getmtime(os.path.join(run, "part", "last.pt")) == mtime
     # a run never made is refused, not trained
