@@ -37,6 +37,10 @@ The proxy category (written once under <out>/proxy, symlinks where possible):
   about 0.008–0.06 % of the image (5–40 pixels at 256²; never enlarged), shifted to the level of its new
   surroundings (`synthesis.context_offset`) and pasted at a random place. Real defect appearance at the size of
   BSData's smallest pits, where the texture spots above are far more salient. Scored on its own.
+- test/faint_real_pastes (added to an existing proxy when missing): tiny_real_pastes' pastes, the same draws, with
+  only a quarter to a half of their difference from the normal image kept: a real defect at the size and about the
+  contrast of an early pit (BSData's pits under 130 pixels differ from their surroundings by 0.036 grey levels,
+  median, the shrunk pastes by 0.115: docs/experiments.md, round 32). Scored on its own.
 - test/real_unseen_defects (added to an existing proxy when missing): the second half of the few-shot anomalies
   themselves, whole, in their own images (links, as test/<defect>), the source of the extended pastes: real
   defects on their own surface, which no proxy run trains on. Scored on its own; `score_fusion.py --subsets` also
@@ -81,7 +85,8 @@ IN_CONTEXT = "extended_in_context"
 SMALL = "small_unseen_spots"
 TINY = "tiny_unseen_spots"
 TINY_REAL = "tiny_real_pastes"
-APART = (SWAP, IN_CONTEXT, SMALL, TINY, TINY_REAL)  # subsets added later: scored on their own, never part of "all"
+FAINT_REAL = "faint_real_pastes"
+APART = (SWAP, IN_CONTEXT, SMALL, TINY, TINY_REAL, FAINT_REAL)  # added later: scored on their own, never in "all"
 REAL = "real_unseen_defects"  # added later still; scored on its own, never part of "all", not judged by proxy_rules
 SYNTHETIC = (PERLIN, EXTENDED, *APART)  # every subset made by the proxy; any other defect folder holds real images
 SIGMAS = (0.0, 2.0, 4.0, 8.0)
@@ -351,6 +356,23 @@ def add_tiny_real_subset(info: dict, data: str, seed: int, size) -> None:
         normal, d_img, d_mask, numpy_rng(seed, 0x7E11, k)))
 
 
+FAINT_OPACITY = (0.25, 0.5)  # faint_real_pastes: the share of the paste's difference from the normal image kept
+
+
+def add_faint_real_subset(info: dict, data: str, seed: int, size) -> None:
+    """Write test/faint_real_pastes into the proxy if it is missing (see the module docstring): tiny_real_pastes'
+    pastes (the same draws: place, size, defect) of which only a share b ~ U(FAINT_OPACITY) of the difference from
+    the normal image is kept."""
+    from prnet.utils import numpy_rng
+
+    def paste(normal, d_img, d_mask, k):
+        image, mask = shrunk_paste(normal, d_img, d_mask, numpy_rng(seed, 0x7E11, k))
+        b = float(numpy_rng(seed, 0xFA17, k).uniform(*FAINT_OPACITY))
+        return normal + b * (image - normal), mask
+
+    _write_shot_subset(info, data, FAINT_REAL, size, paste)
+
+
 def spots_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, float] = (0.0005, 0.005),
                max_spots: int = 3) -> np.ndarray:
     """float32 {0,1} H×W: 1–max_spots filled ellipses (axis ratio 1–3, any angle) that cover about a fraction
@@ -615,6 +637,7 @@ def main(argv=None) -> int:
     for name in SPOTS:
         add_spots_subset(info, int(info.get("seed", args.proxy_seed)), args.size, name)
     add_tiny_real_subset(info, data, int(info.get("seed", args.proxy_seed)), args.size)
+    add_faint_real_subset(info, data, int(info.get("seed", args.proxy_seed)), args.size)
     add_real_subset(info, data)
     result_path = os.path.join(args.out, "proxy_validation.json")
     results = json.load(open(result_path)) if os.path.exists(result_path) else {"proxy": info, "rows": []}

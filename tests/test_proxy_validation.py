@@ -6,10 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from proxy_validation import (EXTENDED, IN_CONTEXT, PERLIN, REAL, SMALL, SPOTS, SWAP, TINY, TINY_REAL,
-                              TINY_REAL_AREA, add_in_context_subset, add_real_subset, add_spots_subset,
-                              add_swap_subset, add_tiny_real_subset, band_mask, build_proxy, extended_sources,
-                              overrides, run_name, score_table, seed_summary, shrunk_paste, spots_mask)
+from proxy_validation import (EXTENDED, FAINT_OPACITY, FAINT_REAL, IN_CONTEXT, PERLIN, REAL, SMALL, SPOTS, SWAP,
+                              TINY, TINY_REAL, TINY_REAL_AREA, add_faint_real_subset, add_in_context_subset,
+                              add_real_subset, add_spots_subset, add_swap_subset, add_tiny_real_subset, band_mask,
+                              build_proxy, extended_sources, overrides, run_name, score_table, seed_summary,
+                              shrunk_paste, spots_mask)
 from prnet.config import load_config
 from prnet.datasets import (build_test_dataset, build_train_dataset, few_shot_names, load_mask,
                             load_rgb, make_demo_category, scan_split, select_few_shot)
@@ -307,6 +308,24 @@ def test_tiny_real_subset_pastes_the_validation_defects_shrunk(tmp_path):
     proxy = os.path.join(info["root"], "demo")
     assert len(_subset_images(proxy, TINY_REAL, max_share=0.01)) == len(os.listdir(os.path.join(proxy, "test", "good")))
     _written_once(proxy, TINY_REAL, lambda: add_tiny_real_subset(info, data, seed=0, size=64))
+
+
+def test_faint_real_subset_keeps_a_share_of_the_tiny_pastes(tmp_path):
+    data, out, info = _proxy(tmp_path, n_train=16, n_test_bad=5, shots=4)
+    add_tiny_real_subset(info, data, seed=0, size=64)
+    add_faint_real_subset(info, data, seed=0, size=64)
+    proxy = os.path.join(info["root"], "demo")
+    tiny, faint = (_subset_images(proxy, n, max_share=0.01) for n in (TINY_REAL, FAINT_REAL))
+    assert len(faint) == len(tiny) == len(os.listdir(os.path.join(proxy, "test", "good")))
+    shares = []
+    for (t_img, normal, t_mask), (f_img, _, f_mask) in zip(tiny, faint):
+        assert np.array_equal(t_mask, f_mask)  # the same draws: place, size and defect
+        full = (t_img - normal)[t_mask]
+        strong = np.abs(full) > 20 / 255  # pixels whose share survives 8-bit rounding well
+        if strong.any():
+            shares.append(float(np.median((f_img - normal)[t_mask][strong] / full[strong])))
+    assert shares and all(FAINT_OPACITY[0] - 0.05 <= b <= FAINT_OPACITY[1] + 0.05 for b in shares)
+    _written_once(proxy, FAINT_REAL, lambda: add_faint_real_subset(info, data, seed=0, size=64))
 
 
 def test_real_subset_links_the_validation_anomalies_whole(tmp_path):
