@@ -40,7 +40,7 @@ The proxy category (written once under <out>/proxy, symlinks where possible):
 - test/faint_real_pastes (added to an existing proxy when missing): tiny_real_pastes' pastes, the same draws, with
   only a quarter to a half of their difference from the normal image kept: a real defect at the size and about the
   contrast of an early pit (BSData's pits under 130 pixels differ from their surroundings by 0.036 grey levels,
-  median, the shrunk pastes by 0.115: docs/experiments.md, round 32). Scored on its own.
+  median, the shrunk pastes by 0.115, these by 0.044: docs/experiments.md, round 32). Scored on its own.
 - test/real_unseen_defects (added to an existing proxy when missing): the second half of the few-shot anomalies
   themselves, whole, in their own images (links, as test/<defect>), the source of the extended pastes: real
   defects on their own surface, which no proxy run trains on. Scored on its own; `score_fusion.py --subsets` also
