@@ -3,9 +3,9 @@ run's image-score parts, image by image, against the pit's mask area. Reads the 
 file (first read s_m, top-25 of map0.5; s_knn) and second_read.py's file (s_mw, the second read at 256x640), z-scores
 each part on the held-out normal training images as the library does, and prints the image AUROC of each part and
 of the one- and two-read scores per pit-size bin (each bin's pits against every normal test image), then the
-highest-scored normal test images and how many pits each outranks.
+highest-scored normal test images and how many pits each outranks. <bsdata>: the BSData folder (MVTec layout).
 
-    python docs/results/real_data_second_read/diagnostic/by_pit_size.py P_test.json S_test.json ../shared/data/bsdata
+    python docs/results/real_data_second_read/diagnostic/by_pit_size.py P_test.json S_test.json <bsdata>
 """
 import json
 import sys

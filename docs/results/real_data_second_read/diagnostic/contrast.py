@@ -3,9 +3,9 @@ surroundings, |mean grey level inside the mask - mean over a ring 3-6 pixels aro
 with the ring's standard deviation, per size bin. For BSData's test pits (read after the decisions), the 10 real
 anomalies the 10-shot runs train on (listed in a real_data.py evaluation file) and a proxy's tiny_real_pastes.
 
-    python docs/results/real_data_second_read/diagnostic/contrast.py ../shared/data/bsdata \
+    python docs/results/real_data_second_read/diagnostic/contrast.py <bsdata> \
         docs/results/real_data_second_read/runs/bsdata/prnet10-seed0-3a85201e2c/eval-203a751b78.json \
-        pv_bsdata_wide/proxy/bsdata
+        pv_bsdata_wide/proxy/bsdata          # <bsdata>: the BSData folder (MVTec layout)
 """
 import glob
 import json
