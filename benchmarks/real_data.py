@@ -214,7 +214,8 @@ def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> di
     # train.json and the evaluations stored here describe the weights trained before (a kept record copied in
     # without its checkpoint); these weights are new (a fresh run) or finished anew (a resume). None of them may
     # stand for the run that comes out, nor mark a run interrupted from here on as finished
-    for stale in glob.glob(os.path.join(run_dir, "eval-*.json")) + glob.glob(done):
+    stale_records = glob.glob(os.path.join(glob.escape(run_dir), "eval-*.json"))  # escaped: --out may contain [ ] * ?
+    for stale in stale_records + ([done] if os.path.exists(done) else []):
         log.info("removing %s: a record of this run's earlier training", stale)
         os.remove(stale)
     t0 = time.time()
