@@ -34,6 +34,14 @@ def differences(run: str, candidate: str = CANDIDATE, prefix: str = "S", groups=
     return {g: f["image_auroc"][candidate][g] - f["image_auroc"][REFERENCE][g] for g in groups}
 
 
+def report(judged: dict, candidate: str, per_run: dict, diff: dict) -> None:
+    """Print each setting's mean difference per group, with each run's."""
+    for s, runs in judged.items():
+        print(f"{s}: {candidate} - {REFERENCE}, image AUROC, mean of {' and '.join(runs)} (each):")
+        for g, x in diff[s].items():
+            print(f"  {g:26s} {x:+.4f}  ({' '.join(f'{per_run[r][g]:+.4f}' for r in runs)})")
+
+
 def round_32(out) -> None:
     """Rule 1 of round 32: the default (CANDIDATE_31) against one read on FAINT, mean of the two runs per setting;
     behind by more than 0.005 in either setting withdraws the second read's default."""
@@ -43,10 +51,7 @@ def round_32(out) -> None:
     rule = {f"{s}: {FAINT} >= -0.005": diff[s][FAINT] >= -0.005 for s in JUDGED_31}
     keeps = all(rule.values())
     print("round 32")
-    for s, runs in JUDGED_31.items():
-        print(f"{s}: {CANDIDATE_31} - {REFERENCE}, image AUROC, mean of {' and '.join(runs)} (each):")
-        for g, x in diff[s].items():
-            print(f"  {g:26s} {x:+.4f}  ({' '.join(f'{per_run[r][g]:+.4f}' for r in runs)})")
+    report(JUDGED_31, CANDIDATE_31, per_run, diff)
     broken = [k for k, v in rule.items() if not v]
     print(f"  rule 1: {'holds' if keeps else 'fails: ' + '; '.join(broken)}")
     verdict = "nothing changes" if keeps else "eval.second_read defaults to none again"
@@ -72,10 +77,7 @@ def main() -> None:
              "2": {f"{s}: {g} >= -0.005": diff[s][g] >= -0.005 for s in judged for g in HARM}}
     passes = all(v for part in rules.values() for v in part.values())
     print(f"round {args.round}")
-    for s, runs in judged.items():
-        print(f"{s}: {candidate} - {REFERENCE}, image AUROC, mean of {' and '.join(runs)} (each):")
-        for g, x in diff[s].items():
-            print(f"  {g:26s} {x:+.4f}  ({' '.join(f'{per_run[r][g]:+.4f}' for r in runs)})")
+    report(judged, candidate, per_run, diff)
     looked = {r: differences(r, candidate) for r in LOOKED_AT} if args.round != 31 else {}
     for r, d in looked.items():
         print(f"not judged, looked at before the rules: {r}: " + ", ".join(f"{g} {x:+.4f}" for g, x in d.items()))
