@@ -93,7 +93,7 @@ def test_score_fusion_reads_the_distance_at_another_size(knn_run):
 
     ckpt, _ = knn_run
     out = os.path.join(os.path.dirname(ckpt), "sized.json")
-    rules = "knn,knns,zsum0.25k25,zsum0.25k25s"
+    rules = "knn,knns,zsum0.25k25,zsum0.25k25s,residual"
     got, parts = {}, {}
     for size in ("64", "64,128"):
         assert score_fusion.main(["--checkpoint", ckpt, "--rules", rules, "--per-image", "--knn-size", size,
@@ -114,6 +114,9 @@ def test_score_fusion_reads_the_distance_at_another_size(knn_run):
     np.testing.assert_allclose(z["s_m_k25"] + 0.25 * z["s_knns"], wide["zsum0.25k25s"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(z["s_m_k25"] + 0.25 * z["s_knn"], wide["zsum0.25k25"], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(raw["test"]["s_knns"], wide["knns"])
+    [s_r] = [n for n in raw["test"] if n.startswith("s_r_k")]  # the residual's own top-k mean, at the run's eval.topk
+    np.testing.assert_allclose(raw["test"][s_r], wide["residual"], rtol=1e-6)
+    assert len(raw["train"][s_r]) == len(raw["train"]["s_knn"])
 
 
 def test_a_checkpoint_without_it_gets_the_same_score_from_its_prototype_file(knn_run, caplog):
