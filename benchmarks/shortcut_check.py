@@ -1,7 +1,7 @@
 """Does a data set's image AUROC need the defects? A check for shortcuts in a test split, without training.
 
     python benchmarks/shortcut_check.py --data ../shared/data --category bsdata [--size 256] [--dilate 16,48] \
-        [--out shortcut_bsdata.json]
+        [--out shortcut_bsdata.json] [--write-control DIR]
 
 The PatchCore-style baseline (benchmarks/patchcore.py, the settings of real_data.py's baseline) is fitted on the
 normal training images and reads every test image. Its image AUROC is then computed three ways:
@@ -14,6 +14,9 @@ normal training images and reads every test image. Its image AUROC is then compu
 - defect-blind: the map's mean over the same pixels (over the whole map for normal images): a global statistic
   of how far the image's surface is from the normal training images.
 
+and the same three on a control (below); the control as scored is the baseline's image AUROC when the defective and
+normal images differ only by the defects.
+
 A defect's signal can still reach beyond the dilated mask (the features' receptive fields, the smoothing), more so
 for large defects. So the same figures are also computed on a control: each defective image's masked pixels pasted
 at the same place into a normal test image (seeded draw), so that everything outside the mask is normal surface.
@@ -24,25 +27,29 @@ there without finding a single defect: compare detectors on such a data set by t
 AUROC only next to this check. Defective images without a mask are left out of the last two. Each figure is given
 for all defective images and per defect type, each against every normal test image; the figures are the
 baseline's, and another detector's own dependence on the defects can differ (docs/experiments.md reads PRNet's on
-BSData).
+BSData). `--write-control DIR` also writes the control as a data set of its own at the images' own size
+(`write_control`), on which any detector can be evaluated where only the defects differ
+(docs/results/shortcut/control_auroc.py reads it with trained PRNet runs).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from scipy.ndimage import maximum_filter
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from patchcore import PatchCore
-from prnet.datasets.mvtec import MVTEC
+from prnet.datasets.mvtec import MVTEC, load_mask, load_rgb, scan_split
 from prnet.utils import atomic_write, numpy_rng, resolve_device, setup_logging
 from real_data import parse_size
 
@@ -106,13 +113,14 @@ def check(data: str, category: str, size, dilations: Sequence[int], seed: int = 
               "defective": int(labels.sum()), "defective_without_mask": int((~masked).sum()),
               "shortcut_auroc": SHORTCUT_AUROC, "baseline": aurocs(scores_a, labels, defects, np.ones_like(masked)),
               "hidden": {}, "blind": {}}
+    # the control: the pasted images in the defective images' places, the normal images as they are
+    c_maps = np.where((labels == 1)[:, None, None] & masked[:, None, None], control, maps_a)
+    result["control"] = aurocs(c_maps.reshape(len(c_maps), -1).max(1), labels, defects, masked)
     result["control_hidden"], result["control_blind"] = {}, {}
     for d in dilations:
         hide = dilated(masks, d)
         result["hidden"][str(d)] = aurocs(hidden_topk(maps_a, hide, 1), labels, defects, masked)
         result["blind"][str(d)] = aurocs(outside_mean(maps_a, hide), labels, defects, masked)
-        # the control: the pasted images in the defective images' places, the normal images as they are
-        c_maps = np.where((labels == 1)[:, None, None] & masked[:, None, None], control, maps_a)
         result["control_hidden"][str(d)] = aurocs(hidden_topk(c_maps, hide, 1), labels, defects, masked)
         result["control_blind"][str(d)] = aurocs(outside_mean(c_maps, hide), labels, defects, masked)
     result["shortcut"] = any(row["all"] >= SHORTCUT_AUROC and row["all"] >= result["control_blind"][d]["all"]
@@ -124,10 +132,8 @@ def pasted_control(model: PatchCore, test: MVTEC, labels: np.ndarray, masked: np
                    batch: int) -> np.ndarray:
     """The baseline's maps of the control images (N×H×W, in the test order; only the rows of defective images with a
     mask are filled): each such image's pixels inside its mask pasted at the same place into a normal test image
-    drawn with numpy_rng(seed, i). None if the test split has no normal image."""
+    drawn with numpy_rng(seed, i)."""
     normal = np.flatnonzero(labels == 0)
-    if normal.size == 0:
-        return None
     todo = [int(i) for i in np.flatnonzero((labels == 1) & masked)]
     out = np.zeros((len(test), *test.hw), np.float32)
     for start in tqdm(range(0, len(todo), batch), desc="control", unit="batch"):
@@ -139,6 +145,39 @@ def pasted_control(model: PatchCore, test: MVTEC, labels: np.ndarray, masked: np
             pasted.append(host["image"] * (1 - m) + item["image"] * m)
         out[rows] = model.predict(torch.stack(pasted))[0]
     return out
+
+
+def write_control(data: str, category: str, out: str, seed: int = 0) -> str:
+    """Write the control as a data set of its own, at the images' own size, so that any detector can be evaluated on
+    it: <out>/<category>/ with train/ and test/good/ linked to the originals, and each defective test image that has a
+    mask replaced by a normal test image (drawn with numpy_rng(seed, i), resized to the defective image's size if
+    need be) holding the defective image's pixels inside the mask: test/<type>/<stem>.png (lossless, so the normal
+    surface is the decoded original's, pixel for pixel) with its mask copied to ground_truth/<type>/. Returns the
+    category folder; an existing one is an error."""
+    src, dst = os.path.join(data, category), os.path.join(out, category)
+    if os.path.exists(dst):
+        raise FileExistsError(f"{dst} already exists; remove it to write the control again")
+    samples = scan_split(data, category, "test")
+    normal = [s for s in samples if s.label == 0]
+    if not normal:
+        raise ValueError(f"{src}/test: no normal test image to paste the defects into")
+    os.makedirs(os.path.join(dst, "test"))
+    os.symlink(os.path.abspath(os.path.join(src, "train")), os.path.join(dst, "train"))
+    os.symlink(os.path.abspath(os.path.join(src, "test", "good")), os.path.join(dst, "test", "good"))
+    for i, smp in enumerate(tqdm(samples, desc="control images", unit="image")):
+        if smp.label == 0 or smp.mask_path is None:
+            continue
+        image, mask = load_rgb(smp.path), load_mask(smp.mask_path) > 0.5
+        host = load_rgb(normal[int(numpy_rng(seed, i).integers(len(normal)))].path, image.shape[:2])
+        host[mask] = image[mask]
+        stem = os.path.splitext(os.path.basename(smp.path))[0]
+        for d in ("test", "ground_truth"):
+            os.makedirs(os.path.join(dst, d, smp.defect), exist_ok=True)
+        Image.fromarray(np.round(host * 255).astype(np.uint8)).save(os.path.join(dst, "test", smp.defect,
+                                                                            f"{stem}.png"))
+        Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(dst, "ground_truth", smp.defect,
+                                                                       f"{stem}_mask.png"))
+    return dst
 
 
 def report(result: dict) -> str:
@@ -157,8 +196,9 @@ def report(result: dict) -> str:
         lines.append(row(f"defects hidden, mask dilated by {d} px", result["hidden"][d]))
     for d in result["blind"]:
         lines.append(row(f"defect-blind: the map's mean outside, {d} px", result["blind"][d]))
+    lines.append(row("control (defects pasted into normal images), as scored", result["control"]))
     for d in result["control_hidden"]:
-        lines.append(row(f"control (defects pasted into normal images), hidden, {d} px", result["control_hidden"][d]))
+        lines.append(row(f"control, defects hidden, {d} px", result["control_hidden"][d]))
     for d in result["control_blind"]:
         lines.append(row(f"control, defect-blind, {d} px", result["control_blind"][d]))
     if result["shortcut"]:
@@ -180,6 +220,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights", default="package", help="backbone weights (patchcore.py's --weights)")
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--write-control", metavar="DIR",
+                   help="also write the control at the images' own size as DIR/<category> (train/ and normal test "
+                        "images linked), for evaluating any detector on it")
     args = p.parse_args(argv)
     setup_logging()
     try:
@@ -192,6 +235,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(report(result))
     if args.out:
         atomic_write(args.out, lambda tmp: json.dump(result, open(tmp, "w", encoding="utf-8"), indent=2))
+    if args.write_control:
+        print("control data set:", write_control(args.data, args.category, args.write_control, args.seed))
     return 0
 
 

@@ -67,6 +67,7 @@ def test_the_check_flags_a_difference_outside_the_defects_and_only_that(tmp_path
     # hidden with a margin beyond the features' reach (stride-16 features averaged 3×3, σ 4 smoothing)
     blind, control = r["blind"]["40"]["all"], r["control_blind"]["40"]["all"]
     assert control < 0.75  # everything outside the pasted squares is normal surface
+    assert r["control"]["all"] > 0.95  # ... and the squares are found there too
     if grain:
         assert blind > 0.95 and r["shortcut"] is True
         assert "SHORTCUT" in capsys.readouterr().out
@@ -83,3 +84,29 @@ def test_a_test_split_without_normal_images_is_refused(tmp_path):
     os.rmdir(os.path.join(cat, "test/good"))
     with pytest.raises(ValueError, match="only defective"):
         shortcut_check.check(root, "spots", 256, [0])
+
+
+def test_the_control_written_as_a_data_set(tmp_path):
+    """--write-control: the defects' pixels inside their masks, every other pixel a normal test image's, lossless;
+    train/ and the normal test images linked; the baseline on it finds the squares and no shortcut."""
+    root, out = str(tmp_path / "data"), str(tmp_path / "control")
+    cat = write_category(root, grain_on_defective=True)  # the grain stays behind: only the squares are pasted
+    assert shortcut_check.main(["--data", root, "--category", "spots", "--size", "256", "--dilate", "40",
+                                "--write-control", out]) == 0
+    ctl = os.path.join(out, "spots")
+    assert os.path.realpath(os.path.join(ctl, "train")) == os.path.realpath(os.path.join(cat, "train"))
+    assert sorted(os.listdir(os.path.join(ctl, "test/good"))) == sorted(os.listdir(os.path.join(cat, "test/good")))
+    names = sorted(os.listdir(os.path.join(ctl, "test/spot")))
+    assert names == [f"{i:03d}.png" for i in range(10)]
+    normals = [np.asarray(Image.open(os.path.join(cat, "test/good", f))) for f in sorted(os.listdir(
+        os.path.join(cat, "test/good")))]
+    for n in names:
+        pasted = np.asarray(Image.open(os.path.join(ctl, "test/spot", n)))
+        defect = np.asarray(Image.open(os.path.join(cat, "test/spot", n)))
+        mask = np.asarray(Image.open(os.path.join(ctl, "ground_truth/spot", n.replace(".png", "_mask.png")))) > 0
+        assert mask.sum() == 36 and np.array_equal(pasted[mask], defect[mask])
+        assert any(np.array_equal(pasted[~mask], h[~mask]) for h in normals)  # one normal image, pixel for pixel
+    r = shortcut_check.check(out, "spots", 256, [40])
+    assert r["baseline"]["all"] > 0.95 and r["blind"]["40"]["all"] < 0.75 and r["shortcut"] is False
+    with pytest.raises(FileExistsError, match="already exists"):
+        shortcut_check.write_control(root, "spots", out)
