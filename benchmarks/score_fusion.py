@@ -299,10 +299,9 @@ def raw_parts(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_tra
               knn: tuple[np.ndarray, np.ndarray] | None = None,
               knn_sized: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """{part: (test values, held-out training values)}: s_m_k<k> (the top-k mean of map0.5's p · r^0.5, for the run's
-    eval.topk `k` and the k of every TOPK_RULES and SIZED_RULES rule), s_r_k<k> (the top-k mean of the prototype residual
-    r alone, the `residual` rule) and the nearest-neighbour scores s_knn and, with
-    --knn-size, s_knns; the zsum rules are z(log s_m_k<k>) + w · z(log s_knn[s]) with z from the training values
-    (zscores)."""
+    eval.topk `k` and the k of every TOPK_RULES and SIZED_RULES rule), s_r_k<k> (the top-k mean of the prototype
+    residual r alone, the `residual` rule, for `k`) and the nearest-neighbour scores s_knn and, with --knn-size,
+    s_knns; the zsum rules are z(log s_m_k<k>) + w · z(log s_knn[s]) with z from the training values (zscores)."""
     m_test, m_train = p_test * np.sqrt(r_test), p_train * np.sqrt(r_train)
     ks = sorted({k, *(k_m for _, k_m in TOPK_RULES.values()), *(k_m for _, k_m in SIZED_RULES.values())})
     out = {f"s_m_k{kk}": (topk_mean(m_test, kk), topk_mean(m_train, kk)) for kk in ks}

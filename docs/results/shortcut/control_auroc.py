@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 import prnet
 from patchcore import PatchCore
-from prnet.datasets.mvtec import MVTEC
+from prnet.datasets.mvtec import MVTEC, scan_split
 from torch.utils.data import DataLoader
 
 
@@ -30,30 +30,21 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", nargs="+", required=True)
     ap.add_argument("--out")
     args = ap.parse_args(argv)
-    category = os.path.basename(os.path.normpath(args.control))
-    test = os.path.join(args.control, "test")
-    images = [(os.path.join(d, f), d) for d in sorted(os.listdir(test))
-              for f in sorted(os.listdir(os.path.join(test, d)))]
+    root, category = os.path.split(os.path.normpath(args.control))
+    names = [s.name for s in scan_split(root, category, "test")]
     out = {"control": args.control, "runs": {}}
     for run in args.runs:
         results = json.load(open(os.path.join(run, category, "results.json")))
-        seen = {os.path.splitext(n)[0] for n in results["real_anomalies_used_for_training"]}
-        keep = [(p, d) for p, d in images if os.path.splitext(p)[0] not in seen]
+        cfg, seen = results["config"], {os.path.splitext(n)[0] for n in results["real_anomalies_used_for_training"]}
+        left_out = [n for n in names if os.path.splitext(n)[0] in seen]
+        test_set = MVTEC(root, category, "test", cfg["data"]["image_size"], exclude=left_out)
+        labels = [s.label for s in test_set.samples]
         detector = prnet.load_detector(os.path.join(run, category, "last.pt"), device="cpu")
-        scores = [r.score for r in detector.predict([os.path.join(test, p) for p, _ in keep], batch_size=16)]
-        labels = [int(d != "good") for _, d in keep]
-        auroc = float(roc_auc_score(labels, scores))
-        cfg = results["config"]
-        left_out = [p for p, _ in images if os.path.splitext(p)[0] in seen]
-        test_set = MVTEC(os.path.dirname(os.path.normpath(args.control)), category, "test", cfg["data"]["image_size"],
-                         exclude=left_out)
+        scores = [r.score for r in detector.predict([s.path for s in test_set.samples], batch_size=16)]
         base = PatchCore("tf_efficientnet_lite0", "package", sigma=4.0, seed=cfg["seed"])
-        base.fit(DataLoader(MVTEC(os.path.dirname(os.path.normpath(args.control)), category, "train",
-                                  cfg["data"]["image_size"]), batch_size=16, num_workers=0))
+        base.fit(DataLoader(MVTEC(root, category, "train", cfg["data"]["image_size"]), batch_size=16, num_workers=0))
         b_scores = [float(x) for b in DataLoader(test_set, batch_size=16, num_workers=0) for x in base.predict(b)[1]]
-        b_labels = [s.label for s in test_set.samples]
-        assert [s.name for s in test_set.samples] == [p for p, _ in keep], "the same images, in the same order"
-        b_auroc = float(roc_auc_score(b_labels, b_scores))
+        auroc, b_auroc = float(roc_auc_score(labels, scores)), float(roc_auc_score(labels, b_scores))
         out["runs"][run] = {"image_auroc": auroc, "baseline_image_auroc": b_auroc, "normal": labels.count(0),
                             "defective": sum(labels), "left_out": len(left_out)}
         print(f"{run}: control image AUROC PRNet {auroc:.4f}, baseline {b_auroc:.4f} ({sum(labels)} defective, "
