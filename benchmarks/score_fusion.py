@@ -177,6 +177,30 @@ def maps_of(model, dataset, *, sigma: float, batch: int, device: torch.device, l
             {name: np.concatenate(m) for name, m in flipped.items()})
 
 
+def use_run_bank(model, cfg, category: str, checkpoint: str, device: torch.device) -> None:
+    """Give `model` its run's prototype bank: the checkpoint holds the prototypes, the run's prototype file also each
+    training image's cluster (held-out residuals need them); the file must be the one the checkpoint was trained
+    with."""
+    bank = run_prototypes(cfg, category).to(device)
+    if any(a.shape != b.shape or not torch.equal(a, b) for a, b in zip(bank.prototypes, model.bank.prototypes)):
+        raise SystemExit(f"{prototype_path(cfg, category)}: not the prototypes of {checkpoint}")
+    model.bank = bank
+
+
+def run_maps(model, train, test, *, sigma: float, batch: int, device: torch.device,
+             flips: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(p_train, r_train, p_test, r_test, {flip rule: test maps}): the learned maps and the prototype residual r of
+    the normal training images (held out) and the test images (see the module docstring; r per scale over that
+    scale's mean on the training images, the scales averaged)."""
+    p_train, r_train, _ = maps_of(model, train, sigma=sigma, batch=batch, device=device, leave_one_out=True,
+                                  desc="train normals")
+    p_test, r_test, flipped = maps_of(model, test, sigma=sigma, batch=batch, device=device, leave_one_out=False,
+                                      desc="test", flips=flips)
+    scale = [r.mean() for r in r_train]
+    return (p_train, np.mean([r / s for r, s in zip(r_train, scale)], axis=0), p_test,
+            np.mean([r / s for r, s in zip(r_test, scale)], axis=0), flipped)
+
+
 def topk_mean(maps: np.ndarray, k: int) -> np.ndarray:
     flat = torch.from_numpy(maps.reshape(len(maps), -1))
     return flat.topk(max(1, min(k, flat.shape[1])), dim=1).values.mean(1).numpy()
@@ -418,19 +442,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         test_cfg = copy.deepcopy(test_cfg)
         test_cfg.data.root = args.test_data
     test, train = build_test_dataset(test_cfg, category), normal_train_set(cfg, category)
-    # the checkpoint holds the prototypes, the run's prototype file also each training image's cluster (held-out
-    # residuals need them); the file must be the one the checkpoint was trained with
-    bank = run_prototypes(cfg, category).to(device)
-    if any(a.shape != b.shape or not torch.equal(a, b) for a, b in zip(bank.prototypes, model.bank.prototypes)):
-        raise SystemExit(f"{prototype_path(cfg, category)}: not the prototypes of {args.checkpoint}")
-    model.bank = bank
-    kw = dict(sigma=cfg.eval.sigma, batch=args.batch, device=device)
-    p_train, r_train, _ = maps_of(model, train, leave_one_out=True, desc="train normals", **kw)
-    p_test, r_test, flipped = maps_of(model, test, leave_one_out=False, desc="test",
-                                      flips=list(FLIPS) if args.flips else [], **kw)
-    scale = [r.mean() for r in r_train]
-    r_train = np.mean([r / s for r, s in zip(r_train, scale)], axis=0)
-    r_test = np.mean([r / s for r, s in zip(r_test, scale)], axis=0)
+    use_run_bank(model, cfg, category, args.checkpoint, device)
+    p_train, r_train, p_test, r_test, flipped = run_maps(model, train, test, sigma=cfg.eval.sigma, batch=args.batch,
+                                                         device=device, flips=list(FLIPS) if args.flips else [])
     fused = fused_maps(p_test, r_test)
     knn, knn_map = None, {}
     if args.knn:

@@ -29,23 +29,15 @@ import json
 import sys
 
 import numpy as np
-import torch
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from prnet.datasets import build_test_dataset, normal_train_set
+from prnet.datasets import build_test_dataset, load_mask, normal_train_set
 from prnet.engine.checkpoint import model_from_checkpoint
-from prnet.engine.prototypes import prototype_path
 from prnet.utils import resolve_device
-from score_fusion import knn_scores, maps_of, run_prototypes, topk_mean
+from score_fusion import knn_scores, run_maps, topk_mean, use_run_bank, zscores
 from shortcut_check import dilated, hidden_topk, outside_mean
 
 BINS = [(0, 130), (130, 500), (500, None)]  # pit area in pixels of the original shot (by_pit_size.py's bins)
-
-
-def zscore(test: np.ndarray, train: np.ndarray) -> np.ndarray:
-    lt, lr = np.log(test + 1e-12), np.log(train + 1e-12)
-    return (lt - lr.mean()) / lr.std()
 
 
 TABLE = ["one read: z(s_m) + 0.25 z(s_knn)", "s_m (top-k of map0.5)", "s_r (top-k of the residual)",
@@ -88,25 +80,16 @@ def main(argv=None) -> int:
         cfg.data.root = args.data
     category, k = cfg.data.classes[0], cfg.eval.topk
     test, train = build_test_dataset(cfg, category), normal_train_set(cfg, category)
-    bank = run_prototypes(cfg, category).to(device)
-    if any(not torch.equal(a, b) for a, b in zip(bank.prototypes, model.bank.prototypes)):
-        raise SystemExit(f"{prototype_path(cfg, category)}: not the prototypes of {args.checkpoint}")
-    model.bank = bank
-    kw = dict(sigma=cfg.eval.sigma, batch=args.batch, device=device)
-    p_train, r_train, _ = maps_of(model, train, leave_one_out=True, desc="train normals", **kw)
-    p_test, r_test, _ = maps_of(model, test, leave_one_out=False, desc="test", **kw)
-    scale = [r.mean() for r in r_train]
-    r_train = np.mean([r / s for r, s in zip(r_train, scale)], axis=0)
-    r_test = np.mean([r / s for r, s in zip(r_test, scale)], axis=0)
+    use_run_bank(model, cfg, category, args.checkpoint, device)
+    p_train, r_train, p_test, r_test, _ = run_maps(model, train, test, sigma=cfg.eval.sigma, batch=args.batch,
+                                                   device=device)
     m_train, m_test = p_train * np.sqrt(r_train), p_test * np.sqrt(r_test)
     knn_test, knn_train, d_test, _ = knn_scores(cfg, train, test, device, args.batch, train_maps=False)
     tm_train = topk_mean(m_train, k)
 
     labels = np.array([s.label for s in test.samples])
     masks = np.stack([test.mask(i) for i in range(len(test))]) > 0.5
-    area = np.array([sum((np.array(Image.open(p)) > 0).sum() for p in
-                         ((s.mask_path,) if isinstance(s.mask_path, str) else s.mask_path)) if s.mask_path else 0
-                     for s in test.samples])
+    area = np.array([load_mask(s.mask_path).sum() if s.mask_path else 0 for s in test.samples])
     result = {"checkpoint": args.checkpoint, "category": category, "topk": k, "normal": int((labels == 0).sum()),
               "defective": int(labels.sum()), "bins": {}, "auroc": {}}
     bins = {"all": labels == 1}
@@ -120,7 +103,7 @@ def main(argv=None) -> int:
             hide = dilated(masks, int(d))
         s_m, s_r, s_knn = hidden_topk(m_test, hide, k), hidden_topk(r_test, hide, k), hidden_topk(d_test, hide, 1)
         scores = {"s_m (top-k of map0.5)": s_m, "s_r (top-k of the residual)": s_r, "s_knn (the baseline)": s_knn,
-                  "one read: z(s_m) + 0.25 z(s_knn)": zscore(s_m, tm_train) + 0.25 * zscore(s_knn, knn_train),
+                  "one read: z(s_m) + 0.25 z(s_knn)": zscores(s_m, tm_train) + 0.25 * zscores(s_knn, knn_train),
                   "mean of r outside": outside_mean(r_test, hide), "mean of the baseline's map outside":
                   outside_mean(d_test, hide), "mean of p outside": outside_mean(p_test, hide)}
         if d == "none":
