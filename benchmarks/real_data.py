@@ -29,6 +29,15 @@ git commit and a hash of any uncommitted changes to tracked files, package versi
 
 `--rescore` trains no PRNet: it evaluates the finished PRNet runs of the settings given with the evaluation settings
 given now (`--set eval.sigma=4`) and writes <out>/real_data_rescore.json.
+
+`--control` also scores every run (PRNet and the baseline, all five metrics) on a control of each data set: each
+defective test image's pixels inside its mask pasted into a normal test image (benchmarks/shortcut_check.py), so
+that the defective and normal images differ only by the defects. Where a test split's defective images also differ
+from its normal ones elsewhere (later shots, dirt, lighting), the test image AUROC rewards that as well; the
+control's does not (on Magnetic Tile and BSData a statistic that never looks at a defect reaches 0.975 on the test
+split: docs/experiments.md). The table gets a column "control image AUROC". The control is written once per data set
+under <out>/controls/ (MVTec layout only; defective images without a mask are left out, the runs' real anomalies
+too) and its scores are stored next to each run like its test scores.
 """
 from __future__ import annotations
 
@@ -40,6 +49,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from typing import NamedTuple
@@ -56,6 +66,8 @@ COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
 HEADERS = ("image AUROC", "image AP", "pixel AUROC", "pixel AP", "AUPRO")
 BASELINE = "PatchCore-style baseline"
 BASELINE_SETTINGS = "stages 2-3, 3x3 avg, greedy coreset 10 % of 200k randomly drawn patches, sigma 4, max"
+CONTROL_SEED = 0  # the draw of the normal test image each defect is pasted into (shortcut_check.write_control)
+CONTROL_COLUMN = "control_image_auroc"
 _TRAIN_SCRIPT = None
 
 
@@ -248,8 +260,9 @@ def eval_settings(eval_cfg) -> dict:
     return settings
 
 
-def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: torch.device) -> dict:
-    """One PRNet run (trained or reused), scored on the common test set (or that score reused)."""
+def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: torch.device, control=None) -> dict:
+    """One PRNet run (trained or reused), scored on the common test set (or that score reused), and on the control
+    test set when one is given (stored the same way)."""
     from prnet.config import load_config
     from prnet.engine.checkpoint import model_from_checkpoint
     from prnet.engine.evaluator import evaluate
@@ -270,6 +283,25 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
     eval_cfg = with_second_read(load_config(None, ov), ds.category).eval
     eval_key = short_hash({"eval": eval_settings(eval_cfg), "test": test_key(common_test)})
     eval_path = os.path.join(run_dir, f"eval-{eval_key}.json")
+    ckpt = os.path.join(run_dir, ds.category, "last.pt")
+    loaded: list = []
+
+    def model_and_config():
+        """The run's model with the evaluation settings asked for now (loaded once)."""
+        if not loaded:
+            if not os.path.exists(ckpt):
+                raise SystemExit(f"--control: {ckpt} is missing (a kept record of a run holds only its "
+                                 "evaluations); train the run again to score it on the control")
+            model, cfg, _ = model_from_checkpoint(ckpt, device)
+            cfg.eval = eval_cfg
+            attach_second_read(model, cfg, ds.category, device)  # a run trained with other evaluation settings
+            if cfg.eval.image_score != "map":
+                attach_residual_means(model, cfg, ds.category, device)  # a run trained before they were stored
+            if needs_knn(cfg):
+                attach_knn_score(model, cfg, ds.category, device)  # a run trained with other evaluation settings
+            loaded.append((model, cfg))
+        return loaded[0]
+
     done = os.path.join(run_dir, "train.json")
     if os.path.exists(done) and os.path.exists(eval_path):
         # finished and scored with these settings before: no checkpoint needed (a kept record has only the JSONs)
@@ -278,13 +310,7 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
         scored = json.load(open(eval_path, encoding="utf-8"))
     else:
         trained = train_prnet(ov, run_dir, ds.category, args.rescore)
-        model, cfg, _ = model_from_checkpoint(os.path.join(run_dir, ds.category, "last.pt"), device)
-        cfg.eval = eval_cfg
-        attach_second_read(model, cfg, ds.category, device)  # a run trained with other evaluation settings
-        if cfg.eval.image_score != "map":
-            attach_residual_means(model, cfg, ds.category, device)  # a run trained before they were stored
-        if needs_knn(cfg):
-            attach_knn_score(model, cfg, ds.category, device)  # a run trained with other evaluation settings
+        model, cfg = model_and_config()
         t1 = time.time()
         metrics, raw = evaluate(model, common_test, cfg, device)
         results = json.load(open(os.path.join(run_dir, ds.category, "results.json"), encoding="utf-8"))
@@ -296,14 +322,33 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
                   "per_defect": per_defect(raw["scores"], raw["labels"], raw["maps"], raw["masks"], common_test),
                   "provenance": provenance(device)}
         write_json(eval_path, scored)
-    return {"dataset": ds.label, "method": f"PRNet, {shots} real anomalies", "seed": seed, **scored,
-            "train_min": trained["train_min"], "train_minutes_includes": trained["train_minutes_includes"],
-            # None for runs recorded before records carried it
-            "train_provenance": trained.get("provenance"), "run": run_dir}
+    row = {"dataset": ds.label, "method": f"PRNet, {shots} real anomalies", "seed": seed, **scored,
+           "train_min": trained["train_min"], "train_minutes_includes": trained["train_minutes_includes"],
+           # None for runs recorded before records carried it
+           "train_provenance": trained.get("provenance"), "run": run_dir}
+    if control is not None:
+        key = short_hash({"eval": eval_settings(eval_cfg), "test": test_key(control), "control": CONTROL_SEED})
+        path = os.path.join(run_dir, f"eval-control-{key}.json")  # eval-*: removed with the others on retraining
+        if os.path.exists(path):
+            scored_control = json.load(open(path, encoding="utf-8"))
+        else:
+            model, cfg = model_and_config()
+            metrics, _ = evaluate(model, control, cfg, device)
+            scored_control = {**metrics, "images": len(control), "provenance": provenance(device)}
+            write_json(path, scored_control)
+        row.update(control_row(scored_control))
+    return row
 
 
-def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.device) -> dict:
-    """The baseline fitted on the normal training images, scored on the common test set (or its stored row)."""
+def control_row(scored: dict) -> dict:
+    """The entries a run's row gets from its scores on the control."""
+    return {CONTROL_COLUMN: scored["image_auroc"], "control": {k: scored[k] for k in (*COLUMNS, "images")
+                                                              if k in scored}}
+
+
+def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.device, control=None) -> dict:
+    """The baseline fitted on the normal training images, scored on the common test set (or its stored row), and on
+    the control test set when one is given (stored the same way)."""
     from torch.utils.data import DataLoader
 
     from patchcore import PatchCore
@@ -316,33 +361,57 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
                 "baseline": BASELINE_SETTINGS, "device": args.device}
     run_dir = run_dir_for(args, ds, "patchcore", seed, settings)
     claim_run_dir(run_dir, settings)
+    fitted: list = []
+
+    def model_and_minutes():
+        """The baseline fitted on the normal training images (once) and the minutes that took."""
+        if not fitted:
+            # the same reader as PRNet's runs (data.format and its options from --set)
+            reader = format_args(load_config(None, prnet_overrides(args, ds, 0, seed)))
+            train = MVTEC(ds.root, ds.category, "train", args.size, **reader)
+            t0 = time.time()
+            model = PatchCore("tf_efficientnet_lite0", "package", sigma=4.0, seed=seed, device=device)
+            model.fit(DataLoader(train, batch_size=16, num_workers=0))
+            fitted.append((model, (time.time() - t0) / 60.0))
+        return fitted[0]
+
+    def scores_of(test):
+        model, _ = model_and_minutes()
+        maps, scores, labels, masks = [], [], [], []
+        for batch in DataLoader(test, batch_size=16, num_workers=0):
+            m, s = model.predict(batch["image"])
+            maps.append(m)
+            scores.append(s)
+            labels.append(batch["label"].numpy())
+            masks.append(batch["mask"][:, 0].numpy())
+        return tuple(np.concatenate(x) for x in (scores, labels, maps, masks))
+
     row_path = os.path.join(run_dir, f"eval-{short_hash(test_key(common_test))}.json")
     if os.path.exists(row_path):
         log.info("reusing the baseline's scores in %s", row_path)
-        return {**json.load(open(row_path, encoding="utf-8")), "run": run_dir}  # where it lies now
-    # the same reader as PRNet's runs (data.format and its options from --set)
-    reader = format_args(load_config(None, prnet_overrides(args, ds, 0, seed)))
-    train = MVTEC(ds.root, ds.category, "train", args.size, **reader)
-    t0 = time.time()
-    model = PatchCore("tf_efficientnet_lite0", "package", sigma=4.0, seed=seed, device=device)
-    model.fit(DataLoader(train, batch_size=16, num_workers=0))
-    train_min = (time.time() - t0) / 60.0
-    t1 = time.time()
-    maps, scores, labels, masks = [], [], [], []
-    for batch in DataLoader(common_test, batch_size=16, num_workers=0):
-        m, s = model.predict(batch["image"])
-        maps.append(m)
-        scores.append(s)
-        labels.append(batch["label"].numpy())
-        masks.append(batch["mask"][:, 0].numpy())
-    test_ms = 1000.0 * (time.time() - t1) / len(common_test)
-    scores, labels, maps, masks = (np.concatenate(x) for x in (scores, labels, maps, masks))
-    metrics = compute_metrics(scores, labels, maps, masks)
-    row = {"dataset": ds.label, "method": BASELINE, "seed": seed, **{k: float(v) for k, v in metrics.items()},
-           "train_min": train_min, "test_ms_per_image": test_ms,
-           "per_defect": per_defect(scores, labels, maps, masks, common_test), "baseline": BASELINE_SETTINGS,
-           "provenance": provenance(device), "run": run_dir}
-    write_json(row_path, row)
+        row = {**json.load(open(row_path, encoding="utf-8")), "run": run_dir}  # where it lies now
+    else:
+        _, train_min = model_and_minutes()
+        t1 = time.time()
+        scores, labels, maps, masks = scores_of(common_test)
+        test_ms = 1000.0 * (time.time() - t1) / len(common_test)
+        metrics = compute_metrics(scores, labels, maps, masks)
+        row = {"dataset": ds.label, "method": BASELINE, "seed": seed, **{k: float(v) for k, v in metrics.items()},
+               "train_min": train_min, "test_ms_per_image": test_ms,
+               "per_defect": per_defect(scores, labels, maps, masks, common_test), "baseline": BASELINE_SETTINGS,
+               "provenance": provenance(device), "run": run_dir}
+        write_json(row_path, row)
+    if control is not None:
+        path = os.path.join(run_dir, f"eval-control-{short_hash({'test': test_key(control), 'control': CONTROL_SEED})}"
+                                     ".json")
+        if os.path.exists(path):
+            scored_control = json.load(open(path, encoding="utf-8"))
+        else:
+            metrics = compute_metrics(*scores_of(control))
+            scored_control = {**{k: float(v) for k, v in metrics.items()}, "images": len(control),
+                              "provenance": provenance(device)}
+            write_json(path, scored_control)
+        row.update(control_row(scored_control))
     return row
 
 
@@ -363,6 +432,40 @@ def common_test_set(args, ds: DataSet, shots: list[int]):
                          if x not in excluded]
     ov = prnet_overrides(args, ds, len(excluded), 0) + ([f"data.few_shot={value(excluded)}"] if excluded else [])
     return build_test_dataset(load_config(None, ov), ds.category)
+
+
+def control_test_set(args, ds: DataSet, common_test):
+    """The control of `ds` (shortcut_check.write_control: each defect's pixels in a normal test image), written
+    once under <out>/controls/<data set>/ and checked against its source when it exists, as a test set without the
+    real anomalies of the common test set (matched by file stem: the control's images are PNGs)."""
+    from prnet.config import load_config
+    from prnet.datasets.mvtec import MVTEC, scan_split
+    from shortcut_check import write_control  # here: shortcut_check imports this module
+
+    if load_config(None, prnet_overrides(args, ds, 0, 0)).data.format != "mvtec":
+        raise SystemExit(f"--control: {ds.label} is not in the MVTec layout (data.format); the control is written "
+                         "in that layout from one")
+    root = os.path.join(os.path.abspath(args.out), "controls", ds.label.replace("/", "__"))
+    source = {"data": os.path.join(ds.root, ds.category), "seed": CONTROL_SEED,
+              "test_images": [s.name for s in scan_split(ds.root, ds.category, "test")]}
+    info = os.path.join(root, "control.json")
+    if os.path.exists(info):
+        if json.load(open(info, encoding="utf-8")) != source:
+            raise SystemExit(f"{root}: a control written from other data than {source['data']} (or other test "
+                             f"images); remove it to write it again")
+    elif os.path.exists(root):
+        raise SystemExit(f"{root}: a folder without control.json, not a control this script wrote; remove it")
+    else:
+        partial = root + ".partial"  # an interrupted write leaves only this, which the next run starts over
+        if os.path.exists(partial):
+            shutil.rmtree(partial)
+        log.info("%s: writing the control (each defect pasted into a normal test image) to %s", ds.label, root)
+        write_control(ds.root, ds.category, partial, seed=CONTROL_SEED)
+        write_json(os.path.join(partial, "control.json"), source)
+        os.rename(partial, root)
+    stems = {os.path.splitext(n)[0] for n in common_test.excluded}
+    left_out = [s.name for s in scan_split(root, ds.category, "test") if os.path.splitext(s.name)[0] in stems]
+    return MVTEC(root, ds.category, "test", args.size, exclude=left_out)
 
 
 def per_defect(scores, labels, maps, masks, test) -> dict:
@@ -397,6 +500,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
         entry = {"dataset": dataset, "method": method, "seeds": [r["seed"] for r in rs]}
         for k in (*COLUMNS, "train_min", "test_ms_per_image"):
             entry[k] = spread([r[k] for r in rs])
+        if all(CONTROL_COLUMN in r for r in rs):
+            entry[CONTROL_COLUMN] = spread([r[CONTROL_COLUMN] for r in rs])
         defects = sorted({d for r in rs for d in r.get("per_defect", {})})
         entry["per_defect"] = {d: {k: float(np.mean([r["per_defect"][d][k] for r in rs if d in r["per_defect"]]))
                                    for k in ("images", "image_auroc", "pixel_auroc")} for d in defects}
@@ -405,12 +510,18 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def markdown(summary: list[dict]) -> str:
-    """The results table: mean ± std over the seeds (just the mean for one seed) per data set and method."""
-    head = "| data set | method | seeds | " + " | ".join(HEADERS) + " | train min | test ms/image |"
-    lines = [head, "|:---|:---|:---|" + "---:|" * (len(COLUMNS) + 2)]
+    """The results table: mean ± std over the seeds (just the mean for one seed) per data set and method; with a
+    column of the image AUROC on the control where any entry has one."""
+    keys, headers = list(COLUMNS), list(HEADERS)
+    if any(CONTROL_COLUMN in e for e in summary):
+        keys.append(CONTROL_COLUMN)
+        headers.append("control image AUROC")
+    head = "| data set | method | seeds | " + " | ".join(headers) + " | train min | test ms/image |"
+    lines = [head, "|:---|:---|:---|" + "---:|" * (len(keys) + 2)]
     for e in summary:
         n = len(e["seeds"])
-        cells = [f"{e[k]['mean']:.3f}" + (f" ± {e[k]['std']:.3f}" if n > 1 else "") for k in COLUMNS]
+        cells = [(f"{e[k]['mean']:.3f}" + (f" ± {e[k]['std']:.3f}" if n > 1 else "")) if k in e else "n/a"
+                 for k in keys]
         seeds = ",".join(map(str, e["seeds"]))
         lines.append(f"| {e['dataset']} | {e['method']} | {seeds} | " + " | ".join(cells)
                      + f" | {e['train_min']['mean']:.1f} | {e['test_ms_per_image']['mean']:.0f} |")
@@ -437,9 +548,12 @@ def markdown_per_defect(summary: list[dict]) -> str:
 
 def report(summary: list[dict], seeds: list[int]) -> str:
     spread = "mean ± sample standard deviation (ddof 1) over the seeds" if len(seeds) > 1 else "one seed"
+    control = (" Control image AUROC: on the test split's defects pasted into its normal test images (only the "
+               "defects differ; benchmarks/shortcut_check.py)." if any(CONTROL_COLUMN in e for e in summary) else "")
     return (markdown(summary) + f"\n\n({spread}; the baseline runs per seed: its coreset draws depend on the seed, "
-            "same seed, same result.)\n\nPer defect type, image AUROC / pixel AUROC (each type against every normal "
-            "test image, mean over the seeds; test images per type in brackets):\n\n" + markdown_per_defect(summary))
+            f"same seed, same result.{control})\n\nPer defect type, image AUROC / pixel AUROC (each type against "
+            "every normal test image, mean over the seeds; test images per type in brackets):\n\n"
+            + markdown_per_defect(summary))
 
 
 def main(argv=None) -> int:
@@ -465,6 +579,9 @@ def main(argv=None) -> int:
     p.add_argument("--rescore", action="store_true",
                    help="no PRNet training: evaluate the finished runs of these settings with the eval settings "
                         "given now (e.g. --set eval.sigma=4)")
+    p.add_argument("--control", action="store_true",
+                   help="also score every run on a control of each data set: its defects pasted into its normal "
+                        "test images (benchmarks/shortcut_check.py), a column 'control image AUROC'")
     args = p.parse_args(argv)
 
     from prnet.config import ConfigError
@@ -490,6 +607,11 @@ def main(argv=None) -> int:
         test = tests[ds.label]
         log.info("%s: common test set of %d images (%d excluded: %s)", ds.label, len(test), len(test.excluded),
                  ", ".join(test.excluded))
+    try:
+        controls = {ds.label: control_test_set(args, ds, tests[ds.label]) if args.control else None
+                    for ds in datasets}
+    except (ConfigError, DatasetError, ValueError) as e:  # ValueError: no normal test image to paste into
+        raise SystemExit(f"error: --control: {e}") from None
     rows = []
     t0 = time.time()
     for ds in datasets:
@@ -497,9 +619,9 @@ def main(argv=None) -> int:
             torch.manual_seed(seed)
             for method, n in zip(methods, shots):
                 if n is None:
-                    rows.append(run_patchcore(args, ds, seed, tests[ds.label], device))
+                    rows.append(run_patchcore(args, ds, seed, tests[ds.label], device, controls[ds.label]))
                 else:
-                    rows.append(run_prnet(args, ds, n, seed, tests[ds.label], device))
+                    rows.append(run_prnet(args, ds, n, seed, tests[ds.label], device, controls[ds.label]))
                 log.info("%s, seed %d, %s done after %.1f min", ds.label, seed, rows[-1]["method"],
                          (time.time() - t0) / 60)
     summary = aggregate(rows)
@@ -510,6 +632,9 @@ def main(argv=None) -> int:
               "spread": "std: sample standard deviation (ddof 1) over the seeds; min, max",
               "common_test": {ds.label: {"images": len(tests[ds.label]), "excluded": list(tests[ds.label].excluded)}
                               for ds in datasets},
+              "control": {ds.label: {"folder": controls[ds.label].root, "images": len(controls[ds.label]),
+                                     "excluded": list(controls[ds.label].excluded)}
+                          for ds in datasets if controls[ds.label] is not None},
               "total_minutes": (time.time() - t0) / 60.0, "threads": torch.get_num_threads(),
               "provenance": provenance(device), "rows": rows,
               "summary": summary, "table": table}

@@ -29,7 +29,7 @@ for all defective images and per defect type, each against every normal test ima
 baseline's, and another detector's own dependence on the defects can differ (docs/experiments.md reads PRNet's on
 BSData). `--write-control DIR` also writes the control as a data set of its own at the images' own size
 (`write_control`), on which any detector can be evaluated where only the defects differ
-(docs/results/shortcut/control_auroc.py reads it with trained PRNet runs).
+(`real_data.py --control` writes and scores it for every run of a benchmark).
 """
 from __future__ import annotations
 

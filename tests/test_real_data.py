@@ -11,9 +11,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import real_data
 from prnet.datasets import make_demo_category
+from prnet.datasets.mvtec import MVTEC
 from prnet.engine import trainer
 from prnet.metrics import compute_metrics
 from prnet.provenance import git_state
@@ -283,3 +285,69 @@ def test_an_option_added_later_keeps_the_run_key_while_it_behaves_as_before():
     on = real_data.training_config(["seed=0", "synthesis.structure_fraction=0.25"])
     assert on["synthesis"]["structure_fraction"] == 0.25 and real_data.short_hash(on) != real_data.short_hash(plain)
 
+
+
+def test_control_scores_every_run_where_only_the_defects_differ(bench, tmp_path, monkeypatch):
+    """--control: each data set's defects pasted into its normal test images (shortcut_check.write_control), written
+    once under <out>/controls/ without the runs' real anomalies; every run scored there as well (a column of the
+    table), stored next to the run and reused; a control written from other data is refused."""
+    from sklearn.metrics import roc_auc_score
+
+    import patchcore
+    import prnet
+    from prnet.datasets.mvtec import load_mask, load_rgb, scan_split
+    from prnet.engine import evaluator
+
+    out = str(tmp_path / "out")
+    shutil.copytree(bench["out"], out)
+    argv = list(bench["argv"])
+    argv[argv.index("--out") + 1] = out
+    assert real_data.main([*argv, "--control"]) == 0
+    result = json.load(open(os.path.join(out, "real_data.json")))
+    for d, cat in (("tile", "tile"), ("b/part", "part")):
+        info = result["control"][d]
+        assert info["folder"] == os.path.join(out, "controls", d.replace("/", "__"))
+        stems = sorted(os.path.splitext(n)[0] for n in result["common_test"][d]["excluded"])
+        assert sorted(os.path.splitext(n)[0] for n in info["excluded"]) == stems
+        samples = [s for s in scan_split(info["folder"], cat, "test") if s.name not in info["excluded"]]
+        assert len(samples) == info["images"] == result["common_test"][d]["images"]  # every demo defect has a mask
+        normals = [load_rgb(s.path) for s in samples if s.label == 0]
+        for s in samples:  # outside its mask, each control image is one of the normal test images, pixel for pixel
+            if s.label == 1:
+                image, outside = load_rgb(s.path), load_mask(s.mask_path) < 0.5
+                assert outside.any() and any(np.abs(image[outside] - n[outside]).max() < 1e-6 for n in normals)
+        labels = [s.label for s in samples]
+        for seed in (0, 1):
+            row = _row(result["rows"], d, "PRNet, 2 real anomalies", seed)
+            detector = prnet.load_detector(os.path.join(row["run"], cat, "last.pt"), device="cpu")
+            scores = [p.score for p in detector.predict([s.path for s in samples])]
+            assert row["control_image_auroc"] == pytest.approx(roc_auc_score(labels, scores))
+            assert row["control"]["images"] == len(samples) and 0.0 <= row["control"]["pixel_auroc"] <= 1.0
+    # the baseline as real_data.py fits it, read on the control
+    base = _row(result["rows"], "tile", "PatchCore-style baseline", 1)
+    info = result["control"]["tile"]
+    model = patchcore.PatchCore("tf_efficientnet_lite0", "package", sigma=4.0, seed=1)
+    model.fit(DataLoader(MVTEC(os.path.dirname(argv[1]), "tile", "train", [64, 96]), batch_size=16))
+    control = MVTEC(info["folder"], "tile", "test", [64, 96], exclude=info["excluded"])
+    scores = np.concatenate([model.predict(b["image"])[1] for b in DataLoader(control, batch_size=16)])
+    assert base["control_image_auroc"] == pytest.approx(roc_auc_score([s.label for s in control.samples], scores))
+    table = result["table"]
+    assert "| control image AUROC | train min |" in table and "only the defects differ" in table
+    for e in result["summary"]:
+        c = e["control_image_auroc"]
+        assert c["mean"] == pytest.approx(np.mean([_row(result["rows"], e["dataset"], e["method"], s)
+                                                   ["control_image_auroc"] for s in (0, 1)]))
+        assert f"| {e['aupro']['mean']:.3f} ± {e['aupro']['std']:.3f} | {c['mean']:.3f} ± {c['std']:.3f} |" in table
+    # stored and reused: nothing evaluated or fitted again
+    with monkeypatch.context() as m:
+        m.setattr(evaluator, "evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+        m.setattr(patchcore.PatchCore, "fit", lambda *a, **k: pytest.fail("fitted again"))
+        assert real_data.main([*argv, "--control"]) == 0
+    again = json.load(open(os.path.join(out, "real_data.json")))
+    assert [r["control_image_auroc"] for r in again["rows"]] == [r["control_image_auroc"] for r in result["rows"]]
+    # a control that no longer matches its data is refused, not used
+    path = os.path.join(out, "controls", "tile", "control.json")
+    written = json.load(open(path))
+    json.dump({**written, "test_images": written["test_images"][1:]}, open(path, "w"))
+    with pytest.raises(SystemExit, match="other data"):
+        real_data.main([*argv, "--control"])
