@@ -45,6 +45,10 @@ and scores these rules (no test label is used by any of them; the normal-image s
   F(s) = (1 + #{training images with a held-out score below s}) / (n + 1), where s is the released image score
   (map_residual_knn: z(log s_m) + eval.knn_weight · z(log s_knn)) for prank and map0.5rank and the baseline's own
   score for knnrank; scored at pixel level;
+- pq99rank (a pixel-level candidate, round 35; needs the nearest-neighbour memory): pq99's map (the library's
+  default anomaly map, head_knn, up to a constant factor) times the same rank F(s) of the released image score as
+  prank: an image the score finds as ordinary as a normal training image has its whole map pulled down, one it ranks
+  above every normal training image keeps it; scored at pixel level;
 - pq99, pq999 (pixel-level candidates, round 21; need the nearest-neighbour memory): p + q · F(d_knn), the head's
   map plus the baseline's map put through F, the empirical distribution function of its values over every pixel of
   the normal training images' held-out maps (a seeded sample of CDF_SAMPLE pixels), weighed by q, the 99th (pq99)
@@ -95,7 +99,7 @@ log = logging.getLogger("score_fusion")
 
 EPS = 1e-8
 KNN_WEIGHTS = (0.25, 0.5)  # the zsum<w> rules: the released score's z plus w times the distance's z
-PER_IMAGE_RULES = ("pmed", "map0.5med", "knnmed", "prank", "map0.5rank", "knnrank")  # per_image_maps' maps
+PER_IMAGE_RULES = ("pmed", "map0.5med", "knnmed", "prank", "map0.5rank", "knnrank", "pq99rank")  # per_image_maps' maps
 TOPK_RULES = {"zsum0.25k10": (0.25, 10), "zsum0.25k25": (0.25, 25)}  # name -> (distance weight, top-k of s_m)
 SIZED_RULES = {"zsum0.25k25s": (0.25, 25)}  # --knn-size: as TOPK_RULES, s_knn read at that size
 PIXEL_WEIGHTS = (0.25, 0.5, 1.0)  # the pz<w> maps: the head map's pixel z plus w times the distance map's
@@ -224,10 +228,11 @@ def rank_among(test: np.ndarray, train: np.ndarray) -> np.ndarray:
 
 def per_image_maps(p_test: np.ndarray, m_test: np.ndarray, p_train: np.ndarray, r_train: np.ndarray, k: int,
                    knn_weight: float, knn: tuple[np.ndarray, np.ndarray] | None = None,
-                   knn_test_maps: np.ndarray | None = None) -> dict:
-    """The maps of rounds 17 and 18 (module docstring): the head's map p and map0.5's `m_test` minus their median,
-    and with the nearest-neighbour scores `knn` (test, held-out training) and the baseline's test maps also those
-    times the image's rank by the released score (and the baseline's map minus its median and times its own rank)."""
+                   knn_test_maps: np.ndarray | None = None, lifted: np.ndarray | None = None) -> dict:
+    """The maps of rounds 17, 18 and 35 (module docstring): the head's map p and map0.5's `m_test` minus their
+    median, and with the nearest-neighbour scores `knn` (test, held-out training) and the baseline's test maps also
+    those times the image's rank by the released score (and the baseline's map minus its median and times its own
+    rank); with `lifted` (pq99's test maps) also that map times the same rank (pq99rank)."""
     out = {"pmed": median_removed(p_test), "map0.5med": median_removed(m_test)}
     if knn is None or knn_test_maps is None:
         return out
@@ -238,6 +243,8 @@ def per_image_maps(p_test: np.ndarray, m_test: np.ndarray, p_train: np.ndarray, 
     rank = rank_among(*released)[:, None, None]
     out.update({"knnmed": median_removed(knn_test_maps), "prank": p_test * rank, "map0.5rank": m_test * rank,
                 "knnrank": knn_test_maps * rank_among(*knn)[:, None, None]})
+    if lifted is not None:
+        out["pq99rank"] = lifted * rank
     return out
 
 
@@ -464,7 +471,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     shifted = {}  # six more test-set maps: made only when a rule asks for them (or no --rules)
     if not args.rules or set(args.rules) & set(PER_IMAGE_RULES):
         shifted = per_image_maps(p_test, fused["map0.5"], p_train, r_train, cfg.eval.topk, cfg.eval.knn_weight,
-                                 knn, knn_map.get("knn"))
+                                 knn, knn_map.get("knn"), knn_map.get("pq99"))
     for name, m in shifted.items():  # pixel-level candidates, as pz<w>
         scores[name] = topk_mean(m, cfg.eval.topk)
     for name, m in knn_map.items():
