@@ -45,7 +45,7 @@ and scores these rules (no test label is used by any of them; the normal-image s
   F(s) = (1 + #{training images with a held-out score below s}) / (n + 1), where s is the released image score
   (map_residual_knn: z(log s_m) + eval.knn_weight · z(log s_knn)) for prank and map0.5rank and the baseline's own
   score for knnrank; scored at pixel level;
-- pq99rank (a pixel-level candidate, round 35; needs the nearest-neighbour memory): pq99's map (the library's
+- pq99rank (a pixel-level candidate, round 33; needs the nearest-neighbour memory): pq99's map (the library's
   default anomaly map, head_knn, up to a constant factor) times the same rank F(s) of the released image score as
   prank: an image the score finds as ordinary as a normal training image has its whole map pulled down, one it ranks
   above every normal training image keeps it; scored at pixel level;
@@ -229,7 +229,7 @@ def rank_among(test: np.ndarray, train: np.ndarray) -> np.ndarray:
 def per_image_maps(p_test: np.ndarray, m_test: np.ndarray, p_train: np.ndarray, r_train: np.ndarray, k: int,
                    knn_weight: float, knn: tuple[np.ndarray, np.ndarray] | None = None,
                    knn_test_maps: np.ndarray | None = None, lifted: np.ndarray | None = None) -> dict:
-    """The maps of rounds 17, 18 and 35 (module docstring): the head's map p and map0.5's `m_test` minus their
+    """The maps of rounds 17, 18 and 33 (module docstring): the head's map p and map0.5's `m_test` minus their
     median, and with the nearest-neighbour scores `knn` (test, held-out training) and the baseline's test maps also
     those times the image's rank by the released score (and the baseline's map minus its median and times its own
     rank); with `lifted` (pq99's test maps) also that map times the same rank (pq99rank)."""
@@ -468,7 +468,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         knn_sized = sized_knn_scores(cfg, test_cfg, category, args.knn_size, device, args.batch,
                                      [s.name for s in test.samples])
     scores = rules(p_test, r_test, p_train, r_train, cfg.eval.topk, fused, knn, knn_sized)
-    shifted = {}  # six more test-set maps: made only when a rule asks for them (or no --rules)
+    shifted = {}  # seven more test-set maps: made only when a rule asks for them (or no --rules)
     if not args.rules or set(args.rules) & set(PER_IMAGE_RULES):
         shifted = per_image_maps(p_test, fused["map0.5"], p_train, r_train, cfg.eval.topk, cfg.eval.knn_weight,
                                  knn, knn_map.get("knn"), knn_map.get("pq99"))

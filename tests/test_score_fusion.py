@@ -190,7 +190,7 @@ def test_per_image_maps_weigh_by_the_rank_of_the_released_score():
     np.testing.assert_allclose(out["map0.5rank"], m_test * expected[:, None, None], rtol=1e-5)
     np.testing.assert_allclose(out["knnrank"], knn_maps * rank_among(*knn)[:, None, None], rtol=1e-5)
     assert set(out) == {"pmed", "map0.5med", "knnmed", "prank", "map0.5rank", "knnrank"}
-    lifted = rng.uniform(0, 1.5, (5, 8, 8))  # pq99's map (round 35's pq99rank weighs it by the same rank)
+    lifted = rng.uniform(0, 1.5, (5, 8, 8))  # pq99's map (round 33's pq99rank weighs it by the same rank)
     with_lift = per_image_maps(p_test, m_test, p_train, r_train, 4, 0.25, knn, knn_maps, lifted)
     np.testing.assert_allclose(with_lift["pq99rank"], lifted * expected[:, None, None], rtol=1e-5)
     from score_fusion import PER_IMAGE_RULES
@@ -228,7 +228,7 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path, caplog):
             "zmax", "zsum0.25", "zsum0.5"} <= set(got["image_auroc"])
     # the pixel-level candidates: the head's map fused with the baseline's, at pixel level next to both
     assert {"pz0.25", "pz0.5", "pz1", "pq99", "pq999"} <= set(got["metrics"]) and set(got["pixel_by_group"]) == set(got["metrics"])
-    # rounds 17, 18 and 35: maps shifted by their median or weighed by the image's rank, at pixel level too
+    # rounds 17, 18 and 33: maps shifted by their median or weighed by the image's rank, at pixel level too
     assert {"pmed", "map0.5med", "knnmed", "prank", "map0.5rank", "knnrank", "pq99rank"} <= set(got["metrics"])
     assert all(0.0 <= row["all"] <= 1.0 for row in got["image_auroc"].values())
     assert got["metrics"]["prnet"]["image_auroc"] == pytest.approx(got["image_auroc"]["prnet"]["all"])
