@@ -196,6 +196,15 @@ def write_json(path: str, obj) -> None:
     atomic_write(path, write)
 
 
+def stored_or_made(path: str, make) -> dict:
+    """The JSON stored at `path`, or make() written there first (a run's scores on the control)."""
+    if os.path.exists(path):
+        return json.load(open(path, encoding="utf-8"))
+    made = make()
+    write_json(path, made)
+    return made
+
+
 def train_script():
     """train.py of this checkout (a top-level script, not part of the prnet package), loaded from its path."""
     global _TRAIN_SCRIPT
@@ -329,14 +338,13 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
     if control is not None:
         key = short_hash({"eval": eval_settings(eval_cfg), "test": test_key(control), "control": CONTROL_SEED})
         path = os.path.join(run_dir, f"eval-control-{key}.json")  # eval-*: removed with the others on retraining
-        if os.path.exists(path):
-            scored_control = json.load(open(path, encoding="utf-8"))
-        else:
+
+        def scored_control():
             model, cfg = model_and_config()
             metrics, _ = evaluate(model, control, cfg, device)
-            scored_control = {**metrics, "images": len(control), "provenance": provenance(device)}
-            write_json(path, scored_control)
-        row.update(control_row(scored_control))
+            return {**metrics, "images": len(control), "provenance": provenance(device)}
+
+        row.update(control_row(stored_or_made(path, scored_control)))
     return row
 
 
@@ -404,14 +412,13 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
     if control is not None:
         path = os.path.join(run_dir, f"eval-control-{short_hash({'test': test_key(control), 'control': CONTROL_SEED})}"
                                      ".json")
-        if os.path.exists(path):
-            scored_control = json.load(open(path, encoding="utf-8"))
-        else:
+
+        def scored_control():
             metrics = compute_metrics(*scores_of(control))
-            scored_control = {**{k: float(v) for k, v in metrics.items()}, "images": len(control),
-                              "provenance": provenance(device)}
-            write_json(path, scored_control)
-        row.update(control_row(scored_control))
+            return {**{k: float(v) for k, v in metrics.items()}, "images": len(control),
+                    "provenance": provenance(device)}
+
+        row.update(control_row(stored_or_made(path, scored_control)))
     return row
 
 

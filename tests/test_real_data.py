@@ -286,7 +286,6 @@ def test_an_option_added_later_keeps_the_run_key_while_it_behaves_as_before():
     assert on["synthesis"]["structure_fraction"] == 0.25 and real_data.short_hash(on) != real_data.short_hash(plain)
 
 
-
 def test_control_scores_every_run_where_only_the_defects_differ(bench, tmp_path, monkeypatch):
     """--control: each data set's defects pasted into its normal test images (shortcut_check.write_control), written
     once under <out>/controls/ without the runs' real anomalies; every run scored there as well (a column of the
