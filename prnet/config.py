@@ -99,6 +99,10 @@ class SynthesisConfig:
     # share of the Perlin samples whose mask is filled with the image's own surface, its blocks moved, flipped and
     # turned (structural anomalies, synthesis.structure_anomaly) instead of a DTD texture; 0: none
     structure_fraction: float = 0.0
+    # share of the Perlin samples whose mask holds the image itself, its level made darker or brighter and/or its
+    # fine texture stronger or weaker (photometric anomalies, synthesis.shade_anomaly) instead of a DTD texture; 0:
+    # none
+    shade_fraction: float = 0.0
 
 
 @dataclass
@@ -421,6 +425,10 @@ def validate(cfg: Config) -> None:
                           f"scratch_fraction] (all three are shares of the Perlin samples), got "
                           f"{cfg.synthesis.structure_fraction} with swap_fraction {cfg.synthesis.swap_fraction} and "
                           f"scratch_fraction {cfg.synthesis.scratch_fraction}")
+    if not 0.0 <= cfg.synthesis.shade_fraction or shares + cfg.synthesis.shade_fraction > 1.0 + 1e-9:
+        raise ConfigError(f"config key 'synthesis.shade_fraction': expected a share in [0, 1 - swap_fraction - "
+                          f"scratch_fraction - structure_fraction] (all four are shares of the Perlin samples), got "
+                          f"{cfg.synthesis.shade_fraction} with the other three summing to {shares:g}")
     if not 0.0 <= cfg.synthesis.swap_beta_max < 1.0:
         raise ConfigError(f"config key 'synthesis.swap_beta_max': expected a value in [0, 1), "
                           f"got {cfg.synthesis.swap_beta_max}")
@@ -466,7 +474,7 @@ RETIRED_KEYS = {("prototypes", "match"): "image"}
 # before it.
 ADDED_KEYS = {("synthesis", "structure_fraction"): 0.0, ("eval", "anomaly_map"): "head", ("eval", "knn_lift"): 0.99,
               ("synthesis", "extended_scale"): [0.75, 1.25], ("eval", "second_read"): "none",
-              ("eval", "second_weight"): 0.5}
+              ("eval", "second_weight"): 0.5, ("synthesis", "shade_fraction"): 0.0}
 
 
 def with_added_keys(values: dict) -> dict:

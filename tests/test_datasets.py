@@ -321,6 +321,36 @@ def test_structural_samples_come_before_the_thin_curves_and_leave_every_other_dr
         cfg_for(tmp_path, **{"synthesis.structure_fraction": -0.1})
 
 
+def test_photometric_samples_come_before_the_structural_ones_and_leave_every_other_draw(tmp_path):
+    over = {"synthesis.scratch_fraction": 0.34}
+    plain, ds = _without_and_with(tmp_path, over, "synthesis.shade_fraction", 0.34)
+    assert (ds.n_perlin, ds.n_shade, ds.n_scratch, ds.n_extended) == (6, 2, 2, 2) and len(ds) == len(plain)
+    assert [ds.kind(i) for i in range(len(ds))] == (["normal"] * 6 + ["perlin"] * 2 + ["shade"] * 2
+                                                    + ["scratch"] * 2 + ["extended"] * 2)
+    normal = MVTEC(str(tmp_path), "cat", "train", 32)
+    for i in range(len(ds)):
+        item = ds[i]
+        if item["kind"] == "shade":
+            m = item["mask"][0] > 0
+            base = normal[item["source"]]["image"]
+            assert item["label"] == 1 and m.any()
+            assert torch.allclose(item["image"][:, ~m], base[:, ~m], atol=1 / 255)
+            assert (item["image"][:, m] - base[:, m]).abs().max() > 0.02
+        else:  # the photometric samples take the place of DTD-filled blobs; every other sample keeps its draw
+            assert torch.equal(item["image"], plain[i]["image"]) and torch.equal(item["mask"], plain[i]["mask"])
+    both = build_train_dataset(cfg_for(tmp_path, **{"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0,
+                                                    "synthesis.extended_ratio": 0.34, "synthesis.scratch_fraction": 0.34,
+                                                    "synthesis.structure_fraction": 0.17,
+                                                    "synthesis.shade_fraction": 0.17}), "cat")
+    assert [both.kind(i) for i in range(6, 12)] == ["perlin", "perlin", "shade", "structure", "scratch", "scratch"]
+    from prnet.config import ConfigError
+    with pytest.raises(ConfigError, match="shade_fraction"):
+        cfg_for(tmp_path, **{"synthesis.shade_fraction": 0.5, "synthesis.scratch_fraction": 0.25,
+                             "synthesis.structure_fraction": 0.3})
+    with pytest.raises(ConfigError, match="shade_fraction"):
+        cfg_for(tmp_path, **{"synthesis.shade_fraction": -0.1})
+
+
 def test_extended_scale_shrinks_only_the_pasted_defects(tmp_path):
     """synthesis.extended_scale reaches the extended samples (a fixed 0.5 pastes smaller defects than the default
     range, summed over all of them); every other sample keeps its draw; an empty or inverted range is refused."""

@@ -7,8 +7,8 @@ import pytest
 
 from prnet.datasets.synthesis import (TEXTURE_OPS, augment_texture, blend, context_offset, estimate_foreground,
                                       extended_anomaly, is_greyscale, large_mask, perlin_anomaly, perlin_mask,
-                                      perlin_noise, scratch_anomaly, scratch_mask, shuffle_blocks, structure_anomaly,
-                                      swap_anomaly, to_grey)
+                                      perlin_noise, scratch_anomaly, scratch_mask, shade_anomaly, shuffle_blocks,
+                                      structure_anomaly, swap_anomaly, to_grey)
 from prnet.datasets import synthesis
 from prnet.datasets.textures import TextureSource
 
@@ -360,6 +360,35 @@ def test_structure_anomaly_fills_its_mask_with_the_image_rearranged():
         assert np.abs(out[m] - image[m]).max() > 0.02
         _, mask = structure_anomaly(image, rng(k), foreground=inside_object)
         assert (mask > 0).any() and not (mask[~inside_object] > 0).any()
+
+
+def test_shade_anomaly_changes_the_level_or_the_texture_of_the_image_inside_its_mask_only():
+    r0 = rng(0)
+    grey = np.repeat((0.45 + 0.1 * r0.random((64, 64), dtype=np.float32))[..., None], 3, axis=2)  # a fine grain
+    kernel = (0, 0)
+    inside_object = np.zeros((64, 64), bool)
+    inside_object[8:56, 8:56] = True
+    modes = set()
+    for k in range(20):
+        out, mask = shade_anomaly(grey, rng(k))
+        m = mask > 0
+        assert out.dtype == np.float32 and mask.dtype == np.float32 and m.any()
+        assert np.array_equal(out[~m], grey[~m])  # outside the mask: the image itself
+        assert 0.0 <= out.min() and out.max() <= 1.0 and is_greyscale(out)  # no colour added
+        assert np.abs(out[m] - grey[m]).max() > 0.03  # visible inside
+        assert np.array_equal(out, shade_anomaly(grey, rng(k))[0])  # seeded
+        # the surface's level (blurred as the function does) against its fine texture, where the change is full
+        full = m & (np.abs(out - grey).max(axis=2) > 0)
+        level_in = cv2.GaussianBlur(grey, kernel, 2.0)[full].mean() - cv2.GaussianBlur(out, kernel, 2.0)[full].mean()
+        grain_ratio = (out - cv2.GaussianBlur(out, kernel, 2.0))[full].std() / \
+            (grey - cv2.GaussianBlur(grey, kernel, 2.0))[full].std()
+        modes.add(("level" if abs(level_in) > 0.02 else "") + ("texture" if abs(np.log(grain_ratio)) > 0.2 else ""))
+        _, mask = shade_anomaly(grey, rng(k), foreground=inside_object)
+        assert (mask > 0).any() and not (mask[~inside_object] > 0).any()
+    assert {"level", "texture"} <= modes  # both kinds of change occur
+    flat = np.full((32, 32, 3), 0.5, np.float32)  # no texture: only the level can change
+    out, mask = shade_anomaly(flat, rng(3))
+    assert np.allclose(out[mask == 0], 0.5) and out.min() >= 0.0
 
 
 def test_warp_window_equals_the_full_warp_and_identity_keeps_the_image():

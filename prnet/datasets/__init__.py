@@ -7,7 +7,8 @@
 Training indices: [0, N) the N normal training images (no augmentation), then round(perlin_ratio·N) Perlin
 samples (the last round(swap_fraction·that) of them region swaps, kind 'swap', the round(scratch_fraction·that)
 before those thin curves, kind 'scratch', and the round(structure_fraction·that) before those structural anomalies,
-kind 'structure'), then round(extended_ratio·N)
+kind 'structure', and the round(shade_fraction·that) before those photometric anomalies, kind 'shade'), then
+round(extended_ratio·N)
 extended samples (only with real anomalies). Sample `index` of epoch
 `epoch` depends only on (cfg.seed, epoch, index), whatever the DataLoader workers.
 
@@ -32,7 +33,7 @@ from .demo import make_demo_category
 from .mvtec import (MVTEC, DatasetError, Sample, format_args, load_mask, load_rgb, resolve_classes,
                     scan_split, select_few_shot)
 from .synthesis import (estimate_foreground, extended_anomaly, is_greyscale, perlin_anomaly, scratch_anomaly,
-                        structure_anomaly, swap_anomaly)
+                        shade_anomaly, structure_anomaly, swap_anomaly)
 from .textures import TextureSource
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,13 @@ class TrainDataset(Dataset):
     cut-and-paste) anomalies.
 
     Items: image 3×H×W float32 [0,1], mask 1×H×W float32 {0,1}, label (0 normal, 1 synthetic), kind
-    ('normal' | 'perlin' | 'structure' | 'scratch' | 'swap' | 'extended'), source (the index of the normal training
+    ('normal' | 'perlin' | 'shade' | 'structure' | 'scratch' | 'swap' | 'extended'), source (the index of the normal training
     image it was made from).
     `n_swap` of the `n_perlin` Perlin samples (the last ones) are region swaps (synthesis.swap_anomaly: a large
     region from another normal training image), the `n_scratch` before them thin curves (synthesis.scratch_anomaly:
     scratches and cracks filled with a texture), the `n_structure` before them structural anomalies
-    (synthesis.structure_anomaly: the mask filled with the image's own blocks, rearranged).
+    (synthesis.structure_anomaly: the mask filled with the image's own blocks, rearranged), the `n_shade` before
+    them photometric anomalies (synthesis.shade_anomaly: the image's own level or texture changed under the mask).
     Index with an int (epoch from `set_epoch`) or a tuple (epoch, index). `grey_textures`: Perlin textures are
     turned grey (for a greyscale category, synthesis.texture_colour).
     """
@@ -70,7 +72,7 @@ class TrainDataset(Dataset):
     def __init__(self, normal: MVTEC, textures: TextureSource, *, seed: int, synthesis: SynthesisConfig,
                  n_perlin: int, n_swap: int = 0, anomalies: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
                  n_extended: int = 0, grey_textures: bool = False, real_anomalies: Optional[Sequence[str]] = None,
-                 n_scratch: int = 0, n_structure: int = 0) -> None:
+                 n_scratch: int = 0, n_structure: int = 0, n_shade: int = 0) -> None:
         self.normal = normal
         self.textures = textures
         self.seed = int(seed)
@@ -80,6 +82,7 @@ class TrainDataset(Dataset):
         self.n_swap = min(int(n_swap), self.n_perlin) if len(normal) > 1 else 0  # swaps need a second image
         self.n_scratch = min(int(n_scratch), self.n_perlin - self.n_swap)
         self.n_structure = min(int(n_structure), self.n_perlin - self.n_swap - self.n_scratch)
+        self.n_shade = min(int(n_shade), self.n_perlin - self.n_swap - self.n_scratch - self.n_structure)
         self.anomalies = list(anomalies)  # (name, RGB uint8 H×W×3, uint8 {0,1} H×W) at the training size
         self.n_extended = int(n_extended) if self.anomalies else 0
         self.grey_textures = bool(grey_textures)
@@ -99,8 +102,10 @@ class TrainDataset(Dataset):
     def kind(self, index: int) -> str:
         if index < self.n_normal:
             return "normal"
-        if index < self.n_normal + self.n_perlin - self.n_swap - self.n_scratch - self.n_structure:
+        if index < self.n_normal + self.n_perlin - self.n_swap - self.n_scratch - self.n_structure - self.n_shade:
             return "perlin"
+        if index < self.n_normal + self.n_perlin - self.n_swap - self.n_scratch - self.n_structure:
+            return "shade"
         if index < self.n_normal + self.n_perlin - self.n_swap - self.n_scratch:
             return "structure"
         if index < self.n_normal + self.n_perlin - self.n_swap:
@@ -131,6 +136,9 @@ class TrainDataset(Dataset):
                 image, mask = perlin_anomaly(normal, self.textures, rng, self.synthesis.beta_max,
                                              self.synthesis.perlin_scale_max,
                                              self._foreground(base, normal), grey=self.grey_textures)
+            elif kind == "shade":
+                image, mask = shade_anomaly(normal, rng, self.synthesis.perlin_scale_max,
+                                            self._foreground(base, normal))
             elif kind == "structure":
                 image, mask = structure_anomaly(normal, rng, self.synthesis.beta_max, self.synthesis.perlin_scale_max,
                                                 self._foreground(base, normal))
@@ -284,10 +292,11 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
                       n_swap=int(round(cfg.synthesis.swap_fraction * n_perlin)), anomalies=anomalies,
                       n_extended=n_extended, grey_textures=grey, real_anomalies=[s.name for s in shots],
                       n_scratch=int(round(cfg.synthesis.scratch_fraction * n_perlin)),
-                      n_structure=int(round(cfg.synthesis.structure_fraction * n_perlin)))
-    log.info("%s: %d normal + %d perlin (%d of them region swaps, %d thin curves, %d structural) + %d extended "
-             "training samples per epoch%s; Perlin textures %s%s; real anomalies: %s", category, n, ds.n_perlin,
-             ds.n_swap, ds.n_scratch, ds.n_structure, ds.n_extended,
+                      n_structure=int(round(cfg.synthesis.structure_fraction * n_perlin)),
+                      n_shade=int(round(cfg.synthesis.shade_fraction * n_perlin)))
+    log.info("%s: %d normal + %d perlin (%d of them region swaps, %d thin curves, %d structural, %d photometric) + %d "
+             "extended training samples per epoch%s; Perlin textures %s%s; real anomalies: %s", category, n,
+             ds.n_perlin, ds.n_swap, ds.n_scratch, ds.n_structure, ds.n_shade, ds.n_extended,
              " (pasted at the level of their new surroundings)" if cfg.synthesis.extended_match_context and ds.n_extended
              else "",
              "grey" if grey else "in colour", " (greyscale category)" if colour == "auto" and grey else "",

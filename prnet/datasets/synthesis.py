@@ -392,6 +392,44 @@ def structure_anomaly(image: np.ndarray, rng: np.random.Generator, beta_max: flo
     return blend(image.astype(np.float32), fill, mask, opacity), mask
 
 
+SHADE_GAIN = (0.15, 0.4)  # |gain − 1| of the surface's level inside the mask
+SHADE_CONTRAST = (1.5, 3.0)  # factor (or its inverse) on the surface's fine texture inside the mask
+SHADE_MIN_CHANGE = 0.02  # least mean change of a texture-only shade; below it the level changes too
+
+
+def shade_anomaly(image: np.ndarray, rng: np.random.Generator, scale_max: int = 5,
+                  foreground: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """A photometric anomaly made of the image itself: inside a Perlin mask (as `perlin_anomaly`'s, inside
+    `foreground` if given) the surface's local level (its Gaussian blur, σ = min(H, W)/32) is made darker or
+    brighter (gain 1 ± U(SHADE_GAIN)), or its fine texture (the image minus that level) stronger or weaker
+    (factor U(SHADE_CONTRAST) or its inverse), or both (one of the three, equally likely; a texture change that
+    would move the mask's pixels by less than SHADE_MIN_CHANGE on the mean, on a smooth surface, gets the level
+    change too, so that every sample is visible). A shade of the same
+    material, with no foreign texture or colour: uneven finish, stains, a smoother or rougher ground patch. A grey
+    image stays grey. The change fades in over the mask's inner edge (the mask blurred at σ = min(H, W)/128,
+    kept inside the mask and scaled to reach 1), so pixels outside the mask are unchanged and the label covers every changed pixel.
+    Returns (anomalous image clipped to [0, 1], non-empty float32 mask H×W)."""
+    hw = image.shape[:2]
+    mask = perlin_mask(hw, rng, scale_max, within=foreground)
+    side = min(hw)
+    x = image.astype(np.float32)
+    level = cv2.GaussianBlur(x, (0, 0), side / 32.0)
+    mode = int(rng.integers(0, 3))  # 0: level, 1: texture, 2: both
+    gain = 1.0 + float(rng.choice([-1.0, 1.0])) * float(rng.uniform(*SHADE_GAIN))
+    contrast = float(rng.uniform(*SHADE_CONTRAST)) ** float(rng.choice([-1.0, 1.0]))
+    detail = x - level
+    m = mask > 0
+    if mode == 1 and float(np.abs(detail[m]).mean()) * abs(contrast - 1.0) < SHADE_MIN_CHANGE:
+        mode = 2  # too little texture under the mask to see it change: change the level too
+    fill = level * np.float32(gain if mode != 1 else 1.0) + detail * np.float32(contrast if mode != 0 else 1.0)
+    fill = np.clip(fill, 0.0, 1.0)
+    # about half strength on the mask's edge, full strength a few pixels in (or at the peak of a small blob)
+    weight = cv2.GaussianBlur(mask, (0, 0), max(1.0, side / 128.0)) * mask
+    weight /= max(float(weight.max()), 1e-6)
+    out = x + weight[..., None] * (fill - x)
+    return out.astype(np.float32, copy=False), mask
+
+
 def _box(mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1): the bounding box of a non-empty mask grown by `margin` pixels, inside the image."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
