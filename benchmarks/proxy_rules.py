@@ -27,13 +27,17 @@ in docs/experiments.md write before their runs:
 
 Prints one row per figure (candidate per seed, reference per seed, mean difference, and what breaks a rule) and
 the verdict; exits 0 if the candidate passes, 1 if it fails, 2 on unusable input. `--out` writes the same as JSON.
+A round's own docs/results/roundNN/decide.py calls `decide_with_time`: these rules plus a cost rule on the runs'
+training minutes (`training_minutes`), and the decision file naming its score files without machine paths.
 Reading the reference from files, not from a table typed by hand, keeps the comparison exact; proxy runs are
 deterministic, so a reference's run scored again gives the same file.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -41,6 +45,16 @@ from proxy_validation import APART, EXTENDED, PERLIN
 
 SUBSETS = (PERLIN, EXTENDED, *APART)  # every subset proxy_validation.py makes
 PIXEL = ("pixel_auroc", "aupro")
+
+
+# Rules 1 and 2 of the training rounds from 34 on, on the default image score and map: the ten real defect images'
+# pixel AUROC at least +0.005 and AUPRO not below; image AUROC on "all" and the real images within 0.003, every
+# subset's within 0.005; pixel AUROC and AUPRO on "all" within 0.003, the AUPRO error at most 3 % up, every subset's
+# pixel AUROC within 0.005 (docs/experiments.md, round 34)
+REAL_DEFECT_RULES = ("--rule", "zsum0.25k25", "--pixel-rule", "pq99", "--gain", "0",
+                     "--require", "pixel_auroc:real_defects:0.005", "--require", "aupro:real_defects:0",
+                     "--require", "all:-0.003", "--require", "real_defects:-0.003", "--harm", "0.005",
+                     "--pixel-harm", "0.003", "--pixel-subset-harm", "0.005", "--aupro-error-harm", "0.03")
 
 
 def requirement(text: str) -> tuple[str, float]:
@@ -185,6 +199,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
     return 0 if result["passes"] else 1
+
+
+def training_minutes(run_dirs: Sequence[str]) -> list[float]:
+    """Training minutes of each run (a category folder holding train.py's train_log.csv): its epochs' seconds
+    summed."""
+    minutes = []
+    for d in run_dirs:
+        with open(os.path.join(d, "train_log.csv")) as f:
+            minutes.append(sum(float(row["seconds"]) for row in csv.DictReader(f)) / 60)
+    return minutes
+
+
+def decide_with_time(rules: Sequence[str], candidate: Sequence[str], reference: Sequence[str], *,
+                     minutes: Optional[dict] = None, max_ratio: float, names: tuple[list, list],
+                     out: Optional[str] = None) -> int:
+    """A round's decide.py: `main`'s rules (`rules`, its options without the files) on the candidate and reference
+    score files, then a cost rule, the candidate's mean training minutes at most `max_ratio` times the
+    reference's (`minutes`: {"candidate": [...], "reference": [...]}, keyed as the record keeps them; None: not
+    checked). Prints the verdict; `out` also gets the cost rule, the verdict and the files under `names`
+    (candidate's, reference's: how the record names them, without machine paths). Returns 2 on unusable input,
+    else 0."""
+    rc = main(["--candidate", *candidate, "--reference", *reference, *rules] + (["--out", out] if out else []))
+    if rc == 2:
+        return 2
+    holds = None
+    if minutes is not None:
+        (cand, cand_min), (ref, ref_min) = minutes.items()
+        ratio = sum(cand_min) / len(cand_min) / (sum(ref_min) / len(ref_min))
+        holds = bool(ratio <= max_ratio)
+        print("training minutes, per seed: " + "; ".join(f"{v} {' / '.join(f'{m:.1f}' for m in t)}"
+                                                         for v, t in minutes.items()))
+        print(f"cost rule (training time at most {max_ratio}x the reference's): {ratio:.2f}x, "
+              f"{'holds' if holds else 'fails'}")
+    verdict = "fails" if rc == 1 or holds is False else "passes" if holds else "open (cost rule not checked)"
+    print(f"verdict (every rule): {verdict}")
+    if out:
+        with open(out) as f:
+            result = json.load(f)
+        result.update(candidate_files=list(names[0]), reference_files=list(names[1]), training_minutes=minutes,
+                      rule_3_holds=holds, verdict=verdict)
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":

@@ -167,3 +167,29 @@ def test_a_candidate_map_on_the_same_runs(tmp_path, capsys):
     assert proxy_rules.main(["--candidate", str(bare), "--reference", str(bare), "--gain", "0",
                              "--require", "pixel_auroc:swap_unseen_shapes:0.01"]) == 2
     assert "--pixel-groups" in capsys.readouterr().err
+
+
+def test_a_rounds_decision_adds_the_cost_rule_and_names_its_files_as_given(tmp_path, capsys):
+    ref = [_write(tmp_path / "r0.json", 0.990), _write(tmp_path / "r1.json", 0.986)]
+    good = [_write(tmp_path / "c0.json", 0.994), _write(tmp_path / "c1.json", 0.989)]  # passes rules 1 and 2
+    for run, seconds in (("fast", (60, 90)), ("slow", (120, 150))):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "train_log.csv").write_text(
+            "epoch,loss,seconds\n" + "".join(f"{i + 1},0.1,{s}\n" for i, s in enumerate(seconds)))
+    assert proxy_rules.training_minutes([str(tmp_path / "fast"), str(tmp_path / "slow")]) == [2.5, 4.5]
+    out = str(tmp_path / "decision.json")
+    names = (["c0.json", "c1.json"], ["../other/r0.json", "../other/r1.json"])
+    cheap = {"cand": [2.5, 2.5], "ref": [2.0, 2.0]}  # 1.25 times
+    assert proxy_rules.decide_with_time([], good, ref, minutes=cheap, max_ratio=1.3, names=names, out=out) == 0
+    d = json.loads((tmp_path / "decision.json").read_text())
+    assert d["verdict"] == "passes" and d["rule_3_holds"] is True and d["training_minutes"] == cheap
+    assert (d["candidate_files"], d["reference_files"]) == tuple(map(list, names))  # no machine path kept
+    assert "1.25x, holds" in capsys.readouterr().out
+    proxy_rules.decide_with_time([], good, ref, minutes=cheap, max_ratio=1.2, names=names, out=out)
+    assert json.loads((tmp_path / "decision.json").read_text())["verdict"] == "fails"  # the cost alone fails it
+    proxy_rules.decide_with_time([], good, ref, minutes=None, max_ratio=1.2, names=names, out=out)
+    assert json.loads((tmp_path / "decision.json").read_text())["verdict"] == "open (cost rule not checked)"
+    proxy_rules.decide_with_time(["--gain", "0.01"], good, ref, minutes=cheap, max_ratio=1.3, names=names, out=out)
+    assert json.loads((tmp_path / "decision.json").read_text())["verdict"] == "fails"  # rule 1 fails, cost holds
+    assert proxy_rules.decide_with_time([], [str(tmp_path / "missing.json")], ref[:1], minutes=None, max_ratio=1.3,
+                                        names=names) == 2
