@@ -338,10 +338,9 @@ def test_photometric_samples_come_before_the_structural_ones_and_leave_every_oth
             assert (item["image"][:, m] - base[:, m]).abs().max() > 0.02
         else:  # the photometric samples take the place of DTD-filled blobs; every other sample keeps its draw
             assert torch.equal(item["image"], plain[i]["image"]) and torch.equal(item["mask"], plain[i]["mask"])
-    both = build_train_dataset(cfg_for(tmp_path, **{"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0,
-                                                    "synthesis.extended_ratio": 0.34, "synthesis.scratch_fraction": 0.34,
-                                                    "synthesis.structure_fraction": 0.17,
-                                                    "synthesis.shade_fraction": 0.17}), "cat")
+    both = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34,
+            "synthesis.scratch_fraction": 0.34, "synthesis.structure_fraction": 0.17, "synthesis.shade_fraction": 0.17}
+    both = build_train_dataset(cfg_for(tmp_path, **both), "cat")
     assert [both.kind(i) for i in range(6, 12)] == ["perlin", "perlin", "shade", "structure", "scratch", "scratch"]
     from prnet.config import ConfigError
     with pytest.raises(ConfigError, match="shade_fraction"):

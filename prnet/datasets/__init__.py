@@ -58,8 +58,8 @@ class TrainDataset(Dataset):
     cut-and-paste) anomalies.
 
     Items: image 3×H×W float32 [0,1], mask 1×H×W float32 {0,1}, label (0 normal, 1 synthetic), kind
-    ('normal' | 'perlin' | 'shade' | 'structure' | 'scratch' | 'swap' | 'extended'), source (the index of the normal training
-    image it was made from).
+    ('normal' | 'perlin' | 'shade' | 'structure' | 'scratch' | 'swap' | 'extended'), source (the index of the
+    normal training image it was made from).
     `n_swap` of the `n_perlin` Perlin samples (the last ones) are region swaps (synthesis.swap_anomaly: a large
     region from another normal training image), the `n_scratch` before them thin curves (synthesis.scratch_anomaly:
     scratches and cracks filled with a texture), the `n_structure` before them structural anomalies

@@ -402,12 +402,12 @@ def shade_anomaly(image: np.ndarray, rng: np.random.Generator, scale_max: int = 
     """A photometric anomaly made of the image itself: inside a Perlin mask (as `perlin_anomaly`'s, inside
     `foreground` if given) the surface's local level (its Gaussian blur, σ = min(H, W)/32) is made darker or
     brighter (gain 1 ± U(SHADE_GAIN)), or its fine texture (the image minus that level) stronger or weaker
-    (factor U(SHADE_CONTRAST) or its inverse), or both (one of the three, equally likely; a texture change that
-    would move the mask's pixels by less than SHADE_MIN_CHANGE on the mean, on a smooth surface, gets the level
-    change too, so that every sample is visible). A shade of the same
-    material, with no foreign texture or colour: uneven finish, stains, a smoother or rougher ground patch. A grey
-    image stays grey. The change fades in over the mask's inner edge (the mask blurred at σ = min(H, W)/128,
-    kept inside the mask and scaled to reach 1), so pixels outside the mask are unchanged and the label covers every changed pixel.
+    (factor U(SHADE_CONTRAST) or its inverse), or both: one of the three, equally likely. A texture change that
+    would move the mask's pixels by less than SHADE_MIN_CHANGE on the mean (a smooth surface) gets the level change
+    too, so that every sample is visible. A shade of the same material, with no foreign texture or colour: uneven
+    finish, stains, a smoother or rougher ground patch; a grey image stays grey. The change fades in over the
+    mask's inner edge (the mask blurred at σ = min(H, W)/128, kept inside the mask and scaled to reach 1), so
+    pixels outside the mask are unchanged and the label covers every changed pixel.
     Returns (anomalous image clipped to [0, 1], non-empty float32 mask H×W)."""
     hw = image.shape[:2]
     mask = perlin_mask(hw, rng, scale_max, within=foreground)
