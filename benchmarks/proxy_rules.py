@@ -216,8 +216,8 @@ def decide_with_time(rules: Sequence[str], candidate: Sequence[str], reference: 
                      out: Optional[str] = None) -> int:
     """A round's decide.py: `main`'s rules (`rules`, its options without the files) on the candidate and reference
     score files, then a cost rule, the candidate's mean training minutes at most `max_ratio` times the
-    reference's (`minutes`: {"candidate": [...], "reference": [...]}, keyed as the record keeps them; None: not
-    checked). Prints the verdict; `out` also gets the cost rule, the verdict and the files under `names`
+    reference's (`minutes`: {candidate name: [...], reference name: [...]}, in that order, the names as the record
+    keeps them; None: not checked). Prints the verdict; `out` also gets the cost rule, the verdict and the files under `names`
     (candidate's, reference's: how the record names them, without machine paths). Returns 2 on unusable input,
     else 0."""
     rc = main(["--candidate", *candidate, "--reference", *reference, *rules] + (["--out", out] if out else []))
@@ -225,7 +225,7 @@ def decide_with_time(rules: Sequence[str], candidate: Sequence[str], reference: 
         return 2
     holds = None
     if minutes is not None:
-        (cand, cand_min), (ref, ref_min) = minutes.items()
+        cand_min, ref_min = minutes.values()
         ratio = sum(cand_min) / len(cand_min) / (sum(ref_min) / len(ref_min))
         holds = bool(ratio <= max_ratio)
         print("training minutes, per seed: " + "; ".join(f"{v} {' / '.join(f'{m:.1f}' for m in t)}"
