@@ -1,4 +1,5 @@
-"""Apply a validation round's decision rules to score_fusion.py results: a candidate against a reference, paired by seed.
+"""Apply a validation round's decision rules to score_fusion.py results: a candidate against a reference, paired by
+seed.
 
     python benchmarks/proxy_rules.py --candidate F_cand_s0.json F_cand_s1.json \
         --reference F_ref_s0.json F_ref_s1.json [--rule map0.5] [--gain 0.003] [--harm 0.005] [--pixel-harm 0.003]
@@ -217,9 +218,9 @@ def decide_with_time(rules: Sequence[str], candidate: Sequence[str], reference: 
     """A round's decide.py: `main`'s rules (`rules`, its options without the files) on the candidate and reference
     score files, then a cost rule, the candidate's mean training minutes at most `max_ratio` times the
     reference's (`minutes`: {candidate name: [...], reference name: [...]}, in that order, the names as the record
-    keeps them; None: not checked). Prints the verdict; `out` also gets the cost rule, the verdict and the files under `names`
-    (candidate's, reference's: how the record names them, without machine paths). Returns 2 on unusable input,
-    else 0."""
+    keeps them; None: not checked). Prints the verdict; `out` also gets the cost rule, the verdict and the files
+    under `names` (candidate's, reference's: how the record names them, without machine paths). Returns 2 on
+    unusable input, else 0."""
     rc = main(["--candidate", *candidate, "--reference", *reference, *rules] + (["--out", out] if out else []))
     if rc == 2:
         return 2
@@ -242,6 +243,30 @@ def decide_with_time(rules: Sequence[str], candidate: Sequence[str], reference: 
         with open(out, "w") as f:
             json.dump(result, f, indent=1)
     return 0
+
+
+def decide_against_round34(argv: Sequence[str], here: str, candidate: str, max_ratio: float) -> int:
+    """A Magnetic Tile proxy round judged against round 34's `ratio25` score files (seeds 0-2, paired by seed):
+    `here` is the round's results folder, holding Z_mt_<candidate>[-seed1|-seed2].json; round 34's folder is its
+    sibling. argv: [--runs RUNS_DIR] [decision.json]; with --runs the cost rule reads the candidate's training
+    minutes there and the reference's from round 34's decision.json."""
+    argv = list(argv)
+    round34, ref, seeds = os.path.join(os.path.dirname(here), "round34"), "ratio25", ("", "-seed1", "-seed2")
+    minutes = None
+    if "--runs" in argv:
+        i = argv.index("--runs")
+        with open(os.path.join(round34, "decision.json")) as f:
+            recorded = json.load(f)["training_minutes"][ref]
+        minutes = {candidate: training_minutes([os.path.join(argv[i + 1], f"{candidate}{s}", "magnetic_tile")
+                                                for s in seeds]),
+                   ref: recorded}
+        argv = argv[:i] + argv[i + 2:]
+    cand_files = [os.path.join(here, f"Z_mt_{candidate}{s}.json") for s in seeds]
+    ref_files = [os.path.join(round34, f"Z_mt_{ref}{s}.json") for s in seeds]
+    return decide_with_time(REAL_DEFECT_RULES, cand_files, ref_files, minutes=minutes, max_ratio=max_ratio,
+                            names=([os.path.basename(f) for f in cand_files],
+                                   [f"../round34/{os.path.basename(f)}" for f in ref_files]),
+                            out=argv[0] if argv else None)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """benchmarks/proxy_rules.py: a round's decision rules applied to score_fusion.py files, paired by seed."""
 import json
+import os
+import shutil
 
 import proxy_rules
 
@@ -193,3 +195,27 @@ def test_a_rounds_decision_adds_the_cost_rule_and_names_its_files_as_given(tmp_p
     assert json.loads((tmp_path / "decision.json").read_text())["verdict"] == "fails"  # rule 1 fails, cost holds
     assert proxy_rules.decide_with_time([], [str(tmp_path / "missing.json")], ref[:1], minutes=None, max_ratio=1.3,
                                         names=names) == 2
+
+
+def test_a_round_against_round34_reads_its_files_by_name_and_its_reference_minutes(tmp_path, capsys):
+    # round 35's committed record: the same rows and verdict from its files, wherever the results folder is
+    results = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results")
+    for rnd in ("round34", "round35"):
+        shutil.copytree(os.path.join(results, rnd), tmp_path / "results" / rnd)
+    recorded = json.loads((tmp_path / "results" / "round35" / "decision.json").read_text())
+    runs = tmp_path / "runs"
+    for seed, seconds in (("", 900), ("-seed1", 840), ("-seed2", 960)):
+        run = runs / f"shade_add{seed}" / "magnetic_tile"
+        run.mkdir(parents=True)
+        (run / "train_log.csv").write_text(f"epoch,loss,seconds\n1,0.1,{seconds}\n")
+    out = str(tmp_path / "d.json")
+    here = str(tmp_path / "results" / "round35")
+    assert proxy_rules.decide_against_round34(["--runs", str(runs), out], here, "shade_add", 1.3) == 0
+    d = json.loads(open(out).read())
+    assert d["rows"] == recorded["rows"] and d["verdict"] == "fails"
+    reference_minutes = recorded["training_minutes"]["ratio25"]
+    assert d["training_minutes"] == {"shade_add": [15.0, 14.0, 16.0], "ratio25": reference_minutes}
+    assert d["reference_files"] == ["../round34/Z_mt_ratio25.json", "../round34/Z_mt_ratio25-seed1.json",
+                                    "../round34/Z_mt_ratio25-seed2.json"]
+    os.remove(os.path.join(here, "Z_mt_shade_add-seed2.json"))
+    assert proxy_rules.decide_against_round34([], here, "shade_add", 1.3) == 2  # a missing file is refused

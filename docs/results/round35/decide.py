@@ -11,34 +11,11 @@ recorded in round 34's decision.json; without `--runs` rule 3 is reported as not
 
     PYTHONPATH=.:benchmarks python docs/results/round35/decide.py [--runs pv_magnetic_tile/runs] [decision.json]
 """
-import json
 import os
 import sys
 
-from proxy_rules import REAL_DEFECT_RULES, decide_with_time, training_minutes
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROUND34 = os.path.join(os.path.dirname(HERE), "round34")
-CAND, REF = "shade_add", "ratio25"
-SEEDS = ("", "-seed1", "-seed2")
-
-
-def main(argv):
-    minutes = None
-    if "--runs" in argv:
-        i = argv.index("--runs")
-        with open(os.path.join(ROUND34, "decision.json")) as f:
-            recorded = json.load(f)["training_minutes"][REF]
-        minutes = {CAND: training_minutes([os.path.join(argv[i + 1], f"{CAND}{s}", "magnetic_tile") for s in SEEDS]),
-                   REF: recorded}
-        argv = argv[:i] + argv[i + 2:]
-    files = {CAND: [os.path.join(HERE, f"Z_mt_{CAND}{s}.json") for s in SEEDS],
-             REF: [os.path.join(ROUND34, f"Z_mt_{REF}{s}.json") for s in SEEDS]}
-    return decide_with_time(REAL_DEFECT_RULES, files[CAND], files[REF], minutes=minutes, max_ratio=1.3,
-                            names=([os.path.basename(f) for f in files[CAND]],
-                                   [f"../round34/{os.path.basename(f)}" for f in files[REF]]),
-                            out=argv[0] if argv else None)
+from proxy_rules import decide_against_round34
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(decide_against_round34(sys.argv[1:], os.path.dirname(os.path.abspath(__file__)), "shade_add", 1.3))
