@@ -27,6 +27,13 @@ Every record (each run's train.json and eval-*.json, the baseline's rows, real_d
 git commit and a hash of any uncommitted changes to tracked files, package versions, the CPU or GPU
 (prnet.provenance). A run whose code changed while it trained says so in its train.json (`code_changed_during_run`).
 
+Each record keeps its per-image scores on the common test set, so the report also gives each PRNet method's image
+AUROC lead over the baseline (mean over the seeds of PRNet − the baseline of the same seed) with a 95 % interval
+over the test images: a paired, stratified bootstrap (prnet.metrics.paired_auroc_difference), which says how much
+the lead depends on which images were tested (the ± columns say how much it depends on the seed). A stored
+evaluation made before records kept these scores is made again where its checkpoint is there (the baseline is
+fitted again); a kept record without a checkpoint gets `n/a` there.
+
 `--rescore` trains no PRNet: it evaluates the finished PRNet runs of the settings given with the evaluation settings
 given now (`--set eval.sigma=4`) and writes <out>/real_data_rescore.json.
 
@@ -312,11 +319,17 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
         return loaded[0]
 
     done = os.path.join(run_dir, "train.json")
+    stored = None
     if os.path.exists(done) and os.path.exists(eval_path):
+        stored = json.load(open(eval_path, encoding="utf-8"))
+    if stored is not None and "image_scores" not in stored and os.path.exists(ckpt):
+        log.info("%s was stored without its per-image scores: evaluating the run again", eval_path)
+        stored = None
+    if stored is not None:
         # finished and scored with these settings before: no checkpoint needed (a kept record has only the JSONs)
         log.info("reusing the stored evaluation of the finished run %s", run_dir)
         trained = json.load(open(done, encoding="utf-8"))
-        scored = json.load(open(eval_path, encoding="utf-8"))
+        scored = stored
     else:
         trained = train_prnet(ov, run_dir, ds.category, args.rescore)
         model, cfg = model_and_config()
@@ -329,7 +342,7 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
                   "test_ms_per_image": 1000.0 * (time.time() - t1) / len(common_test),
                   "real_anomalies": results["real_anomalies_used_for_training"],
                   "per_defect": per_defect(raw["scores"], raw["labels"], raw["maps"], raw["masks"], common_test),
-                  "provenance": provenance(device)}
+                  **image_scores(raw["scores"], raw["labels"]), "provenance": provenance(device)}
         write_json(eval_path, scored)
     row = {"dataset": ds.label, "method": f"PRNet, {shots} real anomalies", "seed": seed, **scored,
            "train_min": trained["train_min"], "train_minutes_includes": trained["train_minutes_includes"],
@@ -395,6 +408,9 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
         return tuple(np.concatenate(x) for x in (scores, labels, maps, masks))
 
     row_path = os.path.join(run_dir, f"eval-{short_hash(test_key(common_test))}.json")
+    if os.path.exists(row_path) and "image_scores" not in json.load(open(row_path, encoding="utf-8")):
+        log.info("%s was stored without its per-image scores: fitting and scoring the baseline again", row_path)
+        os.remove(row_path)
     if os.path.exists(row_path):
         log.info("reusing the baseline's scores in %s", row_path)
         row = {**json.load(open(row_path, encoding="utf-8")), "run": run_dir}  # where it lies now
@@ -407,7 +423,7 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
         row = {"dataset": ds.label, "method": BASELINE, "seed": seed, **{k: float(v) for k, v in metrics.items()},
                "train_min": train_min, "test_ms_per_image": test_ms,
                "per_defect": per_defect(scores, labels, maps, masks, common_test), "baseline": BASELINE_SETTINGS,
-               "provenance": provenance(device), "run": run_dir}
+               **image_scores(scores, labels), "provenance": provenance(device), "run": run_dir}
         write_json(row_path, row)
     if control is not None:
         path = os.path.join(run_dir, f"eval-control-{short_hash({'test': test_key(control), 'control': CONTROL_SEED})}"
@@ -420,6 +436,13 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
 
         row.update(control_row(stored_or_made(path, scored_control)))
     return row
+
+
+def image_scores(scores, labels) -> dict:
+    """The per-image scores and labels a record keeps, in the common test set's order (test_key's names), so that
+    two methods can be compared image by image (paired_leads)."""
+    return {"image_scores": [float(v) for v in np.asarray(scores).reshape(-1)],
+            "image_labels": [int(v) for v in np.asarray(labels).reshape(-1)]}
 
 
 def test_key(test) -> dict:
@@ -516,6 +539,49 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+def paired_leads(rows: list[dict], resamples: int = 2000, level: float = 0.95) -> list[dict]:
+    """Each PRNet method's image AUROC lead over the baseline per data set: the mean over the seeds both ran of
+    (PRNet − baseline of the same seed), with its interval over the test images (prnet.metrics.
+    paired_auroc_difference: a paired, stratified bootstrap, the same image draw for every seed and both methods).
+    An entry without the per-image scores of every seed (records stored before they were kept, without a
+    checkpoint to score again) says so in `missing` instead."""
+    from prnet.metrics import paired_auroc_difference
+
+    baseline = {(r["dataset"], r["seed"]): r for r in rows if r["method"] == BASELINE}
+    out = []
+    for dataset, method in dict.fromkeys((r["dataset"], r["method"]) for r in rows if r["method"] != BASELINE):
+        pairs = [(r, baseline[(dataset, r["seed"])]) for r in rows
+                 if (r["dataset"], r["method"]) == (dataset, method) and (dataset, r["seed"]) in baseline]
+        if not pairs:
+            continue
+        entry = {"dataset": dataset, "method": method, "seeds": [r["seed"] for r, _ in pairs]}
+        without = [r["run"] for pair in pairs for r in pair if "image_scores" not in r]
+        if without:
+            entry["missing"] = "no per-image scores in the stored records of " + ", ".join(without)
+        elif any(r["image_labels"] != pairs[0][0]["image_labels"] for pair in pairs for r in pair):
+            raise ValueError(f"paired_leads: the runs of {dataset} were scored on different test images")
+        else:
+            entry.update(paired_auroc_difference([r["image_scores"] for r, _ in pairs],
+                                                 [b["image_scores"] for _, b in pairs], pairs[0][0]["image_labels"],
+                                                 resamples=resamples, level=level))
+        out.append(entry)
+    return out
+
+
+def markdown_leads(leads: list[dict]) -> str:
+    """The image AUROC leads over the baseline, one row per data set and PRNet method."""
+    lines = ["| data set | method | seeds | image AUROC lead over the baseline | interval over the test images |",
+             "|:---|:---|:---|---:|:---|"]
+    for e in leads:
+        seeds = ",".join(map(str, e["seeds"]))
+        if "missing" in e:
+            lines.append(f"| {e['dataset']} | {e['method']} | {seeds} | n/a | {e['missing']} |")
+        else:
+            lines.append(f"| {e['dataset']} | {e['method']} | {seeds} | {e['difference']:+.4f} | "
+                         f"[{e['low']:+.4f}, {e['high']:+.4f}] ({100 * e['level']:g} %) |")
+    return "\n".join(lines)
+
+
 def markdown(summary: list[dict]) -> str:
     """The results table: mean ± std over the seeds (just the mean for one seed) per data set and method; with a
     column of the image AUROC on the control where any entry has one."""
@@ -553,14 +619,18 @@ def markdown_per_defect(summary: list[dict]) -> str:
     return "\n\n".join(tables)
 
 
-def report(summary: list[dict], seeds: list[int]) -> str:
+def report(summary: list[dict], seeds: list[int], leads: list[dict] | None = None) -> str:
     spread = "mean ± sample standard deviation (ddof 1) over the seeds" if len(seeds) > 1 else "one seed"
+    lead_table = ("\n\nImage AUROC of each PRNet method minus the baseline's of the same seed, mean over the seeds, "
+                  "with a paired bootstrap interval over the test images (normal and defective images drawn again "
+                  "2000 times; how much the lead depends on which images were tested, not on the seeds):\n\n"
+                  + markdown_leads(leads)) if leads else ""
     control = (" Control image AUROC: on the test split's defects pasted into its normal test images (only the "
                "defects differ; benchmarks/shortcut_check.py)." if any(CONTROL_COLUMN in e for e in summary) else "")
     return (markdown(summary) + f"\n\n({spread}; the baseline runs per seed: its coreset draws depend on the seed, "
             f"same seed, same result.{control})\n\nPer defect type, image AUROC / pixel AUROC (each type against "
             "every normal test image, mean over the seeds; test images per type in brackets):\n\n"
-            + markdown_per_defect(summary))
+            + markdown_per_defect(summary) + lead_table)
 
 
 def main(argv=None) -> int:
@@ -632,7 +702,8 @@ def main(argv=None) -> int:
                 log.info("%s, seed %d, %s done after %.1f min", ds.label, seed, rows[-1]["method"],
                          (time.time() - t0) / 60)
     summary = aggregate(rows)
-    table = report(summary, args.seeds)
+    leads = paired_leads(rows)
+    table = report(summary, args.seeds, leads)
     result = {"data": [ds._asdict() for ds in datasets], "dtd": args.dtd, "size": args.size, "epochs": args.epochs,
               "batch": args.batch, "lr": args.lr, "head_widths": args.widths, "seeds": args.seeds,
               "methods": methods, "overrides": args.set, "device": args.device, "rescore": args.rescore,
@@ -644,7 +715,7 @@ def main(argv=None) -> int:
                           for ds in datasets if controls[ds.label] is not None},
               "total_minutes": (time.time() - t0) / 60.0, "threads": torch.get_num_threads(),
               "provenance": provenance(device), "rows": rows,
-              "summary": summary, "table": table}
+              "summary": summary, "leads": leads, "table": table}
     write_json(os.path.join(args.out, "real_data_rescore.json" if args.rescore else "real_data.json"), result)
     print(f"\n{table}\n\n(total {result['total_minutes']:.1f} min)")
     return 0

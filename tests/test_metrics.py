@@ -6,7 +6,8 @@ import torch
 from skimage.measure import label as sk_label
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from prnet.metrics import (METRIC_KEYS, aupro, compute_metrics, image_ap, image_auroc, pixel_ap, pixel_auroc)
+from prnet.metrics import (METRIC_KEYS, aupro, compute_metrics, image_ap, image_auroc, paired_auroc_difference,
+                           pixel_ap, pixel_auroc)
 
 
 def reference_aupro(maps, masks, fpr_limit=0.3):
@@ -161,3 +162,36 @@ def test_bad_inputs_raise():
         aupro(np.zeros((1, 2, 2)), np.eye(2)[None], fpr_limit=0)
     with pytest.raises(ValueError, match="same length"):
         image_auroc([0.1, 0.2], [0, 1, 1])
+
+
+def test_paired_auroc_difference_is_the_mean_lead_with_an_interval_over_the_images():
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(60), np.ones(90)]
+    a = rng.normal(size=(3, 150)) + 1.6 * y  # three paired runs; a separates the classes better than b
+    b = rng.normal(size=(3, 150)) + 0.6 * y
+    r = paired_auroc_difference(a, b, y, resamples=500)
+    lead = np.mean([roc_auc_score(y, a[i]) - roc_auc_score(y, b[i]) for i in range(3)])
+    assert r["difference"] == pytest.approx(lead, abs=1e-12)
+    assert 0 < r["low"] < lead < r["high"] < 1 and (r["runs"], r["normal"], r["defective"]) == (3, 60, 90)
+    assert paired_auroc_difference(a, b, y, resamples=500) == r  # seeded
+    assert paired_auroc_difference(b, a, y, resamples=500)["high"] == pytest.approx(-r["low"])  # the same draws
+    # the pairing: b is a plus a little noise, so the lead is small and its interval narrow, although each
+    # detector's own AUROC would move much more with the images drawn
+    close = paired_auroc_difference(a[0], a[0] + 0.05 * rng.normal(size=150), y, resamples=500)
+    assert close["runs"] == 1 and close["high"] - close["low"] < 0.02 and close["low"] <= 0 <= close["high"]
+    same = paired_auroc_difference(a, a, y, resamples=50)
+    assert same["difference"] == same["low"] == same["high"] == 0.0
+    wider = paired_auroc_difference(a, b, y, resamples=500, level=0.99)
+    assert wider["low"] < r["low"] and wider["high"] > r["high"]
+
+
+def test_paired_auroc_difference_refuses_what_it_cannot_pair():
+    y = np.r_[np.zeros(5), np.ones(5)]
+    with pytest.raises(ValueError, match="one shape"):
+        paired_auroc_difference(np.zeros((2, 10)), np.zeros((3, 10)), y)
+    with pytest.raises(ValueError, match="the 10 labels"):
+        paired_auroc_difference(np.zeros(9), np.zeros(9), y)
+    with pytest.raises(ValueError, match="0 normal and 10 defective"):
+        paired_auroc_difference(np.zeros(10), np.zeros(10), np.ones(10))
+    with pytest.raises(ValueError, match="resamples >= 1"):
+        paired_auroc_difference(np.zeros(10), np.zeros(10), y, resamples=0)

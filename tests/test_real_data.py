@@ -17,7 +17,7 @@ import real_data
 from prnet.datasets import make_demo_category
 from prnet.datasets.mvtec import MVTEC
 from prnet.engine import trainer
-from prnet.metrics import compute_metrics
+from prnet.metrics import compute_metrics, image_auroc
 from prnet.provenance import git_state
 from real_data import aggregate, find_datasets, markdown, markdown_per_defect, parse_seeds, parse_size, per_defect
 
@@ -110,6 +110,17 @@ def test_one_table_for_two_data_sets_and_two_seeds(bench):
         cells = " | ".join(f"{e[k]['mean']:.3f} ± {e[k]['std']:.3f}" for k in real_data.COLUMNS)
         assert f"| {e['dataset']} | {e['method']} | 0,1 | {cells} |" in table
     assert "sample standard deviation" in table and "baseline runs per seed" in table
+    # the lead over the baseline: the records keep each image's score, so the two are compared image by image
+    assert [(e["dataset"], e["method"]) for e in result["leads"]] == [(d, methods[0]) for d in ("tile", "b/part")]
+    for e in result["leads"]:
+        pairs = [(_row(rows, e["dataset"], methods[0], s), _row(rows, e["dataset"], methods[1], s)) for s in (0, 1)]
+        for r in (r for pair in pairs for r in pair):
+            assert len(r["image_scores"]) == len(r["image_labels"]) == 4
+            assert image_auroc(r["image_scores"], r["image_labels"]) == pytest.approx(r["image_auroc"])
+        assert e["difference"] == pytest.approx(np.mean([p["image_auroc"] - b["image_auroc"] for p, b in pairs]))
+        assert -1 <= e["low"] <= e["high"] <= 1 and e["seeds"] == [0, 1] and e["resamples"] == 2000
+        assert (f"| {e['dataset']} | {methods[0]} | 0,1 | {e['difference']:+.4f} | [{e['low']:+.4f}, "
+                f"{e['high']:+.4f}] (95 %) |") in table
     # each seed is its own run, keyed by its settings
     runs = {r["run"] for r in rows}
     assert len(runs) == 8 and all(os.path.isfile(os.path.join(r, "settings.json")) for r in runs)
@@ -248,7 +259,24 @@ def test_a_record_of_the_json_files_rebuilds_the_table_without_checkpoints(bench
     assert [r["run"] for r in again["rows"]] == [r["run"].replace(out, record) for r in bench["result"]["rows"]]
     for e, before in zip(again["summary"], bench["result"]["summary"]):
         assert all(e[k] == before[k] for k in real_data.COLUMNS) and e["method"] == before["method"]
+    assert again["leads"] == bench["result"]["leads"]
     assert not glob.glob(os.path.join(record, "**", "*.pt"), recursive=True)
+    # records kept before the per-image scores were: PRNet's lead is n/a (no checkpoint to score again), the
+    # baseline is fitted again and keeps its figures
+    stripped = glob.glob(os.path.join(record, "runs", "tile", "*", "eval-*.json"))
+    for path in stripped:
+        r = json.load(open(path))
+        del r["image_scores"], r["image_labels"]
+        json.dump(r, open(path, "w"))
+    assert real_data.main(argv) == 0
+    old = json.load(open(os.path.join(record, "real_data.json")))
+    tile = [e for e in old["leads"] if e["dataset"] == "tile"]
+    assert len(tile) == 1 and "missing" in tile[0] and "difference" not in tile[0]
+    part = [e for e in again["leads"] if e["dataset"] == "b/part"]
+    assert [e for e in old["leads"] if e["dataset"] == "b/part"] == part and "difference" in part[0]
+    assert "| tile | PRNet, 2 real anomalies | 0,1 | n/a | no per-image scores" in old["table"]
+    assert [r["image_auroc"] for r in old["rows"]] == [r["image_auroc"] for r in again["rows"]]
+    assert all("image_scores" in r for r in old["rows"] if r["method"] == "PatchCore-style baseline")
     # eval.second_read=auto on square images resolves to none: the same stored evaluations, no checkpoint needed
     auto = list(argv)
     auto.insert(auto.index("eval.topk=10") + 1, "eval.second_read=auto")
