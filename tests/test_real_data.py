@@ -153,6 +153,11 @@ def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench, monkeypa
     interrupted = _row(rows, "tile", "PRNet, 2 real anomalies", 1)["run"]
     recorded = json.load(open(os.path.join(interrupted, "train.json")))["epoch_fingerprints"]
     os.remove(os.path.join(interrupted, "train.json"))  # as if killed after its last checkpoint
+    # a finished run whose evaluation was stored before records kept per-image scores: evaluated again, not trained
+    older = _row(rows, "b/part", "PRNet, 2 real anomalies", 0)["run"]
+    (older_eval,) = glob.glob(os.path.join(older, "eval-*.json"))
+    stored = json.load(open(older_eval))
+    json.dump({k: v for k, v in stored.items() if k not in ("image_scores", "image_labels")}, open(older_eval, "w"))
     argv = list(bench["argv"])
     # the data copied or restored meanwhile: new modification times, the same images (the prototypes still match)
     tile = argv[argv.index("--data") + 1]
@@ -171,6 +176,8 @@ def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench, monkeypa
     for run, (path, mtime) in ckpts.items():
         if run != interrupted:  # nothing trained again
             assert os.path.getmtime(path) == mtime
+    remade = json.load(open(older_eval))
+    assert remade["image_scores"] == stored["image_scores"]  # made again (they were removed), the same scores
     resumed = json.load(open(os.path.join(interrupted, "train.json")))
     assert resumed["resumed"] is True and resumed["code_changed_during_run"] is True
     assert resumed["code_at_start"]["git_commit"] == "f" * 40
@@ -245,7 +252,8 @@ def test_a_run_trained_again_keeps_no_evaluation_of_its_earlier_weights(bench, t
 
 def test_a_record_of_the_json_files_rebuilds_the_table_without_checkpoints(bench, tmp_path):
     """The per-run JSON files (settings, train, evaluations) copied to another --out: the same table, nothing
-    trained or fitted; --rescore there names the missing checkpoint."""
+    trained or fitted; --rescore there names the missing checkpoint. Records made before the per-image scores were
+    kept still give the table."""
     out = bench["out"]
     record = str(tmp_path / "record")
     for path in glob.glob(os.path.join(out, "runs", "*", "*", "*.json")):
@@ -254,6 +262,7 @@ def test_a_record_of_the_json_files_rebuilds_the_table_without_checkpoints(bench
         shutil.copy(path, dest)
     argv = list(bench["argv"])
     argv[argv.index("--out") + 1] = record
+    record_argv = list(argv)
     assert real_data.main(argv) == 0
     again = json.load(open(os.path.join(record, "real_data.json")))
     assert [r["run"] for r in again["rows"]] == [r["run"].replace(out, record) for r in bench["result"]["rows"]]
@@ -261,22 +270,6 @@ def test_a_record_of_the_json_files_rebuilds_the_table_without_checkpoints(bench
         assert all(e[k] == before[k] for k in real_data.COLUMNS) and e["method"] == before["method"]
     assert again["leads"] == bench["result"]["leads"]
     assert not glob.glob(os.path.join(record, "**", "*.pt"), recursive=True)
-    # records kept before the per-image scores were: PRNet's lead is n/a (no checkpoint to score again), the
-    # baseline is fitted again and keeps its figures
-    stripped = glob.glob(os.path.join(record, "runs", "tile", "*", "eval-*.json"))
-    for path in stripped:
-        r = json.load(open(path))
-        del r["image_scores"], r["image_labels"]
-        json.dump(r, open(path, "w"))
-    assert real_data.main(argv) == 0
-    old = json.load(open(os.path.join(record, "real_data.json")))
-    tile = [e for e in old["leads"] if e["dataset"] == "tile"]
-    assert len(tile) == 1 and "missing" in tile[0] and "difference" not in tile[0]
-    part = [e for e in again["leads"] if e["dataset"] == "b/part"]
-    assert [e for e in old["leads"] if e["dataset"] == "b/part"] == part and "difference" in part[0]
-    assert "| tile | PRNet, 2 real anomalies | 0,1 | n/a | no per-image scores" in old["table"]
-    assert [r["image_auroc"] for r in old["rows"]] == [r["image_auroc"] for r in again["rows"]]
-    assert all("image_scores" in r for r in old["rows"] if r["method"] == "PatchCore-style baseline")
     # eval.second_read=auto on square images resolves to none: the same stored evaluations, no checkpoint needed
     auto = list(argv)
     auto.insert(auto.index("eval.topk=10") + 1, "eval.second_read=auto")
@@ -286,6 +279,23 @@ def test_a_record_of_the_json_files_rebuilds_the_table_without_checkpoints(bench
     argv[argv.index("eval.topk=10")] = "eval.topk=7"  # an evaluation never made: needs the checkpoint
     with pytest.raises(SystemExit, match="last.pt is missing"):
         real_data.main([*argv, "--rescore"])
+    # records kept before the per-image scores were: PRNet's lead is n/a (no checkpoint to score again), the
+    # baseline is fitted again and keeps its figures
+    stripped = glob.glob(os.path.join(record, "runs", "tile", "*", "eval-*.json"))
+    for path in stripped:
+        r = json.load(open(path))
+        del r["image_scores"], r["image_labels"]
+        json.dump(r, open(path, "w"))
+    assert real_data.main(record_argv) == 0
+    old = json.load(open(os.path.join(record, "real_data.json")))
+    tile = [e for e in old["leads"] if e["dataset"] == "tile"]
+    assert len(tile) == 1 and "missing" in tile[0] and "difference" not in tile[0]
+    part = [e for e in again["leads"] if e["dataset"] == "b/part"]
+    assert [e for e in old["leads"] if e["dataset"] == "b/part"] == part and "difference" in part[0]
+    assert "| tile | PRNet, 2 real anomalies | 0,1 | n/a | no per-image scores" in old["table"]
+    assert [[r[k] for k in real_data.COLUMNS] for r in old["rows"]] == [[r[k] for k in real_data.COLUMNS]
+                                                                         for r in again["rows"]]
+    assert all("image_scores" in r for r in old["rows"] if r["method"] == "PatchCore-style baseline")
 
 
 def test_the_evaluation_key_holds_the_knn_weight_only_where_it_is_used():
