@@ -261,11 +261,11 @@ def paired_auroc_difference(scores_a: Any, scores_b: Any, labels: Any, resamples
 
     scores_a, scores_b: N scores, or R×N for R paired runs (e.g. seeds; row r of a is compared with row r of b), all
     on the same N images in the same order; labels: N. The difference is the mean over the runs of
-    AUROC(a) − AUROC(b).
-    The interval is a stratified, paired bootstrap: `resamples` times the normal and the defective images are each
-    drawn again with replacement (numpy seed `seed`), the same draw for every run and both detectors, and the
-    difference is recomputed; its (1 − level)/2 and (1 + level)/2 quantiles are the interval. It measures how much
-    the difference depends on which images of the same kind were tested, not on training seeds (the runs' spread).
+    AUROC(a) − AUROC(b). The interval is a stratified, paired bootstrap: `resamples` times the normal and the
+    defective images are each drawn again with replacement (numpy seed `seed`), the same draw for every run and both
+    detectors, and the difference is recomputed; its (1 − level)/2 and (1 + level)/2 quantiles are the interval. It
+    measures how much the difference depends on which images of the same kind were tested, not on training seeds
+    (the runs' spread).
 
     Returns {difference, low, high, level, resamples, runs, normal, defective}."""
     a = _float_values(np.atleast_2d(_to_numpy(scores_a, "scores_a")), "scores_a")
