@@ -2,11 +2,8 @@
 samples per epoch: synthesis.perlin_ratio 0.25) against `ratio25` (the defaults; round 34's score files of the same
 runs), the Magnetic Tile proxy at seeds 0-2, paired by seed.
 
-Rules 1 and 2 are benchmarks/proxy_rules.py's, on the default image score (zsum0.25k25) and the default map (pq99),
-with round 34's limits. Rule 2's limits on the image AUROC of "all" and `real_defects` (0.003) are passed as
-`--require GROUP:-0.003`, so proxy_rules prints them under rule 1. Rule 3 reads the candidate's training time
-under `--runs` (the proxy's runs folder: the sum of train_log.csv's epoch seconds) against the reference's minutes
-recorded in round 34's decision.json; without `--runs` rule 3 is reported as not checked.
+The rules, the cost rule's minutes and the file names: benchmarks/proxy_rules.decide_against_round34 (rules 1 and
+2: REAL_DEFECT_RULES, on the default image score zsum0.25k25 and the default map pq99).
 
     PYTHONPATH=.:benchmarks python docs/results/round36/decide.py [--runs pv_magnetic_tile/runs] [decision.json]
 """
