@@ -75,6 +75,7 @@ BASELINE = "PatchCore-style baseline"
 BASELINE_SETTINGS = "stages 2-3, 3x3 avg, greedy coreset 10 % of 200k randomly drawn patches, sigma 4, max"
 CONTROL_SEED = 0  # the draw of the normal test image each defect is pasted into (shortcut_check.write_control)
 CONTROL_COLUMN = "control_image_auroc"
+LEAD_RESAMPLES, LEAD_LEVEL = 2000, 0.95  # the bootstrap of each lead's interval over the test images (paired_leads)
 _TRAIN_SCRIPT = None
 
 
@@ -408,12 +409,13 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
         return tuple(np.concatenate(x) for x in (scores, labels, maps, masks))
 
     row_path = os.path.join(run_dir, f"eval-{short_hash(test_key(common_test))}.json")
-    if os.path.exists(row_path) and "image_scores" not in json.load(open(row_path, encoding="utf-8")):
+    stored = json.load(open(row_path, encoding="utf-8")) if os.path.exists(row_path) else None
+    if stored is not None and "image_scores" not in stored:
         log.info("%s was stored without its per-image scores: fitting and scoring the baseline again", row_path)
-        os.remove(row_path)
-    if os.path.exists(row_path):
+        stored = None
+    if stored is not None:
         log.info("reusing the baseline's scores in %s", row_path)
-        row = {**json.load(open(row_path, encoding="utf-8")), "run": run_dir}  # where it lies now
+        row = {**stored, "run": run_dir}  # where it lies now
     else:
         _, train_min = model_and_minutes()
         t1 = time.time()
@@ -539,7 +541,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-def paired_leads(rows: list[dict], resamples: int = 2000, level: float = 0.95) -> list[dict]:
+def paired_leads(rows: list[dict], resamples: int = LEAD_RESAMPLES, level: float = LEAD_LEVEL) -> list[dict]:
     """Each PRNet method's image AUROC lead over the baseline per data set: the mean over the seeds both ran of
     (PRNet − baseline of the same seed), with its interval over the test images (prnet.metrics.
     paired_auroc_difference: a paired, stratified bootstrap, the same image draw for every seed and both methods).
@@ -623,7 +625,8 @@ def report(summary: list[dict], seeds: list[int], leads: list[dict] | None = Non
     spread = "mean ± sample standard deviation (ddof 1) over the seeds" if len(seeds) > 1 else "one seed"
     lead_table = ("\n\nImage AUROC of each PRNet method minus the baseline's of the same seed, mean over the seeds, "
                   "with a paired bootstrap interval over the test images (normal and defective images drawn again "
-                  "2000 times; how much the lead depends on which images were tested, not on the seeds):\n\n"
+                  f"{LEAD_RESAMPLES} times; how much the lead depends on which images were tested, not on the "
+                  "seeds):\n\n"
                   + markdown_leads(leads)) if leads else ""
     control = (" Control image AUROC: on the test split's defects pasted into its normal test images (only the "
                "defects differ; benchmarks/shortcut_check.py)." if any(CONTROL_COLUMN in e for e in summary) else "")
