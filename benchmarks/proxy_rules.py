@@ -245,27 +245,39 @@ def decide_with_time(rules: Sequence[str], candidate: Sequence[str], reference: 
     return 0
 
 
-def decide_against_round34(argv: Sequence[str], here: str, candidate: str, max_ratio: float) -> int:
-    """A Magnetic Tile proxy round judged against round 34's `ratio25` score files (seeds 0-2, paired by seed):
-    `here` is the round's results folder, holding Z_mt_<candidate>[-seed1|-seed2].json; round 34's folder is its
-    sibling. argv: [--runs RUNS_DIR] [decision.json]; with --runs the cost rule reads the candidate's training
-    minutes there and the reference's from round 34's decision.json."""
+def seed_suffix(seed: int) -> str:
+    """How proxy_validation.py names a run's seed: nothing for seed 0, -seedN otherwise."""
+    return "" if seed == 0 else f"-seed{seed}"
+
+
+def decide_against_round34(argv: Sequence[str], here: str, candidate: str, max_ratio: float,
+                           seeds: Sequence[int] = (0, 1, 2)) -> int:
+    """A Magnetic Tile proxy round judged against the default `ratio25`, paired by seed: seeds 0-2 are round 34's
+    score files, any further seed's reference file (Z_mt_ratio25-seedN.json) lies in the round's own folder. `here`
+    is that folder, holding Z_mt_<candidate>[-seedN].json; round 34's folder is its sibling. argv: [--runs RUNS_DIR]
+    [decision.json]; with --runs the cost rule reads the candidate's training minutes there, and the reference's
+    from round 34's decision.json (seeds 0-2) or there too (further seeds)."""
     argv = list(argv)
-    round34, ref, seeds = os.path.join(os.path.dirname(here), "round34"), "ratio25", ("", "-seed1", "-seed2")
+    round34, ref = os.path.join(os.path.dirname(here), "round34"), "ratio25"
+    in_round34 = {0: 0, 1: 1, 2: 2}  # seed -> its position in round 34's record
     minutes = None
     if "--runs" in argv:
         i = argv.index("--runs")
         with open(os.path.join(round34, "decision.json")) as f:
             recorded = json.load(f)["training_minutes"][ref]
-        minutes = {candidate: training_minutes([os.path.join(argv[i + 1], f"{candidate}{s}", "magnetic_tile")
-                                                for s in seeds]),
-                   ref: recorded}
+        runs = argv[i + 1]
+
+        def run_minutes(name: str, seed: int) -> float:
+            return training_minutes([os.path.join(runs, f"{name}{seed_suffix(seed)}", "magnetic_tile")])[0]
+
+        minutes = {candidate: [run_minutes(candidate, s) for s in seeds],
+                   ref: [recorded[in_round34[s]] if s in in_round34 else run_minutes(ref, s) for s in seeds]}
         argv = argv[:i] + argv[i + 2:]
-    cand_files = [os.path.join(here, f"Z_mt_{candidate}{s}.json") for s in seeds]
-    ref_files = [os.path.join(round34, f"Z_mt_{ref}{s}.json") for s in seeds]
+    cand_files = [os.path.join(here, f"Z_mt_{candidate}{seed_suffix(s)}.json") for s in seeds]
+    ref_files = [os.path.join(round34 if s in in_round34 else here, f"Z_mt_{ref}{seed_suffix(s)}.json") for s in seeds]
     return decide_with_time(REAL_DEFECT_RULES, cand_files, ref_files, minutes=minutes, max_ratio=max_ratio,
                             names=([os.path.basename(f) for f in cand_files],
-                                   [f"../round34/{os.path.basename(f)}" for f in ref_files]),
+                                   [os.path.relpath(f, here) for f in ref_files]),
                             out=argv[0] if argv else None)
 
 

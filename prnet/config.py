@@ -145,6 +145,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
+    # the share of the last optimisation steps whose weights are averaged into the final model (0: none;
+    # prnet.engine.averaging: dense stochastic weight averaging, the same training trajectory)
+    average_last: float = 0.0
     device: str = "auto"  # auto (cuda, else mps, else cpu) | cpu | cuda | cuda:1 | mps
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     workers: int = -1  # DataLoader workers; -1: min(8, CPUs)
@@ -395,6 +398,8 @@ def validate(cfg: Config) -> None:
     if cfg.eval.threshold == "holdout_fpr" and cfg.data.holdout_normal <= 0:
         raise ConfigError("config key 'eval.threshold': holdout_fpr needs normal images held out of training: set "
                           "data.holdout_normal, e.g. 0.1")
+    if not 0.0 <= cfg.train.average_last <= 1.0:
+        raise ConfigError(f"config key 'train.average_last': expected a share in [0, 1], got {cfg.train.average_last}")
     if cfg.data.num_anomalies < 0:
         raise ConfigError("config key 'data.num_anomalies': expected >= 0")
     if cfg.data.few_shot is not None and len(cfg.data.few_shot) != cfg.data.num_anomalies:
@@ -474,7 +479,8 @@ RETIRED_KEYS = {("prototypes", "match"): "image"}
 # before it.
 ADDED_KEYS = {("synthesis", "structure_fraction"): 0.0, ("eval", "anomaly_map"): "head", ("eval", "knn_lift"): 0.99,
               ("synthesis", "extended_scale"): [0.75, 1.25], ("eval", "second_read"): "none",
-              ("eval", "second_weight"): 0.5, ("synthesis", "shade_fraction"): 0.0}
+              ("eval", "second_weight"): 0.5, ("synthesis", "shade_fraction"): 0.0,
+              ("train", "average_last"): 0.0}
 
 
 def with_added_keys(values: dict) -> dict:

@@ -3,6 +3,8 @@ import json
 import os
 import shutil
 
+import pytest
+
 import proxy_rules
 
 SUBSETS = proxy_rules.SUBSETS
@@ -219,3 +221,30 @@ def test_a_round_against_round34_reads_its_files_by_name_and_its_reference_minut
                                     "../round34/Z_mt_ratio25-seed2.json"]
     os.remove(os.path.join(here, "Z_mt_shade_add-seed2.json"))
     assert proxy_rules.decide_against_round34([], here, "shade_add", 1.3) == 2  # a missing file is refused
+
+
+def test_a_round_against_round34_with_further_seeds_reads_their_reference_from_its_own_folder(tmp_path):
+    results = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results")
+    for rnd in ("round34", "round35"):
+        shutil.copytree(os.path.join(results, rnd), tmp_path / "results" / rnd)
+    here = tmp_path / "results" / "round35"
+    recorded = json.loads((here / "decision.json").read_text())
+    # seed 3: the reference and the candidate are copies of seed 0's files, their runs 10 and 12 minutes
+    shutil.copy(tmp_path / "results" / "round34" / "Z_mt_ratio25.json", here / "Z_mt_ratio25-seed3.json")
+    shutil.copy(here / "Z_mt_shade_add.json", here / "Z_mt_shade_add-seed3.json")
+    runs = tmp_path / "runs"
+    for name, seconds in (("shade_add", 900), ("shade_add-seed1", 900), ("shade_add-seed2", 900),
+                          ("shade_add-seed3", 720), ("ratio25-seed3", 600)):
+        (runs / name / "magnetic_tile").mkdir(parents=True)
+        (runs / name / "magnetic_tile" / "train_log.csv").write_text(f"epoch,loss,seconds\n1,0.1,{seconds}\n")
+    out = str(tmp_path / "d.json")
+    assert proxy_rules.decide_against_round34(["--runs", str(runs), out], str(here), "shade_add", 1.3,
+                                              seeds=(0, 1, 2, 3)) == 0
+    d = json.loads(open(out).read())
+    row, old = d["rows"]["pixel_auroc:real_defects"], recorded["rows"]["pixel_auroc:real_defects"]
+    assert row["candidate"] == old["candidate"] + old["candidate"][:1]
+    assert row["reference"] == old["reference"] + old["reference"][:1]
+    assert row["diff"] == pytest.approx((3 * old["diff"] + old["candidate"][0] - old["reference"][0]) / 4)
+    assert d["reference_files"][3] == "Z_mt_ratio25-seed3.json" and d["candidate_files"][3] == "Z_mt_shade_add-seed3.json"
+    assert d["training_minutes"]["ratio25"] == recorded["training_minutes"]["ratio25"] + [10.0]
+    assert d["training_minutes"]["shade_add"] == [15.0, 15.0, 15.0, 12.0]

@@ -5,7 +5,8 @@ no code from the file runs:
     format, version, epoch, model (full state dict: backbone, prototypes, head), optimizer, scheduler,
     rng (torch CPU/CUDA states as tensors), config (dict), prototype_meta (dict), threshold (float or None: the
     decision threshold on the image score, stored when training finished) and threshold_rule (how it was chosen,
-    eval.threshold), history (list of per-epoch dicts).
+    eval.threshold), history (list of per-epoch dicts), average (train.average_last: the weight average's state,
+    prnet.engine.averaging; None without it).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, cfg: Config, prototype_meta: dict,
                     optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None,
                     threshold: Optional[float] = None, threshold_rule: Optional[str] = None,
-                    history: Optional[list] = None) -> None:
+                    history: Optional[list] = None, average: Optional[dict] = None) -> None:
     """Write everything needed to resume or to predict, atomically (temporary file, then os.replace)."""
     from prnet.config import config_to_dict
 
@@ -58,6 +59,7 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, cfg: Confi
         "threshold": None if threshold is None else float(threshold),
         "threshold_rule": threshold_rule,
         "history": list(history or []),
+        "average": average,
     }
     torch_save_atomic(state, path)
 

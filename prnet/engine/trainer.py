@@ -1,6 +1,7 @@
 """The training loop for one category: data, model, optimiser, checkpoints, resume, evaluation, reports.
 
-Nothing here selects anything on test data: the model reported is the one after the last epoch;
+Nothing here selects anything on test data: the model reported is the one after the last epoch (with
+train.average_last, the mean of its weights over the last steps: prnet.engine.averaging);
 `train.eval_every` evaluations are logged for monitoring only.
 
 Distributed (torchrun): every process trains on its shard of each epoch's seeded permutation with
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from prnet import report
 from prnet.config import Config, config_to_dict, dump_config, image_hw, with_added_keys
 from prnet.datasets import EpochSampler, build_test_dataset, build_train_dataset, normal_train_set
+from prnet.engine.averaging import WeightAverage
 from prnet.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from prnet.engine.evaluator import run_inference
 from prnet.engine.knn_calibration import calibrate_knn_score
@@ -212,6 +214,9 @@ def check_outputs(cfg: Config, category: str) -> None:
         except CheckpointError as e:
             raise TrainingError(f"cannot resume: {e}; train.overwrite=true starts over") from None
         diffs = config_differences(stored, config_to_dict(cfg))
+        if cfg.train.average_last > 0 and stored["train"]["epochs"] != cfg.train.epochs:
+            diffs.append(f"train.epochs: {stored['train']['epochs']!r} -> {cfg.train.epochs!r} (train.average_last "
+                         f"averages a share of the schedule, which then cannot change)")
         if diffs:
             raise TrainingError(
                 f"cannot resume {ckpt}: it was trained with other settings ({'; '.join(diffs)}); use the same "
@@ -243,6 +248,7 @@ class RunState:
     criterion: torch.nn.Module
     start_epoch: int = 0
     history: Optional[list] = None
+    average: Optional[WeightAverage] = None  # train.average_last
 
 
 def prepare_prototypes(cfg: Config, category: str, device: torch.device, ctx: DistContext,
@@ -278,7 +284,10 @@ def build_run(cfg: Config, bank: PrototypeBank, backbone: Backbone, train_set, d
         train_model = torch.compile(train_model)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return RunState(model, train_model, optimizer, scheduler, loader, sampler, PRNetLoss(cfg.loss), 0, [])
+    average = None
+    if cfg.train.average_last > 0:
+        average = WeightAverage(model, cfg.train.average_last, cfg.train.epochs * len(loader))
+    return RunState(model, train_model, optimizer, scheduler, loader, sampler, PRNetLoss(cfg.loss), 0, [], average)
 
 
 def start_or_resume(cfg: Config, category: str, run: RunState, bank: PrototypeBank, device: torch.device,
@@ -301,6 +310,14 @@ def start_or_resume(cfg: Config, category: str, run: RunState, bank: PrototypeBa
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         set_rng_state({k: v.cpu() if torch.is_tensor(v) else v for k, v in state["rng"].items()})
+        if run.average is not None:
+            if state.get("average") is None:
+                raise TrainingError(f"cannot resume {ckpt_path}: it holds no weight average (train.average_last); "
+                                    f"train.overwrite=true starts over")
+            try:
+                run.average.load_state_dict(state["average"])
+            except ValueError as e:
+                raise TrainingError(f"cannot resume {ckpt_path}: {e}; train.overwrite=true starts over") from None
         run.start_epoch, run.history = state["epoch"], state["history"]
         log.info("%s: resumed from %s after epoch %d", category, ckpt_path, run.start_epoch)
         if ctx.is_main:
@@ -333,6 +350,8 @@ def train_step(cfg: Config, run: RunState, batch: dict, device: torch.device) ->
     loss.backward()
     run.optimizer.step()
     run.scheduler.step()
+    if run.average is not None:
+        run.average.update(run.model, run.scheduler.last_epoch)  # last_epoch: the steps done so far
     return loss.detach(), {k: v.detach() for k, v in terms.items()}
 
 
@@ -431,7 +450,7 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     threshold = decision_threshold(normal_scores, cfg.eval.threshold, cfg.eval.target_fpr)
     save_checkpoint(os.path.join(out_dir, "last.pt"), model=run.model, epoch=cfg.train.epochs, cfg=cfg,
                     prototype_meta=bank.meta, optimizer=run.optimizer, scheduler=run.scheduler, threshold=threshold,
-                    threshold_rule=cfg.eval.threshold, history=run.history)
+                    threshold_rule=cfg.eval.threshold, history=run.history, average=_average_state(run))
     metrics = {k: float(v) for k, v in
                compute_metrics(out["scores"], out["labels"], out["maps"], out["masks"]).items()}
     at_threshold = decision_metrics(out["scores"], out["labels"], threshold)
@@ -460,6 +479,8 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
         "timings": timings,
         "provenance": origin,
         "world_size": ctx.world_size,
+        "weight_average": None if run.average is None else {"steps_averaged": run.average.count,
+                                                             "total_steps": run.average.total_steps},
         "weights_fingerprints": fingerprints,
         # per epoch: where two trainings of the same config first part, in their inputs or in their arithmetic
         "epoch_fingerprints": [{k: row.get(k) for k in ("epoch", "batches_sha1", "weights_sha256")}
@@ -512,12 +533,29 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
                 report.append_csv_row(log_path, {k: row[k] for k in LOG_COLUMNS})
                 save_checkpoint(os.path.join(output_root(cfg), category, "last.pt"), model=run.model,
                                 epoch=epoch + 1, cfg=cfg, prototype_meta=bank.meta, optimizer=run.optimizer,
-                                scheduler=run.scheduler, history=run.history)
+                                scheduler=run.scheduler, history=run.history, average=_average_state(run))
         timings["train_s"] = time.time() - t_train
+        if run.average is not None:
+            use_average(run, ctx, category)
         return evaluate_and_report(cfg, category, run, bank, train_set, test_set, timings, device, ctx,
                                    code_at_start)
     finally:
         close_loader(run.loader)  # also when training or evaluation fails: the process must be able to exit
+
+
+def _average_state(run: RunState) -> Optional[dict]:
+    return None if run.average is None else run.average.state_dict()
+
+
+def use_average(run: RunState, ctx: DistContext, category: str) -> None:
+    """Replace the model's weights by their average over the last steps (train.average_last). Under DDP every rank
+    takes rank 0's average: the parameters agree across ranks, the BatchNorm statistics only at epoch ends."""
+    if ctx.enabled:
+        for t in run.average.mean.values():
+            dist.broadcast(t, src=0)
+    run.average.apply_to(run.model)
+    log.info("%s: the weights are the mean over the last %d of %d steps (train.average_last %.2f)", category,
+             run.average.count, run.average.total_steps, run.average.steps / run.average.total_steps)
 
 
 class _ImageSource:
