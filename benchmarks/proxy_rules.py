@@ -250,6 +250,26 @@ def seed_suffix(seed: int) -> str:
     return "" if seed == 0 else f"-seed{seed}"
 
 
+def same_trajectory(runs: str, candidate: str, reference: str, seeds: Sequence[int]) -> dict:
+    """Per seed: whether the candidate's run trained the same weights epoch by epoch as the reference's (equal
+    `epoch_fingerprints` in their results.json, under runs/<name>[-seedN]/magnetic_tile), or None where the
+    reference's run folder is not there. For a candidate that changes only what happens after the last epoch."""
+    def fingerprints(name: str, seed: int):
+        path = os.path.join(runs, f"{name}{seed_suffix(seed)}", "magnetic_tile", "results.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)["epoch_fingerprints"]
+
+    out = {}
+    for seed in seeds:
+        cand, ref = fingerprints(candidate, seed), fingerprints(reference, seed)
+        if cand is None:
+            raise FileNotFoundError(f"the candidate's run {candidate}{seed_suffix(seed)} has no results.json in {runs}")
+        out[str(seed)] = None if ref is None else bool(cand == ref and len(cand) > 0)
+    return out
+
+
 def decide_against_round34(argv: Sequence[str], here: str, candidate: str, max_ratio: float,
                            seeds: Sequence[int] = (0, 1, 2)) -> int:
     """A Magnetic Tile proxy round judged against the default `ratio25`, paired by seed: seeds 0-2 are round 34's

@@ -248,3 +248,18 @@ def test_a_round_against_round34_with_further_seeds_reads_their_reference_from_i
     assert d["reference_files"][3] == "Z_mt_ratio25-seed3.json" and d["candidate_files"][3] == "Z_mt_shade_add-seed3.json"
     assert d["training_minutes"]["ratio25"] == recorded["training_minutes"]["ratio25"] + [10.0]
     assert d["training_minutes"]["shade_add"] == [15.0, 15.0, 15.0, 12.0]
+
+
+def test_same_trajectory_compares_the_epoch_fingerprints_where_the_reference_run_is_there(tmp_path):
+    def run(name, fingerprints):
+        folder = tmp_path / name / "magnetic_tile"
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"epoch_fingerprints": fingerprints}))
+
+    same = [{"epoch": 1, "batches_sha1": "a", "weights_sha256": "b"}]
+    run("cand", same), run("ref", same)
+    run("cand-seed1", same), run("ref-seed1", [{**same[0], "weights_sha256": "c"}])
+    run("cand-seed2", same)
+    assert proxy_rules.same_trajectory(str(tmp_path), "cand", "ref", [0, 1, 2]) == {"0": True, "1": False, "2": None}
+    with pytest.raises(FileNotFoundError, match="cand-seed3"):
+        proxy_rules.same_trajectory(str(tmp_path), "cand", "ref", [3])
