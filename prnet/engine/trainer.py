@@ -554,8 +554,8 @@ def use_average(run: RunState, ctx: DistContext, category: str) -> None:
         for t in run.average.mean.values():
             dist.broadcast(t, src=0)
     run.average.apply_to(run.model)
-    log.info("%s: the weights are the mean over the last %d of %d steps (train.average_last %.2f)", category,
-             run.average.count, run.average.total_steps, run.average.steps / run.average.total_steps)
+    log.info("%s: the weights are their mean over the last %d of %d steps (train.average_last)", category,
+             run.average.count, run.average.total_steps)
 
 
 class _ImageSource:
