@@ -32,7 +32,8 @@ AUROC lead over the baseline (mean over the seeds of PRNet − the baseline of t
 over the test images: a paired, stratified bootstrap (prnet.metrics.paired_auroc_difference), which says how much
 the lead depends on which images were tested (the ± columns say how much it depends on the seed). A stored
 evaluation made before records kept these scores is made again where its checkpoint is there (the baseline is
-fitted again); a kept record without a checkpoint gets `n/a` there.
+fitted again); a kept record without a checkpoint gets `n/a` there. With `--control` the table has the same lead on
+the control, from the per-image scores the control's records keep (made again in the same way where missing).
 
 `--rescore` trains no PRNet: it evaluates the finished PRNet runs of the settings given with the evaluation settings
 given now (`--set eval.sigma=4`) and writes <out>/real_data_rescore.json.
@@ -75,7 +76,8 @@ BASELINE = "PatchCore-style baseline"
 BASELINE_SETTINGS = "stages 2-3, 3x3 avg, greedy coreset 10 % of 200k randomly drawn patches, sigma 4, max"
 CONTROL_SEED = 0  # the draw of the normal test image each defect is pasted into (shortcut_check.write_control)
 CONTROL_COLUMN = "control_image_auroc"
-LEAD_RESAMPLES, LEAD_LEVEL = 2000, 0.95  # the bootstrap of each lead's interval over the test images (paired_leads)
+LEAD_RESAMPLES, LEAD_LEVEL = 2000, 0.95  # the bootstrap of each lead's interval over the images (paired_leads)
+LEAD_PARTS = {"test": "test split", "control": "control"}  # what a lead was scored on, as the lead table names it
 _TRAIN_SCRIPT = None
 
 
@@ -204,10 +206,14 @@ def write_json(path: str, obj) -> None:
     atomic_write(path, write)
 
 
-def stored_or_made(path: str, make) -> dict:
-    """The JSON stored at `path`, or make() written there first (a run's scores on the control)."""
+def stored_or_made(path: str, make, remake_without_scores: bool = False) -> dict:
+    """The JSON stored at `path`, or make() written there first (a run's scores on the control). With
+    `remake_without_scores`, a stored one without per-image scores (made before records kept them) is made again."""
     if os.path.exists(path):
-        return json.load(open(path, encoding="utf-8"))
+        stored = json.load(open(path, encoding="utf-8"))
+        if "image_scores" in stored or not remake_without_scores:
+            return stored
+        log.info("%s was stored without its per-image scores: scoring again", path)
     made = make()
     write_json(path, made)
     return made
@@ -355,17 +361,18 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
 
         def scored_control():
             model, cfg = model_and_config()
-            metrics, _ = evaluate(model, control, cfg, device)
-            return {**metrics, "images": len(control), "provenance": provenance(device)}
+            metrics, raw = evaluate(model, control, cfg, device)
+            return {**metrics, "images": len(control), **image_scores(raw["scores"], raw["labels"]),
+                    "provenance": provenance(device)}
 
-        row.update(control_row(stored_or_made(path, scored_control)))
+        row.update(control_row(stored_or_made(path, scored_control, remake_without_scores=os.path.exists(ckpt))))
     return row
 
 
 def control_row(scored: dict) -> dict:
     """The entries a run's row gets from its scores on the control."""
-    return {CONTROL_COLUMN: scored["image_auroc"], "control": {k: scored[k] for k in (*COLUMNS, "images")
-                                                              if k in scored}}
+    return {CONTROL_COLUMN: scored["image_auroc"],
+            "control": {k: scored[k] for k in (*COLUMNS, "images", "image_scores", "image_labels") if k in scored}}
 
 
 def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.device, control=None) -> dict:
@@ -432,11 +439,12 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
                                      ".json")
 
         def scored_control():
-            metrics = compute_metrics(*scores_of(control))
+            scores, labels, maps, masks = scores_of(control)
+            metrics = compute_metrics(scores, labels, maps, masks)
             return {**{k: float(v) for k, v in metrics.items()}, "images": len(control),
-                    "provenance": provenance(device)}
+                    **image_scores(scores, labels), "provenance": provenance(device)}
 
-        row.update(control_row(stored_or_made(path, scored_control)))
+        row.update(control_row(stored_or_made(path, scored_control, remake_without_scores=True)))
     return row
 
 
@@ -542,44 +550,48 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def paired_leads(rows: list[dict], resamples: int = LEAD_RESAMPLES, level: float = LEAD_LEVEL) -> list[dict]:
-    """Each PRNet method's image AUROC lead over the baseline per data set: the mean over the seeds both ran of
-    (PRNet − baseline of the same seed), with its interval over the test images (prnet.metrics.
-    paired_auroc_difference: a paired, stratified bootstrap, the same image draw for every seed and both methods).
-    An entry without the per-image scores of every seed (records stored before they were kept, without a
-    checkpoint to score again) says so in `missing` instead."""
+    """Each PRNet method's image AUROC lead over the baseline per data set, on the test split (`on`: "test") and,
+    where the rows were scored there, on the control ("control"): the mean over the seeds both ran of (PRNet −
+    baseline of the same seed), with its interval over the images (prnet.metrics.paired_auroc_difference: a paired,
+    stratified bootstrap, the same image draw for every seed and both methods). An entry without the per-image
+    scores of every seed (records stored before they were kept, without a checkpoint to score again) says so in
+    `missing` instead."""
     from prnet.metrics import paired_auroc_difference
 
+    parts = {"test": lambda r: r, "control": lambda r: r.get("control")}
     baseline = {(r["dataset"], r["seed"]): r for r in rows if r["method"] == BASELINE}
     out = []
     for dataset, method in dict.fromkeys((r["dataset"], r["method"]) for r in rows if r["method"] != BASELINE):
         pairs = [(r, baseline[(dataset, r["seed"])]) for r in rows
                  if (r["dataset"], r["method"]) == (dataset, method) and (dataset, r["seed"]) in baseline]
-        if not pairs:
-            continue
-        entry = {"dataset": dataset, "method": method, "seeds": [r["seed"] for r, _ in pairs]}
-        without = [r["run"] for pair in pairs for r in pair if "image_scores" not in r]
-        if without:
-            entry["missing"] = "no per-image scores in the stored records of " + ", ".join(without)
-        elif any(r["image_labels"] != pairs[0][0]["image_labels"] for pair in pairs for r in pair):
-            raise ValueError(f"paired_leads: the runs of {dataset} were scored on different test images")
-        else:
-            entry.update(paired_auroc_difference([r["image_scores"] for r, _ in pairs],
-                                                 [b["image_scores"] for _, b in pairs], pairs[0][0]["image_labels"],
-                                                 resamples=resamples, level=level))
-        out.append(entry)
+        for on, part in parts.items():
+            if not pairs or any(part(r) is None for pair in pairs for r in pair):
+                continue
+            scored = [(part(r), part(b)) for r, b in pairs]
+            entry = {"dataset": dataset, "method": method, "on": on, "seeds": [r["seed"] for r, _ in pairs]}
+            without = [r["run"] for pair, s in zip(pairs, scored) for r, x in zip(pair, s) if "image_scores" not in x]
+            if without:
+                entry["missing"] = "no per-image scores in the stored records of " + ", ".join(without)
+            elif any(x["image_labels"] != scored[0][0]["image_labels"] for s in scored for x in s):
+                raise ValueError(f"paired_leads: the runs of {dataset} were scored on different {on} images")
+            else:
+                entry.update(paired_auroc_difference([a["image_scores"] for a, _ in scored],
+                                                     [b["image_scores"] for _, b in scored],
+                                                     scored[0][0]["image_labels"], resamples=resamples, level=level))
+            out.append(entry)
     return out
 
 
 def markdown_leads(leads: list[dict]) -> str:
     """The image AUROC leads over the baseline, one row per data set and PRNet method."""
-    lines = ["| data set | method | seeds | image AUROC lead over the baseline | interval over the test images |",
-             "|:---|:---|:---|---:|:---|"]
+    lines = ["| data set | method | scored on | seeds | image AUROC lead over the baseline | interval over the images |",
+             "|:---|:---|:---|:---|---:|:---|"]
     for e in leads:
-        seeds = ",".join(map(str, e["seeds"]))
+        seeds, on = ",".join(map(str, e["seeds"])), LEAD_PARTS[e.get("on", "test")]
         if "missing" in e:
-            lines.append(f"| {e['dataset']} | {e['method']} | {seeds} | n/a | {e['missing']} |")
+            lines.append(f"| {e['dataset']} | {e['method']} | {on} | {seeds} | n/a | {e['missing']} |")
         else:
-            lines.append(f"| {e['dataset']} | {e['method']} | {seeds} | {e['difference']:+.4f} | "
+            lines.append(f"| {e['dataset']} | {e['method']} | {on} | {seeds} | {e['difference']:+.4f} | "
                          f"[{e['low']:+.4f}, {e['high']:+.4f}] ({100 * e['level']:g} %) |")
     return "\n".join(lines)
 
@@ -624,9 +636,9 @@ def markdown_per_defect(summary: list[dict]) -> str:
 def report(summary: list[dict], seeds: list[int], leads: list[dict] | None = None) -> str:
     spread = "mean ± sample standard deviation (ddof 1) over the seeds" if len(seeds) > 1 else "one seed"
     lead_table = ("\n\nImage AUROC of each PRNet method minus the baseline's of the same seed, mean over the seeds, "
-                  "with a paired bootstrap interval over the test images (normal and defective images drawn again "
+                  "with a paired bootstrap interval over the images scored (normal and defective images drawn again "
                   f"{LEAD_RESAMPLES} times; how much the lead depends on which images were tested, not on the "
-                  "seeds):\n\n"
+                  "seeds), on the test split and, with --control, on the control:\n\n"
                   + markdown_leads(leads)) if leads else ""
     control = (" Control image AUROC: on the test split's defects pasted into its normal test images (only the "
                "defects differ; benchmarks/shortcut_check.py)." if any(CONTROL_COLUMN in e for e in summary) else "")

@@ -111,7 +111,8 @@ def test_one_table_for_two_data_sets_and_two_seeds(bench):
         assert f"| {e['dataset']} | {e['method']} | 0,1 | {cells} |" in table
     assert "sample standard deviation" in table and "baseline runs per seed" in table
     # the lead over the baseline: the records keep each image's score, so the two are compared image by image
-    assert [(e["dataset"], e["method"]) for e in result["leads"]] == [(d, methods[0]) for d in ("tile", "b/part")]
+    assert [(e["dataset"], e["method"], e["on"]) for e in result["leads"]] == [(d, methods[0], "test")
+                                                                                for d in ("tile", "b/part")]
     for e in result["leads"]:
         pairs = [(_row(rows, e["dataset"], methods[0], s), _row(rows, e["dataset"], methods[1], s)) for s in (0, 1)]
         for r in (r for pair in pairs for r in pair):
@@ -119,7 +120,7 @@ def test_one_table_for_two_data_sets_and_two_seeds(bench):
             assert image_auroc(r["image_scores"], r["image_labels"]) == pytest.approx(r["image_auroc"])
         assert e["difference"] == pytest.approx(np.mean([p["image_auroc"] - b["image_auroc"] for p, b in pairs]))
         assert -1 <= e["low"] <= e["high"] <= 1 and e["seeds"] == [0, 1] and e["resamples"] == 2000
-        assert (f"| {e['dataset']} | {methods[0]} | 0,1 | {e['difference']:+.4f} | [{e['low']:+.4f}, "
+        assert (f"| {e['dataset']} | {methods[0]} | test split | 0,1 | {e['difference']:+.4f} | [{e['low']:+.4f}, "
                 f"{e['high']:+.4f}] (95 %) |") in table
     # each seed is its own run, keyed by its settings
     runs = {r["run"] for r in rows}
@@ -292,7 +293,7 @@ def test_a_record_of_the_json_files_rebuilds_the_table_without_checkpoints(bench
     assert len(tile) == 1 and "missing" in tile[0] and "difference" not in tile[0]
     part = [e for e in again["leads"] if e["dataset"] == "b/part"]
     assert [e for e in old["leads"] if e["dataset"] == "b/part"] == part and "difference" in part[0]
-    assert "| tile | PRNet, 2 real anomalies | 0,1 | n/a | no per-image scores" in old["table"]
+    assert "| tile | PRNet, 2 real anomalies | test split | 0,1 | n/a | no per-image scores" in old["table"]
     assert [[r[k] for k in real_data.COLUMNS] for r in old["rows"]] == [[r[k] for k in real_data.COLUMNS]
                                                                          for r in again["rows"]]
     assert all("image_scores" in r for r in old["rows"] if r["method"] == "PatchCore-style baseline")
@@ -382,6 +383,25 @@ def test_control_scores_every_run_where_only_the_defects_differ(bench, tmp_path,
         assert real_data.main([*argv, "--control"]) == 0
     again = json.load(open(os.path.join(out, "real_data.json")))
     assert [r["control_image_auroc"] for r in again["rows"]] == [r["control_image_auroc"] for r in result["rows"]]
+    # the lead over the baseline on the control too, image by image from the scores the control's records keep
+    control_leads = [e for e in result["leads"] if e["on"] == "control"]
+    assert [(e["dataset"], e["method"]) for e in control_leads] == [(d, "PRNet, 2 real anomalies")
+                                                                    for d in ("tile", "b/part")]
+    for e in control_leads:
+        pairs = [(_row(result["rows"], e["dataset"], "PRNet, 2 real anomalies", s)["control"],
+                  _row(result["rows"], e["dataset"], "PatchCore-style baseline", s)["control"]) for s in (0, 1)]
+        for c in (c for pair in pairs for c in pair):
+            assert image_auroc(c["image_scores"], c["image_labels"]) == pytest.approx(c["image_auroc"])
+        assert e["difference"] == pytest.approx(np.mean([p["image_auroc"] - b["image_auroc"] for p, b in pairs]))
+        assert f"| {e['dataset']} | PRNet, 2 real anomalies | control | 0,1 | {e['difference']:+.4f} |" in table
+    # control scores stored before the records kept per-image scores are made again (the checkpoints are here)
+    for path in glob.glob(os.path.join(out, "runs", "tile", "*", "eval-control-*.json")):
+        r = json.load(open(path))
+        del r["image_scores"], r["image_labels"]
+        json.dump(r, open(path, "w"))
+    assert real_data.main([*argv, "--control"]) == 0
+    remade = json.load(open(os.path.join(out, "real_data.json")))
+    assert [e for e in remade["leads"] if e["on"] == "control"] == control_leads
     # a control that no longer matches its data is refused, not used
     path = os.path.join(out, "controls", "tile", "control.json")
     written = json.load(open(path))
