@@ -103,7 +103,7 @@ def test_training_with_an_average_follows_the_same_trajectory(tiny_data, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
     # the checkpoint's fingerprint is the averaged model's, the last epoch's the trajectory's
-    assert half_res["weights_fingerprints"] != half_res["epoch_fingerprints"][-1]["weights_sha256"]
+    assert half_res["weights_fingerprints"] != [half_res["epoch_fingerprints"][-1]["weights_sha256"]]
     assert last_res["weights_fingerprints"] == [last_res["epoch_fingerprints"][-1]["weights_sha256"]]
 
 
