@@ -10,7 +10,7 @@ from torch import nn
 import train as train_script
 from prnet.config import ConfigError, load_config
 from prnet.engine.averaging import WeightAverage
-from tiny_run import tiny_overrides
+from tiny_run import tiny_overrides, train_killed_after_first_epoch
 
 
 class Toy(nn.Module):
@@ -109,22 +109,11 @@ def test_training_with_an_average_follows_the_same_trajectory(tiny_data, tmp_pat
 
 def test_an_averaged_run_resumes_to_the_same_weights_and_keeps_its_schedule(tiny_data, tmp_path, monkeypatch,
                                                                             capsys):
-    from prnet.engine import trainer
-
     protos = str(tmp_path / "protos")
     extra = ["train.device=cpu", "train.average_last=0.75"]
     full, _ = _run(tiny_data, str(tmp_path / "full"), protos, 2, extra)
     cut_out = str(tmp_path / "cut")
-    real_save = trainer.save_checkpoint
-
-    def save_then_die(path, **kwargs):
-        real_save(path, **kwargs)
-        raise KeyboardInterrupt("killed after the first epoch")
-
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_script.main(tiny_overrides(tiny_data, cut_out, protos, epochs=2, extra=extra))
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    train_killed_after_first_epoch(monkeypatch, tiny_overrides(tiny_data, cut_out, protos, epochs=2, extra=extra))
     stored = torch.load(os.path.join(cut_out, "tiny", "last.pt"), weights_only=True)
     assert stored["epoch"] == 1 and stored["average"]["count"] > 0  # the window began in the first epoch
     resumed, _ = _run(tiny_data, cut_out, protos, 2, [*extra, "train.resume=true"])

@@ -16,7 +16,7 @@ import torch
 import export as export_script
 import predict as predict_script
 import train as train_script
-from tiny_run import tiny_overrides
+from tiny_run import tiny_overrides, train_killed_after_first_epoch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,24 +89,13 @@ def test_missing_root_and_unknown_category_exit_2(tmp_path, tiny_data, capsys):
 
 
 def test_resume_after_a_kill_gives_the_same_weights(tiny_data, tmp_path, monkeypatch):
-    from prnet.engine import trainer
-
     protos = str(tmp_path / "protos")
     # bitwise equality is a CPU promise (GPU kernels may be nondeterministic)
     extra = ["synthesis.perlin_ratio=0.25", "synthesis.extended_ratio=0.25", "train.device=cpu"]
     full_out, cut_out = str(tmp_path / "full"), str(tmp_path / "cut")
     assert train_script.main(tiny_overrides(tiny_data, full_out, protos, epochs=2, extra=extra)) == 0
 
-    real_save = trainer.save_checkpoint
-
-    def save_then_die(path, **kwargs):
-        real_save(path, **kwargs)
-        raise KeyboardInterrupt("killed after the first epoch")
-
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_script.main(tiny_overrides(tiny_data, cut_out, protos, epochs=2, extra=extra))
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    train_killed_after_first_epoch(monkeypatch, tiny_overrides(tiny_data, cut_out, protos, epochs=2, extra=extra))
     assert torch.load(os.path.join(cut_out, "tiny", "last.pt"), weights_only=True)["epoch"] == 1
     assert train_script.main(tiny_overrides(tiny_data, cut_out, protos, epochs=2, extra=[*extra, "train.resume=true"])) == 0
 

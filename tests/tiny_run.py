@@ -31,3 +31,23 @@ def train_tiny_run(root, tmp, extra=()):
     out, protos = os.path.join(str(tmp), "out"), os.path.join(str(tmp), "protos")
     assert train_script.main(tiny_overrides(root, out, protos, epochs=1, extra=list(extra))) == 0
     return os.path.join(out, "tiny", "last.pt"), json.load(open(os.path.join(out, "tiny", "results.json")))
+
+
+def train_killed_after_first_epoch(monkeypatch, args):
+    """train.py with `args`, stopped (KeyboardInterrupt) right after it wrote its first checkpoint: the run folder as
+    a kill after the first epoch leaves it."""
+    import pytest
+
+    import train as train_script
+    from prnet.engine import trainer
+
+    real_save = trainer.save_checkpoint
+
+    def save_then_die(path, **kwargs):
+        real_save(path, **kwargs)
+        raise KeyboardInterrupt("killed after the first epoch")
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_script.main(args)
