@@ -214,13 +214,13 @@ def training_minutes(run_dirs: Sequence[str]) -> list[float]:
 
 def decide_with_time(rules: Sequence[str], candidate: Sequence[str], reference: Sequence[str], *,
                      minutes: Optional[dict] = None, max_ratio: float, names: tuple[list, list],
-                     out: Optional[str] = None) -> int:
+                     out: Optional[str] = None, extra: Optional[dict] = None) -> int:
     """A round's decide.py: `main`'s rules (`rules`, its options without the files) on the candidate and reference
     score files, then a cost rule, the candidate's mean training minutes at most `max_ratio` times the
     reference's (`minutes`: {candidate name: [...], reference name: [...]}, in that order, the names as the record
     keeps them; None: not checked). Prints the verdict; `out` also gets the cost rule, the verdict and the files
-    under `names` (candidate's, reference's: how the record names them, without machine paths). Returns 2 on
-    unusable input, else 0."""
+    under `names` (candidate's, reference's: how the record names them, without machine paths) and `extra` (a
+    round's own further entries). Returns 2 on unusable input, else 0."""
     rc = main(["--candidate", *candidate, "--reference", *reference, *rules] + (["--out", out] if out else []))
     if rc == 2:
         return 2
@@ -239,7 +239,7 @@ def decide_with_time(rules: Sequence[str], candidate: Sequence[str], reference: 
         with open(out) as f:
             result = json.load(f)
         result.update(candidate_files=list(names[0]), reference_files=list(names[1]), training_minutes=minutes,
-                      rule_3_holds=holds, verdict=verdict)
+                      rule_3_holds=holds, verdict=verdict, **(extra or {}))
         with open(out, "w") as f:
             json.dump(result, f, indent=1)
     return 0
@@ -271,15 +271,16 @@ def same_trajectory(runs: str, candidate: str, reference: str, seeds: Sequence[i
 
 
 def decide_against_round34(argv: Sequence[str], here: str, candidate: str, max_ratio: float,
-                           seeds: Sequence[int] = (0, 1, 2)) -> int:
+                           seeds: Sequence[int] = (0, 1, 2), extra: Optional[dict] = None) -> int:
     """A Magnetic Tile proxy round judged against the default `ratio25`, paired by seed: seeds 0-2 are round 34's
     score files, any further seed's reference file (Z_mt_ratio25-seedN.json) lies in the round's own folder. `here`
     is that folder, holding Z_mt_<candidate>[-seedN].json; round 34's folder is its sibling. argv: [--runs RUNS_DIR]
     [decision.json]; with --runs the cost rule reads the candidate's training minutes there, and the reference's
-    from round 34's decision.json (seeds 0-2) or there too (further seeds)."""
+    from round 34's decision.json (seeds 0-2) or there too (further seeds). `extra`: further entries of the decision
+    file (decide_with_time)."""
     argv = list(argv)
     round34, ref = os.path.join(os.path.dirname(here), "round34"), "ratio25"
-    in_round34 = {0: 0, 1: 1, 2: 2}  # seed -> its position in round 34's record
+    in_round34 = (0, 1, 2)  # round 34's seeds, in its record's order
     minutes = None
     if "--runs" in argv:
         i = argv.index("--runs")
@@ -291,14 +292,14 @@ def decide_against_round34(argv: Sequence[str], here: str, candidate: str, max_r
             return training_minutes([os.path.join(runs, f"{name}{seed_suffix(seed)}", "magnetic_tile")])[0]
 
         minutes = {candidate: [run_minutes(candidate, s) for s in seeds],
-                   ref: [recorded[in_round34[s]] if s in in_round34 else run_minutes(ref, s) for s in seeds]}
+                   ref: [recorded[s] if s in in_round34 else run_minutes(ref, s) for s in seeds]}
         argv = argv[:i] + argv[i + 2:]
     cand_files = [os.path.join(here, f"Z_mt_{candidate}{seed_suffix(s)}.json") for s in seeds]
     ref_files = [os.path.join(round34 if s in in_round34 else here, f"Z_mt_{ref}{seed_suffix(s)}.json") for s in seeds]
     return decide_with_time(REAL_DEFECT_RULES, cand_files, ref_files, minutes=minutes, max_ratio=max_ratio,
                             names=([os.path.basename(f) for f in cand_files],
                                    [os.path.relpath(f, here) for f in ref_files]),
-                            out=argv[0] if argv else None)
+                            out=argv[0] if argv else None, extra=extra)
 
 
 if __name__ == "__main__":

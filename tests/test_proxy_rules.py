@@ -239,8 +239,9 @@ def test_a_round_against_round34_with_further_seeds_reads_their_reference_from_i
         (runs / name / "magnetic_tile" / "train_log.csv").write_text(f"epoch,loss,seconds\n1,0.1,{seconds}\n")
     out = str(tmp_path / "d.json")
     assert proxy_rules.decide_against_round34(["--runs", str(runs), out], str(here), "shade_add", 1.3,
-                                              seeds=(0, 1, 2, 3)) == 0
+                                              seeds=(0, 1, 2, 3), extra={"rule_0_same_trajectory": {"0": True}}) == 0
     d = json.loads(open(out).read())
+    assert d["rule_0_same_trajectory"] == {"0": True}  # a round's own entries join the decision file
     row, old = d["rows"]["pixel_auroc:real_defects"], recorded["rows"]["pixel_auroc:real_defects"]
     assert row["candidate"] == old["candidate"] + old["candidate"][:1]
     assert row["reference"] == old["reference"] + old["reference"][:1]

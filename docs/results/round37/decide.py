@@ -10,7 +10,6 @@ default image score zsum0.25k25 and the default map pq99).
 
     PYTHONPATH=.:benchmarks python docs/results/round37/decide.py [--runs pv_magnetic_tile/runs] [decision.json]
 """
-import json
 import os
 import sys
 
@@ -27,12 +26,5 @@ if __name__ == "__main__":
         if False in rule0.values():
             print("verdict: the round stops (rule 0 fails)")
             sys.exit(1)
-    rc = decide_against_round34(argv, os.path.dirname(os.path.abspath(__file__)), "swa50", 1.1, seeds=SEEDS)
-    out = [a for i, a in enumerate(argv) if a != "--runs" and (i == 0 or argv[i - 1] != "--runs")]
-    if rc == 0 and out and rule0 is not None:
-        with open(out[0]) as f:
-            result = json.load(f)
-        result["rule_0_same_trajectory"] = rule0
-        with open(out[0], "w") as f:
-            json.dump(result, f, indent=1)
-    sys.exit(rc)
+    sys.exit(decide_against_round34(argv, os.path.dirname(os.path.abspath(__file__)), "swa50", 1.1, seeds=SEEDS,
+                                    extra=None if rule0 is None else {"rule_0_same_trajectory": rule0}))
