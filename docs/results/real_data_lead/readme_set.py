@@ -29,7 +29,7 @@ import numpy as np
 
 from prnet.datasets.mvtec import MVTEC
 from prnet.metrics import image_auroc
-from real_data import BASELINE, markdown_leads, paired_leads
+from real_data import BASELINE, markdown_leads, paired_leads, write_json
 
 
 def kept(names: list[str], excluded: list[str], by_stem: bool) -> np.ndarray:
@@ -92,9 +92,12 @@ def main(argv=None) -> int:
             rows.append(row)
             ref = [x for x in reference["rows"]
                    if (x["dataset"], x["method"], x["seed"]) == (label, r["method"], r["seed"])]
+            if not ref:
+                raise SystemExit(f"{args.reference}: no row for {label} seed {r['seed']} {r['method']} to check the "
+                                 "run against")
             for on in ("test", "control"):
                 part = row if on == "test" else row.get("control")
-                if part is None or not ref:
+                if part is None:
                     continue
                 want = ref[0]["image_auroc"] if on == "test" else (ref[0].get("control") or {}).get("image_auroc")
                 got = image_auroc(np.array(part["image_scores"]), np.array(part["image_labels"]))
@@ -106,8 +109,7 @@ def main(argv=None) -> int:
     leads = paired_leads(rows)
     result = {"record": os.path.basename(args.record), "reference": os.path.basename(args.reference),
               "baseline": BASELINE, "checks": checks, "leads": leads, "table": markdown_leads(leads)}
-    with open(args.out, "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=1)
+    write_json(args.out, result)
     for c in checks:
         print(f"{c['dataset']} {c['method']} seed {c['seed']} {c['on']}: image AUROC {c['image_auroc']:.4f} on "
               f"{c['images']} images = the reference's")
