@@ -27,13 +27,15 @@ Every record (each run's train.json and eval-*.json, the baseline's rows, real_d
 git commit and a hash of any uncommitted changes to tracked files, package versions, the CPU or GPU
 (prnet.provenance). A run whose code changed while it trained says so in its train.json (`code_changed_during_run`).
 
-Each record keeps its per-image scores on the common test set, so the report also gives each PRNet method's image
-AUROC lead over the baseline (mean over the seeds of PRNet − the baseline of the same seed) with a 95 % interval
-over the test images: a paired, stratified bootstrap (prnet.metrics.paired_auroc_difference), which says how much
+Each record keeps its per-image scores on the common test set, and beside it (eval-<key>.pixels.npz) the counts from
+which the pooled pixel AUROC of any resampling of its images follows exactly (prnet.metrics.pixel_pair_counts), so
+the report also gives each PRNet method's image AUROC and pixel AUROC lead over the baseline (mean over the seeds of
+PRNet − the baseline of the same seed) with a 95 % interval over the test images: a paired, stratified bootstrap
+(prnet.metrics.paired_auroc_difference and paired_pixel_auroc_difference, the same image draws), which says how much
 the lead depends on which images were tested (the ± columns say how much it depends on the seed). A stored
-evaluation made before records kept these scores is made again where its checkpoint is there (the baseline is
-fitted again); a kept record without a checkpoint gets `n/a` there. With `--control` the table has the same lead on
-the control, from the per-image scores the control's records keep (made again in the same way where missing).
+evaluation made before records kept these is made again where its checkpoint is there (the baseline is fitted
+again); a kept record without a checkpoint gets `n/a` there. With `--control` the table has the same leads on the
+control, from what the control's records keep (made again in the same way where missing).
 
 `--rescore` trains no PRNet: it evaluates the finished PRNet runs of the settings given with the evaluation settings
 given now (`--set eval.sigma=4`) and writes <out>/real_data_rescore.json.
@@ -78,6 +80,7 @@ CONTROL_SEED = 0  # the draw of the normal test image each defect is pasted into
 CONTROL_COLUMN = "control_image_auroc"
 LEAD_RESAMPLES, LEAD_LEVEL = 2000, 0.95  # the bootstrap of each lead's interval over the images (paired_leads)
 LEAD_PARTS = {"test": "test split", "control": "control"}  # what a lead was scored on, as the lead table names it
+LEAD_METRICS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC"}  # each lead's metric, as the table says
 _TRAIN_SCRIPT = None
 
 
@@ -206,17 +209,46 @@ def write_json(path: str, obj) -> None:
     atomic_write(path, write)
 
 
-def stored_or_made(path: str, make, remake_without_scores: bool = False) -> dict:
+def stored_or_made(path: str, make, remake_incomplete: bool = False) -> dict:
     """The JSON stored at `path`, or make() written there first (a run's scores on the control). With
-    `remake_without_scores`, a stored one without per-image scores (made before records kept them) is made again."""
+    `remake_incomplete`, a stored one without what paired_leads needs (made before records kept it) is made
+    again."""
     if os.path.exists(path):
         stored = json.load(open(path, encoding="utf-8"))
-        if "image_scores" in stored or not remake_without_scores:
+        missing = incomplete(stored, os.path.dirname(path))
+        if not missing or not remake_incomplete:
             return stored
-        log.info("%s was stored without its per-image scores: scoring again", path)
+        log.info("%s was stored without its %s: scoring again", path, missing)
     made = make()
     write_json(path, made)
     return made
+
+
+def incomplete(stored: dict, folder: str) -> str | None:
+    """What a stored evaluation lacks of what paired_leads compares (None: nothing): the per-image scores, or the
+    pixel counts file (`pixel_pairs` names it beside the record; None there: the test set has no pixel metric)."""
+    if "image_scores" not in stored:
+        return "per-image scores"
+    if "pixel_pairs" not in stored or (stored["pixel_pairs"] is not None
+                                       and not os.path.exists(os.path.join(folder, stored["pixel_pairs"]))):
+        return "pixel counts"
+    return None
+
+
+def pixel_pairs(record_path: str, maps, masks, test) -> dict:
+    """Writes the pixel counts of an evaluation beside its record `record_path` (eval-<key>.json ->
+    eval-<key>.pixels.npz: prnet.metrics.pixel_pair_counts and the test images' names, from which paired_leads
+    gets the pixel AUROC of any resampling of the images exactly); returns the record's entry {pixel_pairs: the
+    file's name}, None where the test set has no pixel metric (no defect or no anomaly-free pixel)."""
+    from prnet.metrics import pixel_pair_counts
+
+    counts = pixel_pair_counts(maps, masks)
+    if counts["rows"].size == 0 or not counts["neg"].any():
+        return {"pixel_pairs": None}
+    path = os.path.splitext(record_path)[0] + ".pixels.npz"
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, names=np.array([s.name for s in test.samples]),
+                                                       **counts))
+    return {"pixel_pairs": os.path.basename(path)}
 
 
 def train_script():
@@ -249,7 +281,8 @@ def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> di
     # train.json and the evaluations stored here describe the weights trained before (a kept record copied in
     # without its checkpoint); these weights are new (a fresh run) or finished anew (a resume). None of them may
     # stand for the run that comes out, nor mark a run interrupted from here on as finished
-    stale_records = glob.glob(os.path.join(glob.escape(run_dir), "eval-*.json"))  # escaped: --out may contain [ ] * ?
+    # escaped: --out may contain [ ] * ?; the records and their pixel counts
+    stale_records = glob.glob(os.path.join(glob.escape(run_dir), "eval-*"))
     for stale in stale_records + ([done] if os.path.exists(done) else []):
         log.info("removing %s: a record of this run's earlier training", stale)
         os.remove(stale)
@@ -329,8 +362,9 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
     stored = None
     if os.path.exists(done) and os.path.exists(eval_path):
         stored = json.load(open(eval_path, encoding="utf-8"))
-    if stored is not None and "image_scores" not in stored and os.path.exists(ckpt):
-        log.info("%s was stored without its per-image scores: evaluating the run again", eval_path)
+    missing = incomplete(stored, run_dir) if stored is not None else None
+    if missing and os.path.exists(ckpt):
+        log.info("%s was stored without its %s: evaluating the run again", eval_path, missing)
         stored = None
     if stored is not None:
         # finished and scored with these settings before: no checkpoint needed (a kept record has only the JSONs)
@@ -349,7 +383,8 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
                   "test_ms_per_image": 1000.0 * (time.time() - t1) / len(common_test),
                   "real_anomalies": results["real_anomalies_used_for_training"],
                   "per_defect": per_defect(raw["scores"], raw["labels"], raw["maps"], raw["masks"], common_test),
-                  **image_scores(raw["scores"], raw["labels"]), "provenance": provenance(device)}
+                  **image_scores(raw["scores"], raw["labels"]),
+                  **pixel_pairs(eval_path, raw["maps"], raw["masks"], common_test), "provenance": provenance(device)}
         write_json(eval_path, scored)
     row = {"dataset": ds.label, "method": f"PRNet, {shots} real anomalies", "seed": seed, **scored,
            "train_min": trained["train_min"], "train_minutes_includes": trained["train_minutes_includes"],
@@ -363,16 +398,17 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
             model, cfg = model_and_config()
             metrics, raw = evaluate(model, control, cfg, device)
             return {**metrics, "images": len(control), **image_scores(raw["scores"], raw["labels"]),
-                    "provenance": provenance(device)}
+                    **pixel_pairs(path, raw["maps"], raw["masks"], control), "provenance": provenance(device)}
 
-        row.update(control_row(stored_or_made(path, scored_control, remake_without_scores=os.path.exists(ckpt))))
+        row.update(control_row(stored_or_made(path, scored_control, remake_incomplete=os.path.exists(ckpt))))
     return row
 
 
 def control_row(scored: dict) -> dict:
     """The entries a run's row gets from its scores on the control."""
     return {CONTROL_COLUMN: scored["image_auroc"],
-            "control": {k: scored[k] for k in (*COLUMNS, "images", "image_scores", "image_labels") if k in scored}}
+            "control": {k: scored[k] for k in (*COLUMNS, "images", "image_scores", "image_labels", "pixel_pairs")
+                        if k in scored}}
 
 
 def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.device, control=None) -> dict:
@@ -417,8 +453,9 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
 
     row_path = os.path.join(run_dir, f"eval-{short_hash(test_key(common_test))}.json")
     stored = json.load(open(row_path, encoding="utf-8")) if os.path.exists(row_path) else None
-    if stored is not None and "image_scores" not in stored:
-        log.info("%s was stored without its per-image scores: fitting and scoring the baseline again", row_path)
+    missing = incomplete(stored, run_dir) if stored is not None else None
+    if missing:
+        log.info("%s was stored without its %s: fitting and scoring the baseline again", row_path, missing)
         stored = None
     if stored is not None:
         log.info("reusing the baseline's scores in %s", row_path)
@@ -432,7 +469,8 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
         row = {"dataset": ds.label, "method": BASELINE, "seed": seed, **{k: float(v) for k, v in metrics.items()},
                "train_min": train_min, "test_ms_per_image": test_ms,
                "per_defect": per_defect(scores, labels, maps, masks, common_test), "baseline": BASELINE_SETTINGS,
-               **image_scores(scores, labels), "provenance": provenance(device), "run": run_dir}
+               **image_scores(scores, labels), **pixel_pairs(row_path, maps, masks, common_test),
+               "provenance": provenance(device), "run": run_dir}
         write_json(row_path, row)
     if control is not None:
         path = os.path.join(run_dir, f"eval-control-{short_hash({'test': test_key(control), 'control': CONTROL_SEED})}"
@@ -442,9 +480,10 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
             scores, labels, maps, masks = scores_of(control)
             metrics = compute_metrics(scores, labels, maps, masks)
             return {**{k: float(v) for k, v in metrics.items()}, "images": len(control),
-                    **image_scores(scores, labels), "provenance": provenance(device)}
+                    **image_scores(scores, labels), **pixel_pairs(path, maps, masks, control),
+                    "provenance": provenance(device)}
 
-        row.update(control_row(stored_or_made(path, scored_control, remake_without_scores=True)))
+        row.update(control_row(stored_or_made(path, scored_control, remake_incomplete=True)))
     return row
 
 
@@ -550,13 +589,14 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def paired_leads(rows: list[dict], resamples: int = LEAD_RESAMPLES, level: float = LEAD_LEVEL) -> list[dict]:
-    """Each PRNet method's image AUROC lead over the baseline per data set, on the test split (`on`: "test") and,
-    where the rows were scored there, on the control ("control"): the mean over the seeds both ran of (PRNet −
-    baseline of the same seed), with its interval over the images (prnet.metrics.paired_auroc_difference: a paired,
-    stratified bootstrap, the same image draw for every seed and both methods). An entry without the per-image
-    scores of every seed (records stored before they were kept, without a checkpoint to score again) says so in
-    `missing` instead."""
-    from prnet.metrics import paired_auroc_difference
+    """Each PRNet method's image AUROC and pixel AUROC lead over the baseline per data set (`metric`), on the test
+    split (`on`: "test") and, where the rows were scored there, on the control ("control"): the mean over the seeds
+    both ran of (PRNet − baseline of the same seed), with its interval over the images (a paired, stratified
+    bootstrap, the same image draw for every seed, both methods and both metrics: prnet.metrics.
+    paired_auroc_difference, and paired_pixel_auroc_difference from the pixel counts each record keeps beside it).
+    An entry without what it needs for every seed (records stored before they kept it, without a checkpoint to
+    score again) says so in `missing` instead; there is no pixel entry where the images have no pixel metric."""
+    from prnet.metrics import paired_auroc_difference, paired_pixel_auroc_difference
 
     parts = {"test": lambda r: r, "control": lambda r: r.get("control")}
     baseline = {(r["dataset"], r["seed"]): r for r in rows if r["method"] == BASELINE}
@@ -568,7 +608,8 @@ def paired_leads(rows: list[dict], resamples: int = LEAD_RESAMPLES, level: float
             if not pairs or any(part(r) is None for pair in pairs for r in pair):
                 continue
             scored = [(part(r), part(b)) for r, b in pairs]
-            entry = {"dataset": dataset, "method": method, "on": on, "seeds": [r["seed"] for r, _ in pairs]}
+            head = {"dataset": dataset, "method": method, "on": on, "seeds": [r["seed"] for r, _ in pairs]}
+            entry = {**head, "metric": "image_auroc"}
             without = [r["run"] for pair, s in zip(pairs, scored) for r, x in zip(pair, s) if "image_scores" not in x]
             if without:
                 entry["missing"] = "no per-image scores in the stored records of " + ", ".join(without)
@@ -579,19 +620,37 @@ def paired_leads(rows: list[dict], resamples: int = LEAD_RESAMPLES, level: float
                                                      [b["image_scores"] for _, b in scored],
                                                      scored[0][0]["image_labels"], resamples=resamples, level=level))
             out.append(entry)
+            if "missing" in entry or any(x.get("pixel_pairs", "") is None for s in scored for x in s):
+                continue  # no per-image labels to draw by, or a test set without pixel metrics
+            entry = {**head, "metric": "pixel_auroc"}
+            files = [[os.path.join(r["run"], x.get("pixel_pairs") or "") for r, x in zip(pair, s)]
+                     for pair, s in zip(pairs, scored)]
+            without = [r["run"] for pair, s, fs in zip(pairs, scored, files) for r, x, f in zip(pair, s, fs)
+                       if not x.get("pixel_pairs") or not os.path.isfile(f)]
+            if without:
+                entry["missing"] = "no pixel counts beside the stored records of " + ", ".join(without)
+            else:
+                counts = [[dict(np.load(f)) for f in fs] for fs in files]
+                if any(list(c["names"]) != list(counts[0][0]["names"]) for cs in counts for c in cs):
+                    raise ValueError(f"paired_leads: the pixel counts of {dataset} were made on different {on} images")
+                entry.update(paired_pixel_auroc_difference([a for a, _ in counts], [b for _, b in counts],
+                                                           scored[0][0]["image_labels"], resamples=resamples,
+                                                           level=level))
+            out.append(entry)
     return out
 
 
 def markdown_leads(leads: list[dict]) -> str:
-    """The image AUROC leads over the baseline, one row per data set and PRNet method."""
-    lines = ["| data set | method | scored on | seeds | image AUROC lead over the baseline | interval over the images |",
-             "|:---|:---|:---|:---|---:|:---|"]
+    """The image and pixel AUROC leads over the baseline, one row per data set, PRNet method, metric and test set."""
+    lines = ["| data set | method | metric | scored on | seeds | lead over the baseline | interval over the images |",
+             "|:---|:---|:---|:---|:---|---:|:---|"]
     for e in leads:
         seeds, on = ",".join(map(str, e["seeds"])), LEAD_PARTS[e.get("on", "test")]
+        metric = LEAD_METRICS[e.get("metric", "image_auroc")]
         if "missing" in e:
-            lines.append(f"| {e['dataset']} | {e['method']} | {on} | {seeds} | n/a | {e['missing']} |")
+            lines.append(f"| {e['dataset']} | {e['method']} | {metric} | {on} | {seeds} | n/a | {e['missing']} |")
         else:
-            lines.append(f"| {e['dataset']} | {e['method']} | {on} | {seeds} | {e['difference']:+.4f} | "
+            lines.append(f"| {e['dataset']} | {e['method']} | {metric} | {on} | {seeds} | {e['difference']:+.4f} | "
                          f"[{e['low']:+.4f}, {e['high']:+.4f}] ({100 * e['level']:g} %) |")
     return "\n".join(lines)
 
@@ -635,10 +694,10 @@ def markdown_per_defect(summary: list[dict]) -> str:
 
 def report(summary: list[dict], seeds: list[int], leads: list[dict] | None = None) -> str:
     spread = "mean ± sample standard deviation (ddof 1) over the seeds" if len(seeds) > 1 else "one seed"
-    lead_table = ("\n\nImage AUROC of each PRNet method minus the baseline's of the same seed, mean over the seeds, "
-                  "with a paired bootstrap interval over the images scored (normal and defective images drawn again "
-                  f"{LEAD_RESAMPLES} times; how much the lead depends on which images were tested, not on the "
-                  "seeds), on the test split and, with --control, on the control:\n\n"
+    lead_table = ("\n\nImage and pixel AUROC of each PRNet method minus the baseline's of the same seed, mean over "
+                  "the seeds, with a paired bootstrap interval over the images scored (normal and defective images "
+                  f"drawn again {LEAD_RESAMPLES} times; how much the lead depends on which images were tested, not "
+                  "on the seeds), on the test split and, with --control, on the control:\n\n"
                   + markdown_leads(leads)) if leads else ""
     control = (" Control image AUROC: on the test split's defects pasted into its normal test images (only the "
                "defects differ; benchmarks/shortcut_check.py)." if any(CONTROL_COLUMN in e for e in summary) else "")

@@ -254,6 +254,29 @@ def compute_metrics(scores: Any, labels: Any, maps: Any, masks: Any, fpr_limit: 
     return out
 
 
+def _stratified_draws(labels: np.ndarray, resamples: int, seed: int):
+    """The paired bootstrap's image draws: `resamples` times the normal and the defective images each drawn again with
+    replacement (numpy seed `seed`), as (normal indices, defective indices); every paired difference below uses the
+    same draws for the same labels and seed."""
+    neg, pos = np.flatnonzero(~labels), np.flatnonzero(labels)
+    rng = np.random.default_rng(seed)
+    for _ in range(resamples):
+        yield rng.choice(neg, neg.size), rng.choice(pos, pos.size)
+
+
+def _check_pairing(name: str, neg: int, pos: int, resamples: int, level: float) -> None:
+    if neg == 0 or pos == 0:
+        raise ValueError(f"{name}: needs normal and defective images, got {neg} normal and {pos} defective")
+    if resamples < 1 or not 0.0 < level < 1.0:
+        raise ValueError(f"{name}: expected resamples >= 1 and level in (0, 1), got {resamples} and {level}")
+
+
+def _interval(point: float, draws: np.ndarray, level: float, resamples: int, runs: int, neg: int, pos: int) -> dict:
+    low, high = np.quantile(draws, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return {"difference": point, "low": float(low), "high": float(high), "level": float(level),
+            "resamples": int(resamples), "runs": int(runs), "normal": int(neg), "defective": int(pos)}
+
+
 def paired_auroc_difference(scores_a: Any, scores_b: Any, labels: Any, resamples: int = 2000, level: float = 0.95,
                             seed: int = 0) -> dict[str, float]:
     """Image AUROC of detector a minus detector b on the same test images, with a percentile interval over the
@@ -275,22 +298,83 @@ def paired_auroc_difference(scores_a: Any, scores_b: Any, labels: Any, resamples
         raise ValueError(f"paired_auroc_difference: expected scores_a and scores_b of one shape, N or R×N with N the "
                          f"{y.size} labels, got {a.shape} and {b.shape}")
     neg, pos = np.flatnonzero(~y), np.flatnonzero(y)
-    if neg.size == 0 or pos.size == 0:
-        raise ValueError(f"paired_auroc_difference: needs normal and defective images, got {neg.size} normal and "
-                         f"{pos.size} defective")
-    if resamples < 1 or not 0.0 < level < 1.0:
-        raise ValueError(f"paired_auroc_difference: expected resamples >= 1 and level in (0, 1), got {resamples} "
-                         f"and {level}")
+    _check_pairing("paired_auroc_difference", neg.size, pos.size, resamples, level)
 
     def difference(i_neg: np.ndarray, i_pos: np.ndarray) -> float:
         return float(np.mean([_auroc_sorted(np.sort(a[r, i_neg]), np.sort(a[r, i_pos]))
                               - _auroc_sorted(np.sort(b[r, i_neg]), np.sort(b[r, i_pos])) for r in range(a.shape[0])]))
 
-    rng = np.random.default_rng(seed)
-    draws = np.array([difference(rng.choice(neg, neg.size), rng.choice(pos, pos.size)) for _ in range(resamples)])
-    low, high = np.quantile(draws, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
-    return {"difference": difference(neg, pos), "low": float(low), "high": float(high), "level": float(level),
-            "resamples": int(resamples), "runs": int(a.shape[0]), "normal": int(neg.size), "defective": int(pos.size)}
+    draws = np.array([difference(i_neg, i_pos) for i_neg, i_pos in _stratified_draws(y, resamples, seed)])
+    return _interval(difference(neg, pos), draws, level, resamples, a.shape[0], neg.size, pos.size)
+
+
+def pixel_pair_counts(maps: Any, masks: Any) -> dict[str, np.ndarray]:
+    """What the pooled pixel AUROC of any resampling of the images is made of, per pair of images, exactly.
+
+    Returns {rows, pos, neg, twice_u}: `pos` and `neg` the N images' counts of defect and anomaly-free pixels,
+    `rows` the images with defect pixels, and twice_u[k, j] = 2 × (defect pixels of image rows[k] scoring above
+    anomaly-free pixels of image j) + (those scoring equal), counted over all pairs of the two pixels (integers).
+    Summed over every pair of images it is the numerator of pixel_auroc: pixel_auroc(maps, masks) ==
+    twice_u.sum() / (2 · pos.sum() · neg.sum()) (pooled_pixel_auroc), and with each image counted w[i] times (a
+    bootstrap draw) both sides are weighed by w, so a resampled pixel AUROC needs no map."""
+    m, g = _maps_masks(maps, masks)
+    n = m.shape[0]
+    m, g = m.reshape(n, -1), g.reshape(n, -1)
+    pos_counts = g.sum(1).astype(np.int64)
+    neg_counts = g.shape[1] - pos_counts
+    rows = np.flatnonzero(pos_counts)
+    values = m[g]  # image by image, in the order of `rows`
+    owner = np.repeat(np.arange(rows.size), pos_counts[rows])
+    order = np.argsort(values, kind="stable")
+    values, owner = values[order], owner[order]
+    twice_u = np.zeros((rows.size, n), np.int64)
+    if rows.size == 0:
+        return {"rows": rows, "pos": pos_counts, "neg": neg_counts, "twice_u": twice_u}
+    for j in np.flatnonzero(neg_counts):
+        neg = np.sort(m[j][~g[j]])
+        # the k-th smallest defect pixel lies above the normal pixels q with (defect pixels <= q) <= k and at or
+        # above those with (defect pixels < q) <= k: counting both per k and summing up gives 2·below + equal
+        hits = (np.bincount(np.searchsorted(values, neg, side="right"), minlength=values.size + 1)
+                + np.bincount(np.searchsorted(values, neg, side="left"), minlength=values.size + 1))
+        per_pixel = np.cumsum(hits[:-1])
+        twice_u[:, j] = np.bincount(owner, weights=per_pixel, minlength=rows.size).round().astype(np.int64)
+    return {"rows": rows, "pos": pos_counts, "neg": neg_counts, "twice_u": twice_u}
+
+
+def pooled_pixel_auroc(counts: dict, weights: Any = None) -> float:
+    """The pooled pixel AUROC from pixel_pair_counts, each image counted weights[i] times (default once: equal to
+    pixel_auroc of the maps); nan without defect or anomaly-free pixels."""
+    w = np.ones(counts["pos"].size, np.int64) if weights is None else np.asarray(weights, np.int64)
+    pairs = int(w @ counts["pos"]) * int(w @ counts["neg"])
+    if pairs == 0:
+        return math.nan
+    return int(w[counts["rows"]] @ counts["twice_u"] @ w) / (2.0 * pairs)
+
+
+def paired_pixel_auroc_difference(counts_a: list[dict], counts_b: list[dict], labels: Any, resamples: int = 2000,
+                                  level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Pixel AUROC of detector a minus detector b on the same test images, with a percentile interval over the
+    test images: paired_auroc_difference's bootstrap (the same image draws for the same labels and seed) with the
+    pooled pixel AUROC of the drawn images, each counted as often as drawn, in place of the image AUROC.
+
+    counts_a, counts_b: pixel_pair_counts of each of R paired runs (row r of a with row r of b), all on the same N
+    images in the same order; labels: the N image labels (the strata). Returns paired_auroc_difference's keys."""
+    y = _to_numpy(labels, "labels").reshape(-1) > 0.5
+    if len(counts_a) != len(counts_b) or not counts_a:
+        raise ValueError(f"paired_pixel_auroc_difference: expected as many runs of a as of b, at least one, got "
+                         f"{len(counts_a)} and {len(counts_b)}")
+    if any(c["pos"].size != y.size for c in (*counts_a, *counts_b)):
+        raise ValueError(f"paired_pixel_auroc_difference: expected pixel counts of the {y.size} labelled images, got "
+                         f"{sorted({c['pos'].size for c in (*counts_a, *counts_b)})}")
+    neg, pos = np.flatnonzero(~y), np.flatnonzero(y)
+    _check_pairing("paired_pixel_auroc_difference", neg.size, pos.size, resamples, level)
+
+    def difference(w: Any) -> float:
+        return float(np.mean([pooled_pixel_auroc(a, w) - pooled_pixel_auroc(b, w) for a, b in zip(counts_a, counts_b)]))
+
+    draws = np.array([difference(np.bincount(np.concatenate([i_neg, i_pos]), minlength=y.size))
+                      for i_neg, i_pos in _stratified_draws(y, resamples, seed)])
+    return _interval(difference(None), draws, level, resamples, len(counts_a), neg.size, pos.size)
 
 
 def decision_threshold(normal_scores: Any, rule: str, target_fpr: float = 0.01) -> float:

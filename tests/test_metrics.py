@@ -7,7 +7,8 @@ from skimage.measure import label as sk_label
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from prnet.metrics import (METRIC_KEYS, aupro, compute_metrics, image_ap, image_auroc, paired_auroc_difference,
-                           pixel_ap, pixel_auroc)
+                           paired_pixel_auroc_difference, pixel_ap, pixel_auroc, pixel_pair_counts,
+                           pooled_pixel_auroc)
 
 
 def reference_aupro(maps, masks, fpr_limit=0.3):
@@ -195,3 +196,67 @@ def test_paired_auroc_difference_refuses_what_it_cannot_pair():
         paired_auroc_difference(np.zeros(10), np.zeros(10), np.ones(10))
     with pytest.raises(ValueError, match="resamples >= 1"):
         paired_auroc_difference(np.zeros(10), np.zeros(10), y, resamples=0)
+
+
+def _defect_maps(rng, n_normal, n_defective, strength, size=12):
+    """Maps quantised to 1/20 (many ties) and masks of n_normal normal and n_defective defective images; each
+    defect's size and place vary, its pixels score `strength` higher on average."""
+    n = n_normal + n_defective
+    maps = rng.random((n, size, size))
+    masks = np.zeros((n, size, size))
+    for i in range(n_normal, n):
+        r, c, h, w = rng.integers(0, size - 4), rng.integers(0, size - 4), rng.integers(1, 5), rng.integers(1, 5)
+        masks[i, r:r + h, c:c + w] = 1
+    maps = np.round((maps + strength * masks) * 20) / 20
+    return maps.astype(np.float32), masks, np.r_[np.zeros(n_normal), np.ones(n_defective)]
+
+
+def test_pixel_pair_counts_give_the_pooled_pixel_auroc_of_any_resampling_exactly():
+    rng = np.random.default_rng(5)
+    maps, masks, _ = _defect_maps(rng, 7, 9, 0.6)
+    masks[-1] = 1  # an image with no anomaly-free pixel, and one all anomaly-free but in a defective's place
+    counts = pixel_pair_counts(maps, masks)
+    assert counts["rows"].tolist() == list(range(7, 16)) and counts["twice_u"].shape == (9, 16)
+    assert (counts["pos"] + counts["neg"] == 144).all() and counts["twice_u"].dtype == np.int64
+    assert pooled_pixel_auroc(counts) == pixel_auroc(maps, masks)  # the same integers: equal, not approximately
+    for _ in range(5):  # each image counted as often as a bootstrap draw takes it: the maps repeated, exactly
+        w = rng.integers(0, 3, 16)
+        if not masks[np.repeat(np.arange(16), w)].any():
+            continue
+        assert pooled_pixel_auroc(counts, w) == pixel_auroc(maps[np.repeat(np.arange(16), w)],
+                                                            masks[np.repeat(np.arange(16), w)])
+    assert math.isnan(pooled_pixel_auroc(counts, np.r_[np.ones(7), np.zeros(9)]))  # no defect pixel drawn
+    none = pixel_pair_counts(maps[:7], masks[:7])
+    assert none["rows"].size == 0 and math.isnan(pooled_pixel_auroc(none))
+
+
+def test_paired_pixel_auroc_difference_is_the_mean_pixel_lead_with_an_interval_over_the_images():
+    rng = np.random.default_rng(6)
+    runs_a = [_defect_maps(np.random.default_rng(10 + r), 20, 30, 0.8) for r in range(2)]
+    runs_b = [_defect_maps(np.random.default_rng(10 + r), 20, 30, 0.3) for r in range(2)]  # same masks, weaker maps
+    y = runs_a[0][2]
+    a = [pixel_pair_counts(m, g) for m, g, _ in runs_a]
+    b = [pixel_pair_counts(m, g) for m, g, _ in runs_b]
+    r = paired_pixel_auroc_difference(a, b, y, resamples=300)
+    lead = np.mean([pixel_auroc(ma, ga) - pixel_auroc(mb, gb) for (ma, ga, _), (mb, gb, _) in zip(runs_a, runs_b)])
+    assert r["difference"] == pytest.approx(lead, abs=1e-12) and lead > 0.1
+    assert 0 < r["low"] < lead < r["high"] < 1 and (r["runs"], r["normal"], r["defective"]) == (2, 20, 30)
+    assert paired_pixel_auroc_difference(a, b, y, resamples=300) == r  # seeded
+    assert paired_pixel_auroc_difference(b, a, y, resamples=300)["high"] == pytest.approx(-r["low"])
+    same = paired_pixel_auroc_difference(a, a, y, resamples=30)
+    assert same["difference"] == same["low"] == same["high"] == 0.0
+    # the interval is over the images: a lead that rests on one defective image is uncertain, one spread over
+    # all of them much less
+    m, g, _ = runs_b[0]
+    one = m.copy()
+    one[20][g[20] > 0.5] += 5.0
+    rest = m + 0.08 * g
+    r_one = paired_pixel_auroc_difference([pixel_pair_counts(one, g)], [b[0]], y, resamples=300)
+    r_all = paired_pixel_auroc_difference([pixel_pair_counts(rest, g)], [b[0]], y, resamples=300)
+    assert r_one["low"] <= 0.0 < r_one["high"] and r_all["low"] > 0.0
+    with pytest.raises(ValueError, match="as many runs"):
+        paired_pixel_auroc_difference(a, b[:1], y)
+    with pytest.raises(ValueError, match="50 labelled images"):
+        paired_pixel_auroc_difference([pixel_pair_counts(m[:10], g[:10])], [b[0]], y)
+    with pytest.raises(ValueError, match="0 normal and 50 defective"):
+        paired_pixel_auroc_difference(a, b, np.ones(50))

@@ -17,7 +17,7 @@ import real_data
 from prnet.datasets import make_demo_category
 from prnet.datasets.mvtec import MVTEC
 from prnet.engine import trainer
-from prnet.metrics import compute_metrics, image_auroc
+from prnet.metrics import compute_metrics, image_auroc, pooled_pixel_auroc
 from prnet.provenance import git_state
 from real_data import aggregate, find_datasets, markdown, markdown_per_defect, parse_seeds, parse_size, per_defect
 
@@ -77,6 +77,15 @@ def _row(rows, dataset, method, seed):
     return row
 
 
+def _test_names(bench, dataset):
+    """The names of the common test images of `dataset` in the bench, in their order."""
+    result = bench["result"]
+    root = {"tile": os.path.dirname(bench["argv"][1]), "b/part": bench["argv"][2]}[dataset]
+    category = dataset.split("/")[-1]
+    return [s.name for s in MVTEC(root, category, "test", [64, 96], exclude=result["common_test"][dataset]["excluded"])
+            .samples]
+
+
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     """Two data sets (a category folder and a root), two seeds, 2-shot PRNet and the baseline."""
@@ -110,18 +119,23 @@ def test_one_table_for_two_data_sets_and_two_seeds(bench):
         cells = " | ".join(f"{e[k]['mean']:.3f} ± {e[k]['std']:.3f}" for k in real_data.COLUMNS)
         assert f"| {e['dataset']} | {e['method']} | 0,1 | {cells} |" in table
     assert "sample standard deviation" in table and "baseline runs per seed" in table
-    # the lead over the baseline: the records keep each image's score, so the two are compared image by image
-    assert [(e["dataset"], e["method"], e["on"]) for e in result["leads"]] == [(d, methods[0], "test")
-                                                                                for d in ("tile", "b/part")]
+    # the leads over the baseline: the records keep each image's score, and beside them the pixel counts, so the
+    # two are compared image by image, at image and at pixel level
+    assert [(e["dataset"], e["method"], e["on"], e["metric"]) for e in result["leads"]] == [
+        (d, methods[0], "test", m) for d in ("tile", "b/part") for m in ("image_auroc", "pixel_auroc")]
     for e in result["leads"]:
         pairs = [(_row(rows, e["dataset"], methods[0], s), _row(rows, e["dataset"], methods[1], s)) for s in (0, 1)]
         for r in (r for pair in pairs for r in pair):
             assert len(r["image_scores"]) == len(r["image_labels"]) == 4
             assert image_auroc(r["image_scores"], r["image_labels"]) == pytest.approx(r["image_auroc"])
-        assert e["difference"] == pytest.approx(np.mean([p["image_auroc"] - b["image_auroc"] for p, b in pairs]))
+            counts = dict(np.load(os.path.join(r["run"], r["pixel_pairs"])))
+            assert pooled_pixel_auroc(counts) == r["pixel_auroc"]  # exactly the pooled figure of the record
+            assert counts["names"].tolist() == [n for n in _test_names(bench, e["dataset"])]
+        k = e["metric"]
+        assert e["difference"] == pytest.approx(np.mean([p[k] - b[k] for p, b in pairs]), abs=1e-12)
         assert -1 <= e["low"] <= e["high"] <= 1 and e["seeds"] == [0, 1] and e["resamples"] == 2000
-        assert (f"| {e['dataset']} | {methods[0]} | test split | 0,1 | {e['difference']:+.4f} | [{e['low']:+.4f}, "
-                f"{e['high']:+.4f}] (95 %) |") in table
+        assert (f"| {e['dataset']} | {methods[0]} | {real_data.LEAD_METRICS[k]} | test split | 0,1 | "
+                f"{e['difference']:+.4f} | [{e['low']:+.4f}, {e['high']:+.4f}] (95 %) |") in table
     # each seed is its own run, keyed by its settings
     runs = {r["run"] for r in rows}
     assert len(runs) == 8 and all(os.path.isfile(os.path.join(r, "settings.json")) for r in runs)
@@ -159,6 +173,11 @@ def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench, monkeypa
     (older_eval,) = glob.glob(os.path.join(older, "eval-*.json"))
     stored = json.load(open(older_eval))
     json.dump({k: v for k, v in stored.items() if k not in ("image_scores", "image_labels")}, open(older_eval, "w"))
+    # and one whose pixel counts are gone: evaluated again as well
+    counted = _row(rows, "tile", "PRNet, 2 real anomalies", 0)
+    counts_path = os.path.join(counted["run"], counted["pixel_pairs"])
+    counts_before = dict(np.load(counts_path))
+    os.remove(counts_path)
     argv = list(bench["argv"])
     # the data copied or restored meanwhile: new modification times, the same images (the prototypes still match)
     tile = argv[argv.index("--data") + 1]
@@ -179,6 +198,9 @@ def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench, monkeypa
             assert os.path.getmtime(path) == mtime
     remade = json.load(open(older_eval))
     assert remade["image_scores"] == stored["image_scores"]  # made again (they were removed), the same scores
+    counts_after = dict(np.load(counts_path))
+    assert counts_after.keys() == counts_before.keys()
+    assert all(np.array_equal(counts_after[k], counts_before[k]) for k in counts_before)
     resumed = json.load(open(os.path.join(interrupted, "train.json")))
     assert resumed["resumed"] is True and resumed["code_changed_during_run"] is True
     assert resumed["code_at_start"]["git_commit"] == "f" * 40
@@ -257,7 +279,8 @@ def test_a_record_of_the_json_files_rebuilds_the_table_without_checkpoints(bench
     kept still give the table."""
     out = bench["out"]
     record = str(tmp_path / "record")
-    for path in glob.glob(os.path.join(out, "runs", "*", "*", "*.json")):
+    for path in glob.glob(os.path.join(out, "runs", "*", "*", "*.json")) + glob.glob(os.path.join(out, "runs", "*",
+                                                                                                   "*", "*.npz")):
         dest = os.path.join(record, os.path.relpath(path, out))
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         shutil.copy(path, dest)
@@ -293,10 +316,17 @@ def test_a_record_of_the_json_files_rebuilds_the_table_without_checkpoints(bench
     assert len(tile) == 1 and "missing" in tile[0] and "difference" not in tile[0]
     part = [e for e in again["leads"] if e["dataset"] == "b/part"]
     assert [e for e in old["leads"] if e["dataset"] == "b/part"] == part and "difference" in part[0]
-    assert "| tile | PRNet, 2 real anomalies | test split | 0,1 | n/a | no per-image scores" in old["table"]
+    assert "| tile | PRNet, 2 real anomalies | image AUROC | test split | 0,1 | n/a | no per-image scores" in old["table"]
     assert [[r[k] for k in real_data.COLUMNS] for r in old["rows"]] == [[r[k] for k in real_data.COLUMNS]
                                                                          for r in again["rows"]]
     assert all("image_scores" in r for r in old["rows"] if r["method"] == "PatchCore-style baseline")
+    # a record without the pixel counts: PRNet's pixel lead is n/a, its image lead stands
+    for path in glob.glob(os.path.join(record, "runs", "b__part", "*", "*.npz")):
+        os.remove(path)
+    assert real_data.main(record_argv) == 0
+    bare = [e for e in json.load(open(os.path.join(record, "real_data.json")))["leads"] if e["dataset"] == "b/part"]
+    assert [e["metric"] for e in bare] == ["image_auroc", "pixel_auroc"] and bare[0] == part[0]
+    assert "difference" not in bare[1] and bare[1]["missing"].startswith("no pixel counts beside the stored records")
 
 
 def test_the_evaluation_key_holds_the_knn_weight_only_where_it_is_used():
@@ -385,15 +415,19 @@ def test_control_scores_every_run_where_only_the_defects_differ(bench, tmp_path,
     assert [r["control_image_auroc"] for r in again["rows"]] == [r["control_image_auroc"] for r in result["rows"]]
     # the lead over the baseline on the control too, image by image from the scores the control's records keep
     control_leads = [e for e in result["leads"] if e["on"] == "control"]
-    assert [(e["dataset"], e["method"]) for e in control_leads] == [(d, "PRNet, 2 real anomalies")
-                                                                    for d in ("tile", "b/part")]
+    assert [(e["dataset"], e["method"], e["metric"]) for e in control_leads] == [
+        (d, "PRNet, 2 real anomalies", m) for d in ("tile", "b/part") for m in ("image_auroc", "pixel_auroc")]
     for e in control_leads:
-        pairs = [(_row(result["rows"], e["dataset"], "PRNet, 2 real anomalies", s)["control"],
-                  _row(result["rows"], e["dataset"], "PatchCore-style baseline", s)["control"]) for s in (0, 1)]
-        for c in (c for pair in pairs for c in pair):
+        pairs = [(_row(result["rows"], e["dataset"], "PRNet, 2 real anomalies", s),
+                  _row(result["rows"], e["dataset"], "PatchCore-style baseline", s)) for s in (0, 1)]
+        for c, run in ((r["control"], r["run"]) for pair in pairs for r in pair):
             assert image_auroc(c["image_scores"], c["image_labels"]) == pytest.approx(c["image_auroc"])
-        assert e["difference"] == pytest.approx(np.mean([p["image_auroc"] - b["image_auroc"] for p, b in pairs]))
-        assert f"| {e['dataset']} | PRNet, 2 real anomalies | control | 0,1 | {e['difference']:+.4f} |" in table
+            assert c["pixel_pairs"].startswith("eval-control-")
+            assert pooled_pixel_auroc(dict(np.load(os.path.join(run, c["pixel_pairs"])))) == c["pixel_auroc"]
+        k = e["metric"]
+        assert e["difference"] == pytest.approx(np.mean([p["control"][k] - b["control"][k] for p, b in pairs]))
+        assert (f"| {e['dataset']} | PRNet, 2 real anomalies | {real_data.LEAD_METRICS[k]} | control | 0,1 | "
+                f"{e['difference']:+.4f} |") in table
     # control scores stored before the records kept per-image scores are made again (the checkpoints are here)
     for path in glob.glob(os.path.join(out, "runs", "tile", "*", "eval-control-*.json")):
         r = json.load(open(path))

@@ -106,7 +106,7 @@ def main(argv=None) -> int:
                 if want is None or abs(got - want) > 1e-9:
                     raise SystemExit(f"{label} seed {r['seed']} {r['method']} ({on}): image AUROC {got:.6f} on the "
                                      f"reference's images, the reference has {want}: not the same runs")
-    leads = paired_leads(rows)
+    leads = [e for e in paired_leads(rows) if e["metric"] == "image_auroc"]  # its rows keep no pixel counts
     result = {"record": os.path.basename(args.record), "reference": os.path.basename(args.reference),
               "baseline": BASELINE, "checks": checks, "leads": leads, "table": markdown_leads(leads)}
     write_json(args.out, result)
