@@ -231,7 +231,6 @@ def test_pixel_pair_counts_give_the_pooled_pixel_auroc_of_any_resampling_exactly
 
 
 def test_paired_pixel_auroc_difference_is_the_mean_pixel_lead_with_an_interval_over_the_images():
-    rng = np.random.default_rng(6)
     runs_a = [_defect_maps(np.random.default_rng(10 + r), 20, 30, 0.8) for r in range(2)]
     runs_b = [_defect_maps(np.random.default_rng(10 + r), 20, 30, 0.3) for r in range(2)]  # same masks, weaker maps
     y = runs_a[0][2]
