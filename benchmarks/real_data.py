@@ -623,14 +623,11 @@ def paired_leads(rows: list[dict], resamples: int = LEAD_RESAMPLES, level: float
             if "missing" in entry or any(x.get("pixel_pairs", "") is None for s in scored for x in s):
                 continue  # no per-image labels to draw by, or a test set without pixel metrics
             entry = {**head, "metric": "pixel_auroc"}
-            files = [[os.path.join(r["run"], x.get("pixel_pairs") or "") for r, x in zip(pair, s)]
-                     for pair, s in zip(pairs, scored)]
-            without = [r["run"] for pair, s, fs in zip(pairs, scored, files) for r, x, f in zip(pair, s, fs)
-                       if not x.get("pixel_pairs") or not os.path.isfile(f)]
+            counts = [[pixel_counts(r["run"], x) for r, x in zip(pair, s)] for pair, s in zip(pairs, scored)]
+            without = [r["run"] for pair, cs in zip(pairs, counts) for r, c in zip(pair, cs) if c is None]
             if without:
                 entry["missing"] = "no pixel counts beside the stored records of " + ", ".join(without)
             else:
-                counts = [[dict(np.load(f)) for f in fs] for fs in files]
                 if any(list(c["names"]) != list(counts[0][0]["names"]) for cs in counts for c in cs):
                     raise ValueError(f"paired_leads: the pixel counts of {dataset} were made on different {on} images")
                 entry.update(paired_pixel_auroc_difference([a for a, _ in counts], [b for _, b in counts],
@@ -638,6 +635,16 @@ def paired_leads(rows: list[dict], resamples: int = LEAD_RESAMPLES, level: float
                                                            level=level))
             out.append(entry)
     return out
+
+
+def pixel_counts(run: str, scored: dict) -> dict | None:
+    """The pixel counts of a stored evaluation: given in memory (`pixel_counts`, e.g. those of some of its images:
+    prnet.metrics.subset_pixel_counts), or read from the file its `pixel_pairs` names in the run's folder; None
+    where neither is there."""
+    if "pixel_counts" in scored:
+        return scored["pixel_counts"]
+    path = os.path.join(run, scored["pixel_pairs"]) if scored.get("pixel_pairs") else None
+    return dict(np.load(path)) if path and os.path.isfile(path) else None
 
 
 def markdown_leads(leads: list[dict]) -> str:

@@ -341,6 +341,21 @@ def pixel_pair_counts(maps: Any, masks: Any) -> dict[str, np.ndarray]:
     return {"rows": rows, "pos": pos_counts, "neg": neg_counts, "twice_u": twice_u}
 
 
+def subset_pixel_counts(counts: dict, keep: Any) -> dict:
+    """pixel_pair_counts of the images `keep` (indices, in that order) taken from the counts of all: exactly what
+    pixel_pair_counts of their maps gives. Other entries of `counts` indexed per image (e.g. `names`) follow."""
+    keep = np.asarray(keep, dtype=np.int64).reshape(-1)
+    n = counts["pos"].size
+    row_of = np.full(n, -1, np.int64)
+    row_of[counts["rows"]] = np.arange(counts["rows"].size)
+    kept_rows = row_of[keep]
+    out = {k: np.asarray(v)[keep] for k, v in counts.items()
+           if k not in ("rows", "twice_u") and np.ndim(v) >= 1 and len(v) == n}
+    out["rows"] = np.flatnonzero(kept_rows >= 0)
+    out["twice_u"] = counts["twice_u"][kept_rows[kept_rows >= 0]][:, keep]
+    return out
+
+
 def pooled_pixel_auroc(counts: dict, weights: Any = None) -> float:
     """The pooled pixel AUROC from pixel_pair_counts, each image counted weights[i] times (default once: equal to
     pixel_auroc of the maps); nan without defect or anomaly-free pixels."""

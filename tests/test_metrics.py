@@ -8,7 +8,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from prnet.metrics import (METRIC_KEYS, aupro, compute_metrics, image_ap, image_auroc, paired_auroc_difference,
                            paired_pixel_auroc_difference, pixel_ap, pixel_auroc, pixel_pair_counts,
-                           pooled_pixel_auroc)
+                           pooled_pixel_auroc, subset_pixel_counts)
 
 
 def reference_aupro(maps, masks, fpr_limit=0.3):
@@ -228,6 +228,13 @@ def test_pixel_pair_counts_give_the_pooled_pixel_auroc_of_any_resampling_exactly
     assert math.isnan(pooled_pixel_auroc(counts, np.r_[np.ones(7), np.zeros(9)]))  # no defect pixel drawn
     none = pixel_pair_counts(maps[:7], masks[:7])
     assert none["rows"].size == 0 and math.isnan(pooled_pixel_auroc(none))
+    # the counts of some of the images, in another order: those of their maps
+    keep = [12, 3, 8, 15, 0, 9]
+    part = subset_pixel_counts({**counts, "names": np.arange(16) * 10}, keep)
+    direct = pixel_pair_counts(maps[keep], masks[keep])
+    assert all(np.array_equal(part[k], direct[k]) for k in direct)
+    assert part["names"].tolist() == [120, 30, 80, 150, 0, 90]
+    assert pooled_pixel_auroc(part) == pixel_auroc(maps[keep], masks[keep])
 
 
 def test_paired_pixel_auroc_difference_is_the_mean_pixel_lead_with_an_interval_over_the_images():

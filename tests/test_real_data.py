@@ -316,7 +316,8 @@ def test_a_record_of_the_json_files_rebuilds_the_table_without_checkpoints(bench
     assert len(tile) == 1 and "missing" in tile[0] and "difference" not in tile[0]
     part = [e for e in again["leads"] if e["dataset"] == "b/part"]
     assert [e for e in old["leads"] if e["dataset"] == "b/part"] == part and "difference" in part[0]
-    assert "| tile | PRNet, 2 real anomalies | image AUROC | test split | 0,1 | n/a | no per-image scores" in old["table"]
+    assert ("| tile | PRNet, 2 real anomalies | image AUROC | test split | 0,1 | n/a | no per-image scores"
+            in old["table"])
     assert [[r[k] for k in real_data.COLUMNS] for r in old["rows"]] == [[r[k] for k in real_data.COLUMNS]
                                                                          for r in again["rows"]]
     assert all("image_scores" in r for r in old["rows"] if r["method"] == "PatchCore-style baseline")

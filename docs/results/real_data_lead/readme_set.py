@@ -1,4 +1,5 @@
-"""The image AUROC leads of a `real_data.py` record, recomputed on the test images of another record (the README's).
+"""The image and pixel AUROC leads of a `real_data.py` record, recomputed on the test images of another record (the
+README's).
 
 A record of `real_data.py --methods prnet0,patchcore` scores every test image; the README's record, made with
 prnet10 in the same run, scores the test split minus the 10-shot runs' real anomalies (its `common_test` excluded
@@ -8,15 +9,17 @@ per-image scores on the README's images are the README runs' scores. This script
 1. rebuilds the names of the record's test images (and of its control's) in the order its per-image scores are kept;
 2. keeps those the reference record scored (the control: by file stem, as `real_data.py` matches them);
 3. checks, per run, that the image AUROC on the kept images equals the reference record's row of the same data set,
-   method and seed (the runs reproduce; a failure stops the script);
-4. gives each PRNet method's lead over the baseline on them, mean over the seeds with the paired bootstrap interval
-   over the images (`real_data.paired_leads`).
+   method and seed (the runs reproduce; a failure stops the script), and the pixel AUROC too where the record's
+   pixel counts are there (`eval-*.pixels.npz` beside its runs' records; taken for the kept images exactly);
+4. gives each PRNet method's image and pixel AUROC lead over the baseline on them, mean over the seeds with the
+   paired bootstrap interval over the images (`real_data.paired_leads`; the pixel lead n/a without the counts).
 
     PYTHONPATH=.:benchmarks python docs/results/real_data_lead/readme_set.py --record OUT/real_data.json \
         --reference docs/results/real_data_control/real_data.json --data DATA --out readme_set.json
 
 DATA: the folder holding the record's categories. The control's images are read from the folder the record names
-(`--record-out OUT` stands for `$OUT` in a committed record). Nothing is trained or scored again.
+(`--record-out OUT` stands for `$OUT` in a committed record; its runs' folders are read there too). Nothing is
+trained or scored again.
 """
 from __future__ import annotations
 
@@ -28,8 +31,8 @@ import sys
 import numpy as np
 
 from prnet.datasets.mvtec import MVTEC
-from prnet.metrics import image_auroc
-from real_data import BASELINE, markdown_leads, paired_leads, write_json
+from prnet.metrics import image_auroc, pooled_pixel_auroc, subset_pixel_counts
+from real_data import BASELINE, markdown_leads, paired_leads, pixel_counts, write_json
 
 
 def kept(names: list[str], excluded: list[str], by_stem: bool) -> np.ndarray:
@@ -39,9 +42,16 @@ def kept(names: list[str], excluded: list[str], by_stem: bool) -> np.ndarray:
     return np.array([i for i, n in enumerate(names) if key(n) not in out], dtype=int)
 
 
-def subset(scored: dict, idx: np.ndarray) -> dict:
-    return {"image_scores": [scored["image_scores"][i] for i in idx],
-            "image_labels": [scored["image_labels"][i] for i in idx]}
+def subset(scored: dict, idx: np.ndarray, run: str, names: list[str]) -> dict:
+    """The per-image scores of the kept images, and their pixel counts where the run's folder has them."""
+    out = {"image_scores": [scored["image_scores"][i] for i in idx],
+           "image_labels": [scored["image_labels"][i] for i in idx]}
+    counts = pixel_counts(run, scored)
+    if counts is not None:
+        if counts["names"].tolist() != names:
+            raise SystemExit(f"{run}: its pixel counts were made on other images than its scores")
+        out["pixel_counts"] = subset_pixel_counts(counts, idx)
+    return out
 
 
 def main(argv=None) -> int:
@@ -78,17 +88,20 @@ def main(argv=None) -> int:
             control_names = [control_names[i] for i in kept(control_names, left_out, by_stem=True)]
             idx["control"] = kept(control_names, excluded, by_stem=True)
         for r in (r for r in record["rows"] if r["dataset"] == label):
+            run = r["run"]
+            if run.startswith("$OUT"):
+                run = (args.record_out or "$OUT") + run[len("$OUT"):]
             if len(r["image_scores"]) != len(names):
                 raise SystemExit(f"{args.record}: {label} seed {r['seed']} {r['method']}: {len(r['image_scores'])} "
                                  f"scores for {len(names)} test images under {args.data}")
             row = {"dataset": label, "method": r["method"], "seed": r["seed"], "run": r["run"],
-                   **subset(r, idx["test"])}
+                   **subset(r, idx["test"], run, names)}
             if "control" in idx and r.get("control"):
                 if len(r["control"]["image_scores"]) != len(control_names):
                     raise SystemExit(f"{args.record}: {label} seed {r['seed']} {r['method']}: "
                                      f"{len(r['control']['image_scores'])} control scores for {len(control_names)} "
                                      f"control images under {control_root}")
-                row["control"] = subset(r["control"], idx["control"])
+                row["control"] = subset(r["control"], idx["control"], run, control_names)
             rows.append(row)
             ref = [x for x in reference["rows"]
                    if (x["dataset"], x["method"], x["seed"]) == (label, r["method"], r["seed"])]
@@ -99,19 +112,26 @@ def main(argv=None) -> int:
                 part = row if on == "test" else row.get("control")
                 if part is None:
                     continue
-                want = ref[0]["image_auroc"] if on == "test" else (ref[0].get("control") or {}).get("image_auroc")
-                got = image_auroc(np.array(part["image_scores"]), np.array(part["image_labels"]))
-                checks.append({"dataset": label, "method": r["method"], "seed": r["seed"], "on": on,
-                               "images": len(part["image_scores"]), "image_auroc": got, "reference": want})
-                if want is None or abs(got - want) > 1e-9:
-                    raise SystemExit(f"{label} seed {r['seed']} {r['method']} ({on}): image AUROC {got:.6f} on the "
-                                     f"reference's images, the reference has {want}: not the same runs")
-    leads = [e for e in paired_leads(rows) if e["metric"] == "image_auroc"]  # its rows keep no pixel counts
+                reference_part = ref[0] if on == "test" else (ref[0].get("control") or {})
+                check = {"dataset": label, "method": r["method"], "seed": r["seed"], "on": on,
+                         "images": len(part["image_scores"])}
+                got = {"image_auroc": image_auroc(np.array(part["image_scores"]), np.array(part["image_labels"]))}
+                if "pixel_counts" in part:
+                    got["pixel_auroc"] = pooled_pixel_auroc(part["pixel_counts"])
+                for metric, value in got.items():
+                    want = reference_part.get(metric)
+                    check.update({metric: value, f"reference_{metric}": want})
+                    if want is None or abs(value - want) > 1e-9:
+                        raise SystemExit(f"{label} seed {r['seed']} {r['method']} ({on}): {metric} {value:.6f} on "
+                                         f"the reference's images, the reference has {want}: not the same runs")
+                checks.append(check)
+    leads = paired_leads(rows)
     result = {"record": os.path.basename(args.record), "reference": os.path.basename(args.reference),
               "baseline": BASELINE, "checks": checks, "leads": leads, "table": markdown_leads(leads)}
     write_json(args.out, result)
     for c in checks:
-        print(f"{c['dataset']} {c['method']} seed {c['seed']} {c['on']}: image AUROC {c['image_auroc']:.4f} on "
+        pixel = f", pixel AUROC {c['pixel_auroc']:.4f}" if "pixel_auroc" in c else ""
+        print(f"{c['dataset']} {c['method']} seed {c['seed']} {c['on']}: image AUROC {c['image_auroc']:.4f}{pixel} on "
               f"{c['images']} images = the reference's")
     print(f"\n{result['table']}")
     return 0
