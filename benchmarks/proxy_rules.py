@@ -271,15 +271,18 @@ def same_trajectory(runs: str, candidate: str, reference: str, seeds: Sequence[i
 
 
 def decide_against_round34(argv: Sequence[str], here: str, candidate: str, max_ratio: float,
-                           seeds: Sequence[int] = (0, 1, 2), extra: Optional[dict] = None) -> int:
+                           seeds: Sequence[int] = (0, 1, 2), extra: Optional[dict] = None,
+                           later_seeds: Optional[str] = None) -> int:
     """A Magnetic Tile proxy round judged against the default `ratio25`, paired by seed: seeds 0-2 are round 34's
-    score files, any further seed's reference file (Z_mt_ratio25-seedN.json) lies in the round's own folder. `here`
-    is that folder, holding Z_mt_<candidate>[-seedN].json; round 34's folder is its sibling. argv: [--runs RUNS_DIR]
+    score files, any further seed's reference file (Z_mt_ratio25-seedN.json) lies in `later_seeds` (a sibling
+    folder's name, e.g. round37; default: the round's own folder). `here` is the round's folder, holding
+    Z_mt_<candidate>[-seedN].json; round 34's folder is its sibling. argv: [--runs RUNS_DIR]
     [decision.json]; with --runs the cost rule reads the candidate's training minutes there, and the reference's
     from round 34's decision.json (seeds 0-2) or there too (further seeds). `extra`: further entries of the decision
     file (decide_with_time)."""
     argv = list(argv)
     round34, ref = os.path.join(os.path.dirname(here), "round34"), "ratio25"
+    later = here if later_seeds is None else os.path.join(os.path.dirname(here), later_seeds)
     in_round34 = (0, 1, 2)  # round 34's seeds, in its record's order
     minutes = None
     if "--runs" in argv:
@@ -295,7 +298,8 @@ def decide_against_round34(argv: Sequence[str], here: str, candidate: str, max_r
                    ref: [recorded[s] if s in in_round34 else run_minutes(ref, s) for s in seeds]}
         argv = argv[:i] + argv[i + 2:]
     cand_files = [os.path.join(here, f"Z_mt_{candidate}{seed_suffix(s)}.json") for s in seeds]
-    ref_files = [os.path.join(round34 if s in in_round34 else here, f"Z_mt_{ref}{seed_suffix(s)}.json") for s in seeds]
+    ref_files = [os.path.join(round34 if s in in_round34 else later, f"Z_mt_{ref}{seed_suffix(s)}.json")
+                 for s in seeds]
     return decide_with_time(REAL_DEFECT_RULES, cand_files, ref_files, minutes=minutes, max_ratio=max_ratio,
                             names=([os.path.basename(f) for f in cand_files],
                                    [os.path.relpath(f, here) for f in ref_files]),

@@ -19,8 +19,9 @@ run (e.g. `--set data.format=visa --set eval.topk=50`).
 Runs are kept under <out>/runs/<data set>/<method>-seed<S>-<key>, the key a hash of the run's resolved config (the
 defaults included; eval.*, train.workers and the output folders aside: they change no trained weight; an option
 added later keeps the key of the runs made before it while it behaves as they did, config.ADDED_KEYS). A finished
-run is reused, an interrupted one resumes from its last epoch; its evaluation on the common test set is stored next
-to it, keyed by the evaluation settings and the test images, and reused as well. Changing a setting gives a new run
+run is reused, an interrupted one resumes from its last epoch. train.py does not score its own test split
+(eval.score_test=false): the run is scored once, on the common test set; that evaluation is stored next to it, keyed
+by the evaluation settings and the test images, and reused as well. Changing a setting gives a new run
 folder, never a mixed one.
 
 Every record (each run's train.json and eval-*.json, the baseline's rows, real_data.json) carries `provenance`: the
@@ -287,10 +288,12 @@ def train_prnet(ov: list[str], run_dir: str, category: str, rescore: bool) -> di
         log.info("removing %s: a record of this run's earlier training", stale)
         os.remove(stale)
     t0 = time.time()
-    if train_script().main([*ov, "train.resume=true" if resume else "train.overwrite=true"]) != 0:
+    # train.py does not score its own test split: the run is scored below on the common test set (and the control)
+    if train_script().main([*ov, "eval.score_test=false",
+                            "train.resume=true" if resume else "train.overwrite=true"]) != 0:
         raise SystemExit(f"PRNet training failed: {run_dir}")
     info = {"train_min": (time.time() - t0) / 60.0, "resumed": resume,
-            "train_minutes_includes": "prototypes + training + its own evaluation"
+            "train_minutes_includes": "prototypes + training + the threshold and nearest-neighbour calibration"
                                       + (" (only the part after the resume)" if resume else "")}
     results = json.load(open(os.path.join(run_dir, category, "results.json"), encoding="utf-8"))
     origin = results["provenance"]

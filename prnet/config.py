@@ -103,6 +103,10 @@ class SynthesisConfig:
     # fine texture stronger or weaker (photometric anomalies, synthesis.shade_anomaly) instead of a DTD texture; 0:
     # none
     shade_fraction: float = 0.0
+    # every training sample's whole image (normal, synthetic and pasted alike) gets its brightness and contrast
+    # changed at random by up to this fraction (synthesis.jitter_image, as ColorJitter(brightness=j, contrast=j));
+    # its mask and label stay; 0: none
+    jitter: float = 0.0
 
 
 @dataclass
@@ -193,6 +197,10 @@ class EvalConfig:
     target_fpr: float = 0.01
     # a test split without defective images is refused before training; false: a training-only run (no metrics)
     require_defective: bool = True
+    # false: after training, the threshold, the nearest-neighbour memory and the checkpoint are made as usual but
+    # the test split is not scored (results.json holds no metrics); for scripts that score the checkpoint on test
+    # sets of their own (benchmarks/real_data.py)
+    score_test: bool = True
 
 
 @dataclass
@@ -434,6 +442,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'synthesis.shade_fraction': expected a share in [0, 1 - swap_fraction - "
                           f"scratch_fraction - structure_fraction] (all four are shares of the Perlin samples), got "
                           f"{cfg.synthesis.shade_fraction} with the other three summing to {shares:g}")
+    if not 0.0 <= cfg.synthesis.jitter < 1.0:
+        raise ConfigError(f"config key 'synthesis.jitter': expected a fraction in [0, 1), got {cfg.synthesis.jitter}")
     if not 0.0 <= cfg.synthesis.swap_beta_max < 1.0:
         raise ConfigError(f"config key 'synthesis.swap_beta_max': expected a value in [0, 1), "
                           f"got {cfg.synthesis.swap_beta_max}")
@@ -480,7 +490,8 @@ RETIRED_KEYS = {("prototypes", "match"): "image"}
 ADDED_KEYS = {("synthesis", "structure_fraction"): 0.0, ("eval", "anomaly_map"): "head", ("eval", "knn_lift"): 0.99,
               ("synthesis", "extended_scale"): [0.75, 1.25], ("eval", "second_read"): "none",
               ("eval", "second_weight"): 0.5, ("synthesis", "shade_fraction"): 0.0,
-              ("train", "average_last"): 0.0}
+              ("train", "average_last"): 0.0, ("eval", "score_test"): True,
+              ("synthesis", "jitter"): 0.0}
 
 
 def with_added_keys(values: dict) -> dict:

@@ -350,6 +350,30 @@ def test_photometric_samples_come_before_the_structural_ones_and_leave_every_oth
         cfg_for(tmp_path, **{"synthesis.shade_fraction": -0.1})
 
 
+def test_jitter_changes_every_image_globally_and_leaves_every_other_draw(tmp_path):
+    """synthesis.jitter: each sample's image is jitter_image of the sample made without it, drawn from its own
+    stream (the same kinds, sources and masks as without it); a fraction outside [0, 1) is refused."""
+    from prnet.datasets import JITTER_STREAM
+    from prnet.datasets.synthesis import jitter_image
+    from prnet.utils import numpy_rng
+
+    plain, ds = _without_and_with(tmp_path, {}, "synthesis.jitter", 0.2)
+    assert len(ds) == len(plain) and ds.n_extended > 0
+    moved = []
+    for i in range(len(ds)):
+        item, ref = ds[i], plain[i]
+        assert item["kind"] == ref["kind"] and item["source"] == ref["source"] and item["label"] == ref["label"]
+        assert torch.equal(item["mask"], ref["mask"])
+        want = jitter_image(ref["image"].numpy().transpose(1, 2, 0), numpy_rng(ds.seed, 0, i, JITTER_STREAM), 0.2)
+        assert torch.allclose(item["image"], torch.from_numpy(want.transpose(2, 0, 1)), atol=1e-6)
+        moved.append(float((item["image"] - ref["image"]).abs().mean()))
+    assert min(moved) > 0 and max(moved) > 0.01  # every image changed, some visibly
+    from prnet.config import ConfigError
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="synthesis.jitter"):
+            cfg_for(tmp_path, **{"synthesis.jitter": bad})
+
+
 def test_extended_scale_shrinks_only_the_pasted_defects(tmp_path):
     """synthesis.extended_scale reaches the extended samples (a fixed 0.5 pastes smaller defects than the default
     range, summed over all of them); every other sample keeps its draw; an empty or inverted range is refused."""

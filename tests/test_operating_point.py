@@ -76,3 +76,26 @@ def test_a_run_stores_and_reports_its_operating_point(tiny_data, tmp_path):
         row = next(csv.DictReader(fh))
     assert float(row["defect_recall"]) == pytest.approx(op["defect_recall"])
     assert float(row["false_positive_rate"]) == pytest.approx(op["false_positive_rate"])
+
+
+def test_score_test_false_trains_and_calibrates_the_same_model_without_scoring_the_test_split(tiny_data, tmp_path):
+    """eval.score_test=false (benchmarks/real_data.py scores the checkpoint on its own test sets): the same weights
+    and the same stored threshold as a run that scores the test split, and no test metric, rate or figure."""
+    runs = {}
+    for score in ("true", "false"):
+        out = str(tmp_path / f"out_{score}")
+        extra = [f"eval.score_test={score}"]
+        assert train_script.main(tiny_overrides(tiny_data, out, str(tmp_path / "protos"), epochs=1, extra=extra)) == 0
+        runs[score] = (out, json.load(open(os.path.join(out, "tiny", "results.json"))))
+    (scored_out, scored), (skipped_out, skipped) = runs["true"], runs["false"]
+    assert scored["scored_on_test"] and set(scored["metrics"]) >= {"image_auroc", "pixel_auroc"}
+    assert not skipped["scored_on_test"] and skipped["metrics"] == {} and skipped["test_images"] is None
+    assert "eval_s" not in skipped["timings"] and "defect_recall" not in skipped["operating_point"]
+    assert skipped["weights_fingerprints"] == scored["weights_fingerprints"]
+    assert skipped["decision_threshold"] == scored["decision_threshold"]
+    assert os.path.exists(os.path.join(scored_out, "tiny", "examples.png"))
+    assert not os.path.exists(os.path.join(skipped_out, "tiny", "examples.png"))
+    state = torch.load(os.path.join(skipped_out, "tiny", "last.pt"), weights_only=True)
+    assert state["threshold"] == pytest.approx(scored["decision_threshold"])
+    with open(os.path.join(skipped_out, "results.md")) as fh:
+        assert "n/a" in fh.read()

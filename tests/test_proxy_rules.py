@@ -251,6 +251,26 @@ def test_a_round_against_round34_with_further_seeds_reads_their_reference_from_i
     assert d["training_minutes"]["shade_add"] == [15.0, 15.0, 15.0, 12.0]
 
 
+def test_a_round_against_round34_reads_further_reference_seeds_from_another_rounds_folder(tmp_path):
+    """later_seeds: the reference's seeds from 3 on are round 37's committed files, read where they are."""
+    results = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results")
+    for rnd in ("round34", "round37"):
+        shutil.copytree(os.path.join(results, rnd), tmp_path / "results" / rnd)
+    here = tmp_path / "results" / "round99"
+    here.mkdir()
+    for seed in (0, 3):  # the candidate: copies of the reference, so every difference is zero
+        suffix = proxy_rules.seed_suffix(seed)
+        src = tmp_path / "results" / ("round34" if seed == 0 else "round37") / f"Z_mt_ratio25{suffix}.json"
+        shutil.copy(src, here / f"Z_mt_same{suffix}.json")
+    out = str(tmp_path / "d.json")
+    assert proxy_rules.decide_against_round34([out], str(here), "same", 1.1, seeds=(0, 3), later_seeds="round37") == 0
+    d = json.loads(open(out).read())
+    assert d["reference_files"] == ["../round34/Z_mt_ratio25.json", "../round37/Z_mt_ratio25-seed3.json"]
+    row = d["rows"]["pixel_auroc:real_defects"]
+    assert row["candidate"] == row["reference"] and row["diff"] == 0 and len(row["reference"]) == 2
+    assert proxy_rules.decide_against_round34([out], str(here), "same", 1.1, seeds=(0, 3)) == 2  # not in its own
+
+
 def test_same_trajectory_compares_the_epoch_fingerprints_where_the_reference_run_is_there(tmp_path):
     def run(name, fingerprints):
         folder = tmp_path / name / "magnetic_tile"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from prnet.datasets.synthesis import (TEXTURE_OPS, augment_texture, blend, context_offset, estimate_foreground,
-                                      extended_anomaly, is_greyscale, large_mask, perlin_anomaly, perlin_mask,
-                                      perlin_noise, scratch_anomaly, scratch_mask, shade_anomaly, shuffle_blocks,
-                                      structure_anomaly, swap_anomaly, to_grey)
+                                      extended_anomaly, is_greyscale, jitter_image, large_mask, perlin_anomaly,
+                                      perlin_mask, perlin_noise, scratch_anomaly, scratch_mask, shade_anomaly,
+                                      shuffle_blocks, structure_anomaly, swap_anomaly, to_grey)
 from prnet.datasets import synthesis
 from prnet.datasets.textures import TextureSource
 
@@ -424,3 +424,19 @@ def test_perlin_noise_equals_the_per_pixel_corner_formula():
             top, bottom = dots[0][0] + sx * (dots[0][1] - dots[0][0]), dots[1][0] + sx * (dots[1][1] - dots[1][0])
             ref[i, j] = np.sqrt(2) * (top + sy * (bottom - top))
     np.testing.assert_allclose(perlin_noise((h, w), (ry, rx), rng(4)), ref, atol=1e-5)
+
+
+def test_jitter_image_scales_brightness_and_contrast_within_the_strength_and_keeps_grey_grey():
+    img = np.random.default_rng(0).uniform(0.3, 0.7, (24, 32, 3)).astype(np.float32)  # never clipped at 0.2
+    grey = np.repeat(img[..., :1], 3, axis=2)
+    lum = lambda x: x @ np.array([0.299, 0.587, 0.114], np.float32)  # noqa: E731
+    for k in range(20):
+        out = jitter_image(img, rng(k), 0.2)
+        assert out.shape == img.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+        b, c = rng(k).uniform(0.8, 1.2, size=2)  # the same draws: brightness, then contrast
+        assert np.allclose(out, np.clip(lum(img * b).mean() + c * (img * b - lum(img * b).mean()), 0, 1), atol=1e-5)
+        assert np.allclose(lum(out).mean(), lum(img).mean() * b, atol=1e-4)  # the mean level moves by b only
+        assert abs(lum(out).std() / lum(img).std() - b * c) < 1e-3  # the contrast by b·c
+        g = jitter_image(grey, rng(k), 0.2)
+        assert np.array_equal(g[..., 0], g[..., 1]) and np.array_equal(g[..., 1], g[..., 2])
+    assert np.allclose(jitter_image(img, rng(3), 0.0), img, atol=1e-6)  # strength 0: unchanged

@@ -9,7 +9,8 @@ samples (the last round(swap_fraction·that) of them region swaps, kind 'swap', 
 before those thin curves, kind 'scratch', and the round(structure_fraction·that) before those structural anomalies,
 kind 'structure', and the round(shade_fraction·that) before those photometric anomalies, kind 'shade'), then
 round(extended_ratio·N)
-extended samples (only with real anomalies). Sample `index` of epoch
+extended samples (only with real anomalies). With synthesis.jitter > 0 every sample's whole image then gets its
+brightness and contrast changed (synthesis.jitter_image), drawn from a stream of its own. Sample `index` of epoch
 `epoch` depends only on (cfg.seed, epoch, index), whatever the DataLoader workers.
 
 Epochs: `train.set_epoch(e)` sets the epoch read in `__getitem__` (fine when the trainer makes a fresh
@@ -32,11 +33,13 @@ from ..utils import numpy_rng
 from .demo import make_demo_category
 from .mvtec import (MVTEC, DatasetError, Sample, format_args, load_mask, load_rgb, resolve_classes,
                     scan_split, select_few_shot)
-from .synthesis import (estimate_foreground, extended_anomaly, is_greyscale, perlin_anomaly, scratch_anomaly,
-                        shade_anomaly, structure_anomaly, swap_anomaly)
+from .synthesis import (estimate_foreground, extended_anomaly, is_greyscale, jitter_image, perlin_anomaly,
+                        scratch_anomaly, shade_anomaly, structure_anomaly, swap_anomaly)
 from .textures import TextureSource
 
 log = logging.getLogger(__name__)
+
+JITTER_STREAM = 0x717E  # the last key of a sample's jitter generator, numpy_rng(seed, epoch, index, JITTER_STREAM)
 
 __all__ = ["MVTEC", "DatasetError", "Sample", "TrainDataset", "EpochSampler", "TextureSource", "build_train_dataset",
            "build_test_dataset", "few_shot_names", "few_shot_samples", "ensure_data", "load_rgb", "load_mask",
@@ -155,6 +158,8 @@ class TrainDataset(Dataset):
                 image, mask = extended_anomaly(normal, a_img.astype(np.float32) / 255.0, a_mask, rng,
                                                match_context=self.synthesis.extended_match_context,
                                                scale=tuple(self.synthesis.extended_scale))
+        if self.synthesis.jitter > 0:  # its own random stream: every other draw of the sample stays as without it
+            image = jitter_image(image, numpy_rng(self.seed, epoch, index, JITTER_STREAM), self.synthesis.jitter)
         return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
                 "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
                 "label": int(kind != "normal"), "kind": kind, "source": base}
@@ -295,10 +300,12 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
                       n_structure=int(round(cfg.synthesis.structure_fraction * n_perlin)),
                       n_shade=int(round(cfg.synthesis.shade_fraction * n_perlin)))
     log.info("%s: %d normal + %d perlin (%d of them region swaps, %d thin curves, %d structural, %d photometric) + %d "
-             "extended training samples per epoch%s; Perlin textures %s%s; real anomalies: %s", category, n,
+             "extended training samples per epoch%s%s; Perlin textures %s%s; real anomalies: %s", category, n,
              ds.n_perlin, ds.n_swap, ds.n_scratch, ds.n_structure, ds.n_shade, ds.n_extended,
              " (pasted at the level of their new surroundings)" if cfg.synthesis.extended_match_context and ds.n_extended
              else "",
+             f", each image's brightness and contrast jittered by up to {cfg.synthesis.jitter:g}"
+             if cfg.synthesis.jitter > 0 else "",
              "grey" if grey else "in colour", " (greyscale category)" if colour == "auto" and grey else "",
              ", ".join(ds.real_anomalies) or "none")
     return ds

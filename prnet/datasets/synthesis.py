@@ -392,6 +392,18 @@ def structure_anomaly(image: np.ndarray, rng: np.random.Generator, beta_max: flo
     return blend(image.astype(np.float32), fill, mask, opacity), mask
 
 
+def jitter_image(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """The whole image's brightness and contrast changed at random, as torchvision's ColorJitter(brightness=
+    strength, contrast=strength) does: the image times b, then its mean grey level m plus c times (that − m), b and c
+    drawn from U(1 − strength, 1 + strength), clipped to [0, 1]. A grey image stays grey. The change is global, so a
+    training sample's mask and label stay as they were. Returns a new float32 image H×W×3."""
+    b, c = rng.uniform(1.0 - strength, 1.0 + strength, size=2)
+    out = image.astype(np.float32) * np.float32(b)
+    grey = out @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luminance, as to_grey
+    m = np.float32(grey.mean())
+    return np.clip(m + np.float32(c) * (out - m), 0.0, 1.0).astype(np.float32, copy=False)
+
+
 SHADE_GAIN = (0.15, 0.4)  # |gain − 1| of the surface's level inside the mask
 SHADE_CONTRAST = (1.5, 3.0)  # factor (or its inverse) on the surface's fine texture inside the mask
 SHADE_MIN_CHANGE = 0.02  # least mean change of a texture-only shade; below it the level changes too

@@ -417,8 +417,8 @@ def monitor(cfg: Config, run: RunState, test_set, epoch: int, device: torch.devi
 def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: PrototypeBank, train_set, test_set,
                         timings: dict, device: torch.device, ctx: DistContext, code_at_start: Optional[dict] = None
                         ) -> dict:
-    """The decision threshold, the test metrics of the last epoch, the final checkpoint, results.json and the
-    figures. Returns the results (an empty dict on ranks other than 0). `code_at_start`: the git_state() taken when
+    """The decision threshold, the test metrics of the last epoch (none with eval.score_test=false), the final
+    checkpoint, results.json and the figures. Returns the results (an empty dict on ranks other than 0). `code_at_start`: the git_state() taken when
     the run (or its resumed part) began; results.json says so when the code changed since."""
     out_dir = os.path.join(output_root(cfg), category)
     fingerprints = _rank_fingerprints(run.model, ctx)  # a collective: every rank takes part
@@ -442,19 +442,23 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     else:
         normal_out = _gather_inference(run.model, threshold_set, cfg, device, ctx)
         normal_scores = None if normal_out is None else normal_out["scores"]
-    t_eval = time.time()
-    out = _gather_inference(run.model, test_set, cfg, device, ctx)
-    timings["eval_s"] = time.time() - t_eval
+    out = None  # eval.score_test=false: the test split is not scored
+    if cfg.eval.score_test:
+        t_eval = time.time()
+        out = _gather_inference(run.model, test_set, cfg, device, ctx)
+        timings["eval_s"] = time.time() - t_eval
     if not ctx.is_main:
         return {}
     threshold = decision_threshold(normal_scores, cfg.eval.threshold, cfg.eval.target_fpr)
     save_checkpoint(os.path.join(out_dir, "last.pt"), model=run.model, epoch=cfg.train.epochs, cfg=cfg,
                     prototype_meta=bank.meta, optimizer=run.optimizer, scheduler=run.scheduler, threshold=threshold,
                     threshold_rule=cfg.eval.threshold, history=run.history, average=_average_state(run))
-    metrics = {k: float(v) for k, v in
-               compute_metrics(out["scores"], out["labels"], out["maps"], out["masks"]).items()}
-    at_threshold = decision_metrics(out["scores"], out["labels"], threshold)
-    timings["test_ms_per_image"] = 1000.0 * timings["eval_s"] / max(1, len(test_set))
+    metrics, at_threshold = {}, {}
+    if out is not None:
+        metrics = {k: float(v) for k, v in
+                   compute_metrics(out["scores"], out["labels"], out["maps"], out["masks"]).items()}
+        at_threshold = decision_metrics(out["scores"], out["labels"], threshold)
+        timings["test_ms_per_image"] = 1000.0 * timings["eval_s"] / max(1, len(test_set))
     h, w = image_hw(cfg)
     origin = provenance(device)  # git_commit, git_modified, git_diff_sha1, versions, device, device_name, ...
     if code_at_start is not None and code_changed(code_at_start, origin):
@@ -470,7 +474,9 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
         "epochs": cfg.train.epochs,
         "real_anomalies_used_for_training": list(train_set.real_anomalies),
         "excluded_from_evaluation": list(test_set.excluded),
-        "test_images": {"normal": int((out["labels"] == 0).sum()), "defective": int((out["labels"] == 1).sum())},
+        "scored_on_test": out is not None,
+        "test_images": None if out is None else {"normal": int((out["labels"] == 0).sum()),
+                                                 "defective": int((out["labels"] == 1).sum())},
         "decision_threshold": threshold,
         "operating_point": {"rule": cfg.eval.threshold, "threshold": threshold,
                             "normal_images_used": len(threshold_set), "held_out_of_training": held_out,
@@ -494,6 +500,10 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     atomic_write(os.path.join(out_dir, "results.json"), write_json)
     log_path = os.path.join(out_dir, "train_log.csv")
     report.plot_loss(log_path, os.path.join(out_dir, "loss.png"))
+    if out is None:
+        log.info("%s: trained, threshold %.4f (%s); the test split was not scored (eval.score_test=false)",
+                 category, threshold, cfg.eval.threshold)
+        return results
     report.examples_grid(os.path.join(out_dir, "examples.png"), _ImageSource(test_set), out["masks"], out["maps"],
                          out["scores"], out["labels"], n=cfg.eval.examples,
                          threshold=report.region_threshold(cfg.eval.image_score, cfg.eval.anomaly_map, threshold))
