@@ -55,7 +55,8 @@ from (data, size, hold-out, texture classes, shots, seeds); another setting on a
 <out>/runs/<variant> (seed 0) and <out>/runs/<variant>-seed<S> (other seeds). `--set key=value` (repeatable) adds
 config overrides to every variant (before the variant's own).
 
-Every variant is trained on the proxy with train.py's code path, then scored on the proxy test split, per
+Every variant is trained on the proxy with train.py's code path (which does not score the test split itself:
+eval.score_test=false), then scored here on the proxy test split, per
 subset (held-out normals vs each synthetic kind) and for several image-score rules (Gaussian σ × top-k mean).
 Prints one table per run, then the mean ± sample standard deviation over the seeds of each variant, and writes
 <out>/proxy_validation.json (a row per variant and seed, and that summary).
@@ -451,7 +452,7 @@ def overrides(args, info: dict, name: str, extra: list[str]) -> list[str]:
         f"model.backbone={args.backbone}", f"model.backbone_weights={args.weights}",
         f"model.head_widths={args.widths}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch}",
         f"train.lr={args.lr}", f"train.workers={args.workers}", f"train.device={args.device}", f"seed={args.seed}",
-        "train.overwrite=true", *getattr(args, "set", []), *extra,
+        "train.overwrite=true", "eval.score_test=false", *getattr(args, "set", []), *extra,
     ]
 
 

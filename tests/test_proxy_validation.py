@@ -239,6 +239,7 @@ def test_any_category_name_and_size_and_seeds(tmp_path):
     cfg = load_config(None, overrides(args, info, "v", ["train.lr=0.02"]))
     assert cfg.data.classes == ["01"] and cfg.data.image_size == [64, 96] and cfg.seed == 1
     assert cfg.eval.topk == 7 and cfg.train.lr == 0.02  # --set for every variant, the variant's own last
+    assert not cfg.eval.score_test  # train.py leaves the proxy test split to this script's own scoring
     assert cfg.output_dir == os.path.join(os.path.abspath(out), "runs", "v-seed1") and run_name("v", 0) == "v"
     assert few_shot_names(cfg, "01") == info["train_shots"]
 
