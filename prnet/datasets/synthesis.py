@@ -395,8 +395,9 @@ def structure_anomaly(image: np.ndarray, rng: np.random.Generator, beta_max: flo
 def jitter_image(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """The whole image's brightness and contrast changed at random, much as torchvision's ColorJitter(brightness=
     strength, contrast=strength) does (which also clips between the two steps): the image times b, then its mean
-    grey level m plus c times (that − m), b and c drawn from U(1 − strength, 1 + strength), clipped to [0, 1]. A grey image stays grey. The change is global, so a
-    training sample's mask and label stay as they were. Returns a new float32 image H×W×3."""
+    grey level m plus c times (that − m), b and c drawn from U(1 − strength, 1 + strength), clipped to [0, 1]. A
+    grey image stays grey. The change is global, so a training sample's mask and label stay as they were. Returns a
+    new float32 image H×W×3."""
     b, c = rng.uniform(1.0 - strength, 1.0 + strength, size=2)
     out = image.astype(np.float32) * np.float32(b)
     grey = out @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luminance, as to_grey

@@ -418,8 +418,9 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
                         timings: dict, device: torch.device, ctx: DistContext, code_at_start: Optional[dict] = None
                         ) -> dict:
     """The decision threshold, the test metrics of the last epoch (none with eval.score_test=false), the final
-    checkpoint, results.json and the figures. Returns the results (an empty dict on ranks other than 0). `code_at_start`: the git_state() taken when
-    the run (or its resumed part) began; results.json says so when the code changed since."""
+    checkpoint, results.json and the figures. Returns the results (an empty dict on ranks other than 0).
+    `code_at_start`: the git_state() taken when the run (or its resumed part) began; results.json says so when the
+    code changed since."""
     out_dir = os.path.join(output_root(cfg), category)
     fingerprints = _rank_fingerprints(run.model, ctx)  # a collective: every rank takes part
     knn_train = None  # the training images' held-out fused scores (map_residual_knn)
