@@ -28,12 +28,14 @@ Every record (each run's train.json and eval-*.json, the baseline's rows, real_d
 git commit and a hash of any uncommitted changes to tracked files, package versions, the CPU or GPU
 (prnet.provenance). A run whose code changed while it trained says so in its train.json (`code_changed_during_run`).
 
-Each record keeps its per-image scores on the common test set, and beside it (eval-<key>.pixels.npz) the counts from
-which the pooled pixel AUROC of any resampling of its images follows exactly (prnet.metrics.pixel_pair_counts), so
-the report also gives each PRNet method's image AUROC and pixel AUROC lead over the baseline (mean over the seeds of
-PRNet − the baseline of the same seed) with a 95 % interval over the test images: a paired, stratified bootstrap
-(prnet.metrics.paired_auroc_difference and paired_pixel_auroc_difference, the same image draws), which says how much
-the lead depends on which images were tested (the ± columns say how much it depends on the seed). A stored
+Each record keeps its per-image scores on the common test set, and beside it the counts from which the pooled pixel
+AUROC of any resampling of its images follows exactly (eval-<key>.pixels.npz, prnet.metrics.pixel_pair_counts) and
+its AUPRO on a grid of 2000 thresholds (eval-<key>.pro.npz, prnet.metrics.aupro_counts; within about 1e-4 of the
+exact AUPRO, and the report says by how much), so the report also gives each PRNet method's image AUROC, pixel AUROC
+and AUPRO lead over the baseline (mean over the seeds of PRNet − the baseline of the same seed) with a 95 % interval
+over the test images: a paired, stratified bootstrap (prnet.metrics.paired_auroc_difference,
+paired_pixel_auroc_difference and paired_aupro_difference, the same image draws), which says how much the lead
+depends on which images were tested (the ± columns say how much it depends on the seed). A stored
 evaluation made before records kept these is made again where its checkpoint is there (the baseline is fitted
 again); a kept record without a checkpoint gets `n/a` there. With `--control` the table has the same leads on the
 control, from what the control's records keep (made again in the same way where missing).
@@ -81,7 +83,7 @@ CONTROL_SEED = 0  # the draw of the normal test image each defect is pasted into
 CONTROL_COLUMN = "control_image_auroc"
 LEAD_RESAMPLES, LEAD_LEVEL = 2000, 0.95  # the bootstrap of each lead's interval over the images (paired_leads)
 LEAD_PARTS = {"test": "test split", "control": "control"}  # what a lead was scored on, as the lead table names it
-LEAD_METRICS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC"}  # each lead's metric, as the table says
+LEAD_METRICS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}  # each lead's metric, as the table says
 _TRAIN_SCRIPT = None
 
 
@@ -226,13 +228,14 @@ def stored_or_made(path: str, make, remake_incomplete: bool = False) -> dict:
 
 
 def incomplete(stored: dict, folder: str) -> str | None:
-    """What a stored evaluation lacks of what paired_leads compares (None: nothing): the per-image scores, or the
-    pixel counts file (`pixel_pairs` names it beside the record; None there: the test set has no pixel metric)."""
+    """What a stored evaluation lacks of what paired_leads compares (None: nothing): the per-image scores, the pixel
+    counts file or the AUPRO counts file (`pixel_pairs` and `pro_counts` name them beside the record; None there: the
+    test set has no pixel metric)."""
     if "image_scores" not in stored:
         return "per-image scores"
-    if "pixel_pairs" not in stored or (stored["pixel_pairs"] is not None
-                                       and not os.path.exists(os.path.join(folder, stored["pixel_pairs"]))):
-        return "pixel counts"
+    for key, what in (("pixel_pairs", "pixel counts"), ("pro_counts", "AUPRO counts")):
+        if key not in stored or (stored[key] is not None and not os.path.exists(os.path.join(folder, stored[key]))):
+            return what
     return None
 
 
@@ -250,6 +253,23 @@ def pixel_pairs(record_path: str, maps, masks, test) -> dict:
     atomic_write(path, lambda tmp: np.savez_compressed(tmp, names=np.array([s.name for s in test.samples]),
                                                        **counts))
     return {"pixel_pairs": os.path.basename(path)}
+
+
+def pro_counts(record_path: str, maps, masks, test) -> dict:
+    """Writes the AUPRO counts of an evaluation beside its record (eval-<key>.json -> eval-<key>.pro.npz:
+    prnet.metrics.aupro_counts, `pro_` before each name, and the test images' names), from which paired_leads gets
+    the AUPRO of any resampling of the images on their grid of thresholds; returns the record's entry
+    {pro_counts: the file's name}, None where the test set has no AUPRO (no anomalous region or anomaly-free pixel)."""
+    from prnet.metrics import aupro_counts
+
+    g = np.asarray(masks) > 0.5
+    if not g.any() or g.all():
+        return {"pro_counts": None}
+    counts = aupro_counts(maps, masks)
+    path = os.path.splitext(record_path)[0] + ".pro.npz"
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, names=np.array([s.name for s in test.samples]),
+                                                       **{f"pro_{k}": v for k, v in counts.items()}))
+    return {"pro_counts": os.path.basename(path)}
 
 
 def train_script():
@@ -387,7 +407,8 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
                   "real_anomalies": results["real_anomalies_used_for_training"],
                   "per_defect": per_defect(raw["scores"], raw["labels"], raw["maps"], raw["masks"], common_test),
                   **image_scores(raw["scores"], raw["labels"]),
-                  **pixel_pairs(eval_path, raw["maps"], raw["masks"], common_test), "provenance": provenance(device)}
+                  **pixel_pairs(eval_path, raw["maps"], raw["masks"], common_test),
+                  **pro_counts(eval_path, raw["maps"], raw["masks"], common_test), "provenance": provenance(device)}
         write_json(eval_path, scored)
     row = {"dataset": ds.label, "method": f"PRNet, {shots} real anomalies", "seed": seed, **scored,
            "train_min": trained["train_min"], "train_minutes_includes": trained["train_minutes_includes"],
@@ -401,7 +422,8 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
             model, cfg = model_and_config()
             metrics, raw = evaluate(model, control, cfg, device)
             return {**metrics, "images": len(control), **image_scores(raw["scores"], raw["labels"]),
-                    **pixel_pairs(path, raw["maps"], raw["masks"], control), "provenance": provenance(device)}
+                    **pixel_pairs(path, raw["maps"], raw["masks"], control),
+                    **pro_counts(path, raw["maps"], raw["masks"], control), "provenance": provenance(device)}
 
         row.update(control_row(stored_or_made(path, scored_control, remake_incomplete=os.path.exists(ckpt))))
     return row
@@ -410,8 +432,8 @@ def run_prnet(args, ds: DataSet, shots: int, seed: int, common_test, device: tor
 def control_row(scored: dict) -> dict:
     """The entries a run's row gets from its scores on the control."""
     return {CONTROL_COLUMN: scored["image_auroc"],
-            "control": {k: scored[k] for k in (*COLUMNS, "images", "image_scores", "image_labels", "pixel_pairs")
-                        if k in scored}}
+            "control": {k: scored[k] for k in (*COLUMNS, "images", "image_scores", "image_labels", "pixel_pairs",
+                                               "pro_counts") if k in scored}}
 
 
 def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.device, control=None) -> dict:
@@ -473,7 +495,7 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
                "train_min": train_min, "test_ms_per_image": test_ms,
                "per_defect": per_defect(scores, labels, maps, masks, common_test), "baseline": BASELINE_SETTINGS,
                **image_scores(scores, labels), **pixel_pairs(row_path, maps, masks, common_test),
-               "provenance": provenance(device), "run": run_dir}
+               **pro_counts(row_path, maps, masks, common_test), "provenance": provenance(device), "run": run_dir}
         write_json(row_path, row)
     if control is not None:
         path = os.path.join(run_dir, f"eval-control-{short_hash({'test': test_key(control), 'control': CONTROL_SEED})}"
@@ -484,7 +506,7 @@ def run_patchcore(args, ds: DataSet, seed: int, common_test, device: torch.devic
             metrics = compute_metrics(scores, labels, maps, masks)
             return {**{k: float(v) for k, v in metrics.items()}, "images": len(control),
                     **image_scores(scores, labels), **pixel_pairs(path, maps, masks, control),
-                    "provenance": provenance(device)}
+                    **pro_counts(path, maps, masks, control), "provenance": provenance(device)}
 
         row.update(control_row(stored_or_made(path, scored_control, remake_incomplete=True)))
     return row
@@ -592,14 +614,17 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def paired_leads(rows: list[dict], resamples: int = LEAD_RESAMPLES, level: float = LEAD_LEVEL) -> list[dict]:
-    """Each PRNet method's image AUROC and pixel AUROC lead over the baseline per data set (`metric`), on the test
-    split (`on`: "test") and, where the rows were scored there, on the control ("control"): the mean over the seeds
-    both ran of (PRNet − baseline of the same seed), with its interval over the images (a paired, stratified
-    bootstrap, the same image draw for every seed, both methods and both metrics: prnet.metrics.
-    paired_auroc_difference, and paired_pixel_auroc_difference from the pixel counts each record keeps beside it).
-    An entry without what it needs for every seed (records stored before they kept it, without a checkpoint to
-    score again) says so in `missing` instead; there is no pixel entry where the images have no pixel metric."""
-    from prnet.metrics import paired_auroc_difference, paired_pixel_auroc_difference
+    """Each PRNet method's image AUROC, pixel AUROC and AUPRO lead over the baseline per data set (`metric`), on the
+    test split (`on`: "test") and, where the rows were scored there, on the control ("control"): the mean over the
+    seeds both ran of (PRNet − baseline of the same seed), with its interval over the images (a paired, stratified
+    bootstrap, the same image draw for every seed, both methods and all metrics: prnet.metrics.
+    paired_auroc_difference, paired_pixel_auroc_difference from the pixel counts each record keeps beside it, and
+    paired_aupro_difference from its AUPRO counts). The AUPRO lead, interval and point alike, is that of the
+    counts' grid of thresholds; `grid_error` is the largest difference between a run's AUPRO on the grid and its
+    exact AUPRO where the record holds the exact one for the same images. An entry without what it needs for every
+    seed (records stored before they kept it, without a checkpoint to score again) says so in `missing` instead;
+    there are no pixel entries where the images have no pixel metric."""
+    from prnet.metrics import paired_auroc_difference
 
     parts = {"test": lambda r: r, "control": lambda r: r.get("control")}
     baseline = {(r["dataset"], r["seed"]): r for r in rows if r["method"] == BASELINE}
@@ -623,21 +648,52 @@ def paired_leads(rows: list[dict], resamples: int = LEAD_RESAMPLES, level: float
                                                      [b["image_scores"] for _, b in scored],
                                                      scored[0][0]["image_labels"], resamples=resamples, level=level))
             out.append(entry)
-            if "missing" in entry or any(x.get("pixel_pairs", "") is None for s in scored for x in s):
-                continue  # no per-image labels to draw by, or a test set without pixel metrics
-            entry = {**head, "metric": "pixel_auroc"}
-            counts = [[pixel_counts(r["run"], x) for r, x in zip(pair, s)] for pair, s in zip(pairs, scored)]
-            without = [r["run"] for pair, cs in zip(pairs, counts) for r, c in zip(pair, cs) if c is None]
-            if without:
-                entry["missing"] = "no pixel counts beside the stored records of " + ", ".join(without)
-            else:
-                if any(list(c["names"]) != list(counts[0][0]["names"]) for cs in counts for c in cs):
-                    raise ValueError(f"paired_leads: the pixel counts of {dataset} were made on different {on} images")
-                entry.update(paired_pixel_auroc_difference([a for a, _ in counts], [b for _, b in counts],
-                                                           scored[0][0]["image_labels"], resamples=resamples,
-                                                           level=level))
-            out.append(entry)
+            if "missing" in entry:
+                continue  # no per-image labels to draw by
+            if all(x.get("pixel_pairs", "") is not None for s in scored for x in s):  # None: no pixel metric
+                out.append(pixel_lead(head, pairs, scored, resamples, level))
+            if all(x.get("pro_counts", "") is not None for s in scored for x in s):
+                out.append(aupro_lead(head, pairs, scored, resamples, level))
     return out
+
+
+def pixel_lead(head: dict, pairs, scored, resamples: int, level: float) -> dict:
+    """paired_leads' pixel AUROC entry of one data set, method and test set."""
+    from prnet.metrics import paired_pixel_auroc_difference
+
+    entry = {**head, "metric": "pixel_auroc"}
+    counts = [[pixel_counts(r["run"], x) for r, x in zip(pair, s)] for pair, s in zip(pairs, scored)]
+    without = [r["run"] for pair, cs in zip(pairs, counts) for r, c in zip(pair, cs) if c is None]
+    if without:
+        entry["missing"] = "no pixel counts beside the stored records of " + ", ".join(without)
+        return entry
+    if any(list(c["names"]) != list(counts[0][0]["names"]) for cs in counts for c in cs):
+        raise ValueError(f"paired_leads: the pixel counts of {head['dataset']} were made on different {head['on']} "
+                         "images")
+    entry.update(paired_pixel_auroc_difference([a for a, _ in counts], [b for _, b in counts],
+                                               scored[0][0]["image_labels"], resamples=resamples, level=level))
+    return entry
+
+
+def aupro_lead(head: dict, pairs, scored, resamples: int, level: float) -> dict:
+    """paired_leads' AUPRO entry of one data set, method and test set."""
+    from prnet.metrics import paired_aupro_difference, pooled_aupro
+
+    entry = {**head, "metric": "aupro"}
+    counts = [[aupro_counts_of(r["run"], x) for r, x in zip(pair, s)] for pair, s in zip(pairs, scored)]
+    without = [r["run"] for pair, cs in zip(pairs, counts) for r, c in zip(pair, cs) if c is None]
+    if without:
+        entry["missing"] = "no AUPRO counts beside the stored records of " + ", ".join(without)
+        return entry
+    if any(list(c["names"]) != list(counts[0][0]["names"]) for cs in counts for c in cs):
+        raise ValueError(f"paired_leads: the AUPRO counts of {head['dataset']} were made on different {head['on']} "
+                         "images")
+    entry.update(paired_aupro_difference([a for a, _ in counts], [b for _, b in counts],
+                                         scored[0][0]["image_labels"], resamples=resamples, level=level))
+    exact = [abs(pooled_aupro(c) - x["aupro"]) for cs, s in zip(counts, scored) for c, x in zip(cs, s)
+             if "aupro" in x and "aupro_counts" not in x]  # in-memory counts are of some of the images only
+    entry["grid_error"] = float(max(exact)) if exact else None
+    return entry
 
 
 def pixel_counts(run: str, scored: dict) -> dict | None:
@@ -650,8 +706,22 @@ def pixel_counts(run: str, scored: dict) -> dict | None:
     return dict(np.load(path)) if path and os.path.isfile(path) else None
 
 
+def aupro_counts_of(run: str, scored: dict) -> dict | None:
+    """The AUPRO counts of a stored evaluation: given in memory (`aupro_counts`, e.g. those of some of its images:
+    prnet.metrics.subset_aupro_counts), or read from the file its `pro_counts` names in the run's folder (with the
+    images' `names`); None where neither is there."""
+    if "aupro_counts" in scored:
+        return scored["aupro_counts"]
+    path = os.path.join(run, scored["pro_counts"]) if scored.get("pro_counts") else None
+    if not (path and os.path.isfile(path)):
+        return None
+    stored = dict(np.load(path))
+    return {"names": stored["names"], **{k[len("pro_"):]: v for k, v in stored.items() if k.startswith("pro_")}}
+
+
 def markdown_leads(leads: list[dict]) -> str:
-    """The image and pixel AUROC leads over the baseline, one row per data set, PRNet method, metric and test set."""
+    """The image AUROC, pixel AUROC and AUPRO leads over the baseline, one row per data set, PRNet method, metric and
+    test set (an AUPRO row with its grid error where known)."""
     lines = ["| data set | method | metric | scored on | seeds | lead over the baseline | interval over the images |",
              "|:---|:---|:---|:---|:---|---:|:---|"]
     for e in leads:
@@ -660,8 +730,9 @@ def markdown_leads(leads: list[dict]) -> str:
         if "missing" in e:
             lines.append(f"| {e['dataset']} | {e['method']} | {metric} | {on} | {seeds} | n/a | {e['missing']} |")
         else:
+            grid = f"; grid error {e['grid_error']:.5f}" if e.get("grid_error") is not None else ""
             lines.append(f"| {e['dataset']} | {e['method']} | {metric} | {on} | {seeds} | {e['difference']:+.4f} | "
-                         f"[{e['low']:+.4f}, {e['high']:+.4f}] ({100 * e['level']:g} %) |")
+                         f"[{e['low']:+.4f}, {e['high']:+.4f}] ({100 * e['level']:g} %{grid}) |")
     return "\n".join(lines)
 
 
@@ -704,10 +775,11 @@ def markdown_per_defect(summary: list[dict]) -> str:
 
 def report(summary: list[dict], seeds: list[int], leads: list[dict] | None = None) -> str:
     spread = "mean ± sample standard deviation (ddof 1) over the seeds" if len(seeds) > 1 else "one seed"
-    lead_table = ("\n\nImage and pixel AUROC of each PRNet method minus the baseline's of the same seed, mean over "
-                  "the seeds, with a paired bootstrap interval over the images scored (normal and defective images "
-                  f"drawn again {LEAD_RESAMPLES} times; how much the lead depends on which images were tested, not "
-                  "on the seeds), on the test split and, with --control, on the control:\n\n"
+    lead_table = ("\n\nImage AUROC, pixel AUROC and AUPRO of each PRNet method minus the baseline's of the same seed, "
+                  "mean over the seeds, with a paired bootstrap interval over the images scored (normal and defective "
+                  f"images drawn again {LEAD_RESAMPLES} times; how much the lead depends on which images were tested, "
+                  "not on the seeds), on the test split and, with --control, on the control (AUPRO on a grid of "
+                  "thresholds: `grid error` is its largest distance from a run's exact AUPRO):\n\n"
                   + markdown_leads(leads)) if leads else ""
     control = (" Control image AUROC: on the test split's defects pasted into its normal test images (only the "
                "defects differ; benchmarks/shortcut_check.py)." if any(CONTROL_COLUMN in e for e in summary) else "")

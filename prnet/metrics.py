@@ -392,6 +392,133 @@ def paired_pixel_auroc_difference(counts_a: list[dict], counts_b: list[dict], la
     return _interval(difference(None), draws, level, resamples, len(counts_a), neg.size, pos.size)
 
 
+AUPRO_GRID = 2000  # thresholds of aupro_counts: FPR steps of 0.00025 over its span
+AUPRO_GRID_SPAN = 0.5  # FPR the grid reaches on all the images; a resampling must still reach the FPR limit
+
+
+def aupro_counts(maps: Any, masks: Any, thresholds: int = AUPRO_GRID, span: float = AUPRO_GRID_SPAN) -> dict:
+    """What the AUPRO of any resampling of the images is made of, on a grid of thresholds.
+
+    The grid: the anomaly-free pixels' scores at the ranks where the FPR of all images steps by span/thresholds,
+    from the highest such score down to FPR `span` (distinct values, descending; every distinct score there when
+    steps are finer than its ties), and before them one point above the highest (FPR 0). Per grid threshold t the
+    counts are: anomaly-free pixels of each image scoring >= t (`fp`, N × points), and pixels of each anomalous
+    region (aupro's regions, in image order) scoring >= t (`region_hits`); the first point counts scores > the
+    highest anomaly-free score instead. pooled_aupro joins the grid points by straight lines, so it equals aupro
+    wherever no anomalous score lies strictly between two neighbouring grid values (e.g. scores on a lattice whose
+    every value the anomaly-free pixels take) and is otherwise within one grid step of it.
+
+    Returns {grid, neg (anomaly-free pixels per image), fp, region_image, region_size, region_hits} (integers)."""
+    if thresholds < 1 or not 0.0 < span <= 1.0:
+        raise ValueError(f"aupro_counts: expected thresholds >= 1 and span in (0, 1], got {thresholds} and {span}")
+    m, g = _maps_masks(maps, masks)
+    n = m.shape[0]
+    neg_sorted = np.sort(m[~g])
+    if neg_sorted.size == 0:
+        raise ValueError("aupro_counts: the masks leave no anomaly-free pixel")
+    ranks = neg_sorted.size - np.ceil(neg_sorted.size * span * np.arange(thresholds + 1) / thresholds)
+    grid = np.unique(neg_sorted[np.clip(ranks.astype(np.int64), 0, neg_sorted.size - 1)])[::-1]
+    neg_counts = (~g).reshape(n, -1).sum(1).astype(np.int64)
+
+    def at_or_above(values: np.ndarray) -> np.ndarray:
+        v = np.sort(values)
+        return np.concatenate(([v.size - np.searchsorted(v, grid[0], side="right")],
+                               v.size - np.searchsorted(v, grid, side="left")))
+
+    fp = np.stack([at_or_above(m[i][~g[i]]) for i in range(n)])
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True  # aupro's regions: 8-connectivity inside each image
+    labels, n_regions = ndimage.label(g, structure=structure)
+    objects = ndimage.find_objects(labels)
+    region_image = np.array([o[0].start for o in objects], np.int64) if n_regions else np.zeros(0, np.int64)
+    hits, sizes = [], []
+    for r, o in enumerate(objects, start=1):
+        values = m[o][labels[o] == r]
+        hits.append(at_or_above(values))
+        sizes.append(values.size)
+    return {"grid": grid, "neg": neg_counts, "fp": fp, "region_image": region_image,
+            "region_size": np.array(sizes, np.int64),
+            "region_hits": np.stack(hits) if hits else np.zeros((0, grid.size + 1), np.int64)}
+
+
+def subset_aupro_counts(counts: dict, keep: Any) -> dict:
+    """aupro_counts of the images `keep` (distinct indices, in that order) taken from the counts of all, on the
+    grid of all: the regions follow their images."""
+    keep = np.asarray(keep, dtype=np.int64).reshape(-1)
+    if np.unique(keep).size != keep.size:
+        raise ValueError("subset_aupro_counts: expected distinct image indices")
+    position = np.full(counts["neg"].size, -1, np.int64)
+    position[keep] = np.arange(keep.size)
+    new_image = position[counts["region_image"]]
+    order = np.argsort(new_image[new_image >= 0], kind="stable")
+    regions = np.flatnonzero(new_image >= 0)[order]
+    return {"grid": counts["grid"], "neg": counts["neg"][keep], "fp": counts["fp"][keep],
+            "region_image": new_image[regions], "region_size": counts["region_size"][regions],
+            "region_hits": counts["region_hits"][regions]}
+
+
+def _pooled_aupro_curves(counts: dict, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FPR and PRO at every grid point for each row of image weights (D × N), and whether each row defines them."""
+    w = weights.astype(np.float64)
+    neg = w @ counts["neg"]
+    region_w = w[:, counts["region_image"]]
+    regions = region_w.sum(1)
+    ok = (neg > 0) & (regions > 0)
+    fpr = (w @ counts["fp"]) / np.where(ok, neg, 1.0)[:, None]
+    pro = (region_w @ (counts["region_hits"] / counts["region_size"][:, None])) / np.where(ok, regions, 1.0)[:, None]
+    return fpr, pro, ok
+
+
+def _grid_aupro(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
+    if fpr[-1] < fpr_limit:
+        raise ValueError(f"pooled_aupro: the grid reaches FPR {fpr[-1]:.3f} on these images, below the limit "
+                         f"{fpr_limit}; make the counts with a larger span")
+    return _trapezoid_to(np.append(0.0, fpr), np.append(0.0, pro), fpr_limit) / fpr_limit
+
+
+def pooled_aupro(counts: dict, weights: Any = None, fpr_limit: float = 0.3) -> float:
+    """AUPRO from aupro_counts, each image counted weights[i] times (each of its regions as often; default once),
+    the grid points joined by straight lines; nan without an anomalous region or an anomaly-free pixel."""
+    fpr_limit = _check_limit(fpr_limit)
+    w = np.ones(counts["neg"].size) if weights is None else np.asarray(weights, np.float64)
+    fpr, pro, ok = _pooled_aupro_curves(counts, w[None, :])
+    return _grid_aupro(fpr[0], pro[0], fpr_limit) if ok[0] else math.nan
+
+
+def paired_aupro_difference(counts_a: list[dict], counts_b: list[dict], labels: Any, resamples: int = 2000,
+                            level: float = 0.95, seed: int = 0, fpr_limit: float = 0.3) -> dict[str, float]:
+    """AUPRO of detector a minus detector b on the same test images, with a percentile interval over the test
+    images: paired_auroc_difference's bootstrap (the same image draws for the same labels and seed) with
+    pooled_aupro of the drawn images, each counted as often as drawn.
+
+    counts_a, counts_b: aupro_counts of each of R paired runs (row r of a with row r of b), all on the same N images
+    in the same order; labels: the N image labels (the strata). Returns paired_auroc_difference's keys; the
+    difference too is pooled_aupro's (on the grid)."""
+    fpr_limit = _check_limit(fpr_limit)
+    y = _to_numpy(labels, "labels").reshape(-1) > 0.5
+    if len(counts_a) != len(counts_b) or not counts_a:
+        raise ValueError(f"paired_aupro_difference: expected as many runs of a as of b, at least one, got "
+                         f"{len(counts_a)} and {len(counts_b)}")
+    if any(c["neg"].size != y.size for c in (*counts_a, *counts_b)):
+        raise ValueError(f"paired_aupro_difference: expected AUPRO counts of the {y.size} labelled images, got "
+                         f"{sorted({c['neg'].size for c in (*counts_a, *counts_b)})}")
+    neg, pos = np.flatnonzero(~y), np.flatnonzero(y)
+    _check_pairing("paired_aupro_difference", neg.size, pos.size, resamples, level)
+    weights = np.stack([np.ones(y.size)] + [np.bincount(np.concatenate(draw), minlength=y.size)
+                                            for draw in _stratified_draws(y, resamples, seed)])
+    total = np.zeros(weights.shape[0])
+    for a, b in zip(counts_a, counts_b):
+        for sign, c in ((1.0, a), (-1.0, b)):
+            fpr, pro, ok = _pooled_aupro_curves(c, weights)
+            total += sign * np.array([_grid_aupro(f, p, fpr_limit) if k else math.nan
+                                      for f, p, k in zip(fpr, pro, ok)])
+    if np.isnan(total).any():
+        raise ValueError("paired_aupro_difference: a draw holds no anomalous region (the defective images have "
+                         "none)")
+    total /= len(counts_a)
+    return _interval(float(total[0]), total[1:], level, resamples, len(counts_a), neg.size, pos.size)
+
+
 def decision_threshold(normal_scores: Any, rule: str, target_fpr: float = 0.01) -> float:
     """The decision threshold on the image score, from the scores of normal images only.
 

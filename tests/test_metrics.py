@@ -6,9 +6,10 @@ import torch
 from skimage.measure import label as sk_label
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from prnet.metrics import (METRIC_KEYS, aupro, compute_metrics, image_ap, image_auroc, paired_auroc_difference,
-                           paired_pixel_auroc_difference, pixel_ap, pixel_auroc, pixel_pair_counts,
-                           pooled_pixel_auroc, subset_pixel_counts)
+from prnet.metrics import (METRIC_KEYS, aupro, aupro_counts, compute_metrics, image_ap, image_auroc,
+                           paired_aupro_difference, paired_auroc_difference, paired_pixel_auroc_difference, pixel_ap,
+                           pixel_auroc, pixel_pair_counts, pooled_aupro, pooled_pixel_auroc, subset_aupro_counts,
+                           subset_pixel_counts)
 
 
 def reference_aupro(maps, masks, fpr_limit=0.3):
@@ -266,3 +267,68 @@ def test_paired_pixel_auroc_difference_is_the_mean_pixel_lead_with_an_interval_o
         paired_pixel_auroc_difference([pixel_pair_counts(m[:10], g[:10])], [b[0]], y)
     with pytest.raises(ValueError, match="0 normal and 50 defective"):
         paired_pixel_auroc_difference(a, b, np.ones(50))
+
+
+def test_aupro_counts_give_the_aupro_of_any_resampling():
+    rng = np.random.default_rng(8)
+    maps, masks, _ = _defect_maps(rng, 7, 9, 0.6)
+    masks[10, :2, :2] = 1  # a second region in one image
+    # on the 1/20 lattice every value up to the highest anomaly-free score is also an anomaly-free score, so the
+    # grid holds each of them and the straight lines between its points are aupro's curve: equal up to rounding
+    assert set(np.unique(maps[maps <= maps[masks < 0.5].max()])) <= set(np.unique(maps[masks < 0.5]))
+    counts = aupro_counts(maps, masks)
+    assert counts["fp"].shape == (16, counts["grid"].size + 1) and counts["fp"][:, 0].sum() == 0
+    assert counts["region_image"].tolist() == sorted(counts["region_image"].tolist()) and 10 in counts["region_image"]
+    assert (counts["region_hits"] <= counts["region_size"][:, None]).all()
+    assert pooled_aupro(counts) == pytest.approx(aupro(maps, masks), abs=1e-12)
+    for _ in range(5):  # each image counted as often as a bootstrap draw takes it: the maps repeated
+        w = rng.integers(0, 3, 16)
+        drawn = np.repeat(np.arange(16), w)
+        if not masks[drawn].any() or masks[drawn].all():
+            continue
+        assert pooled_aupro(counts, w) == pytest.approx(aupro(maps[drawn], masks[drawn]), abs=1e-12)
+    assert math.isnan(pooled_aupro(counts, np.r_[np.ones(7), np.zeros(9)]))  # no region drawn
+    keep = [12, 3, 8, 15, 0, 10]
+    part = subset_aupro_counts(counts, keep)
+    assert part["region_image"].tolist() == sorted(part["region_image"].tolist())
+    assert pooled_aupro(part) == pytest.approx(aupro(maps[keep], masks[keep]), abs=1e-12)
+    with pytest.raises(ValueError, match="distinct"):
+        subset_aupro_counts(counts, [3, 3, 12])
+    # continuous scores: the grid's lines cut the curve's steps, by less the finer the grid
+    smooth = np.random.default_rng(9).random((30, 32, 32)).astype(np.float32)
+    gt = np.zeros_like(smooth)
+    gt[15:, 8:20, 10:18] = 1
+    smooth += 0.5 * gt
+    assert pooled_aupro(aupro_counts(smooth, gt)) == pytest.approx(aupro(smooth, gt), abs=1e-4)
+    coarse = aupro_counts(smooth, gt, thresholds=2)
+    assert abs(pooled_aupro(coarse) - aupro(smooth, gt)) > 1e-3  # the grid is what sets the error
+    with pytest.raises(ValueError, match="reaches FPR 0.2"):
+        pooled_aupro(aupro_counts(smooth, gt, span=0.2))
+
+
+def test_paired_aupro_difference_is_the_mean_aupro_lead_with_an_interval_over_the_images():
+    runs_a = [_defect_maps(np.random.default_rng(20 + r), 20, 30, 0.8) for r in range(2)]
+    runs_b = [_defect_maps(np.random.default_rng(20 + r), 20, 30, 0.3) for r in range(2)]  # same masks, weaker maps
+    y = runs_a[0][2]
+    a = [aupro_counts(m, g) for m, g, _ in runs_a]
+    b = [aupro_counts(m, g) for m, g, _ in runs_b]
+    r = paired_aupro_difference(a, b, y, resamples=300)
+    lead = np.mean([aupro(ma, ga) - aupro(mb, gb) for (ma, ga, _), (mb, gb, _) in zip(runs_a, runs_b)])
+    assert r["difference"] == pytest.approx(lead, abs=1e-12) and lead > 0.1
+    assert 0 < r["low"] < lead < r["high"] < 1 and (r["runs"], r["normal"], r["defective"]) == (2, 20, 30)
+    assert paired_aupro_difference(a, b, y, resamples=300) == r  # seeded
+    assert paired_aupro_difference(b, a, y, resamples=300)["high"] == pytest.approx(-r["low"])
+    same = paired_aupro_difference(a, a, y, resamples=30)
+    assert same["difference"] == same["low"] == same["high"] == 0.0
+    # a lead that rests on one defective image is uncertain, one spread over all of them much less
+    m, g, _ = runs_b[0]
+    one = m.copy()
+    one[20][g[20] > 0.5] += 5.0
+    rest = m + 0.08 * g
+    r_one = paired_aupro_difference([aupro_counts(one, g)], [b[0]], y, resamples=300)
+    r_all = paired_aupro_difference([aupro_counts(rest, g)], [b[0]], y, resamples=300)
+    assert r_one["low"] <= 0.0 < r_one["high"] and r_all["low"] > 0.0
+    with pytest.raises(ValueError, match="as many runs"):
+        paired_aupro_difference(a, b[:1], y)
+    with pytest.raises(ValueError, match="50 labelled images"):
+        paired_aupro_difference([aupro_counts(m[:10], g[:10])], [b[0]], y)

@@ -17,7 +17,7 @@ import real_data
 from prnet.datasets import make_demo_category
 from prnet.datasets.mvtec import MVTEC
 from prnet.engine import trainer
-from prnet.metrics import compute_metrics, image_auroc, pooled_pixel_auroc
+from prnet.metrics import compute_metrics, image_auroc, pooled_aupro, pooled_pixel_auroc
 from prnet.provenance import git_state
 from real_data import aggregate, find_datasets, markdown, markdown_per_defect, parse_seeds, parse_size, per_defect
 
@@ -119,10 +119,10 @@ def test_one_table_for_two_data_sets_and_two_seeds(bench):
         cells = " | ".join(f"{e[k]['mean']:.3f} ± {e[k]['std']:.3f}" for k in real_data.COLUMNS)
         assert f"| {e['dataset']} | {e['method']} | 0,1 | {cells} |" in table
     assert "sample standard deviation" in table and "baseline runs per seed" in table
-    # the leads over the baseline: the records keep each image's score, and beside them the pixel counts, so the
-    # two are compared image by image, at image and at pixel level
+    # the leads over the baseline: the records keep each image's score, and beside them the pixel and the AUPRO
+    # counts, so the two are compared image by image, at image and at pixel level
     assert [(e["dataset"], e["method"], e["on"], e["metric"]) for e in result["leads"]] == [
-        (d, methods[0], "test", m) for d in ("tile", "b/part") for m in ("image_auroc", "pixel_auroc")]
+        (d, methods[0], "test", m) for d in ("tile", "b/part") for m in ("image_auroc", "pixel_auroc", "aupro")]
     for e in result["leads"]:
         pairs = [(_row(rows, e["dataset"], methods[0], s), _row(rows, e["dataset"], methods[1], s)) for s in (0, 1)]
         for r in (r for pair in pairs for r in pair):
@@ -131,11 +131,21 @@ def test_one_table_for_two_data_sets_and_two_seeds(bench):
             counts = dict(np.load(os.path.join(r["run"], r["pixel_pairs"])))
             assert pooled_pixel_auroc(counts) == r["pixel_auroc"]  # exactly the pooled figure of the record
             assert counts["names"].tolist() == [n for n in _test_names(bench, e["dataset"])]
+            pro = real_data.aupro_counts_of(r["run"], r)
+            assert pro["names"].tolist() == counts["names"].tolist() and r["pro_counts"].endswith(".pro.npz")
+            assert pooled_aupro(pro) == pytest.approx(r["aupro"], abs=1e-3)  # on its grid of thresholds
         k = e["metric"]
-        assert e["difference"] == pytest.approx(np.mean([p[k] - b[k] for p, b in pairs]), abs=1e-12)
+        # AUPRO is read on the grid: its lead lies within twice grid_error (the largest distance of a run's AUPRO on
+        # the grid from its exact one) of the exact figures' lead
+        grid = 2 * e.get("grid_error", 0.0)
+        assert e["difference"] == pytest.approx(np.mean([p[k] - b[k] for p, b in pairs]), abs=grid + 1e-12)
+        if k == "aupro":
+            assert e["grid_error"] == pytest.approx(max(abs(pooled_aupro(real_data.aupro_counts_of(r["run"], r))
+                                                            - r["aupro"]) for pair in pairs for r in pair))
         assert -1 <= e["low"] <= e["high"] <= 1 and e["seeds"] == [0, 1] and e["resamples"] == 2000
+        grid_note = f"; grid error {e['grid_error']:.5f}" if k == "aupro" else ""
         assert (f"| {e['dataset']} | {methods[0]} | {real_data.LEAD_METRICS[k]} | test split | 0,1 | "
-                f"{e['difference']:+.4f} | [{e['low']:+.4f}, {e['high']:+.4f}] (95 %) |") in table
+                f"{e['difference']:+.4f} | [{e['low']:+.4f}, {e['high']:+.4f}] (95 %{grid_note}) |") in table
     # each seed is its own run, keyed by its settings
     runs = {r["run"] for r in rows}
     assert len(runs) == 8 and all(os.path.isfile(os.path.join(r, "settings.json")) for r in runs)
@@ -173,11 +183,15 @@ def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench, monkeypa
     (older_eval,) = glob.glob(os.path.join(older, "eval-*.json"))
     stored = json.load(open(older_eval))
     json.dump({k: v for k, v in stored.items() if k not in ("image_scores", "image_labels")}, open(older_eval, "w"))
-    # and one whose pixel counts are gone: evaluated again as well
+    # and one whose pixel counts are gone, and a baseline whose AUPRO counts are: evaluated again as well
     counted = _row(rows, "tile", "PRNet, 2 real anomalies", 0)
     counts_path = os.path.join(counted["run"], counted["pixel_pairs"])
     counts_before = dict(np.load(counts_path))
     os.remove(counts_path)
+    base = _row(rows, "b/part", "PatchCore-style baseline", 1)
+    pro_path = os.path.join(base["run"], base["pro_counts"])
+    pro_before = dict(np.load(pro_path))
+    os.remove(pro_path)
     argv = list(bench["argv"])
     # the data copied or restored meanwhile: new modification times, the same images (the prototypes still match)
     tile = argv[argv.index("--data") + 1]
@@ -201,6 +215,8 @@ def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench, monkeypa
     counts_after = dict(np.load(counts_path))
     assert counts_after.keys() == counts_before.keys()
     assert all(np.array_equal(counts_after[k], counts_before[k]) for k in counts_before)
+    pro_after = dict(np.load(pro_path))
+    assert pro_after.keys() == pro_before.keys() and all(np.array_equal(pro_after[k], pro_before[k]) for k in pro_before)
     resumed = json.load(open(os.path.join(interrupted, "train.json")))
     assert resumed["resumed"] is True and resumed["code_changed_during_run"] is True
     assert resumed["code_at_start"]["git_commit"] == "f" * 40
@@ -321,12 +337,20 @@ def test_a_record_of_the_json_files_rebuilds_the_table_without_checkpoints(bench
     assert [[r[k] for k in real_data.COLUMNS] for r in old["rows"]] == [[r[k] for k in real_data.COLUMNS]
                                                                          for r in again["rows"]]
     assert all("image_scores" in r for r in old["rows"] if r["method"] == "PatchCore-style baseline")
-    # a record without the pixel counts: PRNet's pixel lead is n/a, its image lead stands
+    # a record without the AUPRO counts: PRNet's AUPRO lead is n/a, the others stand; without the pixel counts too,
+    # its pixel lead is n/a as well
+    assert [e["metric"] for e in part] == ["image_auroc", "pixel_auroc", "aupro"]
+    for path in glob.glob(os.path.join(record, "runs", "b__part", "*", "*.pro.npz")):
+        os.remove(path)
+    assert real_data.main(record_argv) == 0
+    bare = [e for e in json.load(open(os.path.join(record, "real_data.json")))["leads"] if e["dataset"] == "b/part"]
+    assert bare[:2] == part[:2] and "difference" not in bare[2]
+    assert bare[2]["missing"].startswith("no AUPRO counts beside the stored records")
     for path in glob.glob(os.path.join(record, "runs", "b__part", "*", "*.npz")):
         os.remove(path)
     assert real_data.main(record_argv) == 0
     bare = [e for e in json.load(open(os.path.join(record, "real_data.json")))["leads"] if e["dataset"] == "b/part"]
-    assert [e["metric"] for e in bare] == ["image_auroc", "pixel_auroc"] and bare[0] == part[0]
+    assert [e["metric"] for e in bare] == ["image_auroc", "pixel_auroc", "aupro"] and bare[0] == part[0]
     assert "difference" not in bare[1] and bare[1]["missing"].startswith("no pixel counts beside the stored records")
 
 
@@ -417,7 +441,7 @@ def test_control_scores_every_run_where_only_the_defects_differ(bench, tmp_path,
     # the lead over the baseline on the control too, image by image from the scores the control's records keep
     control_leads = [e for e in result["leads"] if e["on"] == "control"]
     assert [(e["dataset"], e["method"], e["metric"]) for e in control_leads] == [
-        (d, "PRNet, 2 real anomalies", m) for d in ("tile", "b/part") for m in ("image_auroc", "pixel_auroc")]
+        (d, "PRNet, 2 real anomalies", m) for d in ("tile", "b/part") for m in ("image_auroc", "pixel_auroc", "aupro")]
     for e in control_leads:
         pairs = [(_row(result["rows"], e["dataset"], "PRNet, 2 real anomalies", s),
                   _row(result["rows"], e["dataset"], "PatchCore-style baseline", s)) for s in (0, 1)]
@@ -425,8 +449,10 @@ def test_control_scores_every_run_where_only_the_defects_differ(bench, tmp_path,
             assert image_auroc(c["image_scores"], c["image_labels"]) == pytest.approx(c["image_auroc"])
             assert c["pixel_pairs"].startswith("eval-control-")
             assert pooled_pixel_auroc(dict(np.load(os.path.join(run, c["pixel_pairs"])))) == c["pixel_auroc"]
+            assert c["pro_counts"].startswith("eval-control-") and c["pro_counts"].endswith(".pro.npz")
         k = e["metric"]
-        assert e["difference"] == pytest.approx(np.mean([p["control"][k] - b["control"][k] for p, b in pairs]))
+        assert e["difference"] == pytest.approx(np.mean([p["control"][k] - b["control"][k] for p, b in pairs]),
+                                                abs=2 * e.get("grid_error", 0.0) + 1e-12)
         assert (f"| {e['dataset']} | PRNet, 2 real anomalies | {real_data.LEAD_METRICS[k]} | control | 0,1 | "
                 f"{e['difference']:+.4f} |") in table
     # control scores stored before the records kept per-image scores are made again (the checkpoints are here)

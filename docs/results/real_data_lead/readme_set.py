@@ -1,4 +1,4 @@
-"""The image and pixel AUROC leads of a `real_data.py` record, recomputed on the test images of another record (the
+"""The image AUROC, pixel AUROC and AUPRO leads of a `real_data.py` record, recomputed on the test images of another record (the
 README's).
 
 A record of `real_data.py --methods prnet0,patchcore` scores every test image; the README's record, made with
@@ -10,9 +10,11 @@ per-image scores on the README's images are the README runs' scores. This script
 2. keeps those the reference record scored (the control: by file stem, as `real_data.py` matches them);
 3. checks, per run, that the image AUROC on the kept images equals the reference record's row of the same data set,
    method and seed (the runs reproduce; a failure stops the script), and the pixel AUROC too where the record's
-   pixel counts are there (`eval-*.pixels.npz` beside its runs' records; taken for the kept images exactly);
-4. gives each PRNet method's image and pixel AUROC lead over the baseline on them, mean over the seeds with the
-   paired bootstrap interval over the images (`real_data.paired_leads`; the pixel lead n/a without the counts).
+   pixel counts are there (`eval-*.pixels.npz` beside its runs' records; taken for the kept images exactly), and the
+   AUPRO on the grid of thresholds of the AUPRO counts (`eval-*.pro.npz`) against the reference's exact AUPRO,
+   within AUPRO_GRID_TOLERANCE (the distance is recorded in `checks`);
+4. gives each PRNet method's image AUROC, pixel AUROC and AUPRO lead over the baseline on them, mean over the seeds
+   with the paired bootstrap interval over the images (`real_data.paired_leads`; a lead n/a without its counts).
 
     PYTHONPATH=.:benchmarks python docs/results/real_data_lead/readme_set.py --record OUT/real_data.json \
         --reference docs/results/real_data_control/real_data.json --data DATA --out readme_set.json
@@ -31,8 +33,10 @@ import sys
 import numpy as np
 
 from prnet.datasets.mvtec import MVTEC
-from prnet.metrics import image_auroc, pooled_pixel_auroc, subset_pixel_counts
-from real_data import BASELINE, markdown_leads, paired_leads, pixel_counts, write_json
+from prnet.metrics import image_auroc, pooled_aupro, pooled_pixel_auroc, subset_aupro_counts, subset_pixel_counts
+from real_data import BASELINE, aupro_counts_of, markdown_leads, paired_leads, pixel_counts, write_json
+
+AUPRO_GRID_TOLERANCE = 1e-3  # a run's AUPRO on the grid against the reference's exact one (the grid's step is 2.5e-4)
 
 
 def kept(names: list[str], excluded: list[str], by_stem: bool) -> np.ndarray:
@@ -43,7 +47,7 @@ def kept(names: list[str], excluded: list[str], by_stem: bool) -> np.ndarray:
 
 
 def subset(scored: dict, idx: np.ndarray, run: str, names: list[str]) -> dict:
-    """The per-image scores of the kept images, and their pixel counts where the run's folder has them."""
+    """The per-image scores of the kept images, and their pixel and AUPRO counts where the run's folder has them."""
     out = {"image_scores": [scored["image_scores"][i] for i in idx],
            "image_labels": [scored["image_labels"][i] for i in idx]}
     counts = pixel_counts(run, scored)
@@ -51,6 +55,11 @@ def subset(scored: dict, idx: np.ndarray, run: str, names: list[str]) -> dict:
         if counts["names"].tolist() != names:
             raise SystemExit(f"{run}: its pixel counts were made on other images than its scores")
         out["pixel_counts"] = subset_pixel_counts(counts, idx)
+    pro = aupro_counts_of(run, scored)
+    if pro is not None:
+        if pro["names"].tolist() != names:
+            raise SystemExit(f"{run}: its AUPRO counts were made on other images than its scores")
+        out["aupro_counts"] = {"names": pro["names"][idx], **subset_aupro_counts(pro, idx)}
     return out
 
 
@@ -118,10 +127,13 @@ def main(argv=None) -> int:
                 got = {"image_auroc": image_auroc(np.array(part["image_scores"]), np.array(part["image_labels"]))}
                 if "pixel_counts" in part:
                     got["pixel_auroc"] = pooled_pixel_auroc(part["pixel_counts"])
+                if "aupro_counts" in part:
+                    got["aupro"] = pooled_aupro(part["aupro_counts"])
                 for metric, value in got.items():
                     want = reference_part.get(metric)
                     check.update({metric: value, f"reference_{metric}": want})
-                    if want is None or abs(value - want) > 1e-9:
+                    tolerance = AUPRO_GRID_TOLERANCE if metric == "aupro" else 1e-9
+                    if want is None or abs(value - want) > tolerance:
                         raise SystemExit(f"{label} seed {r['seed']} {r['method']} ({on}): {metric} {value:.6f} on "
                                          f"the reference's images, the reference has {want}: not the same runs")
                 checks.append(check)
@@ -131,6 +143,8 @@ def main(argv=None) -> int:
     write_json(args.out, result)
     for c in checks:
         pixel = f", pixel AUROC {c['pixel_auroc']:.4f}" if "pixel_auroc" in c else ""
+        if "aupro" in c:
+            pixel += f", AUPRO on the grid {c['aupro']:.4f} (exact {c['reference_aupro']:.4f})"
         print(f"{c['dataset']} {c['method']} seed {c['seed']} {c['on']}: image AUROC {c['image_auroc']:.4f}{pixel} on "
               f"{c['images']} images = the reference's")
     print(f"\n{result['table']}")
