@@ -83,7 +83,8 @@ CONTROL_SEED = 0  # the draw of the normal test image each defect is pasted into
 CONTROL_COLUMN = "control_image_auroc"
 LEAD_RESAMPLES, LEAD_LEVEL = 2000, 0.95  # the bootstrap of each lead's interval over the images (paired_leads)
 LEAD_PARTS = {"test": "test split", "control": "control"}  # what a lead was scored on, as the lead table names it
-LEAD_METRICS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}  # each lead's metric, as the table says
+# each lead's metric, as the table names it
+LEAD_METRICS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
 _TRAIN_SCRIPT = None
 
 

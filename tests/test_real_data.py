@@ -216,7 +216,8 @@ def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench, monkeypa
     assert counts_after.keys() == counts_before.keys()
     assert all(np.array_equal(counts_after[k], counts_before[k]) for k in counts_before)
     pro_after = dict(np.load(pro_path))
-    assert pro_after.keys() == pro_before.keys() and all(np.array_equal(pro_after[k], pro_before[k]) for k in pro_before)
+    assert pro_after.keys() == pro_before.keys()
+    assert all(np.array_equal(pro_after[k], pro_before[k]) for k in pro_before)
     resumed = json.load(open(os.path.join(interrupted, "train.json")))
     assert resumed["resumed"] is True and resumed["code_changed_during_run"] is True
     assert resumed["code_at_start"]["git_commit"] == "f" * 40

@@ -1,5 +1,5 @@
-"""The image AUROC, pixel AUROC and AUPRO leads of a `real_data.py` record, recomputed on the test images of another record (the
-README's).
+"""The image AUROC, pixel AUROC and AUPRO leads of a `real_data.py` record, recomputed on the test images of another
+record (the README's).
 
 A record of `real_data.py --methods prnet0,patchcore` scores every test image; the README's record, made with
 prnet10 in the same run, scores the test split minus the 10-shot runs' real anomalies (its `common_test` excluded
