@@ -658,42 +658,42 @@ def paired_leads(rows: list[dict], resamples: int = LEAD_RESAMPLES, level: float
     return out
 
 
+def counted_lead(head: dict, pairs, scored, metric: str, what: str, load, paired_difference, resamples: int,
+                 level: float) -> tuple[dict, list | None]:
+    """paired_leads' entry of one data set, method, test set and pixel metric, from the counts `load(run, record)`
+    gives for each run (`what` they are, for the messages) and `paired_difference` (prnet.metrics); also the counts,
+    None where some are missing."""
+    entry = {**head, "metric": metric}
+    counts = [[load(r["run"], x) for r, x in zip(pair, s)] for pair, s in zip(pairs, scored)]
+    without = [r["run"] for pair, cs in zip(pairs, counts) for r, c in zip(pair, cs) if c is None]
+    if without:
+        entry["missing"] = f"no {what} beside the stored records of " + ", ".join(without)
+        return entry, None
+    if any(list(c["names"]) != list(counts[0][0]["names"]) for cs in counts for c in cs):
+        raise ValueError(f"paired_leads: the {what} of {head['dataset']} were made on different {head['on']} images")
+    entry.update(paired_difference([a for a, _ in counts], [b for _, b in counts], scored[0][0]["image_labels"],
+                                   resamples=resamples, level=level))
+    return entry, counts
+
+
 def pixel_lead(head: dict, pairs, scored, resamples: int, level: float) -> dict:
     """paired_leads' pixel AUROC entry of one data set, method and test set."""
     from prnet.metrics import paired_pixel_auroc_difference
 
-    entry = {**head, "metric": "pixel_auroc"}
-    counts = [[pixel_counts(r["run"], x) for r, x in zip(pair, s)] for pair, s in zip(pairs, scored)]
-    without = [r["run"] for pair, cs in zip(pairs, counts) for r, c in zip(pair, cs) if c is None]
-    if without:
-        entry["missing"] = "no pixel counts beside the stored records of " + ", ".join(without)
-        return entry
-    if any(list(c["names"]) != list(counts[0][0]["names"]) for cs in counts for c in cs):
-        raise ValueError(f"paired_leads: the pixel counts of {head['dataset']} were made on different {head['on']} "
-                         "images")
-    entry.update(paired_pixel_auroc_difference([a for a, _ in counts], [b for _, b in counts],
-                                               scored[0][0]["image_labels"], resamples=resamples, level=level))
-    return entry
+    return counted_lead(head, pairs, scored, "pixel_auroc", "pixel counts", pixel_counts,
+                        paired_pixel_auroc_difference, resamples, level)[0]
 
 
 def aupro_lead(head: dict, pairs, scored, resamples: int, level: float) -> dict:
-    """paired_leads' AUPRO entry of one data set, method and test set."""
+    """paired_leads' AUPRO entry of one data set, method and test set, with its grid error where known."""
     from prnet.metrics import paired_aupro_difference, pooled_aupro
 
-    entry = {**head, "metric": "aupro"}
-    counts = [[aupro_counts_of(r["run"], x) for r, x in zip(pair, s)] for pair, s in zip(pairs, scored)]
-    without = [r["run"] for pair, cs in zip(pairs, counts) for r, c in zip(pair, cs) if c is None]
-    if without:
-        entry["missing"] = "no AUPRO counts beside the stored records of " + ", ".join(without)
-        return entry
-    if any(list(c["names"]) != list(counts[0][0]["names"]) for cs in counts for c in cs):
-        raise ValueError(f"paired_leads: the AUPRO counts of {head['dataset']} were made on different {head['on']} "
-                         "images")
-    entry.update(paired_aupro_difference([a for a, _ in counts], [b for _, b in counts],
-                                         scored[0][0]["image_labels"], resamples=resamples, level=level))
-    exact = [abs(pooled_aupro(c) - x["aupro"]) for cs, s in zip(counts, scored) for c, x in zip(cs, s)
-             if "aupro" in x and "aupro_counts" not in x]  # in-memory counts are of some of the images only
-    entry["grid_error"] = float(max(exact)) if exact else None
+    entry, counts = counted_lead(head, pairs, scored, "aupro", "AUPRO counts", aupro_counts_of,
+                                 paired_aupro_difference, resamples, level)
+    if counts is not None:
+        exact = [abs(pooled_aupro(c) - x["aupro"]) for cs, s in zip(counts, scored) for c, x in zip(cs, s)
+                 if "aupro" in x and "aupro_counts" not in x]  # in-memory counts are of some of the images only
+        entry["grid_error"] = float(max(exact)) if exact else None
     return entry
 
 

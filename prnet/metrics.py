@@ -272,6 +272,22 @@ def _check_pairing(name: str, neg: int, pos: int, resamples: int, level: float) 
         raise ValueError(f"{name}: expected resamples >= 1 and level in (0, 1), got {resamples} and {level}")
 
 
+def _check_runs(name: str, counts_a: list[dict], counts_b: list[dict], labels: Any, size_key: str, what: str,
+                resamples: int, level: float) -> tuple[np.ndarray, int, int]:
+    """The image labels as bool, and the numbers of normal and defective images, of a paired difference of counts:
+    as many runs of a as of b, each counted on the labelled images (`size_key` holds one entry per image)."""
+    y = _to_numpy(labels, "labels").reshape(-1) > 0.5
+    if len(counts_a) != len(counts_b) or not counts_a:
+        raise ValueError(f"{name}: expected as many runs of a as of b, at least one, got {len(counts_a)} and "
+                         f"{len(counts_b)}")
+    if any(c[size_key].size != y.size for c in (*counts_a, *counts_b)):
+        raise ValueError(f"{name}: expected {what} of the {y.size} labelled images, got "
+                         f"{sorted({c[size_key].size for c in (*counts_a, *counts_b)})}")
+    neg, pos = int((~y).sum()), int(y.sum())
+    _check_pairing(name, neg, pos, resamples, level)
+    return y, neg, pos
+
+
 def _interval(point: float, draws: np.ndarray, level: float, resamples: int, runs: int, neg: int, pos: int) -> dict:
     low, high = np.quantile(draws, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     return {"difference": point, "low": float(low), "high": float(high), "level": float(level),
@@ -375,22 +391,15 @@ def paired_pixel_auroc_difference(counts_a: list[dict], counts_b: list[dict], la
 
     counts_a, counts_b: pixel_pair_counts of each of R paired runs (row r of a with row r of b), all on the same N
     images in the same order; labels: the N image labels (the strata). Returns paired_auroc_difference's keys."""
-    y = _to_numpy(labels, "labels").reshape(-1) > 0.5
-    if len(counts_a) != len(counts_b) or not counts_a:
-        raise ValueError(f"paired_pixel_auroc_difference: expected as many runs of a as of b, at least one, got "
-                         f"{len(counts_a)} and {len(counts_b)}")
-    if any(c["pos"].size != y.size for c in (*counts_a, *counts_b)):
-        raise ValueError(f"paired_pixel_auroc_difference: expected pixel counts of the {y.size} labelled images, got "
-                         f"{sorted({c['pos'].size for c in (*counts_a, *counts_b)})}")
-    neg, pos = np.flatnonzero(~y), np.flatnonzero(y)
-    _check_pairing("paired_pixel_auroc_difference", neg.size, pos.size, resamples, level)
+    y, neg, pos = _check_runs("paired_pixel_auroc_difference", counts_a, counts_b, labels, "pos", "pixel counts",
+                              resamples, level)
 
     def difference(w: Any) -> float:
         return float(np.mean([pooled_pixel_auroc(a, w) - pooled_pixel_auroc(b, w) for a, b in zip(counts_a, counts_b)]))
 
     draws = np.array([difference(np.bincount(np.concatenate([i_neg, i_pos]), minlength=y.size))
                       for i_neg, i_pos in _stratified_draws(y, resamples, seed)])
-    return _interval(difference(None), draws, level, resamples, len(counts_a), neg.size, pos.size)
+    return _interval(difference(None), draws, level, resamples, len(counts_a), neg, pos)
 
 
 AUPRO_GRID = 2000  # thresholds of aupro_counts: FPR steps of 0.00025 over its span
@@ -497,15 +506,8 @@ def paired_aupro_difference(counts_a: list[dict], counts_b: list[dict], labels: 
     in the same order; labels: the N image labels (the strata). Returns paired_auroc_difference's keys; the
     difference too is pooled_aupro's (on the grid)."""
     fpr_limit = _check_limit(fpr_limit)
-    y = _to_numpy(labels, "labels").reshape(-1) > 0.5
-    if len(counts_a) != len(counts_b) or not counts_a:
-        raise ValueError(f"paired_aupro_difference: expected as many runs of a as of b, at least one, got "
-                         f"{len(counts_a)} and {len(counts_b)}")
-    if any(c["neg"].size != y.size for c in (*counts_a, *counts_b)):
-        raise ValueError(f"paired_aupro_difference: expected AUPRO counts of the {y.size} labelled images, got "
-                         f"{sorted({c['neg'].size for c in (*counts_a, *counts_b)})}")
-    neg, pos = np.flatnonzero(~y), np.flatnonzero(y)
-    _check_pairing("paired_aupro_difference", neg.size, pos.size, resamples, level)
+    y, neg, pos = _check_runs("paired_aupro_difference", counts_a, counts_b, labels, "neg", "AUPRO counts", resamples,
+                              level)
     weights = np.stack([np.ones(y.size)] + [np.bincount(np.concatenate(draw), minlength=y.size)
                                             for draw in _stratified_draws(y, resamples, seed)])
     total = np.zeros(weights.shape[0])
@@ -518,7 +520,7 @@ def paired_aupro_difference(counts_a: list[dict], counts_b: list[dict], labels: 
         raise ValueError("paired_aupro_difference: a draw holds no anomalous region (the defective images have "
                          "none)")
     total /= len(counts_a)
-    return _interval(float(total[0]), total[1:], level, resamples, len(counts_a), neg.size, pos.size)
+    return _interval(float(total[0]), total[1:], level, resamples, len(counts_a), neg, pos)
 
 
 def decision_threshold(normal_scores: Any, rule: str, target_fpr: float = 0.01) -> float:

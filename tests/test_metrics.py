@@ -238,37 +238,6 @@ def test_pixel_pair_counts_give_the_pooled_pixel_auroc_of_any_resampling_exactly
     assert pooled_pixel_auroc(part) == pixel_auroc(maps[keep], masks[keep])
 
 
-def test_paired_pixel_auroc_difference_is_the_mean_pixel_lead_with_an_interval_over_the_images():
-    runs_a = [_defect_maps(np.random.default_rng(10 + r), 20, 30, 0.8) for r in range(2)]
-    runs_b = [_defect_maps(np.random.default_rng(10 + r), 20, 30, 0.3) for r in range(2)]  # same masks, weaker maps
-    y = runs_a[0][2]
-    a = [pixel_pair_counts(m, g) for m, g, _ in runs_a]
-    b = [pixel_pair_counts(m, g) for m, g, _ in runs_b]
-    r = paired_pixel_auroc_difference(a, b, y, resamples=300)
-    lead = np.mean([pixel_auroc(ma, ga) - pixel_auroc(mb, gb) for (ma, ga, _), (mb, gb, _) in zip(runs_a, runs_b)])
-    assert r["difference"] == pytest.approx(lead, abs=1e-12) and lead > 0.1
-    assert 0 < r["low"] < lead < r["high"] < 1 and (r["runs"], r["normal"], r["defective"]) == (2, 20, 30)
-    assert paired_pixel_auroc_difference(a, b, y, resamples=300) == r  # seeded
-    assert paired_pixel_auroc_difference(b, a, y, resamples=300)["high"] == pytest.approx(-r["low"])
-    same = paired_pixel_auroc_difference(a, a, y, resamples=30)
-    assert same["difference"] == same["low"] == same["high"] == 0.0
-    # the interval is over the images: a lead that rests on one defective image is uncertain, one spread over
-    # all of them much less
-    m, g, _ = runs_b[0]
-    one = m.copy()
-    one[20][g[20] > 0.5] += 5.0
-    rest = m + 0.08 * g
-    r_one = paired_pixel_auroc_difference([pixel_pair_counts(one, g)], [b[0]], y, resamples=300)
-    r_all = paired_pixel_auroc_difference([pixel_pair_counts(rest, g)], [b[0]], y, resamples=300)
-    assert r_one["low"] <= 0.0 < r_one["high"] and r_all["low"] > 0.0
-    with pytest.raises(ValueError, match="as many runs"):
-        paired_pixel_auroc_difference(a, b[:1], y)
-    with pytest.raises(ValueError, match="50 labelled images"):
-        paired_pixel_auroc_difference([pixel_pair_counts(m[:10], g[:10])], [b[0]], y)
-    with pytest.raises(ValueError, match="0 normal and 50 defective"):
-        paired_pixel_auroc_difference(a, b, np.ones(50))
-
-
 def test_aupro_counts_give_the_aupro_of_any_resampling():
     rng = np.random.default_rng(8)
     maps, masks, _ = _defect_maps(rng, 7, 9, 0.6)
@@ -306,29 +275,36 @@ def test_aupro_counts_give_the_aupro_of_any_resampling():
         pooled_aupro(aupro_counts(smooth, gt, span=0.2))
 
 
-def test_paired_aupro_difference_is_the_mean_aupro_lead_with_an_interval_over_the_images():
-    runs_a = [_defect_maps(np.random.default_rng(20 + r), 20, 30, 0.8) for r in range(2)]
-    runs_b = [_defect_maps(np.random.default_rng(20 + r), 20, 30, 0.3) for r in range(2)]  # same masks, weaker maps
+@pytest.mark.parametrize("counts_of, metric, paired, seed", [
+    (pixel_pair_counts, pixel_auroc, paired_pixel_auroc_difference, 10),
+    (aupro_counts, aupro, paired_aupro_difference, 20)], ids=["pixel_auroc", "aupro"])
+def test_a_paired_pixel_metric_difference_is_the_mean_lead_with_an_interval_over_the_images(counts_of, metric, paired,
+                                                                                          seed):
+    runs_a = [_defect_maps(np.random.default_rng(seed + r), 20, 30, 0.8) for r in range(2)]
+    runs_b = [_defect_maps(np.random.default_rng(seed + r), 20, 30, 0.3) for r in range(2)]  # same masks, weaker maps
     y = runs_a[0][2]
-    a = [aupro_counts(m, g) for m, g, _ in runs_a]
-    b = [aupro_counts(m, g) for m, g, _ in runs_b]
-    r = paired_aupro_difference(a, b, y, resamples=300)
-    lead = np.mean([aupro(ma, ga) - aupro(mb, gb) for (ma, ga, _), (mb, gb, _) in zip(runs_a, runs_b)])
+    a = [counts_of(m, g) for m, g, _ in runs_a]
+    b = [counts_of(m, g) for m, g, _ in runs_b]
+    r = paired(a, b, y, resamples=300)
+    lead = np.mean([metric(ma, ga) - metric(mb, gb) for (ma, ga, _), (mb, gb, _) in zip(runs_a, runs_b)])
     assert r["difference"] == pytest.approx(lead, abs=1e-12) and lead > 0.1
     assert 0 < r["low"] < lead < r["high"] < 1 and (r["runs"], r["normal"], r["defective"]) == (2, 20, 30)
-    assert paired_aupro_difference(a, b, y, resamples=300) == r  # seeded
-    assert paired_aupro_difference(b, a, y, resamples=300)["high"] == pytest.approx(-r["low"])
-    same = paired_aupro_difference(a, a, y, resamples=30)
+    assert paired(a, b, y, resamples=300) == r  # seeded
+    assert paired(b, a, y, resamples=300)["high"] == pytest.approx(-r["low"])
+    same = paired(a, a, y, resamples=30)
     assert same["difference"] == same["low"] == same["high"] == 0.0
-    # a lead that rests on one defective image is uncertain, one spread over all of them much less
+    # the interval is over the images: a lead that rests on one defective image is uncertain, one spread over
+    # all of them much less
     m, g, _ = runs_b[0]
     one = m.copy()
     one[20][g[20] > 0.5] += 5.0
     rest = m + 0.08 * g
-    r_one = paired_aupro_difference([aupro_counts(one, g)], [b[0]], y, resamples=300)
-    r_all = paired_aupro_difference([aupro_counts(rest, g)], [b[0]], y, resamples=300)
+    r_one = paired([counts_of(one, g)], [b[0]], y, resamples=300)
+    r_all = paired([counts_of(rest, g)], [b[0]], y, resamples=300)
     assert r_one["low"] <= 0.0 < r_one["high"] and r_all["low"] > 0.0
     with pytest.raises(ValueError, match="as many runs"):
-        paired_aupro_difference(a, b[:1], y)
+        paired(a, b[:1], y)
     with pytest.raises(ValueError, match="50 labelled images"):
-        paired_aupro_difference([aupro_counts(m[:10], g[:10])], [b[0]], y)
+        paired([counts_of(m[:10], g[:10])], [b[0]], y)
+    with pytest.raises(ValueError, match="0 normal and 50 defective"):
+        paired(a, b, np.ones(50))
