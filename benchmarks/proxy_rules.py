@@ -52,7 +52,8 @@ PIXEL = ("pixel_auroc", "aupro")
 # pixel AUROC at least +0.005 and AUPRO not below; image AUROC on "all" and the real images within 0.003, every
 # subset's within 0.005; pixel AUROC and AUPRO on "all" within 0.003, the AUPRO error at most 3 % up, every subset's
 # pixel AUROC within 0.005 (docs/experiments.md, round 34)
-REAL_DEFECT_RULES = ("--rule", "zsum0.25k25", "--pixel-rule", "pq99", "--gain", "0",
+IMAGE_RULE, PIXEL_RULE = "zsum0.25k25", "pq99"  # the default image score and anomaly map
+REAL_DEFECT_RULES = ("--rule", IMAGE_RULE, "--pixel-rule", PIXEL_RULE, "--gain", "0",
                      "--require", "pixel_auroc:real_defects:0.005", "--require", "aupro:real_defects:0",
                      "--require", "all:-0.003", "--require", "real_defects:-0.003", "--harm", "0.005",
                      "--pixel-harm", "0.003", "--pixel-subset-harm", "0.005", "--aupro-error-harm", "0.03")
@@ -67,6 +68,24 @@ def requirement(text: str) -> tuple[str, float]:
         return group, float(least)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected GROUP:MIN (e.g. swap_unseen_shapes:0.01), got {text!r}")
+
+
+# Magnetic Tile's defect types: the proxy's real defect images are two of each (docs/experiments.md, "the proxy's real
+# defect images by type"); one of them, break, sets most of the pooled real_defects figure's spread
+REAL_TYPES = ("blowhole", "break", "crack", "fray", "uneven")
+
+
+def by_type(candidate: Sequence[str], reference: Sequence[str], pixel_rule: str = PIXEL_RULE) -> dict:
+    """Per defect type of the proxy's real images, the candidate's pixel AUROC of `pixel_rule`'s map minus the
+    reference's, per paired seed (the files in order) and on the mean; and `without_break`, the mean over the other
+    types per seed."""
+    cand, ref = ([figures(f, IMAGE_RULE, (), pixel_rule, REAL_TYPES) for f in files]
+                 for files in (candidate, reference))
+    out = {t: [c[f"pixel_auroc:{t}"] - r[f"pixel_auroc:{t}"] for c, r in zip(cand, ref)] for t in REAL_TYPES}
+    result = {t: {"diff": d, "mean": sum(d) / len(d)} for t, d in out.items()}
+    result["without_break"] = [sum(out[t][i] for t in REAL_TYPES if t != "break") / (len(REAL_TYPES) - 1)
+                               for i in range(len(cand))]
+    return result
 
 
 def figures(path: str, rule: str, groups: Sequence[str], pixel_rule: str = "prnet",
@@ -272,17 +291,22 @@ def same_trajectory(runs: str, candidate: str, reference: str, seeds: Sequence[i
 
 def decide_against_round34(argv: Sequence[str], here: str, candidate: str, max_ratio: float,
                            seeds: Sequence[int] = (0, 1, 2), extra: Optional[dict] = None,
-                           later_seeds: Optional[str] = None) -> int:
+                           later_seeds: Optional[str | dict] = None) -> int:
     """A Magnetic Tile proxy round judged against the default `ratio25`, paired by seed: seeds 0-2 are round 34's
     score files, any further seed's reference file (Z_mt_ratio25-seedN.json) lies in `later_seeds` (a sibling
-    folder's name, e.g. round37; default: the round's own folder). `here` is the round's folder, holding
-    Z_mt_<candidate>[-seedN].json; round 34's folder is its sibling. argv: [--runs RUNS_DIR]
-    [decision.json]; with --runs the cost rule reads the candidate's training minutes there, and the reference's
-    from round 34's decision.json (seeds 0-2) or there too (further seeds). `extra`: further entries of the decision
-    file (decide_with_time)."""
+    folder's name, e.g. round37, or {seed: such a name}, e.g. seeds 3-5 round37 and 6-7 by_type; default: the round's
+    own folder). `here` is the round's folder, holding Z_mt_<candidate>[-seedN].json; round 34's folder is its
+    sibling. argv: [--runs RUNS_DIR] [decision.json]; with --runs the cost rule reads the candidate's training
+    minutes there, and the reference's from round 34's decision.json (seeds 0-2) or there too (further seeds).
+    `extra`: further entries of the decision file (decide_with_time). The decision file also holds the paired
+    differences per defect type of the real images (`by_type`), which are printed too; no rule reads them."""
     argv = list(argv)
     round34, ref = os.path.join(os.path.dirname(here), "round34"), "ratio25"
-    later = here if later_seeds is None else os.path.join(os.path.dirname(here), later_seeds)
+
+    def later(seed: int) -> str:
+        name = later_seeds.get(seed) if isinstance(later_seeds, dict) else later_seeds
+        return here if name is None else os.path.join(os.path.dirname(here), name)
+
     in_round34 = (0, 1, 2)  # round 34's seeds, in its record's order
     minutes = None
     if "--runs" in argv:
@@ -298,12 +322,20 @@ def decide_against_round34(argv: Sequence[str], here: str, candidate: str, max_r
                    ref: [recorded[s] if s in in_round34 else run_minutes(ref, s) for s in seeds]}
         argv = argv[:i] + argv[i + 2:]
     cand_files = [os.path.join(here, f"Z_mt_{candidate}{seed_suffix(s)}.json") for s in seeds]
-    ref_files = [os.path.join(round34 if s in in_round34 else later, f"Z_mt_{ref}{seed_suffix(s)}.json")
+    ref_files = [os.path.join(round34 if s in in_round34 else later(s), f"Z_mt_{ref}{seed_suffix(s)}.json")
                  for s in seeds]
+    missing = [f for f in (*cand_files, *ref_files) if not os.path.isfile(f)]
+    if missing:
+        print(f"proxy_rules: missing score files: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    types = by_type(cand_files, ref_files)
+    for t in REAL_TYPES:
+        print(f"pixel AUROC of the real {t} images, {candidate} - {ref} per seed: "
+              + " / ".join(f"{d:+.4f}" for d in types[t]["diff"]) + f" (mean {types[t]['mean']:+.4f})")
     return decide_with_time(REAL_DEFECT_RULES, cand_files, ref_files, minutes=minutes, max_ratio=max_ratio,
                             names=([os.path.basename(f) for f in cand_files],
                                    [os.path.relpath(f, here) for f in ref_files]),
-                            out=argv[0] if argv else None, extra=extra)
+                            out=argv[0] if argv else None, extra={"by_type": types, **(extra or {})})
 
 
 if __name__ == "__main__":

@@ -268,7 +268,21 @@ def test_a_round_against_round34_reads_further_reference_seeds_from_another_roun
     assert d["reference_files"] == ["../round34/Z_mt_ratio25.json", "../round37/Z_mt_ratio25-seed3.json"]
     row = d["rows"]["pixel_auroc:real_defects"]
     assert row["candidate"] == row["reference"] and row["diff"] == 0 and len(row["reference"]) == 2
+    assert d["by_type"]["break"] == {"diff": [0.0, 0.0], "mean": 0.0} and d["by_type"]["without_break"] == [0.0, 0.0]
     assert proxy_rules.decide_against_round34([out], str(here), "same", 1.1, seeds=(0, 3)) == 2  # not in its own
+    # seeds from several folders: 3 in round 37's, 6 in by_type's; the per-type differences name the real images
+    shutil.copytree(os.path.join(results, "by_type"), tmp_path / "results" / "by_type")
+    shutil.copy(tmp_path / "results" / "round34" / "Z_mt_ratio25-seed1.json", here / "Z_mt_same-seed6.json")
+    folders = {3: "round37", 6: "by_type"}
+    assert proxy_rules.decide_against_round34([out], str(here), "same", 1.1, seeds=(0, 3, 6), later_seeds=folders) == 0
+    d = json.loads(open(out).read())
+    assert d["reference_files"][2] == "../by_type/Z_mt_ratio25-seed6.json"
+    seed1 = proxy_rules.figures(str(here / "Z_mt_same-seed6.json"), "zsum0.25k25", (), "pq99",
+                                proxy_rules.REAL_TYPES)
+    seed6 = proxy_rules.figures(d["reference_files"][2].replace("..", str(tmp_path / "results")), "zsum0.25k25", (),
+                                "pq99", proxy_rules.REAL_TYPES)
+    assert d["by_type"]["break"]["diff"][:2] == [0.0, 0.0]
+    assert d["by_type"]["break"]["diff"][2] == pytest.approx(seed1["pixel_auroc:break"] - seed6["pixel_auroc:break"])
 
 
 def test_same_trajectory_compares_the_epoch_fingerprints_where_the_reference_run_is_there(tmp_path):
