@@ -111,11 +111,16 @@ def _ap_sorted(neg: np.ndarray, pos: np.ndarray) -> float:
     return float(np.sum(counts * (tp / (tp + fp))) / pos.size)
 
 
+def _label_regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
+    """AUPRO's regions of N×H×W masks: labels 1..n, 8-connectivity inside each image, nothing across images."""
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True
+    return ndimage.label(masks, structure=structure)
+
+
 def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
     """Weight 1/(region size · number of regions) of each anomalous pixel, in the order of `maps[masks]`."""
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = True  # 8-connectivity inside each image, nothing across images
-    labels, n_regions = ndimage.label(masks, structure=structure)
+    labels, n_regions = _label_regions(masks)
     if n_regions == 0:
         return np.zeros(0, np.float64), 0
     region_of_pixel = labels[masks]
@@ -437,9 +442,7 @@ def aupro_counts(maps: Any, masks: Any, thresholds: int = AUPRO_GRID, span: floa
                                v.size - np.searchsorted(v, grid, side="left")))
 
     fp = np.stack([at_or_above(m[i][~g[i]]) for i in range(n)])
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = True  # aupro's regions: 8-connectivity inside each image
-    labels, n_regions = ndimage.label(g, structure=structure)
+    labels, n_regions = _label_regions(g)
     objects = ndimage.find_objects(labels)
     region_image = np.array([o[0].start for o in objects], np.int64) if n_regions else np.zeros(0, np.int64)
     hits, sizes = [], []

@@ -5,7 +5,7 @@ reference of the same seed, per type and over three summaries of the real images
 the rounds were judged on, the mean over the five types, and the mean over the four types other than `break`. A
 reading of recorded figures only; nothing is chosen on it (docs/experiments.md).
 
-    python docs/results/by_type/by_type.py [by_type.json]
+    PYTHONPATH=.:benchmarks python docs/results/by_type/by_type.py [by_type.json]
 """
 import json
 import os
@@ -13,17 +13,19 @@ import sys
 
 import numpy as np
 
+from proxy_rules import IMAGE_RULE, PIXEL_RULE, REAL_TYPES as TYPES, figures, seed_suffix
+
 RESULTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TYPES = ("blowhole", "break", "crack", "fray", "uneven")
 REFERENCE = {s: ("round34" if s < 3 else "round37" if s < 6 else "by_type", "ratio25") for s in range(8)}
 CANDIDATES = {"zfill": ("round34", range(3)), "shade_add": ("round35", range(3)), "zhalf": ("round36", range(3)),
               "swa50": ("round37", range(6)), "jit20": ("round38", range(2))}
 
 
 def groups(folder: str, variant: str, seed: int) -> dict:
-    name = f"Z_mt_{variant}.json" if seed == 0 else f"Z_mt_{variant}-seed{seed}.json"
-    with open(os.path.join(RESULTS, folder, name), encoding="utf-8") as fh:
-        return {k: v["pixel_auroc"] for k, v in json.load(fh)["pixel_by_group"]["pq99"].items()}
+    """{type or real_defects: pixel AUROC of the default map} in one committed score file."""
+    path = os.path.join(RESULTS, folder, f"Z_mt_{variant}{seed_suffix(seed)}.json")
+    got = figures(path, IMAGE_RULE, (), PIXEL_RULE, (*TYPES, "real_defects"))
+    return {k: got[f"pixel_auroc:{k}"] for k in (*TYPES, "real_defects")}
 
 
 def main(argv) -> int:
