@@ -75,12 +75,13 @@ def requirement(text: str) -> tuple[str, float]:
 REAL_TYPES = ("blowhole", "break", "crack", "fray", "uneven")
 
 
-def by_type(candidate: Sequence[str], reference: Sequence[str], pixel_rule: str = PIXEL_RULE) -> dict:
-    """Per defect type of the proxy's real images, the candidate's pixel AUROC of `pixel_rule`'s map minus the
-    reference's, per paired seed (the files in order) and on the mean; and `without_break`, the mean over the other
-    types per seed."""
-    cand, ref = ([figures(f, IMAGE_RULE, (), pixel_rule, REAL_TYPES) for f in files]
-                 for files in (candidate, reference))
+def by_type(candidate: Sequence[str], reference: Sequence[str], pixel_rule: str = PIXEL_RULE,
+            candidate_pixel_rule: Optional[str] = None) -> dict:
+    """Per defect type of the proxy's real images, the candidate's pixel AUROC of `pixel_rule`'s map (or
+    `candidate_pixel_rule`'s, a candidate map on the same runs) minus the reference's, per paired seed (the files in
+    order) and on the mean; and `without_break`, the mean over the other types per seed."""
+    cand = [figures(f, IMAGE_RULE, (), candidate_pixel_rule or pixel_rule, REAL_TYPES) for f in candidate]
+    ref = [figures(f, IMAGE_RULE, (), pixel_rule, REAL_TYPES) for f in reference]
     out = {t: [c[f"pixel_auroc:{t}"] - r[f"pixel_auroc:{t}"] for c, r in zip(cand, ref)] for t in REAL_TYPES}
     result = {t: {"diff": d, "mean": sum(d) / len(d)} for t, d in out.items()}
     result["without_break"] = [sum(out[t][i] for t in REAL_TYPES if t != "break") / (len(REAL_TYPES) - 1)

@@ -55,6 +55,11 @@ and scores these rules (no test label is used by any of them; the normal-image s
   or 99.9th (pq999) percentile of p over every pixel of the normal training images' maps. The distance can lift a
   pixel by at most q, the head's own upper range on normal surface: it reorders the pixels the head leaves within
   that range and cannot pass a pixel the head marks well above it; scored at pixel level;
+- pqmax (a pixel-level candidate, round 39; needs the nearest-neighbour memory): max(p, Q_p(F(d_knn))), the head's
+  map or the baseline's map put on the head's scale, whichever is higher: F as for pq99, Q_p the quantile function
+  of p over the same normal training pixels (a seeded sample of CDF_SAMPLE of them), so that on normal surface both
+  terms have the head's distribution. A pixel either map finds far from normal stands out; unlike pq99's sum, a
+  pixel the head marks is not pulled below normal pixels by a distance that misses it; scored at pixel level;
 - with --knn-size H,W (round 28): knns, the nearest-neighbour score s_knn read at H×W instead of the run's image
   size (its own memory of the normal training images read at that size, each training image held out as above), and
   zsum0.25k25s, the default image score (zsum0.25k25) with that score in place of s_knn: the distance to normal
@@ -276,17 +281,32 @@ def pixel_fusions(p_test: np.ndarray, p_train: np.ndarray, k_test: np.ndarray, k
 def distribution_function(values: np.ndarray, train: np.ndarray, n: int = CDF_SAMPLE) -> np.ndarray:
     """F(values): the share of the training values at or below each value, from a seeded sample of n of them (all
     when there are fewer); float32, in [0, 1]."""
+    ref = sorted_sample(train, n)
+    return (np.searchsorted(ref, values.astype(np.float32), side="right") / ref.size).astype(np.float32)
+
+
+def sorted_sample(train: np.ndarray, n: int) -> np.ndarray:
+    """A seeded sample of n of the training values (all when there are fewer), sorted, float32."""
     flat = train.reshape(-1)
     if flat.size > n:
         flat = flat[np.random.default_rng(0).choice(flat.size, n, replace=False)]
-    ref = np.sort(flat.astype(np.float32))
-    return (np.searchsorted(ref, values.astype(np.float32), side="right") / ref.size).astype(np.float32)
+    return np.sort(flat.astype(np.float32))
 
 
 def quantile_lifts(p_test: np.ndarray, p_train: np.ndarray, k_test: np.ndarray, k_train: np.ndarray) -> dict:
     """The pq<q> maps: p + q · F(d_knn) per pixel (see the module docstring)."""
     f = distribution_function(k_test, k_train)
     return {name: p_test + np.float32(np.quantile(p_train, level)) * f for name, level in CDF_QUANTILES.items()}
+
+
+def quantile_max(p_test: np.ndarray, p_train: np.ndarray, k_test: np.ndarray, k_train: np.ndarray,
+                 n: int = CDF_SAMPLE) -> dict:
+    """The pqmax map: max(p, Q_p(F(d_knn))) per pixel (see the module docstring); Q_p(u) is the smallest value of the
+    seeded sample of n training pixels of p whose share at or below it is at least u."""
+    ref_p, ref_k = sorted_sample(p_train, n), sorted_sample(k_train, n)
+    below = np.searchsorted(ref_k, k_test.astype(np.float32), side="right").astype(np.int64)  # F = below / ref_k.size
+    idx = np.maximum((below * ref_p.size + ref_k.size - 1) // ref_k.size - 1, 0)  # ceil(F · ref_p.size) - 1, exact
+    return {"pqmax": np.maximum(p_test.astype(np.float32), ref_p[idx])}
 
 
 def rules(p_test: np.ndarray, r_test: np.ndarray, p_train: np.ndarray, r_train: np.ndarray, k: int,
@@ -462,6 +482,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if want_pz:
             knn_map.update(pixel_fusions(p_test, p_train, knn_map["knn"], knn_maps_train))
             knn_map.update(quantile_lifts(p_test, p_train, knn_map["knn"], knn_maps_train))
+            knn_map.update(quantile_max(p_test, p_train, knn_map["knn"], knn_maps_train))
         del knn_maps_train
     knn_sized = None
     if args.knn_size is not None:

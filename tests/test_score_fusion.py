@@ -150,6 +150,39 @@ def test_quantile_lifts_move_only_pixels_within_the_heads_normal_range():
     assert (out["pq999"] >= out["pq99"]).all()
 
 
+def test_quantile_max_puts_the_distance_on_the_heads_scale_and_keeps_what_either_map_marks():
+    from score_fusion import quantile_lifts, quantile_max
+
+    rng = np.random.default_rng(0)
+    p_train = rng.uniform(0.0, 0.01, (20, 8, 8)).astype(np.float32)
+    k_train = rng.uniform(1.0, 2.0, (20, 8, 8)).astype(np.float32)
+    p_test = np.full((1, 8, 8), 0.002, np.float32)
+    p_test[0, 0, 0] = 0.9  # marked by the head, missed by the distance
+    k_test = np.full((1, 8, 8), 1.5, np.float32)
+    k_test[0, 0, 0] = 1.0
+    k_test[0, 7, 7] = 5.0  # far from normal for the distance only
+    out = quantile_max(p_test, p_train, k_test, k_train)["pqmax"]
+    assert out.dtype == np.float32 and out.shape == p_test.shape
+    assert out[0, 0, 0] == pytest.approx(0.9)  # the head's mark stays: the distance's miss does not pull it down
+    assert out[0, 7, 7] == pytest.approx(p_train.max())  # beyond every training distance: the head's top normal value
+    assert out[0, 1, 1] == pytest.approx(float(np.quantile(p_train, 0.5)), abs=0.001)  # the median maps to the median
+    assert (out >= p_test).all()
+    # pq99 ranks the head's mark that the distance misses below a pixel the distance alone finds; pqmax does not
+    lift = quantile_lifts(p_test, p_train, k_test, k_train)["pq99"]
+    assert lift[0, 0, 0] > lift[0, 7, 7] and out[0, 0, 0] > out[0, 7, 7]
+    weak = p_test.copy()
+    weak[0, 0, 0] = float(np.quantile(p_train, 0.98))  # a pixel the head marks at its normal range's top
+    k_high = k_test.copy()
+    k_high[0, 2, 2] = 1.95  # a normal pixel with a high but normal distance (F about 0.95)
+    lifted, maxed = quantile_lifts(weak, p_train, k_high, k_train)["pq99"], quantile_max(weak, p_train, k_high,
+                                                                                         k_train)["pqmax"]
+    assert lifted[0, 0, 0] < lifted[0, 2, 2] and maxed[0, 0, 0] > maxed[0, 2, 2]
+    # on normal surface the distance's term has the head's distribution: the same values, another order
+    k_like = rng.permutation(k_train.reshape(-1)).reshape(k_train.shape)
+    mapped = quantile_max(np.zeros_like(p_train), p_train, k_like, k_train)["pqmax"]
+    np.testing.assert_allclose(np.sort(mapped.ravel()), np.sort(p_train.ravel()), atol=1e-7)
+
+
 def test_median_removed_shifts_each_map_by_its_own_median():
     from score_fusion import median_removed
 
