@@ -260,7 +260,8 @@ def test_scores_a_trained_run_end_to_end(tiny_data, tmp_path, caplog):
     assert {"prnet", "top10", "residual", "prod1", "zlog", "map0.5", "knn", "zknn", "zsum",
             "zmax", "zsum0.25", "zsum0.5"} <= set(got["image_auroc"])
     # the pixel-level candidates: the head's map fused with the baseline's, at pixel level next to both
-    assert {"pz0.25", "pz0.5", "pz1", "pq99", "pq999"} <= set(got["metrics"]) and set(got["pixel_by_group"]) == set(got["metrics"])
+    assert {"pz0.25", "pz0.5", "pz1", "pq99", "pq999", "pqmax"} <= set(got["metrics"])
+    assert set(got["pixel_by_group"]) == set(got["metrics"])
     # rounds 17, 18 and 33: maps shifted by their median or weighed by the image's rank, at pixel level too
     assert {"pmed", "map0.5med", "knnmed", "prank", "map0.5rank", "knnrank", "pq99rank"} <= set(got["metrics"])
     assert all(0.0 <= row["all"] <= 1.0 for row in got["image_auroc"].values())

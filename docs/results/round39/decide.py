@@ -4,11 +4,14 @@ defaults, 0 real anomalies) at seeds 0 and 3-7 of the Magnetic Tile proxy, the r
 Each run is scored once with both maps (W_mt_ratio25[-seedN].json in this folder), so the pairs share everything
 but the map.
 
+The rules were written for the six runs; the round was stopped after seeds 0 and 3 (docs/experiments.md says why),
+so `--seeds 0,3` applies them to the two runs scored.
+
 Rule 0: each new file's pq99 figures (pixel AUROC and AUPRO per group) and the default image score's image AUROC
 equal those of the run's committed score file (round 34's, 37's or by_type's folder); else the round stops.
 Rules 1-3: benchmarks/proxy_rules.main with RULES, and the count of runs whose real_defects pixel AUROC rises.
 
-    PYTHONPATH=.:benchmarks python docs/results/round39/decide.py [decision.json]
+    PYTHONPATH=.:benchmarks python docs/results/round39/decide.py [--seeds 0,3] [decision.json]
 """
 import json
 import os
@@ -42,10 +45,15 @@ def reproduces(new: dict, old: dict) -> bool:
 
 
 if __name__ == "__main__":
-    out = sys.argv[1] if len(sys.argv) > 1 else None
-    files = [os.path.join(HERE, f"W_mt_ratio25{seed_suffix(s)}.json") for s in SEEDS]
-    committed = [os.path.join(HERE, "..", COMMITTED[s], f"Z_mt_ratio25{seed_suffix(s)}.json") for s in SEEDS]
-    rule0 = {str(s): reproduces(load(f), load(c)) for s, f, c in zip(SEEDS, files, committed)}
+    argv, seeds = sys.argv[1:], SEEDS
+    if "--seeds" in argv:
+        i = argv.index("--seeds")
+        seeds = tuple(int(s) for s in argv[i + 1].split(","))
+        argv = argv[:i] + argv[i + 2:]
+    out = argv[0] if argv else None
+    files = [os.path.join(HERE, f"W_mt_ratio25{seed_suffix(s)}.json") for s in seeds]
+    committed = [os.path.join(HERE, "..", COMMITTED[s], f"Z_mt_ratio25{seed_suffix(s)}.json") for s in seeds]
+    rule0 = {str(s): reproduces(load(f), load(c)) for s, f, c in zip(seeds, files, committed)}
     print(f"rule 0, pq99 and the image score as committed, per seed: {rule0}")
     if not all(rule0.values()):
         print("verdict: the round stops (rule 0 fails)")
@@ -60,14 +68,15 @@ if __name__ == "__main__":
     gains = [load(f)["pixel_by_group"][CANDIDATE]["real_defects"]["pixel_auroc"]
              - load(f)["pixel_by_group"][REFERENCE]["real_defects"]["pixel_auroc"] for f in files]
     up = sum(g > 0 for g in gains)
-    print(f"rule 1, real_defects pixel AUROC up at {up} of {len(gains)} runs (at least {LEAST_RUNS_UP}): "
-          f"{'holds' if up >= LEAST_RUNS_UP else 'fails'}")
-    passes = rc == 0 and up >= LEAST_RUNS_UP
+    least = LEAST_RUNS_UP * len(seeds) / len(SEEDS)  # four of six, or the same share of the runs scored
+    print(f"rule 1, real_defects pixel AUROC up at {up} of {len(gains)} runs (at least {least:g}): "
+          f"{'holds' if up >= least else 'fails'}")
+    passes = rc == 0 and up >= least
     print(f"verdict (rules 0-3): {'passes' if passes else 'fails'}")
     if out:
         result = load(out)
         names = [os.path.basename(f) for f in files]  # one file per run holds both maps
         result.update(candidate_files=names, reference_files=names, rule_0_reproduces=rule0, by_type=types,
-                      real_defects_gain_per_run=gains, runs_up=up, verdict="passes" if passes else "fails")
+                      seeds=list(seeds), real_defects_gain_per_run=gains, runs_up=up, verdict="passes" if passes else "fails")
         with open(out, "w") as f:
             json.dump(result, f, indent=1)
