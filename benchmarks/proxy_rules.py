@@ -292,15 +292,17 @@ def same_trajectory(runs: str, candidate: str, reference: str, seeds: Sequence[i
 
 def decide_against_round34(argv: Sequence[str], here: str, candidate: str, max_ratio: float,
                            seeds: Sequence[int] = (0, 1, 2), extra: Optional[dict] = None,
-                           later_seeds: Optional[str | dict] = None) -> int:
+                           later_seeds: Optional[str | dict] = None,
+                           rules: Sequence[str] = REAL_DEFECT_RULES) -> int:
     """A Magnetic Tile proxy round judged against the default `ratio25`, paired by seed: seeds 0-2 are round 34's
     score files, any further seed's reference file (Z_mt_ratio25-seedN.json) lies in `later_seeds` (a sibling
     folder's name, e.g. round37, or {seed: such a name}, e.g. seeds 3-5 round37 and 6-7 by_type; default: the round's
     own folder). `here` is the round's folder, holding Z_mt_<candidate>[-seedN].json; round 34's folder is its
     sibling. argv: [--runs RUNS_DIR] [decision.json]; with --runs the cost rule reads the candidate's training
     minutes there, and the reference's from round 34's decision.json (seeds 0-2) or there too (further seeds).
-    `extra`: further entries of the decision file (decide_with_time). The decision file also holds the paired
-    differences per defect type of the real images (`by_type`), which are printed too; no rule reads them."""
+    `extra`: further entries of the decision file (decide_with_time); `rules`: `main`'s options (default rounds
+    34-38's REAL_DEFECT_RULES). The decision file also holds the paired differences per defect type of the real
+    images (`by_type`), which are printed too."""
     argv = list(argv)
     round34, ref = os.path.join(os.path.dirname(here), "round34"), "ratio25"
 
@@ -333,7 +335,7 @@ def decide_against_round34(argv: Sequence[str], here: str, candidate: str, max_r
     for t in REAL_TYPES:
         print(f"pixel AUROC of the real {t} images, {candidate} - {ref} per seed: "
               + " / ".join(f"{d:+.4f}" for d in types[t]["diff"]) + f" (mean {types[t]['mean']:+.4f})")
-    return decide_with_time(REAL_DEFECT_RULES, cand_files, ref_files, minutes=minutes, max_ratio=max_ratio,
+    return decide_with_time(rules, cand_files, ref_files, minutes=minutes, max_ratio=max_ratio,
                             names=([os.path.basename(f) for f in cand_files],
                                    [os.path.relpath(f, here) for f in ref_files]),
                             out=argv[0] if argv else None, extra={"by_type": types, **(extra or {})})

@@ -103,6 +103,9 @@ class SynthesisConfig:
     # fine texture stronger or weaker (photometric anomalies, synthesis.shade_anomaly) instead of a DTD texture; 0:
     # none
     shade_fraction: float = 0.0
+    # share of the Perlin samples that are one small blob instead (0.005-0.5 % of the image: a pit, a speck, a tiny
+    # chip; synthesis.spot_anomaly), filled with DTD textures like the Perlin blobs; 0: none
+    spot_fraction: float = 0.0
     # every training sample's whole image (normal, synthetic and pasted alike) gets its brightness and contrast
     # changed at random by up to this fraction (synthesis.jitter_image, as ColorJitter(brightness=j, contrast=j));
     # its mask and label stay; 0: none
@@ -442,6 +445,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'synthesis.shade_fraction': expected a share in [0, 1 - swap_fraction - "
                           f"scratch_fraction - structure_fraction] (all four are shares of the Perlin samples), got "
                           f"{cfg.synthesis.shade_fraction} with the other three summing to {shares:g}")
+    shares += cfg.synthesis.shade_fraction
+    if not 0.0 <= cfg.synthesis.spot_fraction or shares + cfg.synthesis.spot_fraction > 1.0 + 1e-9:
+        raise ConfigError(f"config key 'synthesis.spot_fraction': expected a share in [0, 1 - swap_fraction - "
+                          f"scratch_fraction - structure_fraction - shade_fraction] (all five are shares of the Perlin "
+                          f"samples), got {cfg.synthesis.spot_fraction} with the other four summing to {shares:g}")
     if not 0.0 <= cfg.synthesis.jitter < 1.0:
         raise ConfigError(f"config key 'synthesis.jitter': expected a fraction in [0, 1), got {cfg.synthesis.jitter}")
     if not 0.0 <= cfg.synthesis.swap_beta_max < 1.0:
@@ -491,7 +499,7 @@ ADDED_KEYS = {("synthesis", "structure_fraction"): 0.0, ("eval", "anomaly_map"):
               ("synthesis", "extended_scale"): [0.75, 1.25], ("eval", "second_read"): "none",
               ("eval", "second_weight"): 0.5, ("synthesis", "shade_fraction"): 0.0,
               ("train", "average_last"): 0.0, ("eval", "score_test"): True,
-              ("synthesis", "jitter"): 0.0}
+              ("synthesis", "jitter"): 0.0, ("synthesis", "spot_fraction"): 0.0}
 
 
 def with_added_keys(values: dict) -> dict:

@@ -350,6 +350,35 @@ def test_photometric_samples_come_before_the_structural_ones_and_leave_every_oth
         cfg_for(tmp_path, **{"synthesis.shade_fraction": -0.1})
 
 
+def test_small_spots_come_before_the_photometric_ones_and_leave_every_other_draw(tmp_path):
+    over = {"synthesis.scratch_fraction": 0.34}
+    plain, ds = _without_and_with(tmp_path, over, "synthesis.spot_fraction", 0.34)
+    assert (ds.n_perlin, ds.n_spot, ds.n_scratch, ds.n_extended) == (6, 2, 2, 2) and len(ds) == len(plain)
+    assert [ds.kind(i) for i in range(len(ds))] == (["normal"] * 6 + ["perlin"] * 2 + ["spot"] * 2
+                                                    + ["scratch"] * 2 + ["extended"] * 2)
+    normal = MVTEC(str(tmp_path), "cat", "train", 32)
+    for i in range(len(ds)):
+        item = ds[i]
+        if item["kind"] == "spot":
+            m = item["mask"][0] > 0
+            base = normal[item["source"]]["image"]
+            assert item["label"] == 1 and m.any() and m.float().mean() < 0.05  # one small blob
+            assert torch.allclose(item["image"][:, ~m], base[:, ~m], atol=1 / 255)
+        else:  # the spots take the place of DTD-filled blobs; every other sample keeps its draw
+            assert torch.equal(item["image"], plain[i]["image"]) and torch.equal(item["mask"], plain[i]["mask"])
+    five = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34,
+            "synthesis.scratch_fraction": 0.17, "synthesis.structure_fraction": 0.17, "synthesis.shade_fraction": 0.17,
+            "synthesis.spot_fraction": 0.17}
+    five = build_train_dataset(cfg_for(tmp_path, **five), "cat")
+    assert [five.kind(i) for i in range(6, 12)] == ["perlin", "perlin", "spot", "shade", "structure", "scratch"]
+    from prnet.config import ConfigError
+    with pytest.raises(ConfigError, match="spot_fraction"):
+        cfg_for(tmp_path, **{"synthesis.spot_fraction": 0.5, "synthesis.scratch_fraction": 0.25,
+                             "synthesis.shade_fraction": 0.3})
+    with pytest.raises(ConfigError, match="spot_fraction"):
+        cfg_for(tmp_path, **{"synthesis.spot_fraction": -0.1})
+
+
 def test_jitter_changes_every_image_globally_and_leaves_every_other_draw(tmp_path):
     """synthesis.jitter: each sample's image is jitter_image of the sample made without it, drawn from its own
     stream (the same kinds, sources and masks as without it); a fraction outside [0, 1) is refused."""

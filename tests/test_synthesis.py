@@ -8,7 +8,8 @@ import pytest
 from prnet.datasets.synthesis import (TEXTURE_OPS, augment_texture, blend, context_offset, estimate_foreground,
                                       extended_anomaly, is_greyscale, jitter_image, large_mask, perlin_anomaly,
                                       perlin_mask, perlin_noise, scratch_anomaly, scratch_mask, shade_anomaly,
-                                      shuffle_blocks, structure_anomaly, swap_anomaly, to_grey)
+                                      shuffle_blocks, spot_anomaly, spot_mask, structure_anomaly, swap_anomaly,
+                                      to_grey)
 from prnet.datasets import synthesis
 from prnet.datasets.textures import TextureSource
 
@@ -101,6 +102,35 @@ def test_scratch_anomaly_changes_only_its_mask():
         out, m = scratch_anomaly(x, _Flat(0), rng(k), beta_max=0.5)
         assert m.any() and np.array_equal(out[m == 0], x[m == 0])
         assert (np.abs(out - x)[m > 0] > 0.1).all()  # texture 0 at opacity >= 0.5 over values >= 0.25
+
+
+def test_spot_masks_are_one_small_blob_of_the_stated_area_seeded_and_inside_the_region():
+    areas = []
+    for k in range(60):
+        m = spot_mask((256, 256), rng(k))
+        assert m.dtype == np.float32 and set(np.unique(m)) <= {0.0, 1.0} and m.any()
+        assert np.array_equal(m, spot_mask((256, 256), rng(k)))
+        ys, xs = np.nonzero(m)
+        assert max(np.ptp(ys), np.ptp(xs)) <= np.sqrt(synthesis.SPOT_AREA[1] * 256 * 256 / synthesis.SPOT_FILL) + 1
+        areas.append(m.mean())
+    # pits of a few pixels up to a few hundred at 256² (0.005-0.5 % of the image, about), many sizes between
+    assert min(areas) < 2e-4 and 1.5e-3 < max(areas) < 1e-2 and len(set(np.round(np.log10(areas)))) >= 3
+    region = np.zeros((64, 64), bool)
+    region[40:, :20] = True
+    for k in range(10):
+        m = spot_mask((64, 64), rng(k), within=region)
+        assert m.any() and not m[~region].any()
+    dot = np.zeros((64, 64), bool)
+    dot[3, 60] = True  # a one-pixel region: hit by a blob or the fallback's centre pixel, never empty
+    assert np.array_equal(spot_mask((64, 64), rng(0), within=dot, max_tries=2), dot.astype(np.float32))
+
+
+def test_spot_anomaly_changes_only_its_mask():
+    x = rng(5).random((64, 64, 3), dtype=np.float32) * 0.5 + 0.25
+    for k in range(5):
+        out, m = spot_anomaly(x, _Flat(0), rng(k), beta_max=0.5)
+        assert m.any() and m.mean() < 0.05 and np.array_equal(out[m == 0], x[m == 0])
+        assert (np.abs(out - x)[m > 0] > 0.1).all()
 
 
 def test_texture_ops_keep_rgb_uint8_and_texture_is_not_bgr():

@@ -7,7 +7,8 @@
 Training indices: [0, N) the N normal training images (no augmentation), then round(perlin_ratio·N) Perlin
 samples (the last round(swap_fraction·that) of them region swaps, kind 'swap', the round(scratch_fraction·that)
 before those thin curves, kind 'scratch', and the round(structure_fraction·that) before those structural anomalies,
-kind 'structure', and the round(shade_fraction·that) before those photometric anomalies, kind 'shade'), then
+kind 'structure', the round(shade_fraction·that) before those photometric anomalies, kind 'shade', and the
+round(spot_fraction·that) before those small spots, kind 'spot'), then
 round(extended_ratio·N)
 extended samples (only with real anomalies). With synthesis.jitter > 0 every sample's whole image then gets its
 brightness and contrast changed (synthesis.jitter_image), drawn from a stream of its own. Sample `index` of epoch
@@ -34,7 +35,7 @@ from .demo import make_demo_category
 from .mvtec import (MVTEC, DatasetError, Sample, format_args, load_mask, load_rgb, resolve_classes,
                     scan_split, select_few_shot)
 from .synthesis import (estimate_foreground, extended_anomaly, is_greyscale, jitter_image, perlin_anomaly,
-                        scratch_anomaly, shade_anomaly, structure_anomaly, swap_anomaly)
+                        scratch_anomaly, shade_anomaly, spot_anomaly, structure_anomaly, swap_anomaly)
 from .textures import TextureSource
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,14 @@ class TrainDataset(Dataset):
     cut-and-paste) anomalies.
 
     Items: image 3×H×W float32 [0,1], mask 1×H×W float32 {0,1}, label (0 normal, 1 synthetic), kind
-    ('normal' | 'perlin' | 'shade' | 'structure' | 'scratch' | 'swap' | 'extended'), source (the index of the
+    ('normal' | 'perlin' | 'spot' | 'shade' | 'structure' | 'scratch' | 'swap' | 'extended'), source (the index of the
     normal training image it was made from).
     `n_swap` of the `n_perlin` Perlin samples (the last ones) are region swaps (synthesis.swap_anomaly: a large
     region from another normal training image), the `n_scratch` before them thin curves (synthesis.scratch_anomaly:
     scratches and cracks filled with a texture), the `n_structure` before them structural anomalies
     (synthesis.structure_anomaly: the mask filled with the image's own blocks, rearranged), the `n_shade` before
-    them photometric anomalies (synthesis.shade_anomaly: the image's own level or texture changed under the mask).
+    them photometric anomalies (synthesis.shade_anomaly: the image's own level or texture changed under the mask),
+    the `n_spot` before them small spots (synthesis.spot_anomaly: one small blob filled with a texture).
     Index with an int (epoch from `set_epoch`) or a tuple (epoch, index). `grey_textures`: Perlin textures are
     turned grey (for a greyscale category, synthesis.texture_colour).
     """
@@ -75,7 +77,7 @@ class TrainDataset(Dataset):
     def __init__(self, normal: MVTEC, textures: TextureSource, *, seed: int, synthesis: SynthesisConfig,
                  n_perlin: int, n_swap: int = 0, anomalies: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
                  n_extended: int = 0, grey_textures: bool = False, real_anomalies: Optional[Sequence[str]] = None,
-                 n_scratch: int = 0, n_structure: int = 0, n_shade: int = 0) -> None:
+                 n_scratch: int = 0, n_structure: int = 0, n_shade: int = 0, n_spot: int = 0) -> None:
         self.normal = normal
         self.textures = textures
         self.seed = int(seed)
@@ -86,6 +88,7 @@ class TrainDataset(Dataset):
         self.n_scratch = min(int(n_scratch), self.n_perlin - self.n_swap)
         self.n_structure = min(int(n_structure), self.n_perlin - self.n_swap - self.n_scratch)
         self.n_shade = min(int(n_shade), self.n_perlin - self.n_swap - self.n_scratch - self.n_structure)
+        self.n_spot = min(int(n_spot), self.n_perlin - self.n_swap - self.n_scratch - self.n_structure - self.n_shade)
         self.anomalies = list(anomalies)  # (name, RGB uint8 H×W×3, uint8 {0,1} H×W) at the training size
         self.n_extended = int(n_extended) if self.anomalies else 0
         self.grey_textures = bool(grey_textures)
@@ -105,8 +108,11 @@ class TrainDataset(Dataset):
     def kind(self, index: int) -> str:
         if index < self.n_normal:
             return "normal"
-        if index < self.n_normal + self.n_perlin - self.n_swap - self.n_scratch - self.n_structure - self.n_shade:
+        if index < self.n_normal + self.n_perlin - self.n_swap - self.n_scratch - self.n_structure - self.n_shade \
+                - self.n_spot:
             return "perlin"
+        if index < self.n_normal + self.n_perlin - self.n_swap - self.n_scratch - self.n_structure - self.n_shade:
+            return "spot"
         if index < self.n_normal + self.n_perlin - self.n_swap - self.n_scratch - self.n_structure:
             return "shade"
         if index < self.n_normal + self.n_perlin - self.n_swap - self.n_scratch:
@@ -139,6 +145,9 @@ class TrainDataset(Dataset):
                 image, mask = perlin_anomaly(normal, self.textures, rng, self.synthesis.beta_max,
                                              self.synthesis.perlin_scale_max,
                                              self._foreground(base, normal), grey=self.grey_textures)
+            elif kind == "spot":
+                image, mask = spot_anomaly(normal, self.textures, rng, self.synthesis.beta_max,
+                                           self._foreground(base, normal), grey=self.grey_textures)
             elif kind == "shade":
                 image, mask = shade_anomaly(normal, rng, self.synthesis.perlin_scale_max,
                                             self._foreground(base, normal))
@@ -298,10 +307,12 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
                       n_extended=n_extended, grey_textures=grey, real_anomalies=[s.name for s in shots],
                       n_scratch=int(round(cfg.synthesis.scratch_fraction * n_perlin)),
                       n_structure=int(round(cfg.synthesis.structure_fraction * n_perlin)),
-                      n_shade=int(round(cfg.synthesis.shade_fraction * n_perlin)))
-    log.info("%s: %d normal + %d perlin (%d of them region swaps, %d thin curves, %d structural, %d photometric) + %d "
+                      n_shade=int(round(cfg.synthesis.shade_fraction * n_perlin)),
+                      n_spot=int(round(cfg.synthesis.spot_fraction * n_perlin)))
+    log.info("%s: %d normal + %d perlin (%d of them region swaps, %d thin curves, %d structural, %d photometric, %d "
+             "small spots) + %d "
              "extended training samples per epoch%s%s; Perlin textures %s%s; real anomalies: %s", category, n,
-             ds.n_perlin, ds.n_swap, ds.n_scratch, ds.n_structure, ds.n_shade, ds.n_extended,
+             ds.n_perlin, ds.n_swap, ds.n_scratch, ds.n_structure, ds.n_shade, ds.n_spot, ds.n_extended,
              " (pasted at the level of their new surroundings)" if cfg.synthesis.extended_match_context and ds.n_extended
              else "",
              f", each image's brightness and contrast jittered by up to {cfg.synthesis.jitter:g}"

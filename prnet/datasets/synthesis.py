@@ -301,6 +301,50 @@ def scratch_anomaly(image: np.ndarray, textures: TextureProvider, rng: np.random
     return texture_fill(image, mask, textures, rng, beta_max, grey), mask
 
 
+SPOT_AREA = (5e-5, 5e-3)  # a spot's share of the image, log-uniform: 3-330 pixels at 256², BSData's pits 0.006-0.5 %
+SPOT_FILL = 0.5  # about the share of its square window that a low-frequency Perlin blob above 0 covers
+
+
+def spot_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, float] = SPOT_AREA,
+              within: Optional[np.ndarray] = None, max_tries: int = 50) -> np.ndarray:
+    """A non-empty float32 {0,1} mask of one small irregular blob: a Perlin mask (scale 1 or 2 per axis, as
+    `perlin_mask`, thresholded at 0) drawn in a square window of side sqrt(a·H·W / SPOT_FILL), a ~ log-uniform in `area` (a share of
+    the image), placed at a random point (of `within` if given). Redrawn while empty; after `max_tries` the
+    window's centre pixel alone."""
+    h, w = hw
+    if within is not None and not within.any():
+        within = None
+    ys, xs = np.nonzero(within) if within is not None else (None, None)
+    y = x = 0
+    for _ in range(max_tries):
+        a = float(np.exp(rng.uniform(np.log(area[0]), np.log(area[1]))))
+        side = int(min(h, w, max(2, round(np.sqrt(a * h * w / SPOT_FILL)))))
+        blob = perlin_mask((side, side), rng, scale_max=1, threshold=0.0) > 0
+        if ys is not None:
+            k = int(rng.integers(0, len(ys)))
+            y, x = int(ys[k]), int(xs[k])
+        else:
+            y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+        top, left = min(max(0, y - side // 2), h - side), min(max(0, x - side // 2), w - side)
+        mask = np.zeros((h, w), bool)
+        mask[top:top + side, left:left + side] = blob
+        if within is not None:
+            mask &= within
+        if mask.any():
+            return mask.astype(np.float32)
+    mask = np.zeros((h, w), np.float32)
+    mask[y, x] = 1.0
+    return mask
+
+
+def spot_anomaly(image: np.ndarray, textures: TextureProvider, rng: np.random.Generator, beta_max: float = 0.8,
+                 foreground: Optional[np.ndarray] = None, grey: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A small anomaly (a pit, a speck of dirt, a tiny chip): `spot_mask` (inside `foreground` if given) filled
+    like a Perlin anomaly (`texture_fill`). Returns (anomalous image, non-empty float32 mask H×W)."""
+    mask = spot_mask(image.shape[:2], rng, within=foreground)
+    return texture_fill(image, mask, textures, rng, beta_max, grey), mask
+
+
 def large_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, float] = (0.05, 0.3),
                within: Optional[np.ndarray] = None) -> np.ndarray:
     """A large, smooth, non-empty float32 {0,1} mask: low-frequency Perlin noise (2^k cells per axis, k ∈ {0, 1},
