@@ -308,9 +308,9 @@ SPOT_FILL = 0.5  # about the share of its square window that a low-frequency Per
 def spot_mask(hw: tuple[int, int], rng: np.random.Generator, area: tuple[float, float] = SPOT_AREA,
               within: Optional[np.ndarray] = None, max_tries: int = 50) -> np.ndarray:
     """A non-empty float32 {0,1} mask of one small irregular blob: a Perlin mask (scale 1 or 2 per axis, as
-    `perlin_mask`, thresholded at 0) drawn in a square window of side sqrt(a·H·W / SPOT_FILL), a ~ log-uniform in `area` (a share of
-    the image), placed at a random point (of `within` if given). Redrawn while empty; after `max_tries` the
-    window's centre pixel alone."""
+    `perlin_mask`, thresholded at 0) drawn in a square window of side sqrt(a·H·W / SPOT_FILL), a ~ log-uniform in
+    `area` (a share of the image), placed at a random point (of `within` if given). Redrawn while empty; after
+    `max_tries` the window's centre pixel alone."""
     h, w = hw
     if within is not None and not within.any():
         within = None
