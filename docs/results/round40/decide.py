@@ -5,7 +5,13 @@ paired by seed; the reference is round 34's score files and recorded training mi
 Rules 1-3: benchmarks/proxy_rules.decide_against_round34 with RULES (the cost rule at 1.3 times, rule 3), then rule
 1's count: the tiny real pastes' image AUROC above the reference at every seed.
 
-    PYTHONPATH=.:benchmarks python docs/results/round40/decide.py [--runs pv_magnetic_tile/runs] [decision.json]
+    PYTHONPATH=.:benchmarks python docs/results/round40/decide.py [--seeds 0] [--runs pv_magnetic_tile/runs] \
+        [decision.json]
+
+The rules were written for seeds 0-2; the round was stopped after seed 0 (docs/experiments.md says why), so
+`--seeds 0` applies them to the one seed made. `proxy_rules.py` prints its own rule numbers: its "rule 1" rows
+include this round's rule 2 limits on "all" and `real_defects` (given as --require), its "rule 2" is the rest of
+this round's rule 2.
 """
 import json
 import os
@@ -22,12 +28,16 @@ RULES = ("--rule", IMAGE_RULE, "--pixel-rule", PIXEL_RULE, "--gain", "0",
          "--harm", "0.005", "--pixel-harm", "0.003", "--pixel-subset-harm", "0.005", "--aupro-error-harm", "0.03")
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    rc = decide_against_round34(argv, HERE, CANDIDATE, MAX_RATIO, rules=RULES)
+    argv, seeds = sys.argv[1:], SEEDS
+    if "--seeds" in argv:
+        i = argv.index("--seeds")
+        seeds = tuple(int(s) for s in argv[i + 1].split(","))
+        argv = argv[:i] + argv[i + 2:]
+    rc = decide_against_round34(argv, HERE, CANDIDATE, MAX_RATIO, seeds=seeds, rules=RULES)
     if rc == 2:
         sys.exit(2)
     pairs = [(os.path.join(HERE, f"Z_mt_{CANDIDATE}{seed_suffix(s)}.json"),
-              os.path.join(HERE, "..", "round34", f"Z_mt_ratio25{seed_suffix(s)}.json")) for s in SEEDS]
+              os.path.join(HERE, "..", "round34", f"Z_mt_ratio25{seed_suffix(s)}.json")) for s in seeds]
     up = [figures(c, IMAGE_RULE, ["tiny_real_pastes"])["tiny_real_pastes"]
           > figures(r, IMAGE_RULE, ["tiny_real_pastes"])["tiny_real_pastes"] for c, r in pairs]
     print(f"rule 1, tiny real pastes' image AUROC above the reference per seed: {up}: "
