@@ -1,9 +1,9 @@
-"""The Magnetic Tile proxy's ten real defect images by defect type, from the committed score files of rounds 34-38:
-each type's pixel AUROC of the default map (pq99) in the reference runs (`ratio25`: seeds 0-5 of rounds 34 and 37,
-seeds 6 and 7 in this folder, made after round 38 with the same command), and each round's candidate minus the
-reference of the same seed, per type and over three summaries of the real images: the pooled `real_defects` figure
-the rounds were judged on, the mean over the five types, and the mean over the four types other than `break`. A
-reading of recorded figures only; nothing is chosen on it (docs/experiments.md).
+"""The Magnetic Tile proxy's ten real defect images by defect type, from the committed score files of the training
+rounds 34-38 and 40: each type's pixel AUROC of the default map (pq99) in the reference runs (`ratio25`: seeds 0-5
+of rounds 34 and 37, seeds 6 and 7 in this folder, made after round 38 with the same command), and each round's
+candidate minus the reference of the same seed, per type and over three summaries of the real images: the pooled
+`real_defects` figure the rounds were judged on, the mean over the five types, and the mean over the four types
+other than `break`. A reading of recorded figures only; nothing is chosen on it (docs/experiments.md).
 
     PYTHONPATH=.:benchmarks python docs/results/by_type/by_type.py [by_type.json]
 """
@@ -18,7 +18,7 @@ from proxy_rules import IMAGE_RULE, PIXEL_RULE, REAL_TYPES as TYPES, figures, se
 RESULTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = {s: ("round34" if s < 3 else "round37" if s < 6 else "by_type", "ratio25") for s in range(8)}
 CANDIDATES = {"zfill": ("round34", range(3)), "shade_add": ("round35", range(3)), "zhalf": ("round36", range(3)),
-              "swa50": ("round37", range(6)), "jit20": ("round38", range(2))}
+              "swa50": ("round37", range(6)), "jit20": ("round38", range(2)), "spot_add": ("round40", range(1))}
 
 
 def groups(folder: str, variant: str, seed: int) -> dict:
