@@ -265,6 +265,19 @@ def decide_with_time(rules: Sequence[str], candidate: Sequence[str], reference: 
     return 0
 
 
+def seeds_option(argv: Sequence[str], default: Sequence[int]) -> tuple[list, tuple]:
+    """A round's decide.py arguments without `--seeds 0,1` and the seeds it names (`default` without it): a round
+    stopped early applies its rules to the seeds it made."""
+    argv = list(argv)
+    if "--seeds" not in argv:
+        return argv, tuple(default)
+    i = argv.index("--seeds")
+    try:
+        return argv[:i] + argv[i + 2:], tuple(int(s) for s in argv[i + 1].split(","))
+    except (IndexError, ValueError):
+        raise SystemExit(f"--seeds: expected a comma-separated list of seeds, e.g. --seeds 0,1 (got {argv[i + 1:]})")
+
+
 def seed_suffix(seed: int) -> str:
     """How proxy_validation.py names a run's seed: nothing for seed 0, -seedN otherwise."""
     return "" if seed == 0 else f"-seed{seed}"

@@ -298,3 +298,15 @@ def test_same_trajectory_compares_the_epoch_fingerprints_where_the_reference_run
     assert proxy_rules.same_trajectory(str(tmp_path), "cand", "ref", [0, 1, 2]) == {"0": True, "1": False, "2": None}
     with pytest.raises(FileNotFoundError, match="cand-seed3"):
         proxy_rules.same_trajectory(str(tmp_path), "cand", "ref", [3])
+
+
+def test_seeds_option_takes_the_seeds_out_of_a_decide_scripts_arguments():
+    from proxy_rules import seeds_option
+
+    assert seeds_option(["--runs", "r", "out.json"], (0, 1, 2)) == (["--runs", "r", "out.json"], (0, 1, 2))
+    got = seeds_option(["--seeds", "0,3", "--runs", "r", "out.json"], range(6))
+    assert got == (["--runs", "r", "out.json"], (0, 3))
+    assert seeds_option(["out.json", "--seeds", "2"], (0,)) == (["out.json"], (2,))
+    for bad in (["--seeds"], ["--seeds", "0,x"]):
+        with pytest.raises(SystemExit, match="--seeds"):
+            seeds_option(bad, (0,))

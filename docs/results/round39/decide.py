@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from proxy_rules import IMAGE_RULE, REAL_TYPES, by_type, main, seed_suffix
+from proxy_rules import IMAGE_RULE, REAL_TYPES, by_type, main, seed_suffix, seeds_option
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEEDS = (0, 3, 4, 5, 6, 7)
@@ -45,11 +45,7 @@ def reproduces(new: dict, old: dict) -> bool:
 
 
 if __name__ == "__main__":
-    argv, seeds = sys.argv[1:], SEEDS
-    if "--seeds" in argv:
-        i = argv.index("--seeds")
-        seeds = tuple(int(s) for s in argv[i + 1].split(","))
-        argv = argv[:i] + argv[i + 2:]
+    argv, seeds = seeds_option(sys.argv[1:], SEEDS)
     out = argv[0] if argv else None
     files = [os.path.join(HERE, f"W_mt_ratio25{seed_suffix(s)}.json") for s in seeds]
     committed = [os.path.join(HERE, "..", COMMITTED[s], f"Z_mt_ratio25{seed_suffix(s)}.json") for s in seeds]
@@ -77,6 +73,7 @@ if __name__ == "__main__":
         result = load(out)
         names = [os.path.basename(f) for f in files]  # one file per run holds both maps
         result.update(candidate_files=names, reference_files=names, rule_0_reproduces=rule0, by_type=types,
-                      seeds=list(seeds), real_defects_gain_per_run=gains, runs_up=up, verdict="passes" if passes else "fails")
+                      seeds=list(seeds), real_defects_gain_per_run=gains, runs_up=up,
+                      verdict="passes" if passes else "fails")
         with open(out, "w") as f:
             json.dump(result, f, indent=1)

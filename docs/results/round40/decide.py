@@ -17,7 +17,8 @@ import json
 import os
 import sys
 
-from proxy_rules import IMAGE_RULE, PIXEL_RULE, REAL_TYPES, decide_against_round34, figures, seed_suffix
+from proxy_rules import (IMAGE_RULE, PIXEL_RULE, REAL_TYPES, decide_against_round34, figures, seed_suffix,
+                         seeds_option)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CANDIDATE, MAX_RATIO, SEEDS = "spot_add", 1.3, (0, 1, 2)
@@ -28,11 +29,7 @@ RULES = ("--rule", IMAGE_RULE, "--pixel-rule", PIXEL_RULE, "--gain", "0",
          "--harm", "0.005", "--pixel-harm", "0.003", "--pixel-subset-harm", "0.005", "--aupro-error-harm", "0.03")
 
 if __name__ == "__main__":
-    argv, seeds = sys.argv[1:], SEEDS
-    if "--seeds" in argv:
-        i = argv.index("--seeds")
-        seeds = tuple(int(s) for s in argv[i + 1].split(","))
-        argv = argv[:i] + argv[i + 2:]
+    argv, seeds = seeds_option(sys.argv[1:], SEEDS)
     rc = decide_against_round34(argv, HERE, CANDIDATE, MAX_RATIO, seeds=seeds, rules=RULES)
     if rc == 2:
         sys.exit(2)
