@@ -108,18 +108,16 @@ class TrainDataset(Dataset):
     def kind(self, index: int) -> str:
         if index < self.n_normal:
             return "normal"
-        if index < self.n_normal + self.n_perlin - self.n_swap - self.n_scratch - self.n_structure - self.n_shade \
-                - self.n_spot:
-            return "perlin"
-        if index < self.n_normal + self.n_perlin - self.n_swap - self.n_scratch - self.n_structure - self.n_shade:
-            return "spot"
-        if index < self.n_normal + self.n_perlin - self.n_swap - self.n_scratch - self.n_structure:
-            return "shade"
-        if index < self.n_normal + self.n_perlin - self.n_swap - self.n_scratch:
-            return "structure"
-        if index < self.n_normal + self.n_perlin - self.n_swap:
-            return "scratch"
-        return "swap" if index < self.n_normal + self.n_perlin else "extended"
+        end = self.n_normal + self.n_perlin
+        if index >= end:
+            return "extended"
+        # the Perlin segment from its end: swaps, thin curves, structural, photometric, small spots; DTD blobs first
+        for name, n in (("swap", self.n_swap), ("scratch", self.n_scratch), ("structure", self.n_structure),
+                        ("shade", self.n_shade), ("spot", self.n_spot)):
+            end -= n
+            if index >= end:
+                return name
+        return "perlin"
 
     def _foreground(self, i: int, image: np.ndarray) -> Optional[np.ndarray]:
         if not self.synthesis.foreground:
@@ -309,12 +307,11 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
                       n_structure=int(round(cfg.synthesis.structure_fraction * n_perlin)),
                       n_shade=int(round(cfg.synthesis.shade_fraction * n_perlin)),
                       n_spot=int(round(cfg.synthesis.spot_fraction * n_perlin)))
+    in_context = cfg.synthesis.extended_match_context and ds.n_extended
     log.info("%s: %d normal + %d perlin (%d of them region swaps, %d thin curves, %d structural, %d photometric, %d "
-             "small spots) + %d "
-             "extended training samples per epoch%s%s; Perlin textures %s%s; real anomalies: %s", category, n,
-             ds.n_perlin, ds.n_swap, ds.n_scratch, ds.n_structure, ds.n_shade, ds.n_spot, ds.n_extended,
-             " (pasted at the level of their new surroundings)" if cfg.synthesis.extended_match_context and ds.n_extended
-             else "",
+             "small spots) + %d extended training samples per epoch%s%s; Perlin textures %s%s; real anomalies: %s",
+             category, n, ds.n_perlin, ds.n_swap, ds.n_scratch, ds.n_structure, ds.n_shade, ds.n_spot, ds.n_extended,
+             " (pasted at the level of their new surroundings)" if in_context else "",
              f", each image's brightness and contrast jittered by up to {cfg.synthesis.jitter:g}"
              if cfg.synthesis.jitter > 0 else "",
              "grey" if grey else "in colour", " (greyscale category)" if colour == "auto" and grey else "",
