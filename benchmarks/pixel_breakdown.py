@@ -3,7 +3,8 @@ the defective images. Reads a test split after its decisions; nothing is chosen 
 
     python benchmarks/pixel_breakdown.py --checkpoint RUN/<category>/last.pt [--test-as SIBLING.pt] [--out F.json]
 
-For the head's map (the library's anomaly map) and for the baseline's map (real_data.py's PatchCore-style
+For the head's map, the run's released anomaly map when that is another (eval.anomaly_map, e.g. head_knn, with the
+checkpoint's own table and lift: what the evaluation scores) and the baseline's map (real_data.py's PatchCore-style
 nearest-neighbour distance on the run's backbone, its memory made from the run's normal training images) it reports:
 
 - pooled: the pixel AUROC as the evaluation computes it (every defect pixel against every normal pixel);
@@ -87,6 +88,20 @@ def breakdown(maps: np.ndarray, masks: np.ndarray, defects: Sequence[str]) -> di
     return out
 
 
+def released_maps(model, cfg, dataset, device, batch: int) -> np.ndarray:
+    """N×H×W: the anomaly maps the evaluation scores (eval.anomaly_map with the run's eval settings)."""
+    from torch.utils.data import DataLoader
+
+    from prnet.engine.evaluator import predict_maps
+
+    out = []
+    for b in DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0):
+        maps, _ = predict_maps(model, b["image"].to(device), topk=cfg.eval.topk, sigma=cfg.eval.sigma,
+                               image_score="map", anomaly_map=cfg.eval.anomaly_map, knn_lift=cfg.eval.knn_lift)
+        out.append(maps[:, 0].cpu().numpy())
+    return np.concatenate(out)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from prnet.datasets import build_test_dataset, normal_train_set
     from prnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
@@ -112,6 +127,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     head, _, _ = maps_of(model, test, sigma=cfg.eval.sigma, batch=args.batch, device=device, leave_one_out=False,
                          desc="test")
     maps = {"head": head}
+    if cfg.eval.anomaly_map != "head":
+        maps[cfg.eval.anomaly_map] = released_maps(model, cfg, test, device, args.batch)
     if args.knn:
         maps["knn"] = knn_scores(cfg, normal_train_set(cfg, category), test, device, args.batch)[2]
     masks = np.stack([test.mask(i) for i in range(len(test))])
@@ -119,12 +136,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = {"checkpoint": args.checkpoint, "category": category, "test_images": len(test),
               "maps": {name: breakdown(m, masks, defects) for name, m in maps.items()}}
     for name, r in result["maps"].items():
-        print(f"{name:<5} pooled {r['pooled']:.4f}  vs normal images {r['vs_normal_images']:.4f}  vs defect "
+        print(f"{name:<8} pooled {r['pooled']:.4f}  vs normal images {r['vs_normal_images']:.4f}  vs defect "
               f"backgrounds {r['vs_defect_backgrounds']:.4f}  backgrounds above the normal q99 "
               f"{r['background_above_q99']:.3f} (median distance to the defect "
               f"{r['above_q99_median_distance']:.0f} px, beyond 24 px {r['above_q99_beyond_24px']:.2f})")
         for t, row in r["per_type"].items():
-            print(f"      {t:<12} vs normal images {row['vs_normal_images']:.4f}  backgrounds above q99 "
+            print(f"         {t:<12} vs normal images {row['vs_normal_images']:.4f}  backgrounds above q99 "
                   f"{row['background_above_q99']:.3f} (distance {row['above_q99_median_distance']:.0f} px)  "
                   f"({row['defect_pixels']} defect pixels)")
     if args.out:

@@ -51,3 +51,25 @@ def test_breakdown_needs_both_kinds_of_image():
     maps, masks, defects = _split()
     with pytest.raises(ValueError, match="normal and defective"):
         breakdown(maps[:2], masks[:2], defects[:2])
+
+
+def test_the_released_map_is_the_one_the_evaluation_scores(tiny_data, tmp_path):
+    """A 1-epoch run with the default anomaly map (head_knn): pixel_breakdown.py reads the head's map, the released
+    map and the baseline's; the released map's pooled pixel AUROC is the run's own evaluation's."""
+    import json
+    import os
+
+    import pixel_breakdown
+    from tiny_run import tiny_overrides
+
+    import train as train_script
+
+    out, protos = str(tmp_path / "out"), str(tmp_path / "protos")
+    assert train_script.main(tiny_overrides(tiny_data, out, protos, epochs=1)) == 0
+    ckpt, result = os.path.join(out, "tiny", "last.pt"), str(tmp_path / "breakdown.json")
+    assert pixel_breakdown.main(["--checkpoint", ckpt, "--out", result]) == 0
+    got = json.load(open(result))["maps"]
+    assert set(got) == {"head", "head_knn", "knn"}
+    metrics = json.load(open(os.path.join(out, "tiny", "results.json")))["metrics"]
+    assert got["head_knn"]["pooled"] == pytest.approx(metrics["pixel_auroc"], abs=1e-6)
+    assert got["head"]["pooled"] != pytest.approx(got["head_knn"]["pooled"], abs=1e-9)
