@@ -295,88 +295,52 @@ def test_thin_curve_samples_come_before_the_other_kinds_and_leave_their_draws(tm
         cfg_for(tmp_path, **{"synthesis.scratch_fraction": 0.8, "synthesis.swap_fraction": 0.3})
 
 
-def test_structural_samples_come_before_the_thin_curves_and_leave_every_other_draw(tmp_path):
+@pytest.mark.parametrize("kind, key", [("structure", "structure_fraction"), ("shade", "shade_fraction"),
+                                       ("spot", "spot_fraction")])
+def test_a_share_of_the_perlin_samples_takes_the_place_of_dtd_blobs_and_leaves_every_other_draw(tmp_path, kind, key):
+    """Structural anomalies, photometric anomalies and small spots: each share of the Perlin samples comes before the
+    thin curves, changes its images only under its mask, and every other sample keeps its draw."""
     over = {"synthesis.scratch_fraction": 0.34}
-    plain, ds = _without_and_with(tmp_path, over, "synthesis.structure_fraction", 0.34)
-    assert (ds.n_perlin, ds.n_structure, ds.n_scratch, ds.n_extended) == (6, 2, 2, 2) and len(ds) == len(plain)
-    assert [ds.kind(i) for i in range(len(ds))] == (["normal"] * 6 + ["perlin"] * 2 + ["structure"] * 2
+    plain, ds = _without_and_with(tmp_path, over, f"synthesis.{key}", 0.34)
+    assert (ds.n_perlin, getattr(ds, f"n_{kind}"), ds.n_scratch, ds.n_extended) == (6, 2, 2, 2)
+    assert len(ds) == len(plain)
+    assert [ds.kind(i) for i in range(len(ds))] == (["normal"] * 6 + ["perlin"] * 2 + [kind] * 2
                                                     + ["scratch"] * 2 + ["extended"] * 2)
     normal = MVTEC(str(tmp_path), "cat", "train", 32)
     for i in range(len(ds)):
         item = ds[i]
-        if item["kind"] == "structure":
+        if item["kind"] == kind:
             m = item["mask"][0] > 0
             base = normal[item["source"]]["image"]
             assert item["label"] == 1 and m.any()
             assert torch.allclose(item["image"][:, ~m], base[:, ~m], atol=1 / 255)
-            assert (item["image"][:, m] - base[:, m]).abs().max() > 0.02  # the surface moved under the mask
-        else:  # the structural samples take the place of DTD-filled blobs; every other sample keeps its draw
+            if kind == "spot":
+                assert m.float().mean() < 0.05  # one small blob
+            else:
+                assert (item["image"][:, m] - base[:, m]).abs().max() > 0.02  # the surface moved under the mask
+        else:
             assert torch.equal(item["image"], plain[i]["image"]) and torch.equal(item["mask"], plain[i]["mask"])
-    assert _without_and_with(tmp_path, over, "synthesis.structure_fraction", 0)[1].n_structure == 0
+    assert getattr(_without_and_with(tmp_path, over, f"synthesis.{key}", 0)[1], f"n_{kind}") == 0
     from prnet.config import ConfigError
-    with pytest.raises(ConfigError, match="structure_fraction"):
-        cfg_for(tmp_path, **{"synthesis.structure_fraction": 0.5, "synthesis.scratch_fraction": 0.25,
-                             "synthesis.swap_fraction": 0.3})
-    with pytest.raises(ConfigError, match="structure_fraction"):
-        cfg_for(tmp_path, **{"synthesis.structure_fraction": -0.1})
+    with pytest.raises(ConfigError, match=key):  # the shares of the Perlin samples sum past 1
+        cfg_for(tmp_path, **{f"synthesis.{key}": 0.8, "synthesis.scratch_fraction": 0.25})
+    with pytest.raises(ConfigError, match=key):
+        cfg_for(tmp_path, **{f"synthesis.{key}": -0.1})
 
 
-def test_photometric_samples_come_before_the_structural_ones_and_leave_every_other_draw(tmp_path):
-    over = {"synthesis.scratch_fraction": 0.34}
-    plain, ds = _without_and_with(tmp_path, over, "synthesis.shade_fraction", 0.34)
-    assert (ds.n_perlin, ds.n_shade, ds.n_scratch, ds.n_extended) == (6, 2, 2, 2) and len(ds) == len(plain)
-    assert [ds.kind(i) for i in range(len(ds))] == (["normal"] * 6 + ["perlin"] * 2 + ["shade"] * 2
-                                                    + ["scratch"] * 2 + ["extended"] * 2)
-    normal = MVTEC(str(tmp_path), "cat", "train", 32)
-    for i in range(len(ds)):
-        item = ds[i]
-        if item["kind"] == "shade":
-            m = item["mask"][0] > 0
-            base = normal[item["source"]]["image"]
-            assert item["label"] == 1 and m.any()
-            assert torch.allclose(item["image"][:, ~m], base[:, ~m], atol=1 / 255)
-            assert (item["image"][:, m] - base[:, m]).abs().max() > 0.02
-        else:  # the photometric samples take the place of DTD-filled blobs; every other sample keeps its draw
-            assert torch.equal(item["image"], plain[i]["image"]) and torch.equal(item["mask"], plain[i]["mask"])
-    both = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34,
-            "synthesis.scratch_fraction": 0.34, "synthesis.structure_fraction": 0.17, "synthesis.shade_fraction": 0.17}
-    both = build_train_dataset(cfg_for(tmp_path, **both), "cat")
-    assert [both.kind(i) for i in range(6, 12)] == ["perlin", "perlin", "shade", "structure", "scratch", "scratch"]
-    from prnet.config import ConfigError
-    with pytest.raises(ConfigError, match="shade_fraction"):
-        cfg_for(tmp_path, **{"synthesis.shade_fraction": 0.5, "synthesis.scratch_fraction": 0.25,
-                             "synthesis.structure_fraction": 0.3})
-    with pytest.raises(ConfigError, match="shade_fraction"):
-        cfg_for(tmp_path, **{"synthesis.shade_fraction": -0.1})
-
-
-def test_small_spots_come_before_the_photometric_ones_and_leave_every_other_draw(tmp_path):
-    over = {"synthesis.scratch_fraction": 0.34}
-    plain, ds = _without_and_with(tmp_path, over, "synthesis.spot_fraction", 0.34)
-    assert (ds.n_perlin, ds.n_spot, ds.n_scratch, ds.n_extended) == (6, 2, 2, 2) and len(ds) == len(plain)
-    assert [ds.kind(i) for i in range(len(ds))] == (["normal"] * 6 + ["perlin"] * 2 + ["spot"] * 2
-                                                    + ["scratch"] * 2 + ["extended"] * 2)
-    normal = MVTEC(str(tmp_path), "cat", "train", 32)
-    for i in range(len(ds)):
-        item = ds[i]
-        if item["kind"] == "spot":
-            m = item["mask"][0] > 0
-            base = normal[item["source"]]["image"]
-            assert item["label"] == 1 and m.any() and m.float().mean() < 0.05  # one small blob
-            assert torch.allclose(item["image"][:, ~m], base[:, ~m], atol=1 / 255)
-        else:  # the spots take the place of DTD-filled blobs; every other sample keeps its draw
-            assert torch.equal(item["image"], plain[i]["image"]) and torch.equal(item["mask"], plain[i]["mask"])
+def test_the_perlin_samples_are_laid_out_blobs_spots_shades_structures_curves_swaps(tmp_path):
+    make_category(tmp_path, n_train=6)
     five = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 1.0, "synthesis.extended_ratio": 0.34,
             "synthesis.scratch_fraction": 0.17, "synthesis.structure_fraction": 0.17, "synthesis.shade_fraction": 0.17,
             "synthesis.spot_fraction": 0.17}
     five = build_train_dataset(cfg_for(tmp_path, **five), "cat")
     assert [five.kind(i) for i in range(6, 12)] == ["perlin", "perlin", "spot", "shade", "structure", "scratch"]
-    from prnet.config import ConfigError
-    with pytest.raises(ConfigError, match="spot_fraction"):
-        cfg_for(tmp_path, **{"synthesis.spot_fraction": 0.5, "synthesis.scratch_fraction": 0.25,
-                             "synthesis.shade_fraction": 0.3})
-    with pytest.raises(ConfigError, match="spot_fraction"):
-        cfg_for(tmp_path, **{"synthesis.spot_fraction": -0.1})
+    six = {"data.num_anomalies": 2, "synthesis.perlin_ratio": 2.0, "synthesis.scratch_fraction": 0.17,
+           "synthesis.structure_fraction": 0.17, "synthesis.shade_fraction": 0.17, "synthesis.spot_fraction": 0.17,
+           "synthesis.swap_fraction": 0.17}
+    six = build_train_dataset(cfg_for(tmp_path, **six), "cat")
+    assert [six.kind(i) for i in range(6, 18)] == (["perlin"] * 2 + ["spot"] * 2 + ["shade"] * 2 + ["structure"] * 2
+                                                   + ["scratch"] * 2 + ["swap"] * 2)
 
 
 def test_jitter_changes_every_image_globally_and_leaves_every_other_draw(tmp_path):

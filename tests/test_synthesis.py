@@ -72,6 +72,19 @@ def test_perlin_anomaly_changes_only_the_mask_and_stays_in_range():
         assert 0 <= out.min() and out.max() <= 1
 
 
+def _stays_inside_its_region(make_mask):
+    """A mask drawn `within` a region is non-empty and inside it; for a one-pixel region, after `max_tries` empty
+    draws, the mask is that pixel (hit by a draw or picked by the fallback), never empty."""
+    region = np.zeros((64, 64), bool)
+    region[40:, :20] = True
+    for k in range(10):
+        m = make_mask((64, 64), rng(k), within=region)
+        assert m.any() and not m[~region].any()
+    dot = np.zeros((64, 64), bool)
+    dot[3, 60] = True
+    assert np.array_equal(make_mask((64, 64), rng(0), within=dot, max_tries=2), dot.astype(np.float32))
+
+
 def test_scratch_masks_are_thin_curves_seeded_and_inside_the_region():
     kernel = np.ones((9, 9), np.uint8)  # wider than any stroke at 256² (2–6 px)
     for k in range(20):
@@ -86,14 +99,7 @@ def test_scratch_masks_are_thin_curves_seeded_and_inside_the_region():
         assert np.hypot(np.ptp(ys), np.ptp(xs)) >= 0.1 * np.hypot(256, 256) - 6
     wide = [scratch_mask((512, 512), rng(k)).sum() / scratch_mask((256, 256), rng(k)).sum() for k in range(10)]
     assert 2.5 < np.median(wide) < 6  # stroke width and length both scale with the image (about 4× the pixels)
-    region = np.zeros((64, 64), bool)
-    region[40:, :20] = True
-    for k in range(10):
-        m = scratch_mask((64, 64), rng(k), within=region)
-        assert m.any() and not m[~region].any()
-    dot = np.zeros((64, 64), bool)
-    dot[3, 60] = True  # a one-pixel region: hit by a curve or picked by the fallback, never empty
-    assert np.array_equal(scratch_mask((64, 64), rng(0), within=dot, max_tries=2), dot.astype(np.float32))
+    _stays_inside_its_region(scratch_mask)
 
 
 def test_scratch_anomaly_changes_only_its_mask():
@@ -115,14 +121,7 @@ def test_spot_masks_are_one_small_blob_of_the_stated_area_seeded_and_inside_the_
         areas.append(m.mean())
     # pits of a few pixels up to a few hundred at 256² (0.005-0.5 % of the image, about), many sizes between
     assert min(areas) < 2e-4 and 1.5e-3 < max(areas) < 1e-2 and len(set(np.round(np.log10(areas)))) >= 3
-    region = np.zeros((64, 64), bool)
-    region[40:, :20] = True
-    for k in range(10):
-        m = spot_mask((64, 64), rng(k), within=region)
-        assert m.any() and not m[~region].any()
-    dot = np.zeros((64, 64), bool)
-    dot[3, 60] = True  # a one-pixel region: hit by a blob or the fallback's centre pixel, never empty
-    assert np.array_equal(spot_mask((64, 64), rng(0), within=dot, max_tries=2), dot.astype(np.float32))
+    _stays_inside_its_region(spot_mask)
 
 
 def test_spot_anomaly_changes_only_its_mask():
