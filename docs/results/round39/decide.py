@@ -61,8 +61,8 @@ if __name__ == "__main__":
     rc = main(["--candidate", *files, "--reference", *files, *RULES] + (["--out", out] if out else []))
     if rc == 2:
         sys.exit(2)
-    gains = [load(f)["pixel_by_group"][CANDIDATE]["real_defects"]["pixel_auroc"]
-             - load(f)["pixel_by_group"][REFERENCE]["real_defects"]["pixel_auroc"] for f in files]
+    pixel = [load(f)["pixel_by_group"] for f in files]
+    gains = [g[CANDIDATE]["real_defects"]["pixel_auroc"] - g[REFERENCE]["real_defects"]["pixel_auroc"] for g in pixel]
     up = sum(g > 0 for g in gains)
     least = LEAST_RUNS_UP * len(seeds) / len(SEEDS)  # four of six, or the same share of the runs scored
     print(f"rule 1, real_defects pixel AUROC up at {up} of {len(gains)} runs (at least {least:g}): "
