@@ -69,7 +69,7 @@ def _run(cfg, ctx, device, locks: list) -> int:
             dist.barrier()
         classes = resolve_classes(cfg)
         for category in classes:  # no outputs in the way, every category readable and evaluable, every file decodes
-            check_outputs(cfg, category)
+            check_outputs(cfg, category, ctx.world_size)
             train_set = MVTEC(cfg.data.root, category, "train", cfg.data.image_size, **format_args(cfg))
             test_set = MVTEC(cfg.data.root, category, "test", cfg.data.image_size, **format_args(cfg))
             check_evaluable(test_set.samples, cfg.data.num_anomalies, cfg.eval.require_defective)

@@ -69,7 +69,7 @@ class DataConfig:
     # share of the normal training images held out of training and prototypes, to set the decision threshold
     # (eval.threshold=holdout_fpr); drawn with split_seed
     holdout_normal: float = 0.0
-    cache_images: bool = True  # keep decoded, resized training images in memory
+    cache_images: bool = True  # keep decoded, resized training images (8-bit either way) in memory
 
 
 @dataclass
@@ -364,8 +364,46 @@ def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()
     return cfg
 
 
+# Numeric keys checked by their range alone: key -> (low, high, the low end allowed, the high end allowed); None: open.
+# Outside these a run would go on with a meaningless setting (a texture weight below 0, a learning rate of 0, ...).
+RANGES = {
+    "synthesis.perlin_ratio": (0.0, None, True, False),
+    "synthesis.extended_ratio": (0.0, None, True, False),
+    "synthesis.beta_max": (0.0, 1.0, True, True),
+    "synthesis.perlin_scale_max": (0, None, True, False),
+    "prototypes.kmeans_iters": (1, None, True, False),
+    "prototypes.batch_size": (1, None, True, False),
+    "loss.focal_weight": (0.0, None, True, False),
+    "loss.focal_gamma": (0.0, None, True, False),
+    "loss.focal_alpha": (0.0, 1.0, True, True),
+    "train.lr": (0.0, None, False, False),
+    "train.weight_decay": (0.0, None, True, False),
+    "train.warmup_epochs": (0, None, True, False),
+    "eval.topk": (1, None, True, False),
+    "eval.sigma": (0.0, None, True, False),
+    "eval.batch_size": (1, None, True, False),
+    "eval.examples": (0, None, True, False),
+}
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, (low, high, low_in, high_in) in RANGES.items():
+        v = get_key(cfg, key)
+        if v is None:  # an optional key left unset (loss.focal_alpha)
+            continue
+        below = low is not None and (v < low if low_in else v <= low)
+        above = high is not None and (v > high if high_in else v >= high)
+        if below or above:
+            lo = "" if low is None else ("[" if low_in else "(") + f"{low:g}"
+            hi = "" if high is None else f"{high:g}" + ("]" if high_in else ")")
+            want = f"a value in {lo}, {hi}" if low is not None and high is not None else (
+                f"{'>=' if low_in else '>'} {low:g}" if low is not None else f"{'<=' if high_in else '<'} {high:g}")
+            raise ConfigError(f"config key '{key}': expected {want}, got {v}")
+
+
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express."""
+    _check_ranges(cfg)
     size = cfg.data.image_size
     if isinstance(size, list) and len(size) != 2:
         raise ConfigError(f"config key 'data.image_size': expected an int or [h, w], got {size!r}")

@@ -49,7 +49,11 @@ class Prediction:
 
 
 def _pil_to_array(image: Any) -> np.ndarray:
-    """A PIL image as a numpy array that to_rgb understands (RGB(A) channel order)."""
+    """A PIL image as a numpy array that to_rgb understands (RGB(A) channel order), turned upright by its EXIF
+    orientation as a file of it would be."""
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -75,6 +79,9 @@ def read_image(item: ImageInput) -> np.ndarray:
     if array.ndim not in (2, 3) or (array.ndim == 3 and not 1 <= array.shape[2] <= 4):
         raise DatasetError(f"{what}: expected H×W or H×W×C with C in 1-4 (channels last), or a list or an N×H×W×C "
                            f"array for several images")
+    if np.issubdtype(array.dtype, np.integer) and array.dtype not in (np.uint8, np.uint16):
+        raise DatasetError(f"{what}: integer pixels of type {array.dtype}: pass uint8 (0-255), uint16 (0-65535) or "
+                           f"float in [0, 1]")
     if np.issubdtype(array.dtype, np.floating) and array.size:
         lo, hi = float(np.min(array)), float(np.max(array))
         if not (lo >= -1e-3 and hi <= 1 + 1e-3):  # also catches NaN

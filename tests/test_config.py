@@ -35,11 +35,31 @@ def test_yaml_then_overrides(tmp_path):
     ("synthesis.texture_weight=beta", "unknown config key 'synthesis.texture_weight'"),
     ("synthesis.texture_colour=gray", "'synthesis.texture_colour': expected auto, rgb or grey"),
     ("train.epochs", "expected key=value"),
+    ("synthesis.beta_max=1.5", "'synthesis.beta_max': expected a value in [0, 1], got 1.5"),
+    ("train.lr=0", "'train.lr': expected > 0, got 0"),
+    ("loss.focal_alpha=-0.1", "'loss.focal_alpha': expected a value in [0, 1]"),
+    ("eval.sigma=-1", "'eval.sigma': expected >= 0"),
+    ("eval.topk=0", "'eval.topk': expected >= 1"),
 ])
 def test_bad_keys_and_values_name_the_key(override, fragment):
     with pytest.raises(ConfigError, match=None) as info:
         load_config(None, [override])
     assert fragment in str(info.value)
+
+
+def test_every_ranged_key_accepts_its_ends_and_refuses_beyond_them():
+    """Each key of config.RANGES takes the ends its range allows and refuses a value past each end."""
+    from prnet.config import RANGES
+    for key, (low, high, low_in, high_in) in RANGES.items():
+        step = 1 if isinstance(low, int) else 0.01
+        for end, inside, sign in ((low, low_in, -1), (high, high_in, +1)):
+            if end is None:
+                continue
+            if inside:
+                load_config(None, [f"{key}={end}"])
+            for bad in ([end] if not inside else []) + [end + sign * step]:
+                with pytest.raises(ConfigError, match=f"'{key}'"):
+                    load_config(None, [f"{key}={bad}"])
 
 
 def test_missing_file_is_an_error(tmp_path):

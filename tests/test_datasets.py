@@ -104,6 +104,35 @@ def test_layout_items_and_order(tmp_path):
     assert good["label"] == 0 and good["mask"].sum() == 0 and good["defect"] == "good"
 
 
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_images_and_masks_are_turned_upright_by_their_exif_orientation(tmp_path, ext):
+    """A file with an EXIF orientation (phone photos) is read as viewers and annotation tools show it, image and mask
+    alike (PIL's ImageOps.exif_transpose is the reference); so is a PIL image given to the API."""
+    from PIL import ImageOps
+
+    from prnet.inference import _pil_to_array
+
+    def upright(path):
+        return np.asarray(ImageOps.exif_transpose(Image.open(path)))
+
+    base = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    mask = np.zeros((24, 40), np.uint8)
+    mask[:8, 3:11] = 255
+    tol = 0 if ext == ".png" else 2  # the JPEG's decoders may round differently
+    for o in range(1, 9):
+        exif = Image.new("L", (1, 1)).getexif()
+        exif[0x0112] = o
+        path, mask_path = tmp_path / f"o{o}{ext}", tmp_path / f"o{o}_mask.png"
+        Image.fromarray(base).save(path, exif=exif.tobytes(), **({"quality": 100} if ext == ".jpg" else {}))
+        Image.fromarray(mask).save(mask_path, exif=exif.tobytes())
+        want = upright(path).astype(np.float32)
+        got = load_rgb(str(path)) * 255
+        assert got.shape == want.shape == ((24, 40, 3) if o <= 4 else (40, 24, 3)), o
+        assert np.abs(got - want).max() <= tol + 1e-3, o
+        assert np.abs(_pil_to_array(Image.open(path)).astype(np.float32) - want).max() <= tol, o
+        assert np.array_equal(load_mask(str(mask_path)) > 0, upright(mask_path) > 0), o
+
+
 def test_mixed_formats_sizes_and_mask_extension(tmp_path):
     """grey jpg + RGBA png + 16-bit tif of varying non-square sizes; a mask stored as .bmp."""
     cat = tmp_path / "mix"
@@ -189,6 +218,22 @@ def test_few_shot_is_seeded_balanced_and_removed_from_evaluation(tmp_path):
     assert len(test) == 3 + 13 - 4
     train = build_train_dataset(cfg, "cat")
     assert train.real_anomalies == names
+
+
+def test_training_images_are_the_same_with_and_without_the_cache(tmp_path):
+    """data.cache_images only keeps the training images in memory: both ways they are the resize rounded to 8 bits
+    (a test image keeps the resize's float values), so a run may switch it when it resumes."""
+    make_category(tmp_path, n_train=4, size=(45, 61))
+    sets = [build_train_dataset(cfg_for(tmp_path, **{"data.cache_images": c, "data.num_anomalies": 0}), "cat")
+            for c in ("true", "false")]
+    assert sets[0].normal.cache and not sets[1].normal.cache
+    for i in range(len(sets[0])):
+        a, b = sets[0][(0, i)]["image"], sets[1][(0, i)]["image"]
+        assert torch.equal(a, b)
+    x = sets[1].normal.image(0)
+    assert np.array_equal(x, np.round(x * 255) / np.float32(255))
+    plain = MVTEC(str(tmp_path), "cat", "train", image_size=32).image(0)
+    assert not np.array_equal(plain, x) and np.abs(plain - x).max() <= 0.5 / 255 + 1e-6
 
 
 def test_named_few_shot_replaces_the_draw(tmp_path):
@@ -462,3 +507,28 @@ def test_ensure_data_writes_missing_demo_category(tmp_path, caplog):
     assert written == [str(tmp_path / "tiny")]
     assert len(MVTEC(str(tmp_path), "tiny", "train")) == 80
     assert ensure_data(cfg) == []  # present now: nothing written
+
+
+def test_a_mask_lost_at_the_run_size_is_named_and_its_pixels_count_as_defect_free(tmp_path, caplog):
+    """A defect between the rows the nearest-neighbour resize keeps: the check names its mask, and the pixel metrics
+    count that image's pixels as defect-free, as the warning says (its image label still counts)."""
+    from prnet.datasets.checks import check_samples
+    from prnet.metrics import compute_metrics
+
+    cat = make_category(tmp_path, defects=(("crack", 2),))  # 40×48 images, read at 32×32
+    thin = np.zeros((40, 48), np.uint8)
+    thin[4] = 255  # row 4 of 40: the resize to 32 rows keeps rows 3 and 5
+    cv2.imwrite(os.path.join(cat, "ground_truth/crack/001_mask.png"), thin)
+    test = MVTEC(str(tmp_path), "cat", "test", image_size=32)
+    lost = [i for i, s in enumerate(test.samples) if s.mask_path and s.mask_path.endswith("001_mask.png")]
+    assert len(lost) == 1 and test.mask(lost[0]).sum() == 0 and load_mask(test.samples[lost[0]].mask_path).sum() > 0
+    with caplog.at_level(logging.WARNING):
+        check_samples(test.samples, 32)
+    assert "001_mask.png" in caplog.text and "all their pixels as defect-free for the pixel metrics" in caplog.text
+    labels = np.array([s.label for s in test.samples])
+    masks = np.stack([test.mask(i) for i in range(len(test))])
+    maps = masks * 0.9 + 0.1 * np.random.default_rng(0).random(masks.shape)  # defects found, the lost one unmarked
+    low = compute_metrics(labels.astype(float), labels, maps, masks)
+    maps[lost[0]] = 1.0  # the lost image marked everywhere: as negatives, its pixels now outrank every defect pixel
+    high = compute_metrics(labels.astype(float), labels, maps, masks)
+    assert low["pixel_auroc"] == 1.0 and high["pixel_auroc"] < 0.85 and high["image_auroc"] == low["image_auroc"]

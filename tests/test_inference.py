@@ -120,6 +120,9 @@ def test_threshold_stored_given_or_absent(ckpt, detector, files):
 def test_bad_inputs_are_named(detector, tmp_path):
     with pytest.raises(DatasetError, match=r"float pixels must lie in \[0, 1\]"):
         detector.predict(np.full((20, 20, 3), 200.0))
+    for dtype in (np.int64, np.int32, np.int16):  # 0-255 values in a wide integer type are not scaled by its maximum
+        with pytest.raises(DatasetError, match=f"integer pixels of type {np.dtype(dtype)}: pass uint8"):
+            detector.predict(np.full((20, 20, 3), 200, dtype))
     for shape in ((20,), (3, 20, 20), (4, 20, 20)):  # not H×W(×C): channels first, or a grey stack
         with pytest.raises(DatasetError, match=r"expected H×W or H×W×C with C in 1-4"):
             detector.predict(np.zeros(shape, np.uint8))

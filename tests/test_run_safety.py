@@ -77,6 +77,20 @@ def test_resume_with_other_settings_is_refused_before_anything_is_written(one_ep
     assert _snapshot(one_epoch["out"]) == before
 
 
+def test_resume_with_another_number_of_processes_is_refused(one_epoch):
+    """The checkpoint records its training processes; torchrun with another count would change the global batch and
+    the schedule's steps per epoch, so check_outputs refuses it (train.py calls it with its WORLD_SIZE)."""
+    from prnet.engine.trainer import TrainingError, check_outputs
+
+    state = torch.load(os.path.join(one_epoch["out"], "tiny", "last.pt"), weights_only=True)
+    assert state["world_size"] == 1
+    cfg = load_config(None, tiny_overrides(one_epoch["root"], one_epoch["out"], one_epoch["protos"], epochs=1,
+                                           extra=["train.resume=true"]))
+    check_outputs(cfg, "tiny", 1)
+    with pytest.raises(TrainingError, match=r"cannot resume .*processes: 1 -> 2"):
+        check_outputs(cfg, "tiny", 2)
+
+
 def test_resume_may_extend_the_schedule(one_epoch, capsys):
     args = tiny_overrides(one_epoch["root"], one_epoch["out"], one_epoch["protos"], epochs=2,
                           extra=["train.resume=true", "eval.topk=5"])

@@ -244,9 +244,10 @@ def holdout_normal_names(cfg: Config, category: str) -> list[str]:
     return sorted(names[i] for i in order[:n])
 
 
-def normal_train_set(cfg: Config, category: str, cache: bool = False, held_out: bool = False) -> MVTEC:
+def normal_train_set(cfg: Config, category: str, cache: bool = False, held_out: bool = False,
+                     eight_bit: bool = False) -> MVTEC:
     """The normal images the model and its prototypes learn from (the training split minus the held-out ones),
-    or, with `held_out`, only the held-out ones (data.holdout_normal)."""
+    or, with `held_out`, only the held-out ones (data.holdout_normal); `cache`, `eight_bit`: as MVTEC's."""
     hold = holdout_normal_names(cfg, category)
     exclude: list[str] = hold
     if held_out:
@@ -255,7 +256,8 @@ def normal_train_set(cfg: Config, category: str, cache: bool = False, held_out: 
         keep = set(hold)
         exclude = [s.name for s in scan_split(cfg.data.root, category, "train", **format_args(cfg))
                    if s.name not in keep]
-    return MVTEC(cfg.data.root, category, "train", image_hw(cfg), exclude=exclude, cache=cache, **format_args(cfg))
+    return MVTEC(cfg.data.root, category, "train", image_hw(cfg), exclude=exclude, cache=cache, eight_bit=eight_bit,
+                 **format_args(cfg))
 
 
 def build_test_dataset(cfg: Config, category: str) -> MVTEC:
@@ -275,11 +277,11 @@ def greyscale_category(normal: MVTEC, max_images: int = 64) -> bool:
 
 
 def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True) -> TrainDataset:
-    """The training set of `category` (see the module docstring). Normal images are decoded and kept in memory
-    (resized, uint8) when `normal_hw_cache` and cfg.data.cache_images are both true."""
+    """The training set of `category` (see the module docstring). Its images are the resized images rounded to 8 bits,
+    kept in memory when `normal_hw_cache` and cfg.data.cache_images are both true (the cache changes no pixel)."""
     hw = image_hw(cfg)
     cache = bool(normal_hw_cache and cfg.data.cache_images)
-    normal = normal_train_set(cfg, category, cache=cache)
+    normal = normal_train_set(cfg, category, cache=cache, eight_bit=True)
     normal.preload()  # no-op without cache; with it, workers share the decoded images
     shots = few_shot_samples(cfg, category)
     anomalies = []

@@ -77,5 +77,7 @@ def check_samples(samples: Sequence[Sample], image_size: SizeLike, progress: Opt
                            f"at {hw[1]}x{hw[0]} (e.g. {empty[0]}): pixel metrics cannot be computed")
     if empty:
         more = f", … ({len(empty)} in all)" if len(empty) > 10 else ""
-        log.warning("%d masks of defective images are empty at %dx%d (those images count for the image metrics "
-                    "only): %s%s", len(empty), hw[1], hw[0], ", ".join(empty[:10]), more)
+        log.warning("%d masks of defective images are empty at %dx%d (an empty file, or a defect that falls "
+                    "between the pixels the resize keeps): those images count as defective for the image metrics, "
+                    "and all their pixels as defect-free for the pixel metrics; a larger data.image_size keeps a "
+                    "small defect: %s%s", len(empty), hw[1], hw[0], ", ".join(empty[:10]), more)

@@ -105,8 +105,9 @@ def _imdecode_jpeg(data: np.ndarray, path: str) -> Optional[np.ndarray]:
 
 
 def _decode(path: str) -> np.ndarray:
-    """Decode an image file as stored (any depth, channels in BGR(A) order for colour), or raise DatasetError
-    (missing, empty, unreadable, truncated, or a JPEG with damaged data)."""
+    """Decode an image file (any depth, channels in BGR(A) order for colour), turned upright by its EXIF orientation
+    as a viewer shows it, or raise DatasetError (missing, empty, unreadable, truncated, or a JPEG with damaged
+    data)."""
     if not os.path.isfile(path):
         raise DatasetError(f"image file {path} does not exist")
     data = np.fromfile(path, dtype=np.uint8)  # works with non-ASCII paths too
@@ -128,7 +129,34 @@ def _decode(path: str) -> np.ndarray:
             image = np.ascontiguousarray(arr)
         except Exception as e:  # noqa: BLE001 - any decoder failure is an unreadable file
             raise DatasetError(f"cannot read image file {path}: {e}") from None
-    return image
+    return orient(image, exif_orientation(data))
+
+
+# EXIF orientation (tag 0x0112) -> the array operation that shows the image upright, as viewers and annotation tools
+# do (PIL's ImageOps.exif_transpose): 2 mirrored, 3 turned 180°, 4 flipped, 5 transposed, 6 turned 90° clockwise,
+# 7 transversed, 8 turned 90° counter-clockwise.
+_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1), 7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: np.rot90(a, 1),
+}
+
+
+def exif_orientation(data: Union[bytes, np.ndarray]) -> int:
+    """The EXIF orientation of an encoded image file (1, upright, when it has none or it cannot be read)."""
+    from io import BytesIO
+
+    from PIL import Image
+    try:
+        with Image.open(BytesIO(data.tobytes() if isinstance(data, np.ndarray) else data)) as pil:
+            value = pil.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - no readable header: the decoder has accepted the file, so it is as stored
+        return 1
+    return int(value) if value in _ORIENT else 1
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """`image` (H×W[×C], as stored) turned upright for its EXIF `orientation`; contiguous."""
+    return np.ascontiguousarray(_ORIENT[orientation](image)) if orientation in _ORIENT else image
 
 
 def _to_unit_float(image: np.ndarray, what: str) -> np.ndarray:
@@ -303,14 +331,18 @@ def scan_tree(root: str, category: str, split: str, good: str = "good",
 
 
 class MVTEC(Dataset):
-    """One split of one category in the MVTec AD layout; items are dicts image, mask, label, path, defect."""
+    """One split of one category in the MVTec AD layout; items are dicts image, mask, label, path, defect.
+
+    `eight_bit`: `image` gives the resized image rounded to 8 bits (the training images'), with or without `cache`,
+    which only keeps those 8-bit images in memory; otherwise `image` is the resize's float32 (test images,
+    prototypes, nearest-neighbour memory)."""
 
     CLASSNAMES = ['bottle', 'cable', 'capsule', 'carpet', 'grid', 'hazelnut', 'leather', 'metal_nut', 'pill',
                   'screw', 'tile', 'toothbrush', 'transistor', 'wood', 'zipper']
 
     def __init__(self, root: str, category: str, split: str = "train", image_size: SizeLike = 256,
                  exclude: Collection[str] = (), cache: bool = False, format: str = "mvtec",
-                 format_options: Optional[dict] = None) -> None:
+                 format_options: Optional[dict] = None, eight_bit: bool = False) -> None:
         self.root, self.category, self.split, self.format = root, category, split, format
         self.hw = as_hw(image_size)
         samples = scan_split(root, category, split, format, format_options)
@@ -324,7 +356,7 @@ class MVTEC(Dataset):
         if not self.samples:
             raise DatasetError(f"no images left in {os.path.join(root, category, split)} after excluding "
                                f"{len(exclude)}")
-        self.cache = cache
+        self.cache, self.eight_bit = cache, eight_bit or cache
         self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -341,8 +373,8 @@ class MVTEC(Dataset):
         return image
 
     def image(self, index: int) -> np.ndarray:
-        """The resized RGB image as float32 H×W×3 in [0, 1]."""
-        if self.cache:
+        """The resized RGB image as float32 H×W×3 in [0, 1] (rounded to 8 bits when `eight_bit`)."""
+        if self.eight_bit:
             return self.image_uint8(index).astype(np.float32) / 255.0
         return load_rgb(self.samples[index].path, self.hw)
 

@@ -42,8 +42,9 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, cfg: Config, prototype_meta: dict,
                     optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None,
                     threshold: Optional[float] = None, threshold_rule: Optional[str] = None,
-                    history: Optional[list] = None, average: Optional[dict] = None) -> None:
-    """Write everything needed to resume or to predict, atomically (temporary file, then os.replace)."""
+                    history: Optional[list] = None, average: Optional[dict] = None, world_size: int = 1) -> None:
+    """Write everything needed to resume or to predict, atomically (temporary file, then os.replace). `world_size`:
+    the training processes (the global batch and the steps per epoch depend on it)."""
     from prnet.config import config_to_dict
 
     state = {
@@ -60,6 +61,7 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, epoch: int, cfg: Confi
         "threshold_rule": threshold_rule,
         "history": list(history or []),
         "average": average,
+        "world_size": int(world_size),
     }
     torch_save_atomic(state, path)
 

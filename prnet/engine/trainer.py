@@ -198,9 +198,10 @@ def config_differences(stored: dict, requested: dict) -> list[str]:
     return diffs
 
 
-def check_outputs(cfg: Config, category: str) -> None:
+def check_outputs(cfg: Config, category: str, world_size: int = 1) -> None:
     """Refuse, before any heavy work, to overwrite an earlier run of `category` silently, or to resume a checkpoint
-    made with other settings (nothing in the run folder is touched here)."""
+    made with other settings or another number of processes, `world_size` now (nothing in the run folder is touched
+    here). A checkpoint that does not record its processes was written by one."""
     ckpt = os.path.join(output_root(cfg), category, "last.pt")
     if not os.path.exists(ckpt):
         return
@@ -210,10 +211,14 @@ def check_outputs(cfg: Config, category: str) -> None:
             f"over, or choose another output_dir=...")
     if cfg.train.resume:
         try:
-            stored = load_checkpoint(ckpt)["config"]
+            state = load_checkpoint(ckpt)
         except CheckpointError as e:
             raise TrainingError(f"cannot resume: {e}; train.overwrite=true starts over") from None
+        stored = state["config"]
         diffs = config_differences(stored, config_to_dict(cfg))
+        if int(state.get("world_size", 1)) != world_size:
+            diffs.append(f"processes: {int(state.get('world_size', 1))} -> {world_size} (the global batch and the "
+                         f"learning-rate schedule's steps per epoch depend on them)")
         if cfg.train.average_last > 0 and stored["train"]["epochs"] != cfg.train.epochs:
             diffs.append(f"train.epochs: {stored['train']['epochs']!r} -> {cfg.train.epochs!r} (train.average_last "
                          f"averages a share of the schedule, which then cannot change)")
@@ -453,7 +458,8 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     threshold = decision_threshold(normal_scores, cfg.eval.threshold, cfg.eval.target_fpr)
     save_checkpoint(os.path.join(out_dir, "last.pt"), model=run.model, epoch=cfg.train.epochs, cfg=cfg,
                     prototype_meta=bank.meta, optimizer=run.optimizer, scheduler=run.scheduler, threshold=threshold,
-                    threshold_rule=cfg.eval.threshold, history=run.history, average=_average_state(run))
+                    threshold_rule=cfg.eval.threshold, history=run.history, average=_average_state(run),
+                    world_size=ctx.world_size)
     metrics, at_threshold = {}, {}
     if out is not None:
         metrics = {k: float(v) for k, v in
@@ -544,7 +550,8 @@ def train_category(cfg: Config, category: str, device: torch.device, ctx: DistCo
                 report.append_csv_row(log_path, {k: row[k] for k in LOG_COLUMNS})
                 save_checkpoint(os.path.join(output_root(cfg), category, "last.pt"), model=run.model,
                                 epoch=epoch + 1, cfg=cfg, prototype_meta=bank.meta, optimizer=run.optimizer,
-                                scheduler=run.scheduler, history=run.history, average=_average_state(run))
+                                scheduler=run.scheduler, history=run.history, average=_average_state(run),
+                                world_size=ctx.world_size)
         timings["train_s"] = time.time() - t_train
         if run.average is not None:
             use_average(run, ctx, category)
