@@ -27,6 +27,9 @@ folder, never a mixed one.
 Every record (each run's train.json and eval-*.json, the baseline's rows, real_data.json) carries `provenance`: the
 git commit and a hash of any uncommitted changes to tracked files, package versions, the CPU or GPU
 (prnet.provenance). A run whose code changed while it trained says so in its train.json (`code_changed_during_run`).
+A run or evaluation reused from a record made with code that differs from this checkout's in the files that train
+or score (CODE_PATHS) is reused as it is, named in a warning and listed in real_data.json (`records_of_other_code`,
+with the files): delete its folder to train it again, or its eval-*.json to score it again.
 
 Each record keeps its per-image scores on the common test set, and beside it the counts from which the pooled pixel
 AUROC of any resampling of its images follows exactly (eval-<key>.pixels.npz, prnet.metrics.pixel_pair_counts) and
@@ -203,6 +206,27 @@ def claim_run_dir(path: str, settings: dict) -> None:
         return
     os.makedirs(path, exist_ok=True)
     write_json(info, settings)
+
+
+CODE_PATHS = ("prnet", "train.py", "benchmarks/real_data.py", "benchmarks/patchcore.py", "benchmarks/shortcut_check.py")
+
+
+def records_of_other_code(rows: list[dict]) -> list[dict]:
+    """The rows' training and evaluation records made with code that differs from this checkout's in CODE_PATHS:
+    [{run, record, commit, files}]; a record whose code cannot be told (no commit, another clone) is listed with
+    files None."""
+    from prnet.provenance import code_differences
+
+    out = []
+    for r in rows:
+        for record, origin in (("evaluation", r.get("provenance")), ("training", r.get("train_provenance"))):
+            if record == "training" and "train_provenance" not in r:
+                continue  # the baseline: fitted with its evaluation
+            files = code_differences(origin, CODE_PATHS)
+            if files != []:
+                out.append({"run": r["run"], "record": record, "commit": (origin or {}).get("git_commit"),
+                            "files": files})
+    return out
 
 
 def write_json(path: str, obj) -> None:
@@ -858,6 +882,13 @@ def main(argv=None) -> int:
                     rows.append(run_prnet(args, ds, n, seed, tests[ds.label], device, controls[ds.label]))
                 log.info("%s, seed %d, %s done after %.1f min", ds.label, seed, rows[-1]["method"],
                          (time.time() - t0) / 60)
+    other_code = records_of_other_code(rows) if code["git_commit"] is not None else []  # outside a checkout: unknown
+    if other_code:
+        first = other_code[0]
+        log.warning("%d records reused from code that differs from this checkout's (e.g. the %s of %s, commit %s: %s); "
+                    "they stay as they were made: delete a run's folder to train it again, its eval-*.json to score "
+                    "it again (all in real_data.json, records_of_other_code)", len(other_code), first["record"],
+                    first["run"], first["commit"], ", ".join(first["files"] or ["not in this clone"]))
     summary = aggregate(rows)
     leads = paired_leads(rows)
     table = report(summary, args.seeds, leads)
@@ -871,7 +902,7 @@ def main(argv=None) -> int:
                                      "excluded": list(controls[ds.label].excluded)}
                           for ds in datasets if controls[ds.label] is not None},
               "total_minutes": (time.time() - t0) / 60.0, "threads": torch.get_num_threads(),
-              "provenance": provenance(device), "rows": rows,
+              "provenance": provenance(device), "records_of_other_code": other_code, "rows": rows,
               "summary": summary, "leads": leads, "table": table}
     write_json(os.path.join(args.out, "real_data_rescore.json" if args.rescore else "real_data.json"), result)
     print(f"\n{table}\n\n(total {result['total_minutes']:.1f} min)")

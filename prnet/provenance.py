@@ -3,6 +3,8 @@
 Every record a run writes carries `provenance(device)`, so that a figure that does not reproduce can be traced to
 the code or the machine that made it. `code_changed(before, after)` tells whether the code changed while a run was
 using it: modules are imported lazily, so an edit during a run can change the run's behaviour half-way.
+`code_differences(record, paths)` tells which files a stored record's code and this checkout's differ in, so that a
+script reusing a record made with other code can say so.
 """
 from __future__ import annotations
 
@@ -99,3 +101,23 @@ def provenance(device: torch.device, repo: str = REPO) -> dict:
 def code_changed(before: dict, after: dict) -> bool:
     """Whether the code differs between two git_state() (or provenance()) records of one run."""
     return any(before.get(k) != after.get(k) for k in ("git_commit", "git_modified", "git_diff_sha1"))
+
+
+def code_differences(record: Optional[dict], paths: tuple[str, ...], repo: str = REPO) -> Optional[list[str]]:
+    """The files below `paths` (relative to the checkout's top) in which the code of a stored record (its provenance,
+    or git_state()) differs from this checkout's working tree: those changed since its commit, and those it had
+    uncommitted changes to. [] when none; None when it cannot be told (no commit recorded, not a git checkout, or
+    a commit this clone does not have)."""
+    commit, now = (record or {}).get("git_commit"), git_state(repo)
+    if not commit or now["git_commit"] is None:
+        return None
+    if commit == now["git_commit"] and record.get("git_diff_sha1") == now["git_diff_sha1"]:
+        return []  # made with this very code
+    if _git(["cat-file", "-e", f"{commit}^{{commit}}"], repo) is None:
+        return None
+    changed = _git(["diff", "--name-only", commit, "--", *paths], repo)
+    if changed is None:
+        return None
+    inside = [f for f in record.get("git_modified") or [] if any(f == p or f.startswith(p.rstrip("/") + "/")
+                                                                 for p in paths)]
+    return sorted(set(changed.split()) | set(inside))

@@ -8,7 +8,7 @@ import torch
 
 import train as train_script
 from prnet.engine import trainer
-from prnet.provenance import code_changed, device_name, git_state, provenance
+from prnet.provenance import code_changed, code_differences, device_name, git_state, provenance
 from tiny_run import tiny_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +45,35 @@ def test_git_state_names_the_commit_and_each_change(tmp_path):
     # a folder inside the checkout (where an installed package would lie) is not the checkout's code
     (tmp_path / "site").mkdir()
     assert git_state(str(tmp_path / "site")) == outside
+
+
+def test_code_differences_name_the_files_a_record_was_made_without(tmp_path):
+    """A stored record's code against the checkout's, below the given paths: committed changes since its commit, the
+    checkout's uncommitted ones and the record's own; [] for the same code, None where it cannot be told."""
+    repo = str(tmp_path)
+    assert code_differences({"git_commit": "a" * 40}, ("lib",), repo) is None  # not a checkout
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "lib").mkdir()
+    for name in ("lib/a.py", "lib/b.py", "notes.md"):
+        (tmp_path / name).write_text("1\n")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "one")
+    made = git_state(repo)
+    assert code_differences(made, ("lib",), repo) == []
+    (tmp_path / "notes.md").write_text("2\n")  # outside the paths
+    assert code_differences(made, ("lib",), repo) == []
+    (tmp_path / "lib/b.py").write_text("2\n")  # uncommitted, in the checkout now
+    assert code_differences(made, ("lib",), repo) == ["lib/b.py"]
+    _git(tmp_path, "commit", "-qam", "two")
+    assert code_differences(made, ("lib",), repo) == ["lib/b.py"]
+    assert code_differences(git_state(repo), ("lib",), repo) == []
+    (tmp_path / "lib/a.py").write_text("2\n")
+    dirty = git_state(repo)  # a record made with an uncommitted change, which the checkout then drops
+    assert code_differences(dirty, ("lib",), repo) == []
+    _git(tmp_path, "checkout", "-q", "--", "lib/a.py")
+    assert code_differences(dirty, ("lib",), repo) == ["lib/a.py"]
+    assert code_differences({"git_commit": "f" * 40}, ("lib",), repo) is None  # a commit this clone lacks
+    assert code_differences(None, ("lib",), repo) is None  # a record made before records named their code
 
 
 def test_provenance_names_packages_and_machine(monkeypatch):

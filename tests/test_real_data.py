@@ -218,6 +218,11 @@ def test_finished_runs_are_reused_and_an_interrupted_one_resumes(bench, monkeypa
     pro_after = dict(np.load(pro_path))
     assert pro_after.keys() == pro_before.keys()
     assert all(np.array_equal(pro_after[k], pro_before[k]) for k in pro_before)
+    # every record reused was made with this checkout's code; one that was not would be named, with its files
+    assert again["records_of_other_code"] == []
+    old_row = {**again["rows"][0], "provenance": {**again["rows"][0]["provenance"], "git_commit": "f" * 40}}
+    named = real_data.records_of_other_code([old_row])
+    assert named == [{"run": old_row["run"], "record": "evaluation", "commit": "f" * 40, "files": None}]
     resumed = json.load(open(os.path.join(interrupted, "train.json")))
     assert resumed["resumed"] is True and resumed["code_changed_during_run"] is True
     assert resumed["code_at_start"]["git_commit"] == "f" * 40
