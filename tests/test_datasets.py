@@ -532,3 +532,25 @@ def test_a_mask_lost_at_the_run_size_is_named_and_its_pixels_count_as_defect_fre
     maps[lost[0]] = 1.0  # the lost image marked everywhere: as negatives, its pixels now outrank every defect pixel
     high = compute_metrics(labels.astype(float), labels, maps, masks)
     assert low["pixel_auroc"] == 1.0 and high["pixel_auroc"] < 0.85 and high["image_auroc"] == low["image_auroc"]
+
+
+def test_masks_with_many_grey_levels_are_named(tmp_path, caplog):
+    """A JPEG mask (compression noise around the defect) is named once; a 0/255 PNG and a class-id mask are not."""
+    from prnet.datasets.checks import check_samples
+
+    cat = make_category(tmp_path, defects=(("crack", 3),))
+    square = np.zeros((40, 48), np.uint8)
+    square[10:30, 12:36] = 255
+    cv2.imwrite(os.path.join(cat, "ground_truth/crack/000_mask.jpg"), square, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    os.remove(os.path.join(cat, "ground_truth/crack/000_mask.png"))
+    ids = np.zeros((40, 48), np.uint8)
+    ids[5:15, 5:15], ids[20:30, 20:30] = 1, 2  # a class-id mask: two labels, exact
+    cv2.imwrite(os.path.join(cat, "ground_truth/crack/001_mask.png"), ids)
+    test = MVTEC(str(tmp_path), "cat", "test", image_size=32)
+    jpeg = load_mask(os.path.join(cat, "ground_truth/crack/000_mask.jpg"))
+    assert jpeg.sum() > (square > 0).sum()  # the fringe the warning is about
+    with caplog.at_level(logging.WARNING):
+        check_samples(test.samples, 32)
+    named = [r.getMessage() for r in caplog.records if "grey levels" in r.getMessage()]
+    assert len(named) == 1 and named[0].startswith("1 mask files") and "000_mask.jpg" in named[0]
+    assert "001_mask.png" not in named[0] and "002_mask.png" not in named[0]

@@ -2,7 +2,8 @@
 
 `check_samples` decodes every image and mask (corrupt, truncated, zero-byte and non-image files are a
 DatasetError naming the file), refuses a mask whose size differs from its image's, two images with the same stem
-in one folder, and masks that are all empty; it warns once about the empty masks of a defect folder.
+in one folder, and masks that are all empty; it warns once about the empty masks of a defect folder, and once
+about masks with many grey levels (JPEG or anti-aliased), whose every non-zero pixel counts as defective.
 `check_evaluable` refuses a test split that leaves no defective image to evaluate.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import os
 from typing import Optional, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from prnet.datasets.mvtec import DatasetError, Sample, SizeLike, _decode, _resize, as_hw, load_mask
@@ -18,6 +20,7 @@ from prnet.datasets.mvtec import DatasetError, Sample, SizeLike, _decode, _resiz
 log = logging.getLogger(__name__)
 
 PROGRESS_MIN_FILES = 200  # a progress bar for sets at least this large
+GREY_LEVELS = 8  # a mask with this many distinct non-zero values or more is lossy or anti-aliased, not a label map
 
 
 def _split_dir(samples: Sequence[Sample]) -> str:
@@ -58,6 +61,7 @@ def check_samples(samples: Sequence[Sample], image_size: SizeLike, progress: Opt
     _duplicate_stems(samples)
     hw = as_hw(image_size)
     empty: list[str] = []
+    grey: list[str] = []
     with_mask = 0
     show = len(samples) >= PROGRESS_MIN_FILES if progress is None else progress
     for s in tqdm(samples, desc="checking images", unit="img", disable=not show, leave=False):
@@ -66,6 +70,11 @@ def check_samples(samples: Sequence[Sample], image_size: SizeLike, progress: Opt
             continue
         with_mask += 1
         mask = load_mask(s.mask_path)
+        for p in [s.mask_path] if isinstance(s.mask_path, str) else s.mask_path:
+            raw = _decode(p)
+            raw = raw.max(axis=2) if raw.ndim == 3 else raw
+            if len(np.unique(raw[raw > 0])) >= GREY_LEVELS:
+                grey.append(p)
         if mask.shape[:2] != (h, w):
             raise DatasetError(f"mask {s.mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {s.path} is "
                                f"{w}x{h} (width x height): expected the same size")
@@ -75,6 +84,12 @@ def check_samples(samples: Sequence[Sample], image_size: SizeLike, progress: Opt
         where = _split_dir([s for s in samples if s.mask_path is not None])
         raise DatasetError(f"every mask of the {with_mask} defective images in {where} is empty "
                            f"at {hw[1]}x{hw[0]} (e.g. {empty[0]}): pixel metrics cannot be computed")
+    if grey:
+        more = f", … ({len(grey)} in all)" if len(grey) > 10 else ""
+        log.warning("%d mask files have %d or more grey levels (JPEG compression or anti-aliased edges): every "
+                    "pixel above 0 counts as defective, so each defect takes its fringe with it; masks with only 0 "
+                    "and one value (e.g. PNG, 0 and 255) are exact: %s%s", len(grey), GREY_LEVELS,
+                    ", ".join(grey[:10]), more)
     if empty:
         more = f", … ({len(empty)} in all)" if len(empty) > 10 else ""
         log.warning("%d masks of defective images are empty at %dx%d (an empty file, or a defect that falls "
