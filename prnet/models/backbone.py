@@ -84,6 +84,19 @@ def _download_hub(name: str) -> nn.Module:
     return timm.create_model(name, pretrained=True)
 
 
+# Where weights=hub's weights of each backbone came from in this process: "hub", or "package" once the hub failed
+# and the offline package stood in. Decided once, so that every model and every prototype file's record of its
+# weights (prnet.engine.prototypes.weights_identity) agree within a run.
+HUB_SOURCE: dict[str, str] = {}
+
+
+def hub_source(name: str) -> str:
+    """Where weights=hub's weights of `name` come from in this process ("hub" or "package"), trying the hub once."""
+    if name not in HUB_SOURCE:
+        create_classifier(name, "hub")
+    return HUB_SOURCE[name]
+
+
 def create_classifier(name: str, weights: str = "hub") -> nn.Module:
     """The full timm classifier `name` (head included) with weights loaded, in eval mode.
 
@@ -93,15 +106,19 @@ def create_classifier(name: str, weights: str = "hub") -> nn.Module:
         log.warning("backbone %s: random weights (weights=none); features are meaningless", name)
         return timm.create_model(name, pretrained=False).eval()
     if weights == "hub":
-        try:
-            return _download_hub(name).eval()
-        except Exception as e:  # noqa: BLE001 - any download failure (no network, no cache) falls back
-            if name not in PACKAGE_WEIGHTS:
-                raise RuntimeError(f"backbone '{name}': cannot get hub weights ({type(e).__name__}: {e}); "
-                                   f"pass model.backbone_weights=<path to a state dict> or none") from e
-            log.warning("backbone %s: hub weights unavailable (%s: %s); using the offline package",
-                        name, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-            weights = "package"
+        if HUB_SOURCE.get(name) != "package":
+            try:
+                model = _download_hub(name).eval()
+                HUB_SOURCE[name] = "hub"
+                return model
+            except Exception as e:  # noqa: BLE001 - any download failure (no network, no cache) falls back
+                if name not in PACKAGE_WEIGHTS:
+                    raise RuntimeError(f"backbone '{name}': cannot get hub weights ({type(e).__name__}: {e}); "
+                                       f"pass model.backbone_weights=<path to a state dict> or none") from e
+                log.warning("backbone %s: hub weights unavailable (%s: %s); using the offline package",
+                            name, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        HUB_SOURCE[name] = "package"
+        weights = "package"
     model = timm.create_model(name, pretrained=False)
     if weights == "package":
         path = package_weights_file(name)
