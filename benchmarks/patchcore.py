@@ -3,7 +3,7 @@
     python benchmarks/patchcore.py --data ../shared/data --category magnetic_tile --size 256 --out pc.json
 
 Features: backbone stages 2 and 3 (timm feature indices; strides 8 and 16 for tf_efficientnet_lite0), each
-averaged over its 3×3 neighbourhood (borders average only the pixels inside), stage 3 upsampled bilinearly to
+averaged over its 3×3 neighbourhood (zero padding counted at the borders), stage 3 upsampled bilinearly to
 stage 2's size, concatenated: one C2+C3 feature per stride-8 patch. Memory: the patch features of the training
 images, subsampled to `coreset_ratio` of them. Anomaly map: each test patch's L2 distance to its nearest memory
 feature, upsampled bilinearly to the image size and smoothed with a Gaussian (σ = `sigma`); image score: the

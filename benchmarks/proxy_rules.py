@@ -70,8 +70,9 @@ def requirement(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected GROUP:MIN (e.g. swap_unseen_shapes:0.01), got {text!r}")
 
 
-# Magnetic Tile's defect types: the proxy's real defect images are two of each (docs/experiments.md, "the proxy's real
-# defect images by type"); one of them, break, sets most of the pooled real_defects figure's spread
+# Magnetic Tile's defect types. The proxy's real defect images are two of each; a 0-shot run's per-type group
+# (score_fusion's test/<type>/) holds one of them, the other lies in real_unseen_defects and counts only in the pooled
+# real_defects. One type, break, sets most of that pooled figure's spread (docs/experiments.md, "by type").
 REAL_TYPES = ("blowhole", "break", "crack", "fray", "uneven")
 
 

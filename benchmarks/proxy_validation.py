@@ -476,7 +476,8 @@ def score_table(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, defects
 
     out: dict = {"image_auroc": {}, "metrics": {}}
     normal = defects == "good"
-    subsets = {"all": ~np.isin(defects, (*APART, REAL)), PERLIN: normal | (defects == PERLIN),
+    # "all": normals, Perlin and extended only (as score_fusion's), also where a 0-shot run keeps test/<defect>
+    subsets = {"all": np.isin(defects, ("good", PERLIN, EXTENDED)), PERLIN: normal | (defects == PERLIN),
                EXTENDED: normal | (defects == EXTENDED)}
     for sub in (*APART, REAL):
         if (defects == sub).any():
@@ -534,9 +535,31 @@ def run_variant(args, info: dict, name: str, extra: list[str], previous: dict | 
     trained = os.path.join(cfg.output_dir, info["category"], "results.json")
     trained = json.load(open(trained, encoding="utf-8")) if os.path.exists(trained) else {}
     return {"variant": name, "seed": args.seed, "overrides": extra, "common_overrides": list(getattr(args, "set", [])),
-            "train_minutes": minutes, **table,
+            "train_args": train_args(args), "train_minutes": minutes, **table,
             # the code and machine of the training (None for runs made before results.json held it) and the scoring
             "train_provenance": trained.get("provenance"), "provenance": provenance(device)}
+
+
+def train_args(args) -> dict:
+    """The command-line settings a variant's training depends on besides its overrides (a row keeps them)."""
+    return {k: str(getattr(args, k)) for k in ("size", "backbone", "weights", "widths", "epochs", "batch", "lr")}
+
+
+def other_settings(rows: list[dict], name: str, seed: int, extra: list[str], args) -> str | None:
+    """Why variant `name` may not run at `seed` with these settings next to its rows at other seeds (the summary
+    averages a variant's seeds: one variant, one set of settings), or None. Rows made before they kept train_args
+    are compared on their overrides."""
+    mine = {"overrides": list(extra), "common_overrides": list(getattr(args, "set", [])), **train_args(args)}
+    for r in rows:
+        if r["variant"] != name or r.get("seed", 0) == seed:
+            continue
+        theirs = {"overrides": r["overrides"], "common_overrides": r.get("common_overrides", []),
+                  **{k: r.get("train_args", {}).get(k, v) for k, v in train_args(args).items()}}
+        diff = [f"{k}: {theirs[k]} -> {mine[k]}" for k in mine if theirs[k] != mine[k]]
+        if diff:
+            return (f"variant {name} was run at seed {r.get('seed', 0)} with other settings ({'; '.join(diff)}); its "
+                    f"seeds are averaged together, so give this run another variant name")
+    return None
 
 
 def summary_lines(row: dict) -> list[str]:
@@ -649,6 +672,9 @@ def main(argv=None) -> int:
             name, extra = spec[0], spec[1:]
             same = lambda r: r["variant"] == name and r.get("seed", 0) == seed  # noqa: E731
             previous = next((r for r in results["rows"] if same(r)), None)
+            refused = None if args.rescore else other_settings(results["rows"], name, seed, extra, args)
+            if refused:
+                raise SystemExit(f"error: {refused}")
             row = run_variant(args, info, name, extra, previous)
             results["rows"] = [r for r in results["rows"] if not same(r)] + [row]
             done.append(row)

@@ -9,8 +9,8 @@ import pytest
 from proxy_validation import (EXTENDED, FAINT_OPACITY, FAINT_REAL, IN_CONTEXT, PERLIN, REAL, SMALL, SPOTS, SWAP,
                               TINY, TINY_REAL, TINY_REAL_AREA, add_faint_real_subset, add_in_context_subset,
                               add_real_subset, add_spots_subset, add_swap_subset, add_tiny_real_subset, band_mask,
-                              build_proxy, extended_sources, overrides, run_name, score_table, seed_summary,
-                              shrunk_paste, spots_mask)
+                              build_proxy, extended_sources, other_settings, overrides, run_name, score_table,
+                              seed_summary, shrunk_paste, spots_mask, train_args)
 from prnet.config import load_config
 from prnet.datasets import (build_test_dataset, build_train_dataset, few_shot_names, load_mask,
                             load_rgb, make_demo_category, scan_split, select_few_shot)
@@ -251,6 +251,15 @@ def test_any_category_name_and_size_and_seeds(tmp_path):
     assert summary["v"]["metrics"]["all|sigma=0"]["image_auroc"]["mean"] == pytest.approx(0.9)
     assert summary["v"]["metrics"]["all|sigma=0"]["image_auroc"]["std"] == pytest.approx(0.1)
     assert summary["w"]["metrics"]["all|sigma=0"]["aupro"] == {"mean": 0.4, "std": 0.0, "min": 0.4, "max": 0.4}
+    # a variant's seeds are averaged together, so a seed run with other settings under its name is refused
+    kept = [{"variant": "v", "seed": 0, "overrides": ["train.lr=0.02"], "common_overrides": args.set,
+             "train_args": train_args(args)}]
+    assert other_settings(kept, "v", 1, ["train.lr=0.02"], args) is None
+    assert other_settings(kept, "v", 0, ["train.lr=0.05"], args) is None  # the same seed: replaced, not averaged
+    longer = argparse.Namespace(**{**vars(args), "epochs": 2})
+    assert "epochs: 1 -> 2" in other_settings(kept, "v", 1, ["train.lr=0.02"], longer)
+    assert "overrides" in other_settings(kept, "v", 1, ["train.lr=0.05"], args)
+    assert other_settings(kept, "w", 1, ["train.lr=0.05"], longer) is None
 
 
 @pytest.mark.parametrize("name, share", [(SMALL, (0.001, 0.004)), (TINY, (0.0001, 0.0006))])
@@ -346,13 +355,13 @@ def test_real_subset_links_the_validation_anomalies_whole(tmp_path):
     before = os.path.getmtime(os.path.join(proxy, "test", REAL))
     add_real_subset(info, data)  # written once
     assert os.path.getmtime(os.path.join(proxy, "test", REAL)) == before
-    # scored on its own: "all" never includes it
+    # scored on its own: "all" never includes it, nor a first-half shot a 0-shot run keeps under test/<defect>
     import torch
-    defects = np.array(["good"] * 2 + [EXTENDED] * 2 + [REAL] * 2)
-    masks = np.zeros((6, 8, 8), np.uint8)
+    defects = np.array(["good"] * 2 + [EXTENDED] * 2 + [REAL] * 2 + ["crack"])
+    masks = np.zeros((7, 8, 8), np.uint8)
     masks[2:, 2:4, 2:4] = 1
     maps = masks.astype(np.float32)
-    maps[defects == REAL] = 0.0
+    maps[np.isin(defects, (REAL, "crack"))] = 0.0
     table = score_table(maps, (defects != "good").astype(int), masks, defects, torch.device("cpu"))
     assert table["metrics"]["all|sigma=0"]["pixel_auroc"] == 1.0
     assert table["metrics"][f"{REAL}|sigma=0"]["pixel_auroc"] <= 0.5

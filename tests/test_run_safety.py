@@ -91,6 +91,31 @@ def test_resume_with_another_number_of_processes_is_refused(one_epoch):
         check_outputs(cfg, "tiny", 2)
 
 
+def test_resume_with_a_rebuilt_prototype_file_is_refused(one_epoch, caplog):
+    """A prototype file rebuilt with the same metadata can hold other prototypes (k-means may split the images
+    otherwise, and the held-out residuals follow its split): the resume compares the prototypes themselves."""
+    from prnet.engine.prototypes import load_prototypes, save_prototypes
+
+    (path,) = [os.path.join(d, n) for d, _, names in os.walk(one_epoch["protos"]) for n in names if n.endswith(".pt")]
+    with open(path, "rb") as fh:
+        original = fh.read()
+    before = _snapshot(os.path.join(one_epoch["out"], "tiny"))
+    try:
+        bank = load_prototypes(path)
+        bank.proto_0.add_(1e-3)
+        save_prototypes(bank, path)
+        args = tiny_overrides(one_epoch["root"], one_epoch["out"], one_epoch["protos"], epochs=2,
+                              extra=["train.resume=true"])
+        assert train_script.main(args) == 1
+    finally:
+        with open(path, "wb") as fh:
+            fh.write(original)
+    assert "cannot resume" in caplog.text and "bank.proto_0" in caplog.text and "not the one it was trained with" in \
+        caplog.text
+    after = _snapshot(os.path.join(one_epoch["out"], "tiny"))
+    assert after["last.pt"] == before["last.pt"]
+
+
 def test_resume_may_extend_the_schedule(one_epoch, capsys):
     args = tiny_overrides(one_epoch["root"], one_epoch["out"], one_epoch["protos"], epochs=2,
                           extra=["train.resume=true", "eval.topk=5"])

@@ -311,6 +311,12 @@ def start_or_resume(cfg: Config, category: str, run: RunState, bank: PrototypeBa
         if stale:
             raise TrainingError(f"cannot resume {ckpt_path}: its prototypes were built from other data or settings "
                                 f"({'; '.join(stale)}); train.overwrite=true starts over")
+        mine = run.model.state_dict()
+        moved = [k for k in state["model"] if k.startswith("bank.proto_")
+                 and not torch.equal(state["model"][k].cpu(), mine[k].cpu())]
+        if moved:  # a rebuilt file: its k-means may have split the images otherwise (held-out residuals follow it)
+            raise TrainingError(f"cannot resume {ckpt_path}: the prototype file now in use ({', '.join(moved)}) is "
+                                f"not the one it was trained with; train.overwrite=true starts over")
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])

@@ -9,8 +9,12 @@ the k-means cluster whose mean is its prototype, so its residual is smaller than
 (by the factor ((n−1)/n)² for a cluster of n images; a cluster of one gives a residual of zero). A head trained on
 those residuals learns a normal level that test images never reach. The bank therefore keeps each training
 image's cluster (`assign`) and, given the training image a sample was made from (`source`), takes the residual
-against that cluster's mean without the image, (n·c − f)/(n − 1), whose difference to f is n/(n − 1)·(f − c);
-a cluster of one is left out. Test images (no source) use the bank as it is.
+against that cluster's mean without the sample's own features f, (n·c − f)/(n − 1), whose difference to f is
+n/(n − 1)·(f − c); a cluster of one is left out. For the normal image itself that is its cluster rebuilt without
+it. For a sample changed from it (a synthetic anomaly, f = f_i + Δ), rebuilding without i would give
+n/(n − 1)·(f_i − c) + Δ; this gives n/(n − 1)·(f_i − c + Δ), the change Δ scaled by n/(n − 1) (1.17–1.33 for
+clusters of 4–7 images): the exact form needs the clean image's features beside each sample. Test images (no
+source) use the bank as it is.
 
 Distance maps (`distance_map`, for the image score eval.image_score=map_residual): per scale, the residual summed
 over channels (the squared distance to the nearest prototype per feature position), upsampled bilinearly to the
