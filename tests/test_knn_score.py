@@ -73,6 +73,10 @@ def test_the_trained_run_scores_with_the_validated_rule(knn_run):
     r_train = np.mean([r / r.mean() for r in r_train], axis=0)
     _, knn_train, _, _ = score_fusion.knn_scores(cfg, train, test, torch.device("cpu"), 16)
     s_m = score_fusion.topk_mean(p_train * np.sqrt(r_train), cfg.eval.topk)
+    # map_residual's held-out training scores (its train_max threshold) are these s_m
+    from prnet.engine.knn_calibration import held_out_map_residual_scores
+    np.testing.assert_allclose(held_out_map_residual_scores(model, model.bank, train, cfg, torch.device("cpu")), s_m,
+                               rtol=1e-4, atol=1e-6)
     held_out = score_fusion.zscores(s_m, s_m) + 0.25 * score_fusion.zscores(knn_train, knn_train)
     assert state["threshold"] == pytest.approx(float(held_out.max()), rel=1e-4, abs=1e-4)
     seen = run_inference(model, train, cfg, torch.device("cpu"), progress=False)["scores"]

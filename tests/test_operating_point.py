@@ -78,6 +78,27 @@ def test_a_run_stores_and_reports_its_operating_point(tiny_data, tmp_path):
     assert float(row["false_positive_rate"]) == pytest.approx(op["false_positive_rate"])
 
 
+def test_train_max_of_map_residual_scores_the_training_images_as_unseen_ones(tiny_data, tmp_path):
+    """eval.image_score=map_residual: the stored train_max threshold is the highest training score with each image's
+    prototype distance held out of its own cluster (knn_calibration.held_out_map_residual_scores), above the same
+    images scored as test images are (their own features then part of their prototypes)."""
+    from prnet.engine.checkpoint import model_from_checkpoint
+    from prnet.engine.evaluator import run_inference
+    from prnet.engine.knn_calibration import held_out_map_residual_scores
+    from prnet.engine.prototypes import load_prototypes, prototype_path
+
+    out = str(tmp_path / "out")
+    extra = ["eval.image_score=map_residual", "eval.anomaly_map=head"]
+    assert train_script.main(tiny_overrides(tiny_data, out, str(tmp_path / "protos"), epochs=1, extra=extra)) == 0
+    model, cfg, state = model_from_checkpoint(os.path.join(out, "tiny", "last.pt"), torch.device("cpu"))
+    train = normal_train_set(cfg, "tiny")
+    bank = load_prototypes(prototype_path(cfg, "tiny"))  # with the training images' clusters
+    held_out = held_out_map_residual_scores(model, bank, train, cfg, torch.device("cpu"))
+    assert state["threshold_rule"] == "train_max" and state["threshold"] == pytest.approx(float(held_out.max()))
+    seen = run_inference(model, train, cfg, torch.device("cpu"), progress=False)["scores"]
+    assert seen.max() < state["threshold"]
+
+
 def test_score_test_false_trains_and_calibrates_the_same_model_without_scoring_the_test_split(tiny_data, tmp_path):
     """eval.score_test=false (benchmarks/real_data.py scores the checkpoint on its own test sets): the same weights
     and the same stored threshold as a run that scores the test split, and no test metric, rate or figure."""

@@ -13,9 +13,10 @@ MAP_TABLE quantiles of the held-out distance map's pixels and the eval.knn_lift 
 pixels, both over MAP_SAMPLE pixels per image drawn with a generator seeded by cfg.seed.
 
 The same held-out scores, fused, are what eval.threshold=train_max takes the highest of (`calibrate_knn_score`
-returns them): the training images' own patches are part of the memory, so scored as test images are they would sit
-far below any unseen normal image. `attach_knn_score` does the same for a model loaded from a checkpoint that lacks
-it, from the run's prototype file.
+returns them; `held_out_map_residual_scores` gives s_m alone, for eval.image_score=map_residual): the training
+images' own patches are part of the memory and their own features part of their prototypes, so scored as test
+images are they would sit far below any unseen normal image. `attach_knn_score` does the same for a model loaded
+from a checkpoint that lacks it, from the run's prototype file.
 """
 from __future__ import annotations
 
@@ -39,6 +40,46 @@ MAP_SAMPLE = 2048  # pixels per training image drawn for the head_knn map's tabl
 
 
 @torch.no_grad()
+def _held_out_batches(model: torch.nn.Module, bank: PrototypeBank, loader: DataLoader, cfg: Config,
+                      device: torch.device, desc: str):
+    """Per batch of the normal training images (in `bank`'s build order): (features, their training-image indices,
+    the head's smoothed map of the plain forward pass, the prototype distance map held out of each image's own
+    cluster)."""
+    start = 0
+    use_amp = cfg.train.amp and device.type == "cuda"
+    for batch in tqdm(loader, desc=desc, leave=False):
+        x = batch["image"].to(device)
+        if cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        n, hw = x.shape[0], (x.shape[-2], x.shape[-1])
+        source = torch.arange(start, start + n, device=device)
+        start += n
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            feats, residuals, bottleneck, patch = model.encode(x)
+            logits = model.head(feats, residuals, bottleneck, hw, patch)
+        p = gaussian_smooth(torch.sigmoid(logits.float()), cfg.eval.sigma)
+        yield feats, source, p, model.bank.distance_map(bank(feats, source), hw)
+
+
+@torch.no_grad()
+def held_out_map_residual_scores(model: torch.nn.Module, bank: PrototypeBank, dataset, cfg: Config,
+                                 device: torch.device) -> np.ndarray:
+    """eval.image_score=map_residual's scores of the normal training images `dataset` (in `bank`'s build order; `bank`
+    with their cluster assignments), each with its prototype distance map held out of its own cluster, as an unseen
+    image's: what eval.threshold=train_max takes the highest of for that score."""
+    if bank.num_sources != len(dataset):
+        raise ValueError(f"held_out_map_residual_scores: a prototype bank of {bank.num_sources} training images, "
+                         f"{len(dataset)} images given")
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=0)
+    scores = [residual_weighted_scores(p, distance, cfg.eval.topk).cpu()
+              for _, _, p, distance in _held_out_batches(model, bank, loader, cfg, device, "held-out scores")]
+    model.train(was_training)
+    return torch.cat(scores).numpy()
+
+
+@torch.no_grad()
 def calibrate_knn_score(model: torch.nn.Module, bank: PrototypeBank, dataset, cfg: Config,
                         device: torch.device) -> np.ndarray:
     """Build model.knn (replacing any) from `dataset`, the normal training images in `bank`'s build order; `bank`:
@@ -55,25 +96,14 @@ def calibrate_knn_score(model: torch.nn.Module, bank: PrototypeBank, dataset, cf
     memory = coreset_memory(feats_all, owner, None, seed=cfg.seed)
     del feats_all, owner
     knn = KnnScore(memory).to(device)
-    s_m, s_knn, start = [], [], 0
+    s_m, s_knn = [], []
     p_px, d_px, gen = [], [], torch.Generator().manual_seed(int(cfg.seed))
-    use_amp = cfg.train.amp and device.type == "cuda"
-    for batch in tqdm(loader, desc="knn calibration", leave=False):
-        x = batch["image"].to(device)
-        if cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        n, hw = x.shape[0], (x.shape[-2], x.shape[-1])
-        source = torch.arange(start, start + n, device=device)
-        start += n
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            feats, residuals, bottleneck, patch = model.encode(x)
-            logits = model.head(feats, residuals, bottleneck, hw, patch)
-        p = gaussian_smooth(torch.sigmoid(logits.float()), cfg.eval.sigma)
-        distance = model.bank.distance_map(bank(feats, source), hw)
+    for feats, source, p, distance in _held_out_batches(model, bank, loader, cfg, device, "knn calibration"):
+        n, hw = p.shape[0], (p.shape[-2], p.shape[-1])
         s_m.append(residual_weighted_scores(p, distance, cfg.eval.topk).cpu())
         d = knn_distance_maps(knn(feats, source), hw)
         s_knn.append(d.flatten(1).amax(dim=1).cpu())
-        pick = torch.randint(hw[0] * hw[1], (n, MAP_SAMPLE), generator=gen).to(x.device)
+        pick = torch.randint(hw[0] * hw[1], (n, MAP_SAMPLE), generator=gen).to(p.device)
         p_px.append(p.flatten(1).gather(1, pick).cpu())  # only the sampled pixels leave the device
         d_px.append(d.flatten(1).gather(1, pick).cpu())
     logs = [np.log(torch.cat(s).double().numpy() + EPS) for s in (s_m, s_knn)]

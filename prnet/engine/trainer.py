@@ -34,7 +34,7 @@ from prnet.datasets import EpochSampler, build_test_dataset, build_train_dataset
 from prnet.engine.averaging import WeightAverage
 from prnet.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from prnet.engine.evaluator import run_inference
-from prnet.engine.knn_calibration import calibrate_knn_score
+from prnet.engine.knn_calibration import calibrate_knn_score, held_out_map_residual_scores
 from prnet.engine.prototypes import ensure_prototypes, make_backbone
 from prnet.engine.second_read import calibrate_second_read, second_read_config, with_second_read
 from prnet.losses import PRNetLoss
@@ -451,6 +451,10 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
     if knn_train is not None and not held_out:
         # train_max with map_residual_knn: each training image scored as an unseen one (knn_calibration)
         normal_scores = knn_train
+    elif cfg.eval.image_score == "map_residual" and not held_out:
+        # train_max with map_residual: the distance factor held out too (in-sample it is ~((n-1)/n)² of an unseen
+        # image's, and 0 for a cluster of one)
+        normal_scores = held_out_map_residual_scores(run.model, bank, threshold_set, cfg, device)
     else:
         normal_out = _gather_inference(run.model, threshold_set, cfg, device, ctx)
         normal_scores = None if normal_out is None else normal_out["scores"]
