@@ -554,3 +554,24 @@ def test_masks_with_many_grey_levels_are_named(tmp_path, caplog):
     named = [r.getMessage() for r in caplog.records if "grey levels" in r.getMessage()]
     assert len(named) == 1 and named[0].startswith("1 mask files") and "000_mask.jpg" in named[0]
     assert "001_mask.png" not in named[0] and "002_mask.png" not in named[0]
+
+
+def test_a_mask_with_transparency_marks_only_where_it_is_drawn(tmp_path):
+    """An overlay exported on a transparent background: colour everywhere, the defect in the alpha channel. Before,
+    every pixel counted as defective; an opaque RGBA mask still reads by its colour."""
+    overlay = np.zeros((10, 12, 4), np.uint8)
+    overlay[..., 0] = 255  # red everywhere
+    overlay[2:5, 3:7, 3] = 255  # drawn (opaque) only on the defect
+    Image.fromarray(overlay, "RGBA").save(tmp_path / "overlay.png")
+    want = np.zeros((10, 12), np.float32)
+    want[2:5, 3:7] = 1
+    assert np.array_equal(load_mask(str(tmp_path / "overlay.png")), want)
+    opaque = np.zeros((10, 12, 4), np.uint8)
+    opaque[..., 3] = 255
+    opaque[2:5, 3:7, :3] = 255
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.png")
+    assert np.array_equal(load_mask(str(tmp_path / "opaque.png")), want)
+    grey = np.zeros((10, 12, 2), np.uint8)  # grey + alpha, the same overlay
+    grey[..., 0], grey[2:5, 3:7, 1] = 200, 255
+    Image.fromarray(grey, "LA").save(tmp_path / "grey.png")
+    assert np.array_equal(load_mask(str(tmp_path / "grey.png")), want)

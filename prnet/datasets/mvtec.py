@@ -222,7 +222,9 @@ def load_rgb(path: str, hw: Optional[SizeLike] = None) -> np.ndarray:
 def load_mask(path: Union[str, Sequence[str]], hw: Optional[SizeLike] = None) -> np.ndarray:
     """Read a mask file (or several: their union) as float32 H×W in {0, 1}, nearest-resized to `hw`.
 
-    Any non-zero pixel is defective (class-id masks such as VisA's, 16-bit and RGB masks included)."""
+    Any non-zero pixel is defective (class-id masks such as VisA's, 16-bit and RGB masks included), unless it is
+    transparent: a mask with an alpha channel (an overlay exported on a transparent background) marks only where it
+    is drawn."""
     paths = [path] if isinstance(path, str) else list(path)
     if not paths:
         raise DatasetError("load_mask: no mask file given")
@@ -230,7 +232,10 @@ def load_mask(path: Union[str, Sequence[str]], hw: Optional[SizeLike] = None) ->
     for p in paths:
         mask = _decode(p)
         if mask.ndim == 3:
+            alpha = mask[..., -1] if mask.shape[2] in (2, 4) else None
             mask = mask[..., :3].max(axis=2) if mask.shape[2] >= 3 else mask[..., 0]
+            if alpha is not None:
+                mask = np.where(alpha > 0, mask, 0)
         if binary is not None and mask.shape != binary.shape:
             raise DatasetError(f"mask file {p}: size {mask.shape[1]}x{mask.shape[0]} differs from "
                                f"{paths[0]} ({binary.shape[1]}x{binary.shape[0]}); expected one size per image")
