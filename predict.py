@@ -35,12 +35,28 @@ from prnet.datasets.mvtec import IMAGE_EXTENSIONS, is_image_file
 log = logging.getLogger("predict")
 
 
-def collect_inputs(spec: str) -> list[str]:
-    """A file, a folder (its image files, recursively), or a glob pattern → sorted file list."""
+def _walk_images(folder: str, skip: str | None = None) -> list[str]:
+    """The image files below `folder`, as a recursive glob finds them: linked folders followed (each real folder
+    once), hidden ones (.ipynb_checkpoints, .git) left out, and so is the folder `skip` (the output)."""
+    files, seen = [], set()
+    for d, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen or (skip and real == skip):
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(n for n in dirs if not n.startswith("."))
+        files += [os.path.join(d, f) for f in names if is_image_file(f) and not f.startswith(".")]
+    return files
+
+
+def collect_inputs(spec: str, skip: str | None = None) -> list[str]:
+    """A file, a folder (its image files, recursively; `skip`: a real path left out), or a glob pattern → sorted
+    file list."""
     if os.path.isfile(spec):
         return [spec]
     if os.path.isdir(spec):
-        files = [os.path.join(d, f) for d, _, names in os.walk(spec) for f in names if is_image_file(f)]
+        files = _walk_images(spec, skip)
         if not files:
             raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {spec}")
         return sorted(files)
@@ -50,11 +66,13 @@ def collect_inputs(spec: str) -> list[str]:
     return files
 
 
-def collect_all(specs: list[str]) -> tuple[list[str], str]:
-    """Every file of every spec, each once, in order; and the root their picture names are relative to."""
+def collect_all(specs: list[str], output: str | None = None) -> tuple[list[str], str]:
+    """Every file of every spec, each once, in order (a folder's walk leaves out the `output` folder, should it lie
+    inside: its pictures are no inputs); and the root their picture names are relative to."""
     files, seen = [], set()
+    skip = os.path.realpath(output) if output else None
     for spec in specs:
-        for f in collect_inputs(spec):
+        for f in collect_inputs(spec, skip):
             key = os.path.realpath(f)
             if key not in seen:
                 seen.add(key)
@@ -103,7 +121,7 @@ def main(argv=None) -> int:
     from prnet.utils import atomic_write
 
     try:
-        files, root = collect_all(args.input)
+        files, root = collect_all(args.input, args.output)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

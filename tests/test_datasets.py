@@ -575,3 +575,24 @@ def test_a_mask_with_transparency_marks_only_where_it_is_drawn(tmp_path):
     grey[..., 0], grey[2:5, 3:7, 1] = 200, 255
     Image.fromarray(grey, "LA").save(tmp_path / "grey.png")
     assert np.array_equal(load_mask(str(tmp_path / "grey.png")), want)
+
+
+def test_an_image_and_its_mask_with_different_exif_orientations_are_named(tmp_path, caplog):
+    """A JPEG turned 180° by its EXIF tag with a mask that has none: both are read upright, so a mask drawn on the
+    stored pixels would be misaligned; the check names the pair. Turned 90°, the size check stops and says why."""
+    from prnet.datasets.checks import check_samples
+
+    cat = make_category(tmp_path, defects=(("crack", 2),), ext=".jpg")
+    exif = Image.new("L", (1, 1)).getexif()
+    exif[0x0112] = 3
+    path = os.path.join(cat, "test/crack/000.jpg")
+    Image.open(path).save(path, exif=exif.tobytes(), quality=95)
+    test = MVTEC(str(tmp_path), "cat", "test", image_size=32)
+    with caplog.at_level(logging.WARNING):
+        check_samples(test.samples, 32)
+    named = [r.getMessage() for r in caplog.records if "EXIF orientations" in r.getMessage()]
+    assert len(named) == 1 and named[0].startswith("1 defective images") and "000.jpg (3) with" in named[0]
+    exif[0x0112] = 6
+    Image.open(path).save(path, exif=exif.tobytes(), quality=95)
+    with pytest.raises(DatasetError, match="expected the same size; the image carries EXIF orientation 6"):
+        check_samples(MVTEC(str(tmp_path), "cat", "test", image_size=32).samples, 32)

@@ -265,6 +265,30 @@ def test_folder_holds_out_a_seeded_share_of_the_normal_images(folders):
     assert len(scan_split(folders, "parts", "train", format="folder", format_options=explicit)) == 10
 
 
+def test_folder_refuses_folders_that_overlap_and_skips_hidden_ones(folders):
+    """The same images may not count as normal and defective, nor train and test: folders that hold one another are
+    refused. A hidden sub-folder of the abnormal folder (a tool's, e.g. .ipynb_checkpoints) is no defect type; an
+    absolute normal folder cannot tell categories apart, so the class list asks for data.classes."""
+    parts = os.path.join(folders, "parts")
+    shutil.copytree(os.path.join(parts, "normal"), os.path.join(parts, "abnormal", "ok"))
+    for bad, keys in ((folder_options(mask=None, test_normal="abnormal/ok"), "data.folder.abnormal .* and "
+                       "data.folder.test_normal"),
+                      (folder_options(mask=None, normal="abnormal/ok"), "data.folder.normal .* and "
+                       "data.folder.abnormal"),
+                      (folder_options(mask=None, test_normal="normal"), "data.folder.normal .* and "
+                       "data.folder.test_normal")):
+        with pytest.raises(DatasetError, match=keys + ".* overlap"):
+            scan_split(folders, "parts", "test", format="folder", format_options=bad)
+    shutil.rmtree(os.path.join(parts, "abnormal", "ok"))
+    os.makedirs(os.path.join(parts, "abnormal", ".ipynb_checkpoints"))
+    shutil.copy(os.path.join(parts, "abnormal", "a.png"), os.path.join(parts, "abnormal", ".ipynb_checkpoints"))
+    test = scan_split(folders, "parts", "test", format="folder", format_options=folder_options(mask=None))
+    assert sorted(s.name for s in test if s.label == 1) == ["abnormal/a.png", "abnormal/a_1.png"]
+    cfg = load_config(None, [f"data.root={folders}", "data.format=folder", f"data.folder.normal={parts}/normal"])
+    with pytest.raises(DatasetError, match="absolute path .*data.classes"):
+        resolve_classes(cfg)
+
+
 def test_folder_without_masks_and_with_missing_masks(folders):
     test = scan_split(folders, "parts", "test", format="folder", format_options=folder_options(mask=None))
     bad = [s for s in test if s.label == 1]

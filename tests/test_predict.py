@@ -81,6 +81,19 @@ def test_same_stem_other_extension_and_flattened_names_stay_apart(ckpt, tmp_path
     assert code == 0 and sorted(r["figure"] for r in rows3) == ["img.jpg.png", "img.png.png"]
 
 
+def test_a_folder_is_walked_as_a_recursive_glob_is(tmp_path):
+    """Linked folders followed (a cycle once), hidden folders and the output folder inside the input left out."""
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    for path, seed in (("a/1.png", 0), (".ipynb_checkpoints/1.png", 0), ("out/good/1.png.png", 0), ("top.png", 0)):
+        _write(data / path, seed)
+    _write(elsewhere / "2.png", 1)
+    os.symlink(elsewhere, data / "linked")
+    os.symlink(data, data / "a" / "loop")  # a cycle: walked once
+    files, root = predict_script.collect_all([str(data)], str(data / "out"))
+    assert sorted(os.path.relpath(f, data) for f in files) == ["a/1.png", "linked/2.png", "top.png"]
+    assert root == os.path.abspath(data)
+
+
 def test_names_differing_only_in_case_get_distinct_pictures():
     names = predict_script.figure_names(["/d/A.png", "/d/a.png", "/d/a.png~2"], "/d")
     assert len({n.casefold() for n in names}) == 3 and names[0] == "A.png.png"

@@ -3,7 +3,8 @@
 `check_samples` decodes every image and mask (corrupt, truncated, zero-byte and non-image files are a
 DatasetError naming the file), refuses a mask whose size differs from its image's, two images with the same stem
 in one folder, and masks that are all empty; it warns once about the empty masks of a defect folder, and once
-about masks with many grey levels (JPEG or anti-aliased), whose every non-zero pixel counts as defective.
+about masks with many grey levels (JPEG or anti-aliased), whose every non-zero pixel counts as defective, and
+about images whose mask has another EXIF orientation.
 `check_evaluable` refuses a test split that leaves no defective image to evaluate.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from prnet.datasets.mvtec import DatasetError, Sample, SizeLike, _decode, _resize, as_hw, load_mask
+from prnet.datasets.mvtec import (DatasetError, Sample, SizeLike, _decode, _resize, as_hw, exif_orientation,
+                                  load_mask)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ def check_samples(samples: Sequence[Sample], image_size: SizeLike, progress: Opt
     hw = as_hw(image_size)
     empty: list[str] = []
     grey: list[str] = []
+    turned: list[str] = []  # an image and its mask with different EXIF orientations
     with_mask = 0
     show = len(samples) >= PROGRESS_MIN_FILES if progress is None else progress
     for s in tqdm(samples, desc="checking images", unit="img", disable=not show, leave=False):
@@ -70,20 +73,31 @@ def check_samples(samples: Sequence[Sample], image_size: SizeLike, progress: Opt
             continue
         with_mask += 1
         mask = load_mask(s.mask_path)
+        turn = exif_orientation(s.path)
         for p in [s.mask_path] if isinstance(s.mask_path, str) else s.mask_path:
             raw = _decode(p)
             raw = raw.max(axis=2) if raw.ndim == 3 else raw
             if len(np.unique(raw[raw > 0])) >= GREY_LEVELS:
                 grey.append(p)
+            if exif_orientation(p) != turn:
+                turned.append(f"{s.path} ({turn}) with {p} ({exif_orientation(p)})")
         if mask.shape[:2] != (h, w):
+            why = (f"; the image carries EXIF orientation {turn} and is read upright, as viewers show it: a mask "
+                   f"drawn on its stored pixels does not fit it" if turn != 1 and turned else "")
             raise DatasetError(f"mask {s.mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {s.path} is "
-                               f"{w}x{h} (width x height): expected the same size")
+                               f"{w}x{h} (width x height): expected the same size{why}")
         if not mask.any() or not _resize(mask, hw, nearest=True).any():
             empty.append(s.mask_path)
     if with_mask and len(empty) == with_mask:
         where = _split_dir([s for s in samples if s.mask_path is not None])
         raise DatasetError(f"every mask of the {with_mask} defective images in {where} is empty "
                            f"at {hw[1]}x{hw[0]} (e.g. {empty[0]}): pixel metrics cannot be computed")
+    if turned:
+        more = f", … ({len(turned)} in all)" if len(turned) > 10 else ""
+        log.warning("%d defective images and their masks carry different EXIF orientations: both are read upright, "
+                    "as viewers show them, which fits masks drawn in a viewer or an annotation tool; a mask made "
+                    "from an image's stored pixels is then misaligned with it (look at the run's examples.png): "
+                    "%s%s", len(turned), ", ".join(turned[:10]), more)
     if grey:
         more = f", … ({len(grey)} in all)" if len(grey) > 10 else ""
         log.warning("%d mask files have %d or more grey levels (JPEG compression or anti-aliased edges): every "

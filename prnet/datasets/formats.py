@@ -101,6 +101,9 @@ def categories(format: str, root: str, **options: Any) -> list[str]:
     root, when any), or for format folder the sub-folders of `root` that hold the normal folder."""
     if format == "folder":
         normal = options.get("normal") or "normal"
+        if os.path.isabs(normal):
+            raise DatasetError(f"format folder: data.folder.normal is an absolute path ({normal}), so no category "
+                               f"under {root} can be told by it: name the category with data.classes=[<name>]")
         if not os.path.isdir(root):
             raise DatasetError(f"data root {root} does not exist (format folder: expected <root>/<category>/"
                                f"{normal})")
@@ -337,6 +340,20 @@ def _held_out(files: list[str], fraction: float, seed: int) -> set[str]:
     return {sorted(files)[i] for i in order[:k]}
 
 
+def _no_overlap(base: str, normal: str, abnormal: Optional[str], test_normal: Optional[str]) -> None:
+    """Refuse folders of the folder format that hold one another or are one folder (the same images would count
+    as normal and defective, or train and test), e.g. test_normal=test/ok inside abnormal=test."""
+    roles = [("data.folder.normal", normal), ("data.folder.abnormal", abnormal),
+             ("data.folder.test_normal", test_normal)]
+    real = [(key, os.path.realpath(os.path.join(base, f))) for key, f in roles if f]
+    for i, (a, pa) in enumerate(real):
+        for b, pb in real[i + 1:]:
+            if pa == pb or pa.startswith(pb.rstrip(os.sep) + os.sep) or pb.startswith(pa.rstrip(os.sep) + os.sep):
+                raise DatasetError(f"format folder: {a} ({pa}) and {b} ({pb}) overlap: the same images would be "
+                                   f"read twice, as normal and defective or for training and testing; expected "
+                                   f"separate folders")
+
+
 @register("folder")
 def read_folder(root: str, category: str, split: str, normal: str = "normal", abnormal: Optional[str] = "abnormal",
                 mask: Optional[str] = None, test_normal: Optional[str] = None, test_fraction: float = 0.2,
@@ -356,6 +373,7 @@ def read_folder(root: str, category: str, split: str, normal: str = "normal", ab
     """
     base = os.path.join(root, category)
     normal_dir = _dir(os.path.join(base, normal), "format folder: data.folder.normal")
+    _no_overlap(base, normal, abnormal, test_normal)
     normals = _images(normal_dir)
     held = set() if test_normal else _held_out(normals, test_fraction, seed)
     if split == "train":
@@ -368,7 +386,8 @@ def read_folder(root: str, category: str, split: str, normal: str = "normal", ab
         return samples
     abnormal_dir = _dir(os.path.join(base, abnormal), "format folder: data.folder.abnormal")
     mask_dir = _dir(os.path.join(base, mask), "format folder: data.folder.mask") if mask else None
-    types = sorted(n for n in os.listdir(abnormal_dir) if os.path.isdir(os.path.join(abnormal_dir, n)))
+    types = sorted(n for n in os.listdir(abnormal_dir) if os.path.isdir(os.path.join(abnormal_dir, n))
+                   and not n.startswith("."))  # hidden: a tool's folder (.ipynb_checkpoints), not a defect type
     loose = [n for n in os.listdir(abnormal_dir) if is_image_file(n) and os.path.isfile(os.path.join(abnormal_dir, n))]
     groups = [("abnormal", "")] if loose else []
     groups += [(t, t) for t in types]

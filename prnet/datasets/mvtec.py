@@ -141,13 +141,15 @@ _ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def exif_orientation(data: Union[bytes, np.ndarray]) -> int:
-    """The EXIF orientation of an encoded image file (1, upright, when it has none or it cannot be read)."""
+def exif_orientation(data: Union[str, bytes, np.ndarray]) -> int:
+    """The EXIF orientation of an encoded image file, its bytes or its path (1, upright, when it has none or it
+    cannot be read)."""
     from io import BytesIO
 
     from PIL import Image
     try:
-        with Image.open(BytesIO(data.tobytes() if isinstance(data, np.ndarray) else data)) as pil:
+        source = data if isinstance(data, str) else BytesIO(data.tobytes() if isinstance(data, np.ndarray) else data)
+        with Image.open(source) as pil:
             value = pil.getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 - no readable header: the decoder has accepted the file, so it is as stored
         return 1
