@@ -81,9 +81,11 @@ def export_onnx(checkpoint: str, out: str, opset: int = 17) -> None:
     if cfg.eval.image_score != "map" and not model.bank.has_residual_mean:
         raise CheckpointError(f"checkpoint {checkpoint}: eval.image_score={cfg.eval.image_score} but its prototypes "
                               f"have no residual means (made before they were stored)")
-    if cfg.eval.image_score == "map_residual_knn" and not model.knn.is_calibrated:
+    if cfg.eval.image_score == "map_residual_knn" and not (
+            model.knn is not None and model.knn.is_calibrated and model.knn.made_for(cfg.eval.topk, cfg.eval.sigma)):
         raise CheckpointError(f"checkpoint {checkpoint}: eval.image_score=map_residual_knn but its nearest-neighbour "
-                              f"score is not calibrated (a checkpoint saved before training finished)")
+                              f"score is not made for eval.topk={cfg.eval.topk}, eval.sigma={cfg.eval.sigma:g} (a "
+                              f"checkpoint saved before training finished)")
     if cfg.eval.anomaly_map == "head_knn" and not (
             model.knn is not None and model.knn.map_made_for(cfg.eval.knn_lift, cfg.eval.sigma)):
         raise CheckpointError(f"checkpoint {checkpoint}: eval.anomaly_map=head_knn but its nearest-neighbour map "

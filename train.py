@@ -9,6 +9,7 @@ Exit codes: 0 done, 1 training failed, 2 bad config or data (reported before any
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -101,16 +102,51 @@ def _run(cfg, ctx, device, locks: list) -> int:
         for category in classes:
             results = train_category(cfg, category, device, ctx, backbone=backbone)
             if ctx.is_main:
-                # a metric the test set cannot define (e.g. pixel metrics without masks) is None: n/a in the table
-                values = {**results["metrics"], **results["operating_point"]}
-                rows.append({"category": category, **{k: values.get(k) for k in report.TABLE_KEYS}})
-                table = report.write_results_tables(rows, out_root, report.TABLE_KEYS)
+                rows.append(table_row(category, results))
+                table = report.write_results_tables(rows + other_rows(cfg, out_root, classes), out_root,
+                                                    report.TABLE_KEYS)
     except TrainingError as e:
         log.error("%s", e)
         return 1
     if ctx.is_main:
         print(f"\nResults (last epoch, {out_root}/results.md):\n{table}")
     return 0
+
+
+def table_row(category: str, results: dict) -> dict:
+    """A category's row of the results tables; a metric the test set cannot define (e.g. pixel metrics without
+    masks) is None: n/a in the table."""
+    from prnet import report
+
+    values = {**results["metrics"], **results["operating_point"]}
+    return {"category": category, **{k: values.get(k) for k in report.TABLE_KEYS}}
+
+
+def other_rows(cfg, out_root: str, classes: list[str]) -> list[dict]:
+    """The rows of the run folder's other categories, trained by another call (e.g. one process per category and
+    GPU) with the same settings, so that the tables and their mean cover the whole folder; a category trained with
+    other settings is left out, with a warning."""
+    from prnet.engine.trainer import config_differences
+
+    rows = []
+    for category in sorted(os.listdir(out_root)):
+        path = os.path.join(out_root, category, "results.json")
+        if category in classes or not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as fh:
+                results = json.load(fh)
+            diffs = [d for d in config_differences(results["config"], config_to_dict(cfg))
+                     if not d.startswith("data.classes:")]
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("%s: not read for the results tables (%s)", path, e)
+            continue
+        if diffs:
+            log.warning("%s was trained with other settings (its -> this call's: %s): left out of the results "
+                        "tables", path, "; ".join(diffs))
+            continue
+        rows.append(table_row(category, results))
+    return rows
 
 
 def _init_distributed(device_name: str):

@@ -192,7 +192,7 @@ class EvalConfig:
     second_weight: float = 1.0  # the second read's weight (chosen on validation data, round 31)
     sigma: float = 0.0  # Gaussian smoothing of the map before scoring (0: none; see configs/default.yaml)
     batch_size: int = 16
-    examples: int = 12  # images in examples.png
+    examples: int = 12  # images in examples.png (0: no figure)
     # the decision threshold stored with the model (predict.py, the Python API, ONNX metadata):
     # train_max: the highest image score of the normal training images; holdout_fpr: the lowest threshold that
     # flags at most target_fpr of the normal images held out of training (data.holdout_normal > 0)

@@ -60,3 +60,15 @@ def test_preview_writes_a_png(tmp_path):
     assert preview_main(["--out", str(tmp_path / "q.png"), f"data.root={tmp_path / 'none'}",
                          "data.classes=[demo]", "data.image_size=64"]) == 2  # missing data: an error, no file
     assert not (tmp_path / "q.png").exists()
+
+
+def test_the_demo_folder_follows_the_umask(tmp_path):
+    """Written in a temporary folder and renamed: the category folder gets the umask's mode, not mkdtemp's 0700."""
+    import stat
+
+    old = os.umask(0o002)
+    try:
+        path = make_demo_category(str(tmp_path), "demo", seed=0, size=32, n_train=1, n_test_good=1, n_test_bad=1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o775

@@ -88,8 +88,9 @@ def test_train_max_of_map_residual_scores_the_training_images_as_unseen_ones(tin
     from prnet.engine.prototypes import load_prototypes, prototype_path
 
     out = str(tmp_path / "out")
-    extra = ["eval.image_score=map_residual", "eval.anomaly_map=head"]
+    extra = ["eval.image_score=map_residual", "eval.anomaly_map=head", "eval.examples=0"]
     assert train_script.main(tiny_overrides(tiny_data, out, str(tmp_path / "protos"), epochs=1, extra=extra)) == 0
+    assert not os.path.exists(os.path.join(out, "tiny", "examples.png"))  # eval.examples=0: no figure
     model, cfg, state = model_from_checkpoint(os.path.join(out, "tiny", "last.pt"), torch.device("cpu"))
     train = normal_train_set(cfg, "tiny")
     bank = load_prototypes(prototype_path(cfg, "tiny"))  # with the training images' clusters

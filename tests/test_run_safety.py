@@ -116,6 +116,62 @@ def test_resume_with_a_rebuilt_prototype_file_is_refused(one_epoch, caplog):
     assert after["last.pt"] == before["last.pt"]
 
 
+def test_a_finished_run_resumed_for_more_epochs_keeps_no_stale_calibration(one_epoch, monkeypatch, tmp_path):
+    """The nearest-neighbour statistics and map table are made for the head of the last epoch: resumed for more
+    epochs, the checkpoints written before they are made again carry none, so prediction and export refuse them."""
+    import shutil
+
+    import export as export_script
+    from prnet.engine import trainer
+    from prnet.engine.checkpoint import CheckpointError, model_from_checkpoint
+
+    folder = os.path.join(one_epoch["out"], "tiny")
+    kept = str(tmp_path / "kept")
+    shutil.copytree(folder, kept)
+    before, _, _ = model_from_checkpoint(os.path.join(folder, "last.pt"), torch.device("cpu"))
+    assert before.knn.is_calibrated
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt  # killed after the new epoch's checkpoint, before the calibration
+    monkeypatch.setattr(trainer, "evaluate_and_report", stop)
+    try:
+        args = tiny_overrides(one_epoch["root"], one_epoch["out"], one_epoch["protos"], epochs=2,
+                              extra=["train.resume=true"])
+        with pytest.raises(KeyboardInterrupt):
+            train_script.main(args)
+        state = torch.load(os.path.join(folder, "last.pt"), weights_only=True)
+        model, _, _ = model_from_checkpoint(os.path.join(folder, "last.pt"), torch.device("cpu"))
+        assert state["epoch"] == 2 and not model.knn.is_calibrated
+        with pytest.raises(CheckpointError, match="not made for eval.topk"):
+            export_script.export_onnx(os.path.join(folder, "last.pt"), str(tmp_path / "m.onnx"))
+    finally:
+        shutil.rmtree(folder)
+        shutil.copytree(kept, folder)
+
+
+def test_the_results_tables_cover_the_run_folders_categories_trained_by_other_calls(one_epoch, tmp_path, caplog):
+    """One process per category and GPU writes into one run folder: each call's tables take the other categories'
+    results.json made with the same settings (their mean covers the folder), never one made with other settings."""
+    import json
+    import shutil
+
+    out = str(tmp_path / "run")
+    with open(os.path.join(one_epoch["out"], "tiny", "results.json")) as fh:
+        results = json.load(fh)
+    for category, change in (("tiny", {}), ("other", {}), ("odd", {"seed": 7})):
+        os.makedirs(os.path.join(out, category))
+        with open(os.path.join(out, category, "results.json"), "w") as fh:
+            json.dump({**results, "config": {**results["config"], **change,
+                                             "data": {**results["config"]["data"], "classes": [category]}}}, fh)
+    os.makedirs(os.path.join(out, "no_results"))
+    cfg = load_config(None, tiny_overrides(one_epoch["root"], out, one_epoch["protos"], epochs=1))
+    rows = train_script.other_rows(cfg, out, ["tiny"])
+    assert [r["category"] for r in rows] == ["other"]
+    assert rows[0] == {**train_script.table_row("other", results)}
+    assert "odd/results.json was trained with other settings (its -> this call's: seed: 7 -> 0)" in caplog.text.replace(os.sep, "/")
+    shutil.rmtree(out)
+
+
 def test_resume_may_extend_the_schedule(one_epoch, capsys):
     args = tiny_overrides(one_epoch["root"], one_epoch["out"], one_epoch["protos"], epochs=2,
                           extra=["train.resume=true", "eval.topk=5"])

@@ -127,6 +127,9 @@ def make_demo_category(root: str, category: str = "demo", seed: int = 0, size: i
         raise ValueError("make_demo_category: n_train and n_test_good must be >= 1 and n_test_bad >= 0")
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{category}.tmp-", dir=root)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename: the folder follows the umask
     try:
         good_dirs = [os.path.join(tmp, "train", "good"), os.path.join(tmp, "test", "good")]
         for d in good_dirs:

@@ -318,6 +318,10 @@ def start_or_resume(cfg: Config, category: str, run: RunState, bank: PrototypeBa
             raise TrainingError(f"cannot resume {ckpt_path}: the prototype file now in use ({', '.join(moved)}) is "
                                 f"not the one it was trained with; train.overwrite=true starts over")
         run.model.load_state_dict(state["model"])
+        if state["epoch"] < cfg.train.epochs:  # training goes on: what was made after its last epoch fits no more
+            for made in (run.model.knn, run.model.second):
+                if made is not None:
+                    made.forget()  # the checkpoints of the epochs to come carry none, until it is made again
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         set_rng_state({k: v.cpu() if torch.is_tensor(v) else v for k, v in state["rng"].items()})
@@ -521,9 +525,10 @@ def evaluate_and_report(cfg: Config, category: str, run: RunState, bank: Prototy
         log.info("%s: trained, threshold %.4f (%s); the test split was not scored (eval.score_test=false)",
                  category, threshold, cfg.eval.threshold)
         return results
-    report.examples_grid(os.path.join(out_dir, "examples.png"), _ImageSource(test_set), out["masks"], out["maps"],
-                         out["scores"], out["labels"], n=cfg.eval.examples,
-                         threshold=report.region_threshold(cfg.eval.image_score, cfg.eval.anomaly_map, threshold))
+    if cfg.eval.examples > 0:  # 0: no figure
+        report.examples_grid(os.path.join(out_dir, "examples.png"), _ImageSource(test_set), out["masks"], out["maps"],
+                             out["scores"], out["labels"], n=cfg.eval.examples,
+                             threshold=report.region_threshold(cfg.eval.image_score, cfg.eval.anomaly_map, threshold))
     log.info("%s: %s; at threshold %.4f (%s): %s", category, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
              threshold, cfg.eval.threshold, ", ".join(f"{k} {v:.3f}" for k, v in at_threshold.items()))
     return results

@@ -124,6 +124,11 @@ class KnnScore(ScoreStatistics, nn.Module):
     def is_calibrated(self) -> bool:
         return bool(not self.memory.is_empty and torch.isfinite(self.stats).all() and (self.stats[[1, 3]] > 0).all())
 
+    def forget(self) -> None:
+        """Mark the statistics, the map table and the lift as not made (the head they were made for has changed)."""
+        for buf in (self.stats, self.settings, self.map_table, self.map_lift):
+            buf.fill_(math.nan)
+
     def forward(self, feats: Sequence[torch.Tensor], source: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.memory.model_distances(feats, source)
 

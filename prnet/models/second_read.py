@@ -58,6 +58,11 @@ class SecondRead(ScoreStatistics, nn.Module):
         return bool(not self.bank.is_empty and self.bank.has_residual_mean and torch.isfinite(self.size).all()
                      and torch.isfinite(self.stats).all() and self.stats[1] > 0)
 
+    def forget(self) -> None:
+        """Mark the statistics as not made (the head they were made for has changed); the bank stays."""
+        for buf in (self.stats, self.settings):
+            buf.fill_(math.nan)
+
     def z(self, s_w: torch.Tensor, topk: int, sigma: float) -> torch.Tensor:
         """z(log s_w) with the stored statistics; s_w scored with eval.topk `topk` and eval.sigma `sigma`, the values
         they were made with (RuntimeError otherwise)."""
