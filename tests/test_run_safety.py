@@ -168,7 +168,8 @@ def test_the_results_tables_cover_the_run_folders_categories_trained_by_other_ca
     rows = train_script.other_rows(cfg, out, ["tiny"])
     assert [r["category"] for r in rows] == ["other"]
     assert rows[0] == {**train_script.table_row("other", results)}
-    assert "odd/results.json was trained with other settings (its -> this call's: seed: 7 -> 0)" in caplog.text.replace(os.sep, "/")
+    text = caplog.text.replace(os.sep, "/")
+    assert "odd/results.json was trained with other settings (its -> this call's: seed: 7 -> 0)" in text
     shutil.rmtree(out)
 
 
