@@ -51,8 +51,8 @@ def _walk_images(folder: str, skip: str | None = None) -> list[str]:
 
 
 def collect_inputs(spec: str, skip: str | None = None) -> list[str]:
-    """A file, a folder (its image files, recursively; `skip`: a real path left out), or a glob pattern → sorted
-    file list."""
+    """A file, a folder (its image files, recursively) or a glob pattern → sorted file list; `skip`: a folder (real
+    path) whose files a folder or a pattern leaves out."""
     if os.path.isfile(spec):
         return [spec]
     if os.path.isdir(spec):
@@ -60,7 +60,8 @@ def collect_inputs(spec: str, skip: str | None = None) -> list[str]:
         if not files:
             raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {spec}")
         return sorted(files)
-    files = sorted(f for f in glob.glob(spec, recursive=True) if os.path.isfile(f))
+    files = sorted(f for f in glob.glob(spec, recursive=True) if os.path.isfile(f)
+                   and not (skip and os.path.realpath(f).startswith(skip.rstrip(os.sep) + os.sep)))
     if not files:
         raise ValueError(f"{spec} is neither a file, a folder, nor a glob pattern that matches files")
     return files

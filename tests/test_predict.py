@@ -92,6 +92,8 @@ def test_a_folder_is_walked_as_a_recursive_glob_is(tmp_path):
     files, root = predict_script.collect_all([str(data)], str(data / "out"))
     assert sorted(os.path.relpath(f, data) for f in files) == ["a/1.png", "linked/2.png", "top.png"]
     assert root == os.path.abspath(data)
+    with pytest.raises(ValueError, match="matches files"):  # the output's own pictures: left out of a pattern too
+        predict_script.collect_all([str(data / "out" / "**" / "*.png")], str(data / "out"))
 
 
 def test_names_differing_only_in_case_get_distinct_pictures():
