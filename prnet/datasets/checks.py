@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from prnet.datasets.mvtec import (DatasetError, Sample, SizeLike, _decode, _resize, as_hw, exif_orientation,
-                                  load_mask)
+                                  mask_union, mask_values)
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +72,20 @@ def check_samples(samples: Sequence[Sample], image_size: SizeLike, progress: Opt
         if s.mask_path is None:
             continue
         with_mask += 1
-        mask = load_mask(s.mask_path)
-        turn = exif_orientation(s.path)
-        for p in [s.mask_path] if isinstance(s.mask_path, str) else s.mask_path:
-            raw = _decode(p)
-            raw = raw.max(axis=2) if raw.ndim == 3 else raw
-            if len(np.unique(raw[raw > 0])) >= GREY_LEVELS:
+        paths = [s.mask_path] if isinstance(s.mask_path, str) else list(s.mask_path)
+        values = [mask_values(p) for p in paths]  # each file decoded once: the grey levels and the mask
+        mask = mask_union(values, paths)
+        turn, other_turn = exif_orientation(s.path), False
+        for p, v in zip(paths, values):
+            if len(np.unique(v[v > 0])) >= GREY_LEVELS:
                 grey.append(p)
-            if exif_orientation(p) != turn:
-                turned.append(f"{s.path} ({turn}) with {p} ({exif_orientation(p)})")
+            mask_turn = exif_orientation(p)
+            if mask_turn != turn:
+                turned.append(f"{s.path} ({turn}) with {p} ({mask_turn})")
+                other_turn = True
         if mask.shape[:2] != (h, w):
             why = (f"; the image carries EXIF orientation {turn} and is read upright, as viewers show it: a mask "
-                   f"drawn on its stored pixels does not fit it" if turn != 1 and turned else "")
+                   f"drawn on its stored pixels does not fit it" if turn != 1 and other_turn else "")
             raise DatasetError(f"mask {s.mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {s.path} is "
                                f"{w}x{h} (width x height): expected the same size{why}")
         if not mask.any() or not _resize(mask, hw, nearest=True).any():

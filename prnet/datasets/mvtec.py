@@ -221,6 +221,28 @@ def load_rgb(path: str, hw: Optional[SizeLike] = None) -> np.ndarray:
     return to_rgb(_decode(path), hw, f"image file {path}", bgr=True)
 
 
+def mask_values(path: str) -> np.ndarray:
+    """A mask file's values as one H×W array: the largest colour channel, 0 where an alpha channel is transparent."""
+    mask = _decode(path)
+    if mask.ndim == 3:
+        alpha = mask[..., -1] if mask.shape[2] in (2, 4) else None
+        mask = mask[..., :3].max(axis=2) if mask.shape[2] >= 3 else mask[..., 0]
+        if alpha is not None:
+            mask = np.where(alpha > 0, mask, 0)
+    return mask
+
+
+def mask_union(values: Sequence[np.ndarray], paths: Sequence[str]) -> np.ndarray:
+    """uint8 H×W {0, 1}: where any of the mask files' `values` (mask_values of `paths`) is above 0."""
+    binary = None
+    for p, mask in zip(paths, values):
+        if binary is not None and mask.shape != binary.shape:
+            raise DatasetError(f"mask file {p}: size {mask.shape[1]}x{mask.shape[0]} differs from "
+                               f"{paths[0]} ({binary.shape[1]}x{binary.shape[0]}); expected one size per image")
+        binary = (mask > 0).astype(np.uint8) if binary is None else binary | (mask > 0).astype(np.uint8)
+    return binary
+
+
 def load_mask(path: Union[str, Sequence[str]], hw: Optional[SizeLike] = None) -> np.ndarray:
     """Read a mask file (or several: their union) as float32 H×W in {0, 1}, nearest-resized to `hw`.
 
@@ -230,18 +252,7 @@ def load_mask(path: Union[str, Sequence[str]], hw: Optional[SizeLike] = None) ->
     paths = [path] if isinstance(path, str) else list(path)
     if not paths:
         raise DatasetError("load_mask: no mask file given")
-    binary = None
-    for p in paths:
-        mask = _decode(p)
-        if mask.ndim == 3:
-            alpha = mask[..., -1] if mask.shape[2] in (2, 4) else None
-            mask = mask[..., :3].max(axis=2) if mask.shape[2] >= 3 else mask[..., 0]
-            if alpha is not None:
-                mask = np.where(alpha > 0, mask, 0)
-        if binary is not None and mask.shape != binary.shape:
-            raise DatasetError(f"mask file {p}: size {mask.shape[1]}x{mask.shape[0]} differs from "
-                               f"{paths[0]} ({binary.shape[1]}x{binary.shape[0]}); expected one size per image")
-        binary = (mask > 0).astype(np.uint8) if binary is None else binary | (mask > 0).astype(np.uint8)
+    binary = mask_union([mask_values(p) for p in paths], paths)
     if hw is not None:
         binary = _resize(binary, as_hw(hw), nearest=True)
     return binary.astype(np.float32)
