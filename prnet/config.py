@@ -132,6 +132,10 @@ class PrototypeConfig:
     # a training image's residual is taken against its k-means cluster's mean without that image (held out),
     # as a test image's would be; false: against the bank as it is (the image is part of its own prototype)
     leave_one_out: bool = True
+    # with leave_one_out: a synthetic sample's held-out residual made with the features of the clean training image
+    # it was changed from (exact; one more backbone pass for those samples); false: the image's held-out gain
+    # n/(n - 1) applied to the sample's whole residual, its change included (prnet.models.prototypes)
+    held_out_exact: bool = False
     batch_size: int = 16  # feature-extraction batch
     # > 0: also keep a memory of this many normal training patches (greedy coreset) and give the head each patch's
     # distance to the nearest of them as one more input channel (prnet.models.patch_memory); 0: off
@@ -537,7 +541,8 @@ ADDED_KEYS = {("synthesis", "structure_fraction"): 0.0, ("eval", "anomaly_map"):
               ("synthesis", "extended_scale"): [0.75, 1.25], ("eval", "second_read"): "none",
               ("eval", "second_weight"): 0.5, ("synthesis", "shade_fraction"): 0.0,
               ("train", "average_last"): 0.0, ("eval", "score_test"): True,
-              ("synthesis", "jitter"): 0.0, ("synthesis", "spot_fraction"): 0.0}
+              ("synthesis", "jitter"): 0.0, ("synthesis", "spot_fraction"): 0.0,
+              ("prototypes", "held_out_exact"): False}
 
 
 def with_added_keys(values: dict) -> dict:

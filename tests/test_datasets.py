@@ -412,6 +412,27 @@ def test_jitter_changes_every_image_globally_and_leaves_every_other_draw(tmp_pat
             cfg_for(tmp_path, **{"synthesis.jitter": bad})
 
 
+def test_held_out_exact_gives_each_sample_its_clean_source_image_and_leaves_every_draw(tmp_path):
+    """prototypes.held_out_exact: each sample also carries the normal training image it was made from, unchanged
+    (before jitter); the samples themselves are drawn as without it. Without leave_one_out there is nothing to
+    hold out, and no clean image."""
+    plain, ds = _without_and_with(tmp_path, {"synthesis.jitter": 0.2}, "prototypes.held_out_exact", True)
+    kinds = set()
+    for i in range(len(ds)):
+        item, ref = ds[i], plain[i]
+        assert "clean" not in ref
+        assert torch.equal(item["image"], ref["image"]) and torch.equal(item["mask"], ref["mask"])
+        assert item["source"] == ref["source"] and item["kind"] == ref["kind"]
+        clean = torch.from_numpy(ds.normal.image(item["source"]).transpose(2, 0, 1))  # the training pixels
+        assert torch.equal(item["clean"], clean)
+        assert not torch.equal(item["clean"], item["image"])  # the sample was jittered (and maybe changed)
+        kinds.add(item["kind"])
+    assert {"normal", "perlin", "extended"} <= kinds
+    off = build_train_dataset(cfg_for(tmp_path, **{"data.num_anomalies": 2, "prototypes.held_out_exact": True,
+                                                   "prototypes.leave_one_out": False}), "cat")
+    assert "clean" not in off[0]
+
+
 def test_extended_scale_shrinks_only_the_pasted_defects(tmp_path):
     """synthesis.extended_scale reaches the extended samples (a fixed 0.5 pastes smaller defects than the default
     range, summed over all of them); every other sample keeps its draw; an empty or inverted range is refused."""

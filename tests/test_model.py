@@ -83,6 +83,53 @@ def test_overfits_one_batch():
     assert min(losses[-5:]) < losses[0] / 10, losses
 
 
+def test_clean_source_images_give_the_bank_their_features_and_the_trainer_passes_the_synthetic_rows():
+    """PRNet.forward(clean=(rows, images)) hands the bank the backbone's features of those clean images (exact
+    held-out residuals); train_step passes the batch's synthetic rows and their clean images, and nothing without
+    them."""
+    from types import SimpleNamespace
+    from prnet.engine.trainer import train_step
+    model, cfg = _model("resnet18")
+    model.eval()
+    g = torch.Generator().manual_seed(2)
+    clean = torch.rand(10, 3, 64, 64, generator=g)
+    source = torch.tensor([3, 7, 1, 4])
+    x = clean[source].clone()
+    x[[0, 2], :, 8:24, 8:24] = torch.rand(2, 3, 16, 16, generator=g)  # two changed images, two untouched
+    rows = torch.tensor([0, 2])
+    with torch.no_grad():
+        got = model(x, source, clean=(rows, clean[source[rows]]))
+        feats, bottleneck = model.backbone(x)
+        res = model.bank(feats, source, clean=(rows, model.backbone(clean[source[rows]])[0]))
+        want = model.head(feats, res, bottleneck, (64, 64))
+        scaled = model.bank(feats, source)
+    assert torch.allclose(got, want, atol=1e-6)
+    for r, s in zip(res, scaled):  # the changed images' residuals differ, the untouched ones' do not
+        assert (r[[0, 2]] - s[[0, 2]]).abs().max() > 1e-3 * s.abs().max() and torch.equal(r[[1, 3]], s[[1, 3]])
+    seen = []
+
+    def train_model(images, src, clean=None):
+        seen.append((images, src, clean))
+        return weight.expand(images.shape[0], 1, 4, 4)
+
+    weight = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    opt = torch.optim.SGD([weight], lr=0.1)
+    run = SimpleNamespace(train_model=train_model, criterion=lambda logits, m: (logits.mean(), {}), optimizer=opt,
+                          scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0), average=None)
+    cfg.train.channels_last = False
+    batch = {"image": torch.rand(4, 3, 4, 4), "mask": torch.zeros(4, 1, 4, 4), "label": torch.tensor([0, 1, 0, 1]),
+             "source": torch.tensor([5, 2, 6, 0]), "clean": torch.rand(4, 3, 4, 4)}
+    train_step(cfg, run, batch, torch.device("cpu"))
+    _, src, passed = seen[-1]
+    assert torch.equal(src, batch["source"]) and torch.equal(passed[0], torch.tensor([1, 3]))
+    assert torch.equal(passed[1], batch["clean"][[1, 3]])
+    train_step(cfg, run, {k: v for k, v in batch.items() if k != "clean"}, torch.device("cpu"))
+    assert seen[-1][2] is None
+    cfg.prototypes.leave_one_out = False
+    train_step(cfg, run, batch, torch.device("cpu"))
+    assert seen[-1][1] is None and seen[-1][2] is None
+
+
 def test_checkpoint_round_trip_without_bank():
     model, cfg = _model("tf_efficientnet_lite0")
     model.eval()

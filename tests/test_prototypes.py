@@ -70,6 +70,59 @@ def test_held_out_residual_equals_the_bank_rebuilt_without_the_image(residual):
     assert torch.equal(out[::2], plain[::2]) and torch.allclose(out[1::2], held[1::2])
 
 
+@pytest.mark.parametrize("residual", ["squared", "abs"])
+def test_exact_held_out_residual_of_a_changed_image_equals_the_bank_rebuilt_without_its_source(residual):
+    """With the clean source image's features (prototypes.held_out_exact), a sample changed from training image i
+    gets its residual against the bank rebuilt without i; the scaled form differs by the change times 1/(n - 1)."""
+    x, bank, assign = _clustered_bank(residual)
+    n, k = x.shape[0], bank.proto_0.shape[0]
+    flat = x.reshape(n, -1)
+    counts = torch.bincount(assign, minlength=k)
+    g = torch.Generator().manual_seed(3)
+    delta = torch.zeros_like(x)
+    delta[:, :, :2, :2] = 0.8 * torch.randn(n, 2, 2, 2, generator=g)  # a local change, as an anomaly's
+    changed = x + delta
+    rows = torch.arange(0, n, 2)  # every other input is a changed image, the rest the images themselves
+    source = torch.arange(n)
+    feats = torch.where((torch.arange(n) % 2 == 0).view(-1, 1, 1, 1), changed, x)
+    exact = bank([feats], source, clean=(rows, [x[rows]]))[0]
+    scaled = bank([feats], source)[0]
+    f_flat = feats.reshape(n, -1)
+    for i in range(n):
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[i] = False
+        means = torch.stack([flat[keep & (assign == j)].mean(0) for j in range(k) if (keep & (assign == j)).any()])
+        best = means[((f_flat[i] - means) ** 2).sum(1).argmin()]
+        want = (f_flat[i] - best) ** 2 if residual == "squared" else (f_flat[i] - best).abs()
+        assert torch.allclose(exact[i].reshape(-1), want, atol=1e-4), i
+        if i % 2:  # the images themselves: the scaled form is exact for them
+            assert torch.allclose(scaled[i], exact[i], atol=1e-5)
+    # the scaled form: the change scaled by n/(n - 1) where the own cluster is the nearest
+    ni = counts[assign].float()
+    own = [i for i in rows.tolist() if ni[i] > 2 and torch.allclose(
+        scaled[i], (ni[i] / (ni[i] - 1) * (feats[i] - bank.proto_0[assign[i]])) ** 2 if residual == "squared"
+        else (ni[i] / (ni[i] - 1) * (feats[i] - bank.proto_0[assign[i]])).abs(), atol=1e-5)]
+    assert len(own) >= 3
+    for i in own:
+        assert not torch.allclose(scaled[i], exact[i], atol=1e-3)
+        with_clean = ni[i] / (ni[i] - 1) * (x[i] - bank.proto_0[assign[i]]) + delta[i]
+        want = with_clean ** 2 if residual == "squared" else with_clean.abs()
+        assert torch.allclose(exact[i], want, atol=1e-4)
+    # no clean rows: the scaled form, to the bit
+    assert torch.equal(bank([feats], source, clean=(rows[:0], [x[:0]]))[0], scaled)
+
+
+def test_clean_features_need_sources_and_matching_shapes():
+    x, bank, _ = _clustered_bank()
+    n = x.shape[0]
+    with pytest.raises(ValueError, match="need source"):
+        bank([x], None, clean=(torch.tensor([0]), [x[:1]]))
+    with pytest.raises(ValueError, match="clean features must match"):
+        bank([x], torch.arange(n), clean=(torch.tensor([0, 1]), [x[:1]]))
+    with pytest.raises(ValueError, match="clean features must match"):
+        bank([x], torch.arange(n), clean=(torch.tensor([0]), [x[:1, :1]]))
+
+
 def test_held_out_residuals_need_assignments_and_valid_sources():
     x, bank, _ = _clustered_bank()
     with pytest.raises(ValueError, match="source"):

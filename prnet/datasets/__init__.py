@@ -63,7 +63,8 @@ class TrainDataset(Dataset):
 
     Items: image 3×H×W float32 [0,1], mask 1×H×W float32 {0,1}, label (0 normal, 1 synthetic), kind
     ('normal' | 'perlin' | 'spot' | 'shade' | 'structure' | 'scratch' | 'swap' | 'extended'), source (the index of the
-    normal training image it was made from).
+    normal training image it was made from); with `with_clean`, also clean: that normal image, 3×H×W, unchanged
+    (for exact held-out residuals, prototypes.held_out_exact).
     `n_swap` of the `n_perlin` Perlin samples (the last ones) are region swaps (synthesis.swap_anomaly: a large
     region from another normal training image), the `n_scratch` before them thin curves (synthesis.scratch_anomaly:
     scratches and cracks filled with a texture), the `n_structure` before them structural anomalies
@@ -77,7 +78,8 @@ class TrainDataset(Dataset):
     def __init__(self, normal: MVTEC, textures: TextureSource, *, seed: int, synthesis: SynthesisConfig,
                  n_perlin: int, n_swap: int = 0, anomalies: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
                  n_extended: int = 0, grey_textures: bool = False, real_anomalies: Optional[Sequence[str]] = None,
-                 n_scratch: int = 0, n_structure: int = 0, n_shade: int = 0, n_spot: int = 0) -> None:
+                 n_scratch: int = 0, n_structure: int = 0, n_shade: int = 0, n_spot: int = 0,
+                 with_clean: bool = False) -> None:
         self.normal = normal
         self.textures = textures
         self.seed = int(seed)
@@ -95,6 +97,7 @@ class TrainDataset(Dataset):
         # the real anomalies drawn for training (and removed from evaluation), with those whose mask was empty
         self.real_anomalies: list[str] = list(real_anomalies if real_anomalies is not None
                                               else [name for name, _, _ in self.anomalies])
+        self.with_clean = bool(with_clean)
         self.epoch = 0
         self._fg: dict[int, np.ndarray] = {}
 
@@ -134,7 +137,7 @@ class TrainDataset(Dataset):
         kind = self.kind(index)
         if kind == "normal":
             base = index
-            image = self.normal.image(index)
+            image = normal = self.normal.image(index)
             mask = np.zeros(image.shape[:2], np.float32)
         else:
             base = int(rng.integers(0, self.n_normal))
@@ -167,9 +170,12 @@ class TrainDataset(Dataset):
                                                scale=tuple(self.synthesis.extended_scale))
         if self.synthesis.jitter > 0:  # its own random stream: every other draw of the sample stays as without it
             image = jitter_image(image, numpy_rng(self.seed, epoch, index, JITTER_STREAM), self.synthesis.jitter)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
+        item = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
                 "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
                 "label": int(kind != "normal"), "kind": kind, "source": base}
+        if self.with_clean:  # the normal training image the sample was made from, unchanged (not jittered)
+            item["clean"] = torch.from_numpy(np.ascontiguousarray(normal.transpose(2, 0, 1), dtype=np.float32))
+        return item
 
 
 class EpochSampler(Sampler):
@@ -308,7 +314,8 @@ def build_train_dataset(cfg: Config, category: str, normal_hw_cache: bool = True
                       n_scratch=int(round(cfg.synthesis.scratch_fraction * n_perlin)),
                       n_structure=int(round(cfg.synthesis.structure_fraction * n_perlin)),
                       n_shade=int(round(cfg.synthesis.shade_fraction * n_perlin)),
-                      n_spot=int(round(cfg.synthesis.spot_fraction * n_perlin)))
+                      n_spot=int(round(cfg.synthesis.spot_fraction * n_perlin)),
+                      with_clean=cfg.prototypes.leave_one_out and cfg.prototypes.held_out_exact)
     in_context = cfg.synthesis.extended_match_context and ds.n_extended
     log.info("%s: %d normal + %d perlin (%d of them region swaps, %d thin curves, %d structural, %d photometric, %d "
              "small spots) + %d extended training samples per epoch%s%s; Perlin textures %s%s; real anomalies: %s",

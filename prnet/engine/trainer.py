@@ -358,8 +358,15 @@ def train_step(cfg: Config, run: RunState, batch: dict, device: torch.device) ->
     if cfg.train.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     source = batch["source"] if cfg.prototypes.leave_one_out else None  # on the CPU: checked there
+    clean = None
+    if source is not None and "clean" in batch:  # prototypes.held_out_exact: the synthetic samples' clean images
+        rows = torch.nonzero(batch["label"] == 1).reshape(-1)  # on the CPU: no host synchronisation
+        clean_images = batch["clean"][rows].to(device, non_blocking=True)
+        if cfg.train.channels_last:
+            clean_images = clean_images.contiguous(memory_format=torch.channels_last)
+        clean = (rows, clean_images)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp and device.type == "cuda"):
-        logits = run.train_model(images, source)
+        logits = run.train_model(images, source, clean=clean)
     loss, terms = run.criterion(logits, masks)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()

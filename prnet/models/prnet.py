@@ -97,16 +97,19 @@ class PRNet(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor, source: Optional[torch.Tensor] = None,
-                with_distance: bool = False, with_knn: bool = False):
+                with_distance: bool = False, with_knn: bool = False,
+                clean: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
         """`source`: for training only, the normal training image each input was made from (held-out residuals,
-        PrototypeBank.forward); None at test time. `with_distance`: return (logits, the prototype distance map
+        PrototypeBank.forward); None at test time. `clean` (training only, with `source`): (rows, the clean
+        training images source[rows] that those inputs were changed from, M×3×H×W): exact held-out residuals for
+        them (prototypes.held_out_exact). `with_distance`: return (logits, the prototype distance map
         N×1×H×W, PrototypeBank.distance_map) for the image score eval.image_score=map_residual; `with_knn` (with
         with_distance): (logits, distance map, the raw nearest-neighbour distance map N×1×h×w of KnnScore) for
         map_residual_knn."""
         if with_knn and (not with_distance or self.knn is None or self.knn.memory.is_empty):
             raise ValueError("PRNet.forward: with_knn needs with_distance" if not with_distance else
                              f"PRNet.forward: {NOT_CALIBRATED}")
-        feats, residuals, bottleneck, patch = self.encode(x, source)
+        feats, residuals, bottleneck, patch = self.encode(x, source, clean=clean)
         distance = None
         if with_distance:  # float32, like the residuals (the bank turns autocast off for them)
             autocast_on = x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type)
@@ -118,15 +121,18 @@ class PRNet(nn.Module):
         return (logits, distance) if with_distance else logits
 
     def encode(self, x: torch.Tensor, source: Optional[torch.Tensor] = None,
-               bank: Optional[PrototypeBank] = None):
+               bank: Optional[PrototypeBank] = None, clean: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
         """The frozen part: (per-scale features, per-scale prototype residuals, bottleneck feature, patch
         distance map N×1×h×w or None without a patch memory) of images x; `bank`: another prototype bank than the
-        model's (the second read's, made at its size; no patch memory)."""
+        model's (the second read's, made at its size; no patch memory); `clean`: as in forward."""
         feats, bottleneck = self.backbone(x)
         if bank is not None:
             return feats, bank(feats, source), bottleneck, None
+        clean_feats = None
+        if clean is not None and clean[1].shape[0]:
+            clean_feats = (clean[0], self.backbone(clean[1])[0])
         patch = self.bank.patch_memory(feats, source) if self.patch_memory else None
-        return feats, self.bank(feats, source), bottleneck, patch
+        return feats, self.bank(feats, source, clean=clean_feats), bottleneck, patch
 
     def head(self, feats: list[torch.Tensor], residuals: list[torch.Tensor], bottleneck: torch.Tensor,
              hw: tuple[int, int], patch: Optional[torch.Tensor] = None) -> torch.Tensor:

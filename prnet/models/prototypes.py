@@ -12,9 +12,10 @@ image's cluster (`assign`) and, given the training image a sample was made from 
 against that cluster's mean without the sample's own features f, (n·c − f)/(n − 1), whose difference to f is
 n/(n − 1)·(f − c); a cluster of one is left out. For the normal image itself that is its cluster rebuilt without
 it. For a sample changed from it (a synthetic anomaly, f = f_i + Δ), rebuilding without i would give
-n/(n − 1)·(f_i − c) + Δ; this gives n/(n − 1)·(f_i − c + Δ), the change Δ scaled by n/(n − 1) (1.17–1.33 for
-clusters of 4–7 images): the exact form needs the clean image's features beside each sample. Test images (no
-source) use the bank as it is.
+n/(n − 1)·(f_i − c) + Δ; the scaled form gives n/(n − 1)·(f_i − c + Δ), the change Δ scaled by n/(n − 1)
+(1.17–1.33 for clusters of 4–7 images). Given the clean image's features f_i beside the sample (`clean`, the
+trainer's `prototypes.held_out_exact`, one more backbone pass for the synthetic samples), the residual is the exact
+one, f − (n·c − f_i)/(n − 1). Test images (no source) use the bank as it is.
 
 Distance maps (`distance_map`, for the image score eval.image_score=map_residual): per scale, the residual summed
 over channels (the squared distance to the nearest prototype per feature position), upsampled bilinearly to the
@@ -178,28 +179,45 @@ class PrototypeBank(nn.Module):
         n = count[own].float()
         return known, own, n, torch.where(known & (n > 1), n / (n - 1).clamp_min(1), torch.ones_like(n))
 
-    def nearest_held_out(self, f: torch.Tensor, scale: int, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Nearest prototype when row r of `f` comes from training image source[r] (−1: not a training image),
-        with that image held out of its own cluster. Returns (index, gain): the residual is gain·(f − p[index])
-        (gain n/(n − 1) when the nearest is the image's own cluster of n, else 1)."""
+    def held_out_diff(self, f: torch.Tensor, scale: int, source: torch.Tensor,
+                      clean: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """f − its nearest prototype (N×C×h×w) when row r of `f` comes from training image source[r] (−1: not a
+        training image), with that image held out of its own cluster of n: the scaled form n/(n − 1)·(f − c), exact
+        for the image itself. `clean` (rows, features M×C×h×w): for those rows, the features of the clean training
+        image f_i they were changed from; their own cluster's held-out mean is then (n·c − f_i)/(n − 1) exactly."""
         flat, pflat = self._flat(f, scale)
         dist = ((flat * flat).sum(1, keepdim=True) - 2.0 * flat @ pflat.t() + (pflat * pflat).sum(1)[None]).clamp_min(0)
         # masks rather than row selection: no host synchronisation on the training step's hot path
         rows = torch.arange(f.shape[0], device=f.device)
         known, own, n, held = self._own_cluster(scale, source)
-        d_own = dist[rows, own]
-        dist[rows, own] = torch.where(known & (n <= 1), torch.full_like(n, float("inf")), d_own * held * held)
+        d_own = dist[rows, own] * held * held
+        exact_rows = exact_diff = exact_ok = None
+        if clean is not None:
+            exact_rows, g = clean[0], clean[1].flatten(1).float()
+            n_r = n[exact_rows]
+            exact_ok = known[exact_rows] & (n_r > 1)
+            held_mean = (n_r[:, None] * pflat[own[exact_rows]] - g) / (n_r - 1).clamp_min(1)[:, None]
+            exact_diff = flat[exact_rows] - held_mean
+            d_own[exact_rows] = torch.where(exact_ok, (exact_diff * exact_diff).sum(1), d_own[exact_rows])
+        dist[rows, own] = torch.where(known & (n <= 1), torch.full_like(n, float("inf")), d_own)
         idx = dist.argmin(dim=1)
         # every prototype left out (one cluster of one image): fall back to the bank as it is
         idx = torch.where(torch.isinf(dist.min(1).values), own, idx)
         gain = torch.where(idx == own, held, torch.ones_like(n))
-        return idx, gain
+        diff = (flat - pflat[idx]) * gain[:, None]
+        if clean is not None:
+            use = exact_ok & (idx[exact_rows] == own[exact_rows])
+            diff[exact_rows] = torch.where(use[:, None], exact_diff, diff[exact_rows])
+        return diff.reshape(f.shape)
 
-    def forward(self, feats: Sequence[torch.Tensor], source: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+    def forward(self, feats: Sequence[torch.Tensor], source: Optional[torch.Tensor] = None,
+                clean: Optional[tuple[torch.Tensor, Sequence[torch.Tensor]]] = None) -> list[torch.Tensor]:
         """Residual between each feature map and its nearest prototype, per scale.
 
         `source` (N ints, optional): the training image each input was made from, −1 for others; those inputs get
-        held-out residuals (see the module docstring). Needs a bank with assignments."""
+        held-out residuals (see the module docstring). Needs a bank with assignments. `clean` (with `source`):
+        (rows, per-scale features of the clean training images source[rows]) for inputs changed from them: their
+        held-out residuals are exact rather than scaled."""
         if len(feats) != self.num_scales:
             raise ValueError(f"PrototypeBank: {len(feats)} feature maps for {self.num_scales} scales")
         if self.is_empty:
@@ -215,6 +233,15 @@ class PrototypeBank(nn.Module):
                 raise ValueError(f"PrototypeBank: source must give one training-image index (< {self.num_sources}) "
                                  f"or -1 per input, got {source.tolist()}")
             source = source.to(feats[0].device, non_blocking=True)
+        if clean is not None:
+            if source is None:
+                raise ValueError("PrototypeBank: clean features need source (the training image of each input)")
+            rows = torch.as_tensor(clean[0]).long().reshape(-1)
+            if len(clean[1]) != self.num_scales or any(g.shape[0] != rows.numel() or g.shape[1:] != f.shape[1:]
+                                                       for g, f in zip(clean[1], feats)):
+                raise ValueError(f"PrototypeBank: clean features must match the inputs' per scale, one map per row of "
+                                 f"{rows.numel()}")
+            clean = (rows.to(feats[0].device, non_blocking=True), clean[1]) if rows.numel() else None
         device_type = feats[0].device.type
         autocast_on = torch.is_autocast_enabled(device_type) if device_type in ("cuda", "cpu", "mps") else False
         out = []
@@ -225,7 +252,6 @@ class PrototypeBank(nn.Module):
                     idx = self.nearest(f32, i)
                     diff = f32 - torch.index_select(getattr(self, f"proto_{i}"), 0, idx)
                 else:
-                    idx, gain = self.nearest_held_out(f32, i, source)
-                    diff = (f32 - torch.index_select(getattr(self, f"proto_{i}"), 0, idx)) * gain.view(-1, 1, 1, 1)
+                    diff = self.held_out_diff(f32, i, source, None if clean is None else (clean[0], clean[1][i]))
                 out.append(diff * diff if self.residual == "squared" else diff.abs())
         return out
