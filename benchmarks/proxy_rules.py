@@ -42,6 +42,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from prnet.provenance import arithmetic_differences
 from proxy_validation import APART, EXTENDED, PERLIN
 
 SUBSETS = (PERLIN, EXTENDED, *APART)  # every subset proxy_validation.py makes
@@ -212,6 +213,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ref = " / ".join(f"{v:.4f}" for v in row["reference"])
         print(f"{key:<26} {cand:<28} {ref:<28} {row['diff']:+.4f}  {row['broken']}")
     print("verdict:", "passes" if result["passes"] else "fails (" + "; ".join(result["failures"]) + ")")
+    other = other_arithmetic(args.candidate, args.reference)
+    for i, diffs in other.items():
+        pair = f"pair {i + 1} (candidate {args.candidate[i]}, reference {args.reference[i]})"
+        print(f"note: {pair}: its machines can't be compared (a file records no provenance)" if diffs is None else
+              f"note: {pair} was scored with other arithmetic (candidate -> reference: {'; '.join(diffs)}): "
+              f"paired by seed, not by identical arithmetic, so its difference also holds the two machines' own "
+              f"divergence")
+    result["other_arithmetic"] = {str(i): diffs for i, diffs in other.items()}
     if args.out:
         result.update(candidate_files=list(args.candidate), reference_files=list(args.reference), rule=args.rule,
                       candidate_rule=candidate_rule, pixel_rule=args.pixel_rule,
@@ -221,6 +230,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
     return 0 if result["passes"] else 1
+
+
+def other_arithmetic(candidate: Sequence[str], reference: Sequence[str]) -> dict[int, Optional[list[str]]]:
+    """The seed pairs (by index) whose score files were made with other arithmetic (prnet.provenance
+    .arithmetic_differences of their provenance; None: not recorded in one of them). A round's pairing by seed
+    assumes that the candidate and its reference trained alike up to the candidate's change; on another CPU model or
+    GPU the reference's weights would come out otherwise too."""
+    out: dict[int, Optional[list[str]]] = {}
+    for i, (c, r) in enumerate(zip(candidate, reference)):
+        with open(c) as fc, open(r) as fr:
+            diffs = arithmetic_differences(json.load(fc).get("provenance"), json.load(fr).get("provenance"))
+        if diffs != []:
+            out[i] = diffs
+    return out
 
 
 def training_minutes(run_dirs: Sequence[str]) -> list[float]:

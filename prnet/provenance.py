@@ -98,6 +98,21 @@ def provenance(device: torch.device, repo: str = REPO) -> dict:
             "numeric_env": {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ}}
 
 
+# what decides a run's floating-point arithmetic: two runs of one config and seed train the same weights only where
+# these agree (the CPU's fields matter on the CPU, where its kernels are picked by instruction set and model)
+ARITHMETIC = ("versions", "device", "device_name", "numeric_env", "torch_threads")
+CPU_ARITHMETIC = ("cpu_capability", "cpu_family", "cpu_model", "cpu_stepping")
+
+
+def arithmetic_differences(a: Optional[dict], b: Optional[dict]) -> Optional[list[str]]:
+    """The fields of two provenance() records that can make the same computation give other floats ('field: a ->
+    b'); [] when they agree; None when either record lacks them (made before they were recorded)."""
+    if not a or not b or any(k not in a or k not in b for k in ("versions", "device", "device_name")):
+        return None
+    keys = ARITHMETIC + (CPU_ARITHMETIC if str(a.get("device")) == "cpu" or str(b.get("device")) == "cpu" else ())
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
 def code_changed(before: dict, after: dict) -> bool:
     """Whether the code differs between two git_state() (or provenance()) records of one run."""
     return any(before.get(k) != after.get(k) for k in ("git_commit", "git_modified", "git_diff_sha1"))

@@ -90,6 +90,21 @@ def test_provenance_names_packages_and_machine(monkeypatch):
     json.dumps(p)  # plain JSON types
 
 
+def test_arithmetic_differences_name_what_changes_the_floats():
+    from prnet.provenance import arithmetic_differences
+    a = provenance(torch.device("cpu"))
+    b = json.loads(json.dumps(a))
+    assert arithmetic_differences(a, b) == []
+    b["git_commit"], b["cpu_count"] = "0" * 40, 64  # the code and the core count are not the arithmetic's
+    assert arithmetic_differences(a, b) == []
+    b["cpu_capability"], b["torch_threads"] = "OTHER", 7
+    diffs = arithmetic_differences(a, b)
+    assert len(diffs) == 2 and any(d.startswith("cpu_capability:") and "'OTHER'" in d for d in diffs)
+    gpu = {**a, "device": "cuda:0", "device_name": "NVIDIA H100"}
+    assert [d.split(":")[0] for d in arithmetic_differences(a, gpu)] == ["device", "device_name"]
+    assert arithmetic_differences(a, {"git_commit": "x"}) is None and arithmetic_differences(None, a) is None
+
+
 def test_a_run_records_its_code_and_says_when_it_changed_under_it(tiny_data, tmp_path, monkeypatch, caplog):
     out, protos = str(tmp_path / "out"), str(tmp_path / "protos")
     assert train_script.main(tiny_overrides(tiny_data, out, protos, epochs=1)) == 0

@@ -46,6 +46,33 @@ def test_gain_and_no_harm_pass_and_each_rule_can_fail(tmp_path, capsys):
     assert "rule 2: aupro -0.0035" in capsys.readouterr().out
 
 
+def test_pairs_scored_with_other_arithmetic_are_named(tmp_path, capsys):
+    """A seed pair whose files come from another CPU model (or GPU, or package versions) is named, with the fields,
+    in the output and the decision file; pairs from the same machine are not; files without provenance are named as
+    not comparable."""
+    machine = {"versions": {"torch": "2.14.1"}, "device": "cpu", "device_name": "AMD EPYC", "numeric_env": {},
+               "torch_threads": 2, "cpu_capability": "AVX512", "cpu_family": "25", "cpu_model": "17",
+               "cpu_stepping": "1"}
+
+    def with_provenance(path, value, prov):
+        d = json.loads(open(_write(path, value)).read())
+        path.write_text(json.dumps({**d, "provenance": prov}))
+        return str(path)
+
+    other = {**machine, "cpu_capability": "AVX2", "cpu_model": "1"}
+    ref = [with_provenance(tmp_path / "r0.json", 0.990, machine), with_provenance(tmp_path / "r1.json", 0.986, machine)]
+    cand = [with_provenance(tmp_path / "c0.json", 0.994, machine), with_provenance(tmp_path / "c1.json", 0.989, other)]
+    out = str(tmp_path / "d.json")
+    assert proxy_rules.main(["--candidate", *cand, "--reference", *ref, "--out", out]) == 0
+    text = capsys.readouterr().out
+    assert "pair 2" in text and "cpu_model: '1' -> '17'" in text and "cpu_capability" in text and "pair 1" not in text
+    assert set(json.loads(open(out).read())["other_arithmetic"]) == {"1"}
+    bare = [_write(tmp_path / "b0.json", 0.994), with_provenance(tmp_path / "b1.json", 0.989, machine)]
+    assert proxy_rules.main(["--candidate", *bare, "--reference", *ref]) == 0
+    text = capsys.readouterr().out
+    assert "pair 1" in text and "can't be compared" in text and "pair 2" not in text
+
+
 def test_the_relative_error_limit_catches_a_harm_the_absolute_one_lets_through(tmp_path, capsys):
     """Round 16 on: AUPRO 0.970 -> 0.968 is within the absolute 0.003, but its error rises by 6.7 % (> 3 %)."""
     ref = [_write(tmp_path / f"r{i}.json", a, aupro=0.970) for i, a in enumerate((0.990, 0.986))]
@@ -246,7 +273,8 @@ def test_a_round_against_round34_with_further_seeds_reads_their_reference_from_i
     assert row["candidate"] == old["candidate"] + old["candidate"][:1]
     assert row["reference"] == old["reference"] + old["reference"][:1]
     assert row["diff"] == pytest.approx((3 * old["diff"] + old["candidate"][0] - old["reference"][0]) / 4)
-    assert d["reference_files"][3] == "Z_mt_ratio25-seed3.json" and d["candidate_files"][3] == "Z_mt_shade_add-seed3.json"
+    assert d["reference_files"][3] == "Z_mt_ratio25-seed3.json"
+    assert d["candidate_files"][3] == "Z_mt_shade_add-seed3.json"
     assert d["training_minutes"]["ratio25"] == recorded["training_minutes"]["ratio25"] + [10.0]
     assert d["training_minutes"]["shade_add"] == [15.0, 15.0, 15.0, 12.0]
 
