@@ -44,6 +44,15 @@ def _clustered_bank(residual="squared", n=30, k=5, seed=0):
     return x, PrototypeBank([centers.reshape(k, 2, 3, 3)], residual=residual, assignments=[assign]), assign
 
 
+def _rebuilt_without(flat, assign, k, i, f, residual):
+    """The residual of f (flattened) against the k-means bank of `flat` rebuilt without image i, by brute force."""
+    keep = torch.ones(flat.shape[0], dtype=torch.bool)
+    keep[i] = False
+    means = torch.stack([flat[keep & (assign == j)].mean(0) for j in range(k) if (keep & (assign == j)).any()])
+    best = means[((f - means) ** 2).sum(1).argmin()]
+    return (f - best) ** 2 if residual == "squared" else (f - best).abs()
+
+
 @pytest.mark.parametrize("residual", ["squared", "abs"])
 def test_held_out_residual_equals_the_bank_rebuilt_without_the_image(residual):
     x, bank, assign = _clustered_bank(residual)
@@ -55,12 +64,7 @@ def test_held_out_residual_equals_the_bank_rebuilt_without_the_image(residual):
         assert torch.allclose(bank.proto_0[j].reshape(-1), flat[assign == j].mean(0), atol=1e-5)
     held = bank([x], torch.arange(n))[0]
     for i in range(n):
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[i] = False
-        means = torch.stack([flat[keep & (assign == j)].mean(0) for j in range(k) if (keep & (assign == j)).any()])
-        best = means[((flat[i] - means) ** 2).sum(1).argmin()]
-        want = (flat[i] - best) ** 2 if residual == "squared" else (flat[i] - best).abs()
-        assert torch.allclose(held[i].reshape(-1), want, atol=1e-4), i
+        assert torch.allclose(held[i].reshape(-1), _rebuilt_without(flat, assign, k, i, flat[i], residual), atol=1e-4)
     plain = bank([x])[0]
     assert held.mean() > plain.mean()  # an image in its own prototype looks more normal than it is
     assert torch.equal(bank([x], torch.full((n,), -1))[0], plain)  # -1: not a training image, the bank as it is
@@ -89,11 +93,7 @@ def test_exact_held_out_residual_of_a_changed_image_equals_the_bank_rebuilt_with
     scaled = bank([feats], source)[0]
     f_flat = feats.reshape(n, -1)
     for i in range(n):
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[i] = False
-        means = torch.stack([flat[keep & (assign == j)].mean(0) for j in range(k) if (keep & (assign == j)).any()])
-        best = means[((f_flat[i] - means) ** 2).sum(1).argmin()]
-        want = (f_flat[i] - best) ** 2 if residual == "squared" else (f_flat[i] - best).abs()
+        want = _rebuilt_without(flat, assign, k, i, f_flat[i], residual)
         assert torch.allclose(exact[i].reshape(-1), want, atol=1e-4), i
         if i % 2:  # the images themselves: the scaled form is exact for them
             assert torch.allclose(scaled[i], exact[i], atol=1e-5)
