@@ -4,7 +4,9 @@ Every record a run writes carries `provenance(device)`, so that a figure that do
 the code or the machine that made it. `code_changed(before, after)` tells whether the code changed while a run was
 using it: modules are imported lazily, so an edit during a run can change the run's behaviour half-way.
 `code_differences(record, paths)` tells which files a stored record's code and this checkout's differ in, so that a
-script reusing a record made with other code can say so.
+script reusing a record made with other code can say so; `arithmetic_differences(a, b)` which fields of two records'
+machines and packages can make the same computation give other floats (a comparison paired by seed across them is
+not one of identical trainings).
 """
 from __future__ import annotations
 
