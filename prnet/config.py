@@ -147,6 +147,7 @@ class LossConfig:
     focal_weight: float = 5.0  # total = smooth_l1 + focal_weight * focal
     focal_gamma: float = 2.0  # chosen on validation data (benchmarks/proxy_validation.py); 4 scored worse
     focal_alpha: Optional[float] = None  # weight of the anomalous class; None: no class weighting
+    area_balance: float = 0.0  # > 0: each sample's anomalous pixels weighed by (1 / its anomalous area)^this
 
 
 @dataclass
@@ -380,6 +381,7 @@ RANGES = {
     "loss.focal_weight": (0.0, None, True, False),
     "loss.focal_gamma": (0.0, None, True, False),
     "loss.focal_alpha": (0.0, 1.0, True, True),
+    "loss.area_balance": (0.0, 1.0, True, True),
     "train.lr": (0.0, None, False, False),
     "train.weight_decay": (0.0, None, True, False),
     "train.warmup_epochs": (0, None, True, False),
@@ -542,7 +544,7 @@ ADDED_KEYS = {("synthesis", "structure_fraction"): 0.0, ("eval", "anomaly_map"):
               ("eval", "second_weight"): 0.5, ("synthesis", "shade_fraction"): 0.0,
               ("train", "average_last"): 0.0, ("eval", "score_test"): True,
               ("synthesis", "jitter"): 0.0, ("synthesis", "spot_fraction"): 0.0,
-              ("prototypes", "held_out_exact"): False}
+              ("prototypes", "held_out_exact"): False, ("loss", "area_balance"): 0.0}
 
 
 def with_added_keys(values: dict) -> dict:
