@@ -302,6 +302,17 @@ def seeds_option(argv: Sequence[str], default: Sequence[int]) -> tuple[list, tup
         raise SystemExit(f"--seeds: expected a comma-separated list of seeds, e.g. --seeds 0,1 (got {argv[i + 1:]})")
 
 
+def runs_option(argv: Sequence[str]) -> tuple[list, Optional[str]]:
+    """A round's decide.py arguments without `--runs RUNS_DIR` and the folder it names (None without it)."""
+    argv = list(argv)
+    if "--runs" not in argv:
+        return argv, None
+    i = argv.index("--runs")
+    if i + 1 >= len(argv):
+        raise SystemExit("--runs: expected the folder of the proxy runs")
+    return argv[:i] + argv[i + 2:], argv[i + 1]
+
+
 def seed_suffix(seed: int) -> str:
     """How proxy_validation.py names a run's seed: nothing for seed 0, -seedN otherwise."""
     return "" if seed == 0 else f"-seed{seed}"
@@ -349,18 +360,16 @@ def decide_against_round34(argv: Sequence[str], here: str, candidate: str, max_r
 
     in_round34 = (0, 1, 2)  # round 34's seeds, in its record's order
     minutes = None
-    if "--runs" in argv:
-        i = argv.index("--runs")
+    argv, runs = runs_option(argv)
+    if runs is not None:
         with open(os.path.join(round34, "decision.json")) as f:
             recorded = json.load(f)["training_minutes"][ref]
-        runs = argv[i + 1]
 
         def run_minutes(name: str, seed: int) -> float:
             return training_minutes([os.path.join(runs, f"{name}{seed_suffix(seed)}", "magnetic_tile")])[0]
 
         minutes = {candidate: [run_minutes(candidate, s) for s in seeds],
                    ref: [recorded[s] if s in in_round34 else run_minutes(ref, s) for s in seeds]}
-        argv = argv[:i] + argv[i + 2:]
     cand_files = [os.path.join(here, f"Z_mt_{candidate}{seed_suffix(s)}.json") for s in seeds]
     ref_files = [os.path.join(round34 if s in in_round34 else later(s), f"Z_mt_{ref}{seed_suffix(s)}.json")
                  for s in seeds]

@@ -338,3 +338,12 @@ def test_seeds_option_takes_the_seeds_out_of_a_decide_scripts_arguments():
     for bad in (["--seeds"], ["--seeds", "0,x"]):
         with pytest.raises(SystemExit, match="--seeds"):
             seeds_option(bad, (0,))
+
+
+def test_runs_option_takes_the_runs_folder_out_of_a_decide_scripts_arguments():
+    from proxy_rules import runs_option
+
+    assert runs_option(["out.json"]) == (["out.json"], None)
+    assert runs_option(["--seeds", "0", "--runs", "pv/runs", "out.json"]) == (["--seeds", "0", "out.json"], "pv/runs")
+    with pytest.raises(SystemExit, match="--runs"):
+        runs_option(["out.json", "--runs"])

@@ -20,7 +20,8 @@ import json
 import os
 import sys
 
-from proxy_rules import IMAGE_RULE, PIXEL_RULE, REAL_TYPES, decide_against_round34, seed_suffix, seeds_option
+from proxy_rules import IMAGE_RULE, PIXEL_RULE, REAL_TYPES, decide_against_round34, runs_option, seed_suffix, \
+    seeds_option
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CANDIDATE, MAX_RATIO, SEEDS, SAME_MACHINE_REFERENCE = "exact", 1.3, (0, 1, 2), "ratio25t"
@@ -43,10 +44,8 @@ def throughput(run_dir: str, first: int = 2, last: int = 10) -> float:
 if __name__ == "__main__":
     argv, seeds = seeds_option(sys.argv[1:], SEEDS)
     cost = None
-    if "--runs" in argv:
-        i = argv.index("--runs")
-        runs = argv[i + 1]
-        argv = argv[:i] + argv[i + 2:]
+    argv, runs = runs_option(argv)
+    if runs is not None:
         cand = [throughput(os.path.join(runs, f"{CANDIDATE}{seed_suffix(s)}")) for s in seeds]
         ref = throughput(os.path.join(runs, SAME_MACHINE_REFERENCE), 2, 2)
         ratio = ref / (sum(cand) / len(cand))

@@ -16,8 +16,8 @@ rule 2.
 import os
 import sys
 
-from proxy_rules import IMAGE_RULE, PIXEL_RULE, REAL_TYPES, decide_with_time, seed_suffix, seeds_option, \
-    training_minutes
+from proxy_rules import IMAGE_RULE, PIXEL_RULE, REAL_TYPES, decide_with_time, runs_option, seed_suffix, \
+    seeds_option, training_minutes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CANDIDATE, REFERENCE, MAX_RATIO, SEEDS = "area", "ratio25here", 1.1, (0, 1)
@@ -37,10 +37,8 @@ def reference_file(seed: int) -> str:
 if __name__ == "__main__":
     argv, seeds = seeds_option(sys.argv[1:], SEEDS)
     minutes = None
-    if "--runs" in argv:
-        i = argv.index("--runs")
-        runs = argv[i + 1]
-        argv = argv[:i] + argv[i + 2:]
+    argv, runs = runs_option(argv)
+    if runs is not None:
         minutes = {name: training_minutes([os.path.join(runs, f"{name}{seed_suffix(s)}", "magnetic_tile")
                                            for s in seeds]) for name in (CANDIDATE, REFERENCE)}
     cand = [os.path.join(HERE, f"Z_mt_{CANDIDATE}{seed_suffix(s)}.json") for s in seeds]
