@@ -32,8 +32,9 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, a
 
 def area_weights(mask: torch.Tensor, power: float) -> torch.Tensor:
     """Per-pixel weights (N×1×H×W) that even out the defects' sizes (loss.area_balance): the anomalous pixels of
-    sample i weigh w_i = c · (1 / A_i)^power, A_i its anomalous area (the mask's sum), c such that the batch's anomalous
-    pixels weigh as much in all as before (Σ w_i A_i = Σ A_i); normal pixels 1 (a soft mask value y: 1 + y (w_i − 1)).
+    sample i weigh w_i = c · (1 / A_i)^power, A_i its anomalous area (the mask's sum), c such that the batch's
+    anomalous pixels weigh as much in all as before (Σ w_i A_i = Σ A_i); normal pixels 1 (a soft mask value y:
+    1 + y (w_i − 1)).
     power 1: every defect weighs the same whatever its size; 0: the plain per-pixel mean."""
     y = mask.float()
     area = y.flatten(1).sum(dim=1)
